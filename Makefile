@@ -1,0 +1,117 @@
+# async-dl: the nginx module, the worker, and the tools the tests use.
+#
+#   make                  module (.so against Debian's nginx) + worker
+#   make NGINX_SRC=DIR    the same module against an upstream nginx tree
+#   make run              the whole stack on 127.0.0.1:$(PORT)
+#   make test             the suite (prove t/)
+#   make test-sanitize    the suite with -fsanitize=address,undefined
+#   make bench            the benchmarks in bench/
+
+SANITIZE ?=
+PORT     ?= 8080
+NGINX_SRC ?=
+
+ifeq ($(SANITIZE),1)
+BUILD     ?= build-san
+SAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer \
+             -fno-sanitize-recover=undefined
+else
+BUILD     ?= build
+SAN_FLAGS :=
+endif
+
+B := $(CURDIR)/$(BUILD)
+
+# --- the worker and the shared code ------------------------------------
+
+PKGS_WORKER := libcurl libpq jansson libcrypto libarchive
+CC       ?= cc
+CFLAGS   ?= -O2 -g
+WFLAGS   := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
+            -Wpointer-arith -Wformat=2 -Icommon -Iworker -I$(BUILD)
+WORKER_SRCS := $(wildcard worker/*.c) common/adl_sigv4.c \
+               $(BUILD)/adl_migrations.c
+WORKER_HDRS := $(wildcard worker/*.h) common/adl_sigv4.h
+
+# --- the module --------------------------------------------------------
+
+MODULE_SRCS := config ngx_http_async_dl_module.c $(wildcard src/*.c) \
+               $(wildcard src/*.h) common/adl_sigv4.c common/adl_sigv4.h
+
+ifeq ($(NGINX_SRC),)
+# Debian's nginx: its nginx-dev tree, configured out of tree with Debian's
+# own flags (conf_flags, dpkg-buildflags), as Debian's module packages do.
+# The tree is mirrored as symlinks so the build never writes under /usr.
+NGX_TREE   := $(B)/nginx-src
+NGX_OBJS   := $(B)/nginx
+NGX_CONFIGURE = . ./conf_flags && ./configure \
+    --with-cc-opt="$$(dpkg-buildflags --get CFLAGS) -fPIC \
+                   $$(dpkg-buildflags --get CPPFLAGS) $(SAN_FLAGS)" \
+    --with-ld-opt="$$(dpkg-buildflags --get LDFLAGS) -fPIC $(SAN_FLAGS)" \
+    "$${NGX_CONF_FLAGS[@]}" \
+    --add-dynamic-module=$(CURDIR) --builddir=$(NGX_OBJS)
+NGX_PREPARE = rm -rf $(NGX_TREE) && mkdir -p $(B) && \
+    cp -rs /usr/share/nginx/src $(NGX_TREE)
+else
+NGX_TREE   := $(abspath $(NGINX_SRC))
+NGX_OBJS   := $(B)/nginx-upstream
+NGX_CONFIGURE = ./configure --with-compat \
+    --with-cc-opt="-fPIC $(SAN_FLAGS)" --with-ld-opt="$(SAN_FLAGS)" \
+    --add-dynamic-module=$(CURDIR) --builddir=$(NGX_OBJS)
+NGX_PREPARE = mkdir -p $(B)
+endif
+
+MODULE_SO := $(NGX_OBJS)/ngx_http_async_dl_module.so
+WORKER    := $(BUILD)/async-dl-worker
+TOOLS     := $(BUILD)/sigv4_tool
+
+.PHONY: all module worker tools deps run test test-sanitize bench clean
+
+all: module worker tools
+
+module: $(MODULE_SO)
+worker: $(WORKER)
+tools: $(TOOLS)
+
+$(NGX_OBJS)/Makefile: config
+	$(NGX_PREPARE)
+	cd $(NGX_TREE) && bash -c '$(NGX_CONFIGURE)' > $(B)/configure.log 2>&1 \
+	    || { tail -30 $(B)/configure.log; exit 1; }
+
+$(MODULE_SO): $(NGX_OBJS)/Makefile $(MODULE_SRCS)
+	$(MAKE) -s -f $(NGX_OBJS)/Makefile -C $(NGX_TREE) modules
+
+$(BUILD)/adl_migrations.c: $(wildcard sql/*.sql) scripts/embed-sql.sh
+	@mkdir -p $(BUILD)
+	scripts/embed-sql.sh sql/*.sql > $@.tmp && mv $@.tmp $@
+
+$(WORKER): $(WORKER_SRCS) $(WORKER_HDRS)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) $(WFLAGS) \
+	    $$(pkg-config --cflags $(PKGS_WORKER)) -o $@ $(WORKER_SRCS) \
+	    $(SAN_FLAGS) $$(pkg-config --libs $(PKGS_WORKER)) -lm
+
+$(BUILD)/sigv4_tool: t/tools/sigv4_tool.c common/adl_sigv4.c common/adl_sigv4.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(SAN_FLAGS) $(WFLAGS) -o $@ t/tools/sigv4_tool.c \
+	    common/adl_sigv4.c $$(pkg-config --libs libcrypto)
+
+deps:
+	scripts/install-deps.sh
+
+run: deps
+	$(MAKE) all
+	PORT=$(PORT) BUILD=$(BUILD) scripts/run.sh
+
+test: deps
+	$(MAKE) all
+	ADL_BUILD=$(B) ADL_MODULE=$(MODULE_SO) prove -r -j2 --timer t/
+
+test-sanitize:
+	$(MAKE) SANITIZE=1 test
+
+bench: deps
+	$(MAKE) all
+	ADL_BUILD=$(B) ADL_MODULE=$(MODULE_SO) bench/run-all
+
+clean:
+	rm -rf build build-san

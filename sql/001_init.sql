@@ -1,0 +1,382 @@
+-- async-dl schema, version 1: jobs, their files, and the state changes that
+-- both the nginx module and the worker go through.
+--
+-- Every state change of a job or a file happens in one of the functions
+-- below, so the rules (counters, the job's final status, notifications)
+-- live in one place whatever process makes the change.
+--
+-- Channels:
+--   async_dl_jobs    payload job id   a job has work to claim (worker wake-up)
+--   async_dl_cancel  payload job id   a job was canceled or deleted (worker)
+--   async_dl_events  payload "<job id> <event seq>"  a job's state changed
+--                                     (status, progress, a file ended: SSE)
+
+CREATE TABLE async_dl_jobs (
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    owner            text NOT NULL DEFAULT '',
+    status           text NOT NULL DEFAULT 'queued'
+                     CHECK (status IN ('queued', 'processing', 'completed',
+                                       'failed', 'canceled')),
+    idempotency_key  text,
+    request_hash     text,
+    total_files      integer NOT NULL CHECK (total_files > 0),
+    completed_files  integer NOT NULL DEFAULT 0,
+    failed_files     integer NOT NULL DEFAULT 0,
+    sized_files      integer NOT NULL DEFAULT 0,  -- files whose size is known
+    bytes_done       bigint NOT NULL DEFAULT 0,
+    bytes_total      bigint NOT NULL DEFAULT 0,   -- sum of the known sizes
+    timeout_ms       bigint NOT NULL CHECK (timeout_ms > 0),
+    deadline         timestamptz NOT NULL,
+    callback_url     text,
+    error_code       text,
+    error_message    text,
+    event_seq        bigint NOT NULL DEFAULT 1,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    started_at       timestamptz,
+    completed_at     timestamptz,
+    expires_at       timestamptz
+);
+
+CREATE UNIQUE INDEX async_dl_jobs_idempotency
+    ON async_dl_jobs (owner, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+-- the owner's list, newest first, keyset-paged by (created_at, id)
+CREATE INDEX async_dl_jobs_owner_created
+    ON async_dl_jobs (owner, created_at DESC, id DESC);
+
+-- backpressure counts and the expiry sweep
+CREATE INDEX async_dl_jobs_unfinished
+    ON async_dl_jobs (owner) WHERE status IN ('queued', 'processing');
+CREATE INDEX async_dl_jobs_expires
+    ON async_dl_jobs (expires_at) WHERE expires_at IS NOT NULL;
+
+CREATE TABLE async_dl_files (
+    job_id           uuid NOT NULL REFERENCES async_dl_jobs (id)
+                     ON DELETE CASCADE,
+    idx              integer NOT NULL CHECK (idx >= 0),
+    file_id          bigint,
+    url              text NOT NULL,
+    name             text,
+    status           text NOT NULL DEFAULT 'pending'
+                     CHECK (status IN ('pending', 'downloading', 'completed',
+                                       'failed', 'canceled')),
+    size             bigint,          -- announced by the origin, then stored
+    bytes_done       bigint NOT NULL DEFAULT 0,
+    content_type     text,
+    sha256           text,
+    object_key       text,
+    attempts         integer NOT NULL DEFAULT 0,
+    error_code       text,
+    error_message    text,
+    next_attempt_at  timestamptz NOT NULL DEFAULT now(),
+    lease_owner      text,
+    lease_until      timestamptz,
+    started_at       timestamptz,
+    completed_at     timestamptz,
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, idx)
+);
+
+-- what a worker may claim: pending files, and files whose lease ran out
+CREATE INDEX async_dl_files_pending
+    ON async_dl_files (next_attempt_at) WHERE status = 'pending';
+CREATE INDEX async_dl_files_leased
+    ON async_dl_files (lease_until) WHERE status = 'downloading';
+
+
+-- Each change of a job is an event: number it, stamp it, announce it.
+CREATE FUNCTION async_dl_jobs_before_update() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.event_seq := OLD.event_seq + 1;
+    NEW.updated_at := now();
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER async_dl_jobs_before_update
+    BEFORE UPDATE ON async_dl_jobs
+    FOR EACH ROW WHEN (OLD IS DISTINCT FROM NEW)
+    EXECUTE FUNCTION async_dl_jobs_before_update();
+
+CREATE FUNCTION async_dl_jobs_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        -- delivered at commit, when the job's files are visible too
+        PERFORM pg_notify('async_dl_jobs', NEW.id::text);
+    ELSE
+        PERFORM pg_notify('async_dl_events',
+                          NEW.id::text || ' ' || NEW.event_seq::text);
+        IF NEW.status = 'canceled' AND OLD.status <> 'canceled' THEN
+            PERFORM pg_notify('async_dl_cancel', NEW.id::text);
+        END IF;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER async_dl_jobs_notify_insert
+    AFTER INSERT ON async_dl_jobs
+    FOR EACH ROW EXECUTE FUNCTION async_dl_jobs_notify();
+
+CREATE TRIGGER async_dl_jobs_notify_update
+    AFTER UPDATE ON async_dl_jobs
+    FOR EACH ROW WHEN (OLD.event_seq IS DISTINCT FROM NEW.event_seq)
+    EXECUTE FUNCTION async_dl_jobs_notify();
+
+CREATE FUNCTION async_dl_jobs_notify_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.status IN ('queued', 'processing') THEN
+        PERFORM pg_notify('async_dl_cancel', OLD.id::text);
+    END IF;
+    PERFORM pg_notify('async_dl_events', OLD.id::text || ' 0');
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER async_dl_jobs_notify_delete
+    AFTER DELETE ON async_dl_jobs
+    FOR EACH ROW EXECUTE FUNCTION async_dl_jobs_notify_delete();
+
+
+-- Worker: claim up to p_limit files for p_worker, holding them for p_lease.
+-- Pending files whose time has come, and files whose previous holder's
+-- lease ran out (a crashed worker): those start again from byte 0.
+-- SKIP LOCKED lets any number of workers claim at once, each getting
+-- different files, so one job's files spread over all running workers.
+CREATE FUNCTION async_dl_claim(p_worker text, p_limit integer,
+                               p_lease interval)
+RETURNS TABLE (job_id uuid, idx integer, url text, name text,
+               attempts integer, deadline timestamptz, file_id bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    WITH picked AS (
+        SELECT f.job_id, f.idx
+          FROM async_dl_files f
+         WHERE (f.status = 'pending' AND f.next_attempt_at <= now())
+            OR (f.status = 'downloading' AND f.lease_until < now())
+         ORDER BY f.next_attempt_at, f.job_id, f.idx
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    ), claimed AS (
+        UPDATE async_dl_files f
+           SET status = 'downloading', lease_owner = p_worker,
+               lease_until = now() + p_lease,
+               started_at = coalesce(f.started_at, now()),
+               bytes_done = 0, updated_at = now()
+          FROM picked p
+         WHERE f.job_id = p.job_id AND f.idx = p.idx
+        RETURNING f.job_id, f.idx, f.url, f.name, f.attempts, f.file_id
+    ), started AS (
+        UPDATE async_dl_jobs j
+           SET status = 'processing', started_at = coalesce(j.started_at, now())
+         WHERE j.id IN (SELECT c.job_id FROM claimed c)
+           AND j.status = 'queued'
+    )
+    SELECT c.job_id, c.idx, c.url, c.name, c.attempts, j.deadline, c.file_id
+      FROM claimed c JOIN async_dl_jobs j ON j.id = c.job_id;
+END $$;
+
+-- Worker: report progress on a claimed file and renew its lease.  Returns
+-- false when the file is no longer this worker's (canceled, deleted, or the
+-- lease was lost): the transfer must stop.
+CREATE FUNCTION async_dl_file_progress(p_job uuid, p_idx integer,
+                                       p_worker text, p_lease interval,
+                                       p_bytes bigint, p_size bigint,
+                                       p_attempts integer)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    f async_dl_files;
+BEGIN
+    SELECT * INTO f FROM async_dl_files
+     WHERE job_id = p_job AND idx = p_idx FOR UPDATE;
+    IF NOT FOUND OR f.status <> 'downloading'
+       OR f.lease_owner IS DISTINCT FROM p_worker
+    THEN
+        RETURN false;
+    END IF;
+
+    UPDATE async_dl_files
+       SET bytes_done = p_bytes, size = coalesce(p_size, size),
+           attempts = greatest(attempts, p_attempts),
+           lease_until = now() + p_lease, updated_at = now()
+     WHERE job_id = p_job AND idx = p_idx;
+
+    IF p_bytes <> f.bytes_done OR p_size IS DISTINCT FROM f.size THEN
+        UPDATE async_dl_jobs
+           SET bytes_done = bytes_done + (p_bytes - f.bytes_done),
+               bytes_total = bytes_total + coalesce(p_size, 0)
+                             - coalesce(f.size, 0),
+               sized_files = sized_files
+                             + (p_size IS NOT NULL)::integer
+                             - (f.size IS NOT NULL)::integer
+         WHERE id = p_job;
+    END IF;
+    RETURN true;
+END $$;
+
+-- Worker: a claimed file ended.  p_status is 'completed' or 'failed' (with
+-- an error code), or 'pending' to hand it back (retry later, or a worker
+-- shutting down).  Keeps the job's counters and decides the job's final
+-- status once its last file ended: completed when at least one file was
+-- stored, else failed.  Returns false when the file was not this worker's.
+CREATE FUNCTION async_dl_file_finish(p_job uuid, p_idx integer,
+                                     p_worker text, p_status text,
+                                     p_size bigint, p_content_type text,
+                                     p_sha256 text, p_object_key text,
+                                     p_attempts integer,
+                                     p_error_code text, p_error_message text,
+                                     p_retry_at timestamptz)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    f async_dl_files;
+    j async_dl_jobs;
+BEGIN
+    IF p_status NOT IN ('completed', 'failed', 'pending') THEN
+        RAISE EXCEPTION 'async_dl_file_finish: bad status %', p_status;
+    END IF;
+
+    SELECT * INTO f FROM async_dl_files
+     WHERE job_id = p_job AND idx = p_idx FOR UPDATE;
+    IF NOT FOUND OR f.status <> 'downloading'
+       OR f.lease_owner IS DISTINCT FROM p_worker
+    THEN
+        RETURN false;
+    END IF;
+
+    IF p_status = 'pending' THEN
+        UPDATE async_dl_files
+           SET status = 'pending', lease_owner = NULL, lease_until = NULL,
+               attempts = greatest(attempts, p_attempts),
+               next_attempt_at = coalesce(p_retry_at, now()),
+               error_code = p_error_code, error_message = p_error_message,
+               updated_at = now()
+         WHERE job_id = p_job AND idx = p_idx;
+        UPDATE async_dl_jobs
+           SET bytes_done = bytes_done - f.bytes_done
+         WHERE id = p_job AND f.bytes_done <> 0;
+        RETURN true;
+    END IF;
+
+    UPDATE async_dl_files
+       SET status = p_status, lease_owner = NULL, lease_until = NULL,
+           size = CASE WHEN p_status = 'completed' THEN p_size ELSE size END,
+           bytes_done = CASE WHEN p_status = 'completed' THEN p_size
+                             ELSE bytes_done END,
+           content_type = p_content_type, sha256 = p_sha256,
+           object_key = p_object_key,
+           attempts = greatest(attempts, p_attempts),
+           error_code = p_error_code, error_message = p_error_message,
+           completed_at = now(), updated_at = now()
+     WHERE job_id = p_job AND idx = p_idx
+    RETURNING * INTO f;
+
+    PERFORM async_dl_job_account(p_job, f, p_status);
+    RETURN true;
+END $$;
+
+-- Internal: count an ended file (the row as it now is) into its job, and
+-- end the job when it was the last one.  Callers hold the file's row lock.
+CREATE FUNCTION async_dl_job_account(p_job uuid, f async_dl_files,
+                                     p_status text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    j async_dl_jobs;
+BEGIN
+    UPDATE async_dl_jobs
+       SET completed_files = completed_files
+                             + (p_status = 'completed')::integer,
+           failed_files = failed_files + (p_status <> 'completed')::integer,
+           bytes_done = (SELECT coalesce(sum(bytes_done), 0)
+                           FROM async_dl_files WHERE job_id = p_job),
+           bytes_total = (SELECT coalesce(sum(size), 0)
+                            FROM async_dl_files WHERE job_id = p_job),
+           sized_files = (SELECT count(size)
+                            FROM async_dl_files WHERE job_id = p_job)
+     WHERE id = p_job
+    RETURNING * INTO j;
+
+    IF j.status IN ('queued', 'processing')
+       AND j.completed_files + j.failed_files >= j.total_files
+    THEN
+        UPDATE async_dl_jobs
+           SET status = CASE WHEN completed_files > 0 THEN 'completed'
+                             ELSE 'failed' END,
+               error_code = CASE WHEN completed_files > 0 THEN NULL
+                                 ELSE 'ALL_FILES_FAILED' END,
+               error_message = CASE WHEN completed_files > 0 THEN NULL
+                                    ELSE 'no file could be downloaded' END,
+               completed_at = now()
+         WHERE id = p_job;
+    END IF;
+END $$;
+
+-- Worker: files of jobs whose deadline passed before a worker could finish
+-- (or even claim) them fail with TIMEOUT.  Files still held by a live
+-- worker are left to that worker, which enforces the deadline itself;
+-- their lease running out brings them here too.
+CREATE FUNCTION async_dl_sweep_deadlines() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    f async_dl_files;
+    n integer := 0;
+BEGIN
+    FOR f IN
+        SELECT fl.* FROM async_dl_files fl
+          JOIN async_dl_jobs j ON j.id = fl.job_id
+         WHERE j.deadline < now()
+           AND (fl.status = 'pending'
+                OR (fl.status = 'downloading' AND fl.lease_until < now()))
+           FOR UPDATE OF fl SKIP LOCKED
+    LOOP
+        UPDATE async_dl_files
+           SET status = 'failed', lease_owner = NULL, lease_until = NULL,
+               error_code = 'TIMEOUT',
+               error_message = 'the job''s deadline passed',
+               completed_at = now(), updated_at = now()
+         WHERE job_id = f.job_id AND idx = f.idx
+        RETURNING * INTO f;
+        PERFORM async_dl_job_account(f.job_id, f, 'failed');
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+-- API: cancel a job of p_owner.  Its unfinished files become canceled and
+-- the job canceled; the record is kept.  Returns the job's status after the
+-- call, or NULL when there is no such job for this owner.  Canceling a job
+-- that already ended changes nothing.
+CREATE FUNCTION async_dl_job_cancel(p_job uuid, p_owner text)
+RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    j async_dl_jobs;
+BEGIN
+    SELECT * INTO j FROM async_dl_jobs
+     WHERE id = p_job AND owner = p_owner FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF j.status NOT IN ('queued', 'processing') THEN
+        RETURN j.status;
+    END IF;
+
+    UPDATE async_dl_files
+       SET status = 'canceled', lease_owner = NULL, lease_until = NULL,
+           error_code = 'CANCELED', error_message = 'the job was canceled',
+           completed_at = now(), updated_at = now()
+     WHERE job_id = p_job AND status IN ('pending', 'downloading');
+
+    UPDATE async_dl_jobs
+       SET status = 'canceled',
+           failed_files = total_files - completed_files,
+           error_code = 'CANCELED', error_message = 'the job was canceled',
+           completed_at = now()
+     WHERE id = p_job;
+    RETURN 'canceled';
+END $$;

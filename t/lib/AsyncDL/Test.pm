@@ -1,0 +1,977 @@
+package AsyncDL::Test;
+
+=head1 NAME
+
+AsyncDL::Test - the async-dl test harness: real components, Test::Nginx-style blocks
+
+=head1 SYNOPSIS
+
+    use lib 't/lib';
+    use AsyncDL::Test;
+
+    run_tests();
+
+    __DATA__
+
+    === TEST 1: health answers when the database does
+    --- config
+    location /v1/download/ { async_dl; }
+    --- request
+    GET /v1/download/health
+    --- error_code: 200
+    --- response_body_like: "status":"ok"
+    --- no_error_log
+    [error]
+
+=head1 DESCRIPTION
+
+Each test file gets its own stack, every piece on a free loopback port and
+under one temporary folder, started on first use and stopped when the file
+ends, also when a test dies:
+
+=over
+
+=item PostgreSQL - a private cluster (initdb), schema applied by the real
+C<async-dl-worker --migrate>.
+
+=item S3 - C<@20minutes/s3rver> (t/s3), which verifies SigV4 signatures;
+bucket C<async-dl>, credentials C<S3RVER>/C<S3RVER>, region C<us-east-1>.
+
+=item origin - an nginx serving generated files, with locations that fail
+the ways origins fail (see L</ORIGIN>), plus C<t/tools/flaky-origin.pl>
+for failures that need memory (500 then 200, reset mid-body then Range).
+
+=item worker - the built C<async-dl-worker>, started by C<start_worker>.
+
+=item nginx - the system nginx with the built module loaded, configured
+per block.
+
+=back
+
+=head2 Blocks
+
+C<=== TEST name> starts a block; C<--- section> or C<--- section: value>
+its sections:
+
+    config               server{} contents (placeholders below)
+    http_config          extra http{} contents
+    adl_http_config      replaces the default async_dl_* http directives
+    main_config          top-level nginx.conf contents
+    setup                Perl code run before the request (may set $::x)
+    request              "METHOD /path" then an optional body
+    more_headers         "Name: value" lines
+    error_code           expected status
+    response_body        expected body, exact
+    response_body_like   regex the body must match
+    response_headers     "Name: value" exact, "!Name" absent
+    response_headers_like  "Name: regex"
+    response_json        Perl hash/array expression; every key given must
+                         match (values are regexes when written qr//)
+    error_log            lines (substrings) the error log must show
+    no_error_log         lines it must not show
+    must_die             nginx -t must fail; error_log lists expected text
+    check                Perl code run after, with $res (the response)
+
+Every block also checks that nothing at [alert], [crit] or [emerg] and no
+sanitizer report was logged during it.  Placeholders in configs:
+C<$ADL_PG> (libpq conninfo), C<$ADL_S3_ENDPOINT>, C<$ADL_S3_BUCKET>,
+C<$ADL_ORIGIN> (http://127.0.0.1:port of the origin nginx),
+C<$ADL_FLAKY> (the flaky origin), C<$ADL_PORT> (this nginx),
+C<$ADL_DIR> (the stack's folder).
+
+=head2 Functions
+
+C<adl()> the stack's facts (pg_port, pg_conninfo, database_url,
+s3_endpoint, s3_port, origin, flaky, port, dir); C<start_nginx($config,
+%opt)>, C<stop_nginx()>, C<request($method, $path, \%headers, $body)>
+returning {status, headers, content, json}; C<psql($sql)>;
+C<start_worker(%env)>, C<stop_worker($signal)>, C<worker_log()>;
+C<pg_stop()>, C<pg_start()>; C<s3_object($key)> (bytes or undef);
+C<s3_keys()>; C<origin_file($name, $size)> creates a random file served at
+$ADL_ORIGIN/f/$name and returns its path; C<sparse_file($name, $size)>;
+C<flaky_bytes($key, $size)>; C<sha256_hex($bytes)>, C<file_sha256($path)>;
+C<wait_until($sub, $seconds, $what)>; C<error_log_mark()>,
+C<error_log_since($mark)>; C<initiate($body, \%headers)>;
+C<wait_job($id, $status_re, $seconds, \%headers)>.
+
+=head1 ORIGIN
+
+    /files/<id>        generated files for ids 70000..70009
+    /f/<name>          files made with origin_file() / sparse_file()
+    /slow/<name>?rate=N   the same, sent at N bytes/s (default 16k)
+    /chunked/<name>    the same, without Content-Length
+    /noranges/<name>   the same, Range ignored
+    /status/<code>     404 403 408 429 500 502 503 (429/503: Retry-After: 1)
+    /redirect/1 .. /redirect/6   a chain of N redirects ending at /f/small.txt
+    /redirect/loop     redirects to itself forever
+    /redirect/private  to http://10.255.255.1/x
+    /redirect/metadata to http://169.254.169.254/latest/meta-data/
+    /redirect/loopback to http://127.0.0.1:<origin>/f/small.txt
+    /redirect/ftp      to ftp://127.0.0.1/x
+    /sleep             never sends a byte (a proxy to the flaky origin's /hang)
+
+flaky origin ($ADL_FLAKY):
+
+    /fail/<key>?n=N&size=S&code=C   C (500) N times, then 200 with S bytes
+    /reset/<key>?size=S&at=A        first time: Content-Length S, A bytes,
+                                    then a TCP reset; later: honours Range
+    /retry-after/<key>?n=N&after=T  429 + Retry-After: T, N times, then 200
+    /hang                           accepts, never answers
+    /callback/<key>?fail=N          records POSTs; answers 500 N times first
+    /requests/<key>                 how many requests <key> got (text)
+
+=cut
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use Digest::SHA qw(sha256_hex);
+use Exporter qw(import);
+use File::Basename qw(dirname);
+use File::Path qw(make_path remove_tree);
+use File::Temp qw(tempdir);
+use HTTP::Tiny;
+use IO::Socket::INET;
+use JSON::PP;
+use POSIX qw(:sys_wait_h);
+use Time::HiRes qw(sleep time);
+use Test::More;
+
+our @EXPORT = (
+    @Test::More::EXPORT,
+    qw(run_tests adl start_nginx stop_nginx request psql start_worker
+       stop_worker worker_log worker_pid pg_stop pg_start s3_object s3_keys
+       origin_file sparse_file flaky_bytes sha256_hex file_sha256 wait_until
+       error_log_mark error_log_since nginx_log initiate wait_job
+       encode_json decode_json)
+);
+
+my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
+my $BUILD = $ENV{ADL_BUILD} || "$ROOT/build";
+my $MODULE = $ENV{ADL_MODULE} || "$BUILD/nginx/ngx_http_async_dl_module.so";
+my $WORKER = $ENV{ADL_WORKER} || "$BUILD/async-dl-worker";
+my $NGINX = $ENV{ADL_NGINX} || '/usr/sbin/nginx';
+my $PGBIN = $ENV{ADL_PGBIN} || '/usr/lib/postgresql/15/bin';
+my $SANITIZE = $BUILD =~ /-san\b/ ? 1 : ($ENV{ADL_SANITIZE} || 0);
+my $JSON = JSON::PP->new->canonical->allow_nonref;
+
+my %S;            # the stack: ports, folders, pids
+my $OWNER_PID = $$;
+
+# --- processes ------------------------------------------------------------
+
+sub free_port {
+    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                                  LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
+        or die "no free port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+sub wait_port {
+    my ($port, $what, $pid) = @_;
+    my $until = time + 20;
+    while (time < $until) {
+        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                      Proto => 'tcp', Timeout => 1);
+        if ($s) { close $s; return 1 }
+        if ($pid && waitpid($pid, WNOHANG) == $pid) {
+            die "$what exited at start (status $?)\n";
+        }
+        sleep 0.02;
+    }
+    die "$what did not listen on 127.0.0.1:$port within 20 s\n";
+}
+
+# Starts a child with its stdout and stderr in $log; returns its pid.
+sub spawn {
+    my ($log, $env, @cmd) = @_;
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $log or die "$log: $!";
+        open STDERR, '>&', \*STDOUT;
+        %ENV = (%ENV, %$env);
+        exec @cmd or die "exec $cmd[0]: $!";
+    }
+    return $pid;
+}
+
+sub stop_pid {
+    my ($pid, $sig, $grace) = @_;
+    return unless $pid;
+    kill $sig // 'TERM', $pid;
+    my $until = time + ($grace // 10);
+    while (time < $until) {
+        return $? if waitpid($pid, WNOHANG) == $pid;
+        sleep 0.02;
+    }
+    kill 'KILL', $pid;
+    waitpid($pid, 0);
+    return $?;
+}
+
+sub run_quiet {
+    my ($log, @cmd) = @_;
+    my $pid = spawn($log, {}, @cmd);
+    waitpid($pid, 0);
+    return $? >> 8;
+}
+
+sub as_postgres {
+    return $> == 0 ? ('runuser', '-u', 'postgres', '--', @_) : @_;
+}
+
+# --- the stack --------------------------------------------------------------
+
+sub adl {
+    stack_up() unless $S{up};
+    return \%S;
+}
+
+sub stack_up {
+    return if $S{up};
+    $S{up} = 1;
+    $S{dir} = tempdir('adl-test-XXXXXX', TMPDIR => 1,
+                      CLEANUP => !$ENV{ADL_KEEP});
+    chmod 0755, $S{dir};
+    make_path(map { "$S{dir}/$_" } qw(logs pg pgsock s3 origin/files origin/f
+                                       origin/logs origin/tmp nginx/logs
+                                       nginx/tmp flaky));
+    chmod 0777, "$S{dir}/logs";
+    diag("stack in $S{dir}") if $ENV{ADL_KEEP};
+
+    pg_init();
+    pg_start();
+    migrate();
+    s3_start();
+    origin_start();
+    flaky_start();
+}
+
+sub pg_init {
+    $S{pg_port} = free_port();
+    if ($> == 0) {
+        system('chown', '-R', 'postgres', "$S{dir}/pg", "$S{dir}/pgsock") == 0
+            or die "chown: $?";
+    }
+    run_quiet("$S{dir}/logs/initdb.log",
+              as_postgres("$PGBIN/initdb", '-D', "$S{dir}/pg/data", '-U',
+                          'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8',
+                          '--locale=C.UTF-8')) == 0
+        or die "initdb failed: see $S{dir}/logs/initdb.log\n";
+    $S{pg_conninfo} = "host=127.0.0.1 port=$S{pg_port} dbname=postgres "
+                    . "user=postgres";
+    $S{database_url} = "postgresql://postgres\@127.0.0.1:$S{pg_port}/postgres";
+}
+
+sub pg_start {
+    run_quiet("$S{dir}/logs/pg_ctl.log",
+              as_postgres("$PGBIN/pg_ctl", '-D', "$S{dir}/pg/data", '-l',
+                          "$S{dir}/logs/postgresql.log", '-w', '-o',
+                          "-k $S{dir}/pgsock -p $S{pg_port} "
+                          . '-c listen_addresses=127.0.0.1 -c fsync=off '
+                          . '-c max_connections=300 '
+                          . '-c synchronous_commit=off', 'start')) == 0
+        or die "PostgreSQL did not start: see $S{dir}/logs/postgresql.log\n";
+    $S{pg_running} = 1;
+}
+
+sub pg_stop {
+    return unless $S{pg_running};
+    run_quiet("$S{dir}/logs/pg_ctl.log",
+              as_postgres("$PGBIN/pg_ctl", '-D', "$S{dir}/pg/data", '-m',
+                          'fast', '-w', 'stop'));
+    $S{pg_running} = 0;
+}
+
+sub migrate {
+    -x $WORKER or die "no worker binary at $WORKER: run make first\n";
+    my $rc = run_quiet("$S{dir}/logs/migrate.log", $WORKER, '--migrate',
+                       "--database-url=$S{database_url}");
+    $rc == 0 or die "async-dl-worker --migrate failed ($rc): "
+                    . slurp("$S{dir}/logs/migrate.log");
+}
+
+sub s3_start {
+    $S{s3_port} = free_port();
+    $S{s3_endpoint} = "http://127.0.0.1:$S{s3_port}";
+    $S{s3_bucket} = 'async-dl';
+    -d "$ROOT/t/s3/node_modules/\@20minutes/s3rver"
+        or die "the S3 server is not installed: run scripts/install-deps.sh\n";
+    $S{s3_pid} = spawn("$S{dir}/logs/s3.log", {}, 'node',
+                       "$ROOT/t/s3/server.js", '-d', "$S{dir}/s3", '-a',
+                       '127.0.0.1', '-p', $S{s3_port}, '--silent',
+                       '--configure-bucket', $S{s3_bucket});
+    wait_port($S{s3_port}, 'the S3 server', $S{s3_pid});
+}
+
+sub origin_start {
+    $S{origin_port} = free_port();
+    $S{flaky_port} = free_port();
+    $S{origin} = "http://127.0.0.1:$S{origin_port}";
+    $S{flaky} = "http://127.0.0.1:$S{flaky_port}";
+    my $d = "$S{dir}/origin";
+
+    # file ids 70000..70009: 1 KiB to 2.5 MiB of random bytes
+    for my $i (0 .. 9) {
+        write_random("$d/files/" . (70000 + $i), 1024 + $i * $i * 32 * 1024);
+    }
+    origin_file('small.txt', 0, "hello from the origin\n");
+
+    my $conf = <<"EOF";
+daemon off;
+worker_processes 1;
+error_log $d/logs/error.log warn;
+pid $d/nginx.pid;
+events { worker_connections 1024; }
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log $d/logs/access.log;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+    server {
+        listen 127.0.0.1:$S{origin_port};
+        server_name origin;
+        location /files/ { alias $d/files/; default_type application/octet-stream; }
+        location /f/ { alias $d/f/; }
+        location /slow/ {
+            alias $d/f/;
+            set \$rate 16k;
+            if (\$arg_rate) { set \$rate \$arg_rate; }
+            limit_rate \$rate;
+        }
+        location /chunked/ {
+            alias $d/f/;
+            sub_filter_types *;
+            sub_filter '\\0' '\\0';
+            sub_filter_once on;
+        }
+        location /noranges/ { alias $d/f/; max_ranges 0; }
+        location = /status/404 { return 404; }
+        location = /status/403 { return 403; }
+        location = /status/408 { return 408; }
+        location = /status/500 { return 500; }
+        location = /status/502 { return 502; }
+        location = /status/429 { add_header Retry-After 1 always; return 429; }
+        location = /status/503 { add_header Retry-After 1 always; return 503; }
+        location = /redirect/1 { return 302 /f/small.txt; }
+        location = /redirect/2 { return 302 /redirect/1; }
+        location = /redirect/3 { return 301 /redirect/2; }
+        location = /redirect/4 { return 307 /redirect/3; }
+        location = /redirect/5 { return 308 /redirect/4; }
+        location = /redirect/6 { return 302 /redirect/5; }
+        location = /redirect/loop { return 302 /redirect/loop; }
+        location = /redirect/private { return 302 http://10.255.255.1/x; }
+        location = /redirect/metadata {
+            return 302 http://169.254.169.254/latest/meta-data/;
+        }
+        location = /redirect/loopback { return 302 $S{origin}/f/small.txt; }
+        location = /redirect/ftp { return 302 ftp://127.0.0.1/x; }
+        location = /sleep {
+            proxy_pass $S{flaky}/hang;
+            proxy_read_timeout 1h;
+        }
+    }
+}
+EOF
+    write_file("$d/nginx.conf", $conf);
+    $S{origin_pid} = spawn("$d/logs/stderr.log", {}, $NGINX, '-p', "$d/",
+                           '-c', "$d/nginx.conf");
+    wait_port($S{origin_port}, 'the origin nginx', $S{origin_pid});
+}
+
+sub flaky_start {
+    $S{flaky_pid} = spawn("$S{dir}/logs/flaky.log", {}, $^X,
+                          "$ROOT/t/tools/flaky-origin.pl", $S{flaky_port},
+                          "$S{dir}/flaky");
+    wait_port($S{flaky_port}, 'the flaky origin', $S{flaky_pid});
+}
+
+# --- the nginx under test ---------------------------------------------------
+
+sub default_http_config {
+    return <<"EOF";
+    async_dl_postgres "$S{pg_conninfo}";
+    async_dl_s3_endpoint $S{s3_endpoint};
+    async_dl_s3_bucket $S{s3_bucket};
+    async_dl_s3_region us-east-1;
+    async_dl_s3_access_key S3RVER;
+    async_dl_s3_secret_key S3RVER;
+EOF
+}
+
+sub expand {
+    my ($text) = @_;
+    return '' unless defined $text;
+    my %v = (ADL_PG => $S{pg_conninfo}, ADL_S3_ENDPOINT => $S{s3_endpoint},
+             ADL_S3_BUCKET => $S{s3_bucket}, ADL_ORIGIN => $S{origin},
+             ADL_FLAKY => $S{flaky}, ADL_PORT => $S{port},
+             ADL_DIR => $S{dir});
+    $text =~ s/\$(ADL_[A-Z0-9_]+)\b/exists $v{$1} ? $v{$1} : "\$$1"/ge;
+    return $text;
+}
+
+sub nginx_conf {
+    my ($config, %opt) = @_;
+    my $d = "$S{dir}/nginx";
+    my $http = defined $opt{adl_http_config} ? $opt{adl_http_config}
+                                             : default_http_config();
+    my $level = $ENV{ADL_DEBUG} ? 'debug' : 'info';
+    return expand(<<"EOF");
+daemon off;
+master_process on;
+worker_processes ${\ ($opt{workers} // 1)};
+load_module $MODULE;
+error_log $d/logs/error.log $level;
+pid $d/logs/nginx.pid;
+${\ ($opt{main_config} // '')}
+events { worker_connections 4096; }
+http {
+    access_log $d/logs/access.log;
+    client_body_temp_path $d/tmp/body;
+    proxy_temp_path $d/tmp/proxy;
+    fastcgi_temp_path $d/tmp/fastcgi;
+    uwsgi_temp_path $d/tmp/uwsgi;
+    scgi_temp_path $d/tmp/scgi;
+$http
+${\ ($opt{http_config} // '')}
+    server {
+        listen 127.0.0.1:$S{port};
+        server_name localhost;
+$config
+    }
+}
+EOF
+}
+
+sub sanitizer_env {
+    return () unless $SANITIZE;
+    # the module is instrumented, nginx itself is not: the runtime must be
+    # loaded first.  nginx frees nothing at exit, so leak checks are off
+    # for it (the worker keeps them).
+    my $asan = `gcc -print-file-name=libasan.so`;
+    chomp $asan;
+    return (LD_PRELOAD => $asan,
+            ASAN_OPTIONS => 'detect_leaks=0:abort_on_error=1',
+            UBSAN_OPTIONS => 'print_stacktrace=1:halt_on_error=1');
+}
+
+# Writes the config, checks it with nginx -t, (re)starts nginx.  Returns
+# the output of nginx -t when it fails and $opt{expect_failure} is set.
+sub start_nginx {
+    my ($config, %opt) = @_;
+    adl();
+    stop_nginx();
+    $S{port} //= free_port();
+    my $d = "$S{dir}/nginx";
+    my $conf = nginx_conf($config, %opt);
+    write_file("$d/nginx.conf", $conf);
+    $S{nginx_conf} = $conf;
+
+    my $t = "$S{dir}/logs/nginx-t.log";
+    unlink $t;
+    my $pid = spawn($t, {sanitizer_env()}, $NGINX, '-t', '-p', "$d/", '-c',
+                    "$d/nginx.conf");
+    waitpid($pid, 0);
+    my $ok = $? == 0;
+    if ($opt{expect_failure}) {
+        return $ok ? undef : slurp($t);
+    }
+    $ok or die "nginx -t failed:\n" . slurp($t);
+
+    $S{nginx_pid} = spawn("$d/logs/stderr.log", {sanitizer_env()}, $NGINX,
+                          '-p', "$d/", '-c', "$d/nginx.conf");
+    wait_port($S{port}, 'nginx', $S{nginx_pid});
+    return undef;
+}
+
+sub stop_nginx {
+    return unless $S{nginx_pid};
+    stop_pid($S{nginx_pid}, 'QUIT', 10);
+    delete $S{nginx_pid};
+}
+
+sub nginx_log {
+    return slurp("$S{dir}/nginx/logs/error.log")
+         . slurp("$S{dir}/nginx/logs/stderr.log");
+}
+
+sub error_log_mark {
+    return [(-s "$S{dir}/nginx/logs/error.log") || 0,
+            (-s "$S{dir}/nginx/logs/stderr.log") || 0];
+}
+
+sub error_log_since {
+    my ($mark) = @_;
+    return slurp("$S{dir}/nginx/logs/error.log", $mark->[0])
+         . slurp("$S{dir}/nginx/logs/stderr.log", $mark->[1]);
+}
+
+# --- requests ---------------------------------------------------------------
+
+my $HTTP = HTTP::Tiny->new(max_redirect => 0, timeout => 30,
+                           keep_alive => 0);
+
+sub request {
+    my ($method, $path, $headers, $body) = @_;
+    my $url = $path =~ m{^https?://} ? $path
+                                     : "http://127.0.0.1:$S{port}$path";
+    my %o = (headers => $headers || {});
+    $o{content} = $body if defined $body;
+    my $r = $HTTP->request($method, $url, \%o);
+    my $json;
+    if (($r->{headers}{'content-type'} // '') =~ m{json}
+        && length($r->{content} // ''))
+    {
+        $json = eval { $JSON->decode($r->{content}) };
+    }
+    return { status => $r->{status}, headers => $r->{headers},
+             content => $r->{content} // '', json => $json,
+             reason => $r->{reason} };
+}
+
+sub initiate {
+    my ($body, $headers, $prefix) = @_;
+    $prefix //= '/v1/download/';
+    $body = $JSON->encode($body) if ref $body;
+    return request('POST', "${prefix}initiate",
+                   { 'Content-Type' => 'application/json',
+                     %{ $headers || {} } }, $body);
+}
+
+sub wait_job {
+    my ($id, $re, $secs, $headers, $prefix) = @_;
+    $prefix //= '/v1/download/';
+    my $last;
+    wait_until(sub {
+        $last = request('GET', "${prefix}status/$id", $headers);
+        return $last->{json} && ($last->{json}{status} // '') =~ $re;
+    }, $secs // 30, "job $id to reach $re")
+        or diag(explain($last->{json} // $last->{content}));
+    return $last->{json};
+}
+
+# --- the worker -------------------------------------------------------------
+
+sub worker_env {
+    return (
+        ASYNC_DL_DATABASE_URL => $S{database_url},
+        ASYNC_DL_S3_ENDPOINT => $S{s3_endpoint},
+        ASYNC_DL_S3_BUCKET => $S{s3_bucket},
+        ASYNC_DL_S3_REGION => 'us-east-1',
+        ASYNC_DL_S3_ACCESS_KEY_ID => 'S3RVER',
+        ASYNC_DL_S3_SECRET_ACCESS_KEY => 'S3RVER',
+        ASYNC_DL_ALLOW_CIDRS => '127.0.0.1/32',
+        ASYNC_DL_LOG_LEVEL => 'debug',
+        ASYNC_DL_RETRY_BASE => '100ms',
+        ($SANITIZE ? (ASAN_OPTIONS => 'abort_on_error=1',
+                      UBSAN_OPTIONS => 'print_stacktrace=1:halt_on_error=1')
+                   : ()),
+    );
+}
+
+# start_worker(%env): one more worker process (a test may run several);
+# returns its pid.  Settings given as undef are removed from the defaults.
+sub start_worker {
+    my (%env) = @_;
+    adl();
+    my %e = (worker_env(), %env);
+    my @unset = grep { !defined $e{$_} } keys %e;
+    delete @e{@unset};
+    my $n = scalar @{ $S{workers} ||= [] };
+    my $log = "$S{dir}/logs/worker-$n.log";
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        delete @ENV{@unset};
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $log or die "$log: $!";
+        open STDERR, '>&', \*STDOUT;
+        %ENV = (%ENV, %e);
+        exec $WORKER or die "exec $WORKER: $!";
+    }
+    push @{ $S{workers} }, { pid => $pid, log => $log };
+    return $pid;
+}
+
+sub worker_pid {
+    my ($n) = @_;
+    my $w = $S{workers} && $S{workers}[$n // -1];
+    return $w && $w->{pid};
+}
+
+# stop_worker($signal, $n): the last started by default; returns the exit
+# status as waitpid gives it.
+sub stop_worker {
+    my ($sig, $n, $grace) = @_;
+    my $w = $S{workers} && $S{workers}[$n // -1] or return;
+    return undef unless $w->{pid};
+    my $st = stop_pid($w->{pid}, $sig // 'TERM', $grace // 30);
+    $w->{pid} = 0;
+    $w->{status} = $st;
+    return $st;
+}
+
+sub worker_log {
+    my ($n) = @_;
+    return join '', map { slurp($_->{log}) }
+        defined $n ? ($S{workers}[$n]) : @{ $S{workers} || [] };
+}
+
+# --- data -------------------------------------------------------------------
+
+sub psql {
+    my ($sql) = @_;
+    adl();
+    open my $fh, '-|', 'psql', '-X', '-q', '-At', '-v', 'ON_ERROR_STOP=1',
+        '-h', '127.0.0.1', '-p', $S{pg_port}, '-U', 'postgres', '-d',
+        'postgres', '-c', $sql or die "psql: $!";
+    local $/;
+    my $out = <$fh>;
+    close $fh or die "psql failed ($?) on: $sql\n";
+    $out =~ s/\n\z// if defined $out;
+    return $out // '';
+}
+
+# s3rver keeps each object as <dir>/<bucket>/<key>._S3rver_object
+sub s3_object {
+    my ($key) = @_;
+    my $f = "$S{dir}/s3/$S{s3_bucket}/$key._S3rver_object";
+    return -f $f ? slurp($f) : undef;
+}
+
+sub s3_keys {
+    my $base = "$S{dir}/s3/$S{s3_bucket}/";
+    my @keys;
+    my @todo = ($base);
+    while (my $d = shift @todo) {
+        opendir my $dh, $d or next;
+        for my $e (readdir $dh) {
+            next if $e eq '.' || $e eq '..';
+            if (-d "$d$e") { push @todo, "$d$e/"; next }
+            push @keys, substr("$d$e", length $base) =~ s/\._S3rver_object$//r
+                if $e =~ /\._S3rver_object$/;
+        }
+    }
+    return sort @keys;
+}
+
+sub write_random {
+    my ($path, $size) = @_;
+    open my $in, '<:raw', '/dev/urandom' or die $!;
+    open my $out, '>:raw', $path or die "$path: $!";
+    while ($size > 0) {
+        my $n = $size > 1 << 20 ? 1 << 20 : $size;
+        read($in, my $buf, $n) == $n or die "urandom: $!";
+        print $out $buf;
+        $size -= $n;
+    }
+    close $out or die "$path: $!";
+    chmod 0644, $path;
+}
+
+# origin_file($name, $size [, $content]): a file at $ADL_ORIGIN/f/$name
+sub origin_file {
+    my ($name, $size, $content) = @_;
+    adl() unless $S{dir};
+    my $path = "$S{dir}/origin/f/$name";
+    if (defined $content) { write_file($path, $content) }
+    else { write_random($path, $size) }
+    chmod 0644, $path;
+    return $path;
+}
+
+sub sparse_file {
+    my ($name, $size) = @_;
+    my $path = "$S{dir}/origin/f/$name";
+    open my $fh, '>', $path or die "$path: $!";
+    truncate $fh, $size or die "truncate: $!";
+    close $fh;
+    chmod 0644, $path;
+    return $path;
+}
+
+# The bytes the flaky origin sends for $key: sha256 blocks of "key:n".
+sub flaky_bytes {
+    my ($key, $size) = @_;
+    my $out = '';
+    my $n = 0;
+    while (length $out < $size) {
+        $out .= Digest::SHA::sha256("$key:" . $n++);
+    }
+    return substr($out, 0, $size);
+}
+
+sub file_sha256 {
+    my ($path) = @_;
+    my $d = Digest::SHA->new(256);
+    $d->addfile($path, 'b');
+    return $d->hexdigest;
+}
+
+sub wait_until {
+    my ($cond, $secs, $what) = @_;
+    my $until = time + ($secs // 10);
+    while (time < $until) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+    return $cond->() ? 1 : do { diag("timed out waiting for $what") if $what; 0 };
+}
+
+sub slurp {
+    my ($path, $offset) = @_;
+    open my $fh, '<:raw', $path or return '';
+    seek $fh, $offset, 0 if $offset;
+    local $/;
+    my $s = <$fh>;
+    return $s // '';
+}
+
+sub write_file {
+    my ($path, $content) = @_;
+    open my $fh, '>:raw', $path or die "$path: $!";
+    print $fh $content;
+    close $fh or die "$path: $!";
+}
+
+# --- blocks -----------------------------------------------------------------
+
+sub parse_blocks {
+    no strict 'refs';
+    my $fh = \*{'main::DATA'};
+    local $/;
+    my $data = <$fh> // '';
+    my @blocks;
+    for my $chunk (split /^===\s*/m, $data) {
+        next unless $chunk =~ /\S/;
+        my ($name, $rest) = split /\n/, $chunk, 2;
+        my %b = (name => $name);
+        $rest //= '';
+        my @parts = split /^---\s*/m, $rest;
+        shift @parts;
+        for my $p (@parts) {
+            my ($head, $body) = split /\n/, $p, 2;
+            $body //= '';
+            if ($head =~ /^(\w+)\s*:\s*(.*?)\s*$/) {
+                $b{$1} = $2;
+            } else {
+                $head =~ s/\s+$//;
+                $body =~ s/\s+\z/\n/;
+                $body =~ s/\A\n+//;
+                $b{$head} = $body;
+            }
+        }
+        push @blocks, \%b;
+    }
+    return @blocks;
+}
+
+sub lines {
+    my ($s) = @_;
+    return grep { length } map { s/^\s+|\s+$//gr } split /\n/, $s // '';
+}
+
+# Deep "contains": every key of $want is in $got with a matching value.
+sub json_contains {
+    my ($got, $want, $path) = @_;
+    if (ref $want eq 'HASH') {
+        return "$path is not an object" unless ref $got eq 'HASH';
+        for my $k (sort keys %$want) {
+            return "$path.$k is missing" unless exists $got->{$k};
+            my $e = json_contains($got->{$k}, $want->{$k}, "$path.$k");
+            return $e if $e;
+        }
+        return '';
+    }
+    if (ref $want eq 'ARRAY') {
+        return "$path is not an array" unless ref $got eq 'ARRAY';
+        return "$path has " . @$got . " items, want " . @$want
+            unless @$got == @$want;
+        for my $i (0 .. $#$want) {
+            my $e = json_contains($got->[$i], $want->[$i], "$path\[$i]");
+            return $e if $e;
+        }
+        return '';
+    }
+    if (ref $want eq 'Regexp') {
+        return "$path = " . ($got // 'null') . " does not match $want"
+            unless defined $got && !ref $got && $got =~ $want;
+        return '';
+    }
+    if (!defined $want) {
+        return defined $got ? "$path is " . $JSON->encode($got) . ", want null"
+                            : '';
+    }
+    if (JSON::PP::is_bool($got)) {
+        return ($got ? 1 : 0) == ($want ? 1 : 0) ? '' : "$path is $got";
+    }
+    return "$path is " . ($got // 'null') . ", want $want"
+        unless defined $got && !ref $got && $got eq $want;
+    return '';
+}
+
+my @ALWAYS_BAD = ('[alert]', '[crit]', '[emerg]', 'AddressSanitizer',
+                  'runtime error:', 'LeakSanitizer');
+
+sub run_block {
+    my ($b) = @_;
+    my $name = $b->{name};
+    local $::block = $b;
+
+    my %opt = map { $_ => $b->{$_} } grep { defined $b->{$_} }
+              qw(http_config adl_http_config main_config);
+    my $config = $b->{config} // '';
+
+    if (defined $b->{must_die}) {
+        my $err = start_nginx($config, %opt, expect_failure => 1);
+        ok(defined $err, "$name - nginx -t fails");
+        for my $l (lines($b->{error_log})) {
+            like($err // '', qr/\Q$l\E/, "$name - nginx -t says \"$l\"");
+        }
+        return;
+    }
+
+    my $want_conf = nginx_conf($config, %opt);
+    start_nginx($config, %opt)
+        if !$S{nginx_pid} || ($S{nginx_conf} // '') ne $want_conf;
+
+    my $mark = error_log_mark();
+    if (defined $b->{setup}) {
+        eval "package main; no strict; $b->{setup}; 1"
+            or die "$name: setup died: $@";
+    }
+
+    my $res;
+    if (defined $b->{request}) {
+        my ($line, $body) = split /\n/, expand($b->{request}), 2;
+        $line = expand_perl($line);
+        my ($method, $path) = split ' ', $line;
+        my %h;
+        for my $l (lines(expand_perl(expand($b->{more_headers})))) {
+            my ($k, $v) = split /:\s*/, $l, 2;
+            $h{$k} = $v;
+        }
+        $body = undef if defined $body && $body !~ /\S/;
+        chomp $body if defined $body;
+        $body = expand_perl($body) if defined $body;
+        $res = request($method, $path, \%h, $body);
+        $::res = $res;
+
+        if (defined $b->{error_code}) {
+            is($res->{status}, $b->{error_code}, "$name - status")
+                or diag($res->{content});
+        }
+        if (defined $b->{response_body}) {
+            my $want = $b->{response_body};
+            is($res->{content}, $want =~ s/\n\z//r eq $res->{content}
+                                ? $res->{content} : $want, "$name - body");
+        }
+        if (defined $b->{response_body_like}) {
+            my $re = $b->{response_body_like} =~ s/\n\z//r;
+            like($res->{content}, qr/$re/s, "$name - body like");
+        }
+        for my $l (lines($b->{response_headers})) {
+            if ($l =~ /^!\s*(\S+)/) {
+                ok(!exists $res->{headers}{lc $1}, "$name - no $1 header");
+                next;
+            }
+            my ($k, $v) = split /:\s*/, $l, 2;
+            is($res->{headers}{lc $k}, expand_perl($v), "$name - header $k");
+        }
+        for my $l (lines($b->{response_headers_like})) {
+            my ($k, $v) = split /:\s*/, $l, 2;
+            like($res->{headers}{lc $k} // '', qr/$v/, "$name - header $k like");
+        }
+        if (defined $b->{response_json}) {
+            my $want = eval "package main; no strict; $b->{response_json}";
+            die "$name: response_json: $@" if $@;
+            my $err = defined $res->{json} ? json_contains($res->{json}, $want, '')
+                                           : 'the body is not JSON';
+            is($err, '', "$name - json") or diag($res->{content});
+        }
+    }
+    if (defined $b->{check}) {
+        eval "package main; no strict; $b->{check}; 1"
+            or fail("$name - check died: $@");
+    }
+
+    # give the worker process a moment to log what it does after the answer
+    sleep 0.05 if defined $b->{error_log} || defined $b->{no_error_log};
+    my $log = error_log_since($mark);
+    for my $l (lines($b->{error_log})) {
+        like($log, qr/\Q$l\E/, "$name - error log has \"$l\"");
+    }
+    for my $l (lines($b->{no_error_log})) {
+        unlike($log, qr/\Q$l\E/, "$name - error log has no \"$l\"");
+    }
+    my @bad = grep { index($log, $_) >= 0 } @ALWAYS_BAD;
+    is("@bad", '', "$name - nothing alarming logged") or diag($log);
+}
+
+# "${ \ expr }" style interpolation of Perl variables set by setup code
+sub expand_perl {
+    my ($s) = @_;
+    return $s unless defined $s && $s =~ /\$::\w/;
+    $s =~ s/\$::(\w+)/defined ${"main::$1"} ? ${"main::$1"} : "\$::$1"/ge;
+    return $s;
+}
+
+sub run_tests {
+    adl();
+    run_block($_) for parse_blocks();
+    done_testing();
+}
+
+# --- stopping everything ------------------------------------------------
+
+sub stack_down {
+    return unless $$ == $OWNER_PID && $S{up};
+    stop_nginx();
+    for my $w (@{ $S{workers} || [] }) {
+        stop_pid($w->{pid}, 'TERM', 15) if $w->{pid};
+    }
+    stop_pid($S{origin_pid}, 'QUIT', 5);
+    stop_pid($S{flaky_pid}, 'TERM', 5);
+    stop_pid($S{s3_pid}, 'TERM', 5);
+    pg_stop();
+    if ($ENV{ADL_KEEP}) { diag("kept $S{dir}") }
+    $S{up} = 0;
+}
+
+# After everything stopped: a crash or a sanitizer report in any log of
+# nginx or of a worker fails the file, whatever its tests said.
+sub final_log_check {
+    return 0 unless $$ == $OWNER_PID && $S{dir};
+    my %logs = (nginx => nginx_log(), worker => worker_log());
+    my $bad = 0;
+    for my $what (sort keys %logs) {
+        for my $l ('AddressSanitizer', 'runtime error:', 'LeakSanitizer',
+                   'exited on signal')
+        {
+            next if index($logs{$what}, $l) < 0;
+            diag("the $what log shows \"$l\":\n$logs{$what}");
+            $bad = 1;
+        }
+    }
+    return $bad;
+}
+
+$SIG{INT} = $SIG{TERM} = sub { exit 1 };
+
+END {
+    my $rc = $?;
+    stack_down();
+    $rc ||= 1 if final_log_check();
+    $? = $rc;
+}
+
+1;
