@@ -19,10 +19,10 @@ is(length $r->{content}, 1024, 'file 70000 is 1 KiB');
 $r = request('GET', "$s->{origin}/files/70009");
 is(length $r->{content}, 1024 + 81 * 32 * 1024, 'file 70009 is larger');
 
-is(request('GET', "$s->{origin}/status/404")->{status}, 404, '404');
-is(request('GET', "$s->{origin}/status/500")->{status}, 500, '500');
+is(request('GET', "$s->{origin}/status/404")->{status}, 404, 'origin 404');
+is(request('GET', "$s->{origin}/status/500")->{status}, 500, 'origin 500');
 $r = request('GET', "$s->{origin}/status/429");
-is($r->{status}, 429, '429');
+is($r->{status}, 429, 'origin 429');
 is($r->{headers}{'retry-after'}, 1, '429 carries Retry-After');
 
 $r = request('GET', "$s->{origin}/redirect/3");

@@ -92,7 +92,9 @@ $ADL_ORIGIN/f/$name and returns its path; C<sparse_file($name, $size)>;
 C<flaky_bytes($key, $size)>; C<sha256_hex($bytes)>, C<file_sha256($path)>;
 C<wait_until($sub, $seconds, $what)>; C<error_log_mark()>,
 C<error_log_since($mark)>; C<initiate($body, \%headers)>;
-C<wait_job($id, $status_re, $seconds, \%headers)>.
+C<wait_job($id, $status_re, $seconds, \%headers)>;
+C<origin_log()> the origin's access log, lines of
+"$msec $request_time $status $request_uri".
 
 =head1 ORIGIN
 
@@ -143,7 +145,7 @@ our @EXPORT = (
     qw(run_tests adl start_nginx stop_nginx request psql start_worker
        stop_worker worker_log worker_pid pg_stop pg_start s3_object s3_keys
        origin_file sparse_file flaky_bytes sha256_hex file_sha256 wait_until
-       error_log_mark error_log_since nginx_log initiate wait_job
+       error_log_mark error_log_since nginx_log origin_log initiate wait_job
        encode_json decode_json)
 );
 
@@ -331,7 +333,9 @@ events { worker_connections 1024; }
 http {
     include /etc/nginx/mime.types;
     default_type application/octet-stream;
-    access_log $d/logs/access.log;
+    # when each request started (\$msec is when it ended): for benchmarks
+    log_format adl '\$msec \$request_time \$status \$request_uri';
+    access_log $d/logs/access.log adl;
     client_body_temp_path $d/tmp/body;
     proxy_temp_path $d/tmp/proxy;
     fastcgi_temp_path $d/tmp/fastcgi;
@@ -497,6 +501,10 @@ sub stop_nginx {
     return unless $S{nginx_pid};
     stop_pid($S{nginx_pid}, 'QUIT', 10);
     delete $S{nginx_pid};
+}
+
+sub origin_log {
+    return slurp("$S{dir}/origin/logs/access.log");
 }
 
 sub nginx_log {
