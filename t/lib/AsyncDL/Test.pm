@@ -246,6 +246,7 @@ sub stack_up {
     chmod 0777, "$S{dir}/logs";
     diag("stack in $S{dir}") if $ENV{ADL_KEEP};
 
+    $S{port} = free_port();
     pg_init();
     pg_start();
     migrate();
@@ -474,7 +475,7 @@ sub start_nginx {
     my ($config, %opt) = @_;
     adl();
     stop_nginx();
-    $S{port} //= free_port();
+
     my $d = "$S{dir}/nginx";
     my $conf = nginx_conf($config, %opt);
     write_file("$d/nginx.conf", $conf);

@@ -1,0 +1,930 @@
+
+/*
+ * ngx_http_async_dl_module: the async-dl HTTP API inside nginx.
+ *
+ * This file holds the directives, the configuration, the worker process's
+ * PostgreSQL pool, the $async_dl_job_id variable and the location handler
+ * that dispatches a request under {p} (the location's prefix) to its route
+ * in src/ngx_http_async_dl_api.c.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_async_dl.h"
+
+
+typedef struct {
+    ngx_conf_post_handler_pt  post_handler;
+    ngx_msec_t                low;
+    ngx_msec_t                high;
+} ngx_http_async_dl_msec_bounds_t;
+
+
+static ngx_int_t ngx_http_async_dl_handler(ngx_http_request_t *r);
+static ngx_http_async_dl_route_e ngx_http_async_dl_route(
+    ngx_http_request_t *r, ngx_http_async_dl_loc_conf_t *alcf,
+    ngx_http_async_dl_ctx_t *ctx);
+static ngx_int_t ngx_http_async_dl_job_id_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+static ngx_int_t ngx_http_async_dl_preconfiguration(ngx_conf_t *cf);
+static ngx_int_t ngx_http_async_dl_postconfiguration(ngx_conf_t *cf);
+static void *ngx_http_async_dl_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_async_dl_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_async_dl_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_async_dl_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_async_dl(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_async_dl_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_async_dl_check_num(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_async_dl_check_msec(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_async_dl_check_source_url(ngx_conf_t *cf, void *post,
+    void *data);
+static ngx_int_t ngx_http_async_dl_init_process(ngx_cycle_t *cycle);
+static void ngx_http_async_dl_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_num_bounds_t  ngx_http_async_dl_pool_bounds = {
+    ngx_http_async_dl_check_num, 1, 1024
+};
+
+static ngx_conf_num_bounds_t  ngx_http_async_dl_max_files_bounds = {
+    ngx_http_async_dl_check_num, 1, 100000
+};
+
+/* 0: no limit */
+static ngx_conf_num_bounds_t  ngx_http_async_dl_limit_bounds = {
+    ngx_http_async_dl_check_num, 0, NGX_MAX_INT32_VALUE
+};
+
+static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_pg_timeout_bounds = {
+    ngx_http_async_dl_check_msec, 10, 3600000
+};
+
+static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_expires_bounds = {
+    ngx_http_async_dl_check_msec, 1000, 604800000      /* 1s .. 7d, S3 */
+};
+
+static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_job_timeout_bounds = {
+    ngx_http_async_dl_check_msec, 1000, 604800000
+};
+
+static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_heartbeat_bounds = {
+    ngx_http_async_dl_check_msec, 1000, 3600000
+};
+
+static ngx_conf_post_t  ngx_http_async_dl_source_url_post = {
+    ngx_http_async_dl_check_source_url
+};
+
+static ngx_conf_enum_t  ngx_http_async_dl_addressing[] = {
+    { ngx_string("path"), NGX_HTTP_ASYNC_DL_S3_PATH },
+    { ngx_string("virtual"), NGX_HTTP_ASYNC_DL_S3_VIRTUAL },
+    { ngx_null_string, 0 }
+};
+
+
+#define NGX_HTTP_ASYNC_DL_LOC_CONF                                            \
+    (NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF)
+
+
+static ngx_command_t  ngx_http_async_dl_commands[] = {
+
+    /* http level */
+
+    { ngx_string("async_dl_postgres"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_async_dl_postgres,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("async_dl_postgres_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_main_conf_t, pg_pool),
+      &ngx_http_async_dl_pool_bounds },
+
+    { ngx_string("async_dl_postgres_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_main_conf_t, pg_timeout),
+      &ngx_http_async_dl_pg_timeout_bounds },
+
+    { ngx_string("async_dl_s3_endpoint"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_main_conf_t, s3_endpoint),
+      NULL },
+
+    { ngx_string("async_dl_s3_public_endpoint"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_main_conf_t, s3_public_endpoint),
+      NULL },
+
+    { ngx_string("async_dl_s3_bucket"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_main_conf_t, s3_bucket),
+      NULL },
+
+    { ngx_string("async_dl_s3_region"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_main_conf_t, s3_region),
+      NULL },
+
+    { ngx_string("async_dl_s3_access_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_main_conf_t, s3_access_key),
+      NULL },
+
+    { ngx_string("async_dl_s3_secret_key"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_main_conf_t, s3_secret_key),
+      NULL },
+
+    { ngx_string("async_dl_s3_addressing"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_main_conf_t, s3_addressing),
+      &ngx_http_async_dl_addressing },
+
+    { ngx_string("async_dl_presign_expires"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_main_conf_t, presign_expires),
+      &ngx_http_async_dl_expires_bounds },
+
+    /* location level (and inherited from http and server) */
+
+    { ngx_string("async_dl"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_async_dl,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("async_dl_owner"),
+      NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_loc_conf_t, owner),
+      NULL },
+
+    { ngx_string("async_dl_source_url"),
+      NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_loc_conf_t, source_url),
+      &ngx_http_async_dl_source_url_post },
+
+    { ngx_string("async_dl_urls"),
+      NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_loc_conf_t, urls),
+      NULL },
+
+    { ngx_string("async_dl_max_files"),
+      NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_loc_conf_t, max_files),
+      &ngx_http_async_dl_max_files_bounds },
+
+    { ngx_string("async_dl_max_pending"),
+      NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_loc_conf_t, max_pending),
+      &ngx_http_async_dl_limit_bounds },
+
+    { ngx_string("async_dl_max_active_per_owner"),
+      NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_loc_conf_t, max_active),
+      &ngx_http_async_dl_limit_bounds },
+
+    { ngx_string("async_dl_default_timeout"),
+      NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_loc_conf_t, default_timeout),
+      &ngx_http_async_dl_job_timeout_bounds },
+
+    { ngx_string("async_dl_max_timeout"),
+      NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_loc_conf_t, max_timeout),
+      &ngx_http_async_dl_job_timeout_bounds },
+
+    { ngx_string("async_dl_heartbeat"),
+      NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_async_dl_loc_conf_t, heartbeat),
+      &ngx_http_async_dl_heartbeat_bounds },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_async_dl_module_ctx = {
+    ngx_http_async_dl_preconfiguration,    /* preconfiguration */
+    ngx_http_async_dl_postconfiguration,   /* postconfiguration */
+
+    ngx_http_async_dl_create_main_conf,    /* create main configuration */
+    ngx_http_async_dl_init_main_conf,      /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_async_dl_create_loc_conf,     /* create location configuration */
+    ngx_http_async_dl_merge_loc_conf       /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_async_dl_module = {
+    NGX_MODULE_V1,
+    &ngx_http_async_dl_module_ctx,         /* module context */
+    ngx_http_async_dl_commands,            /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    ngx_http_async_dl_init_process,        /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_async_dl_exit_process,        /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static ngx_str_t  ngx_http_async_dl_job_id_name = ngx_string("async_dl_job_id");
+
+
+/* the location handler */
+
+
+static ngx_int_t
+ngx_http_async_dl_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                      rc;
+    ngx_uint_t                     methods;
+    const char                    *allow;
+    ngx_http_async_dl_ctx_t       *ctx;
+    ngx_http_async_dl_loc_conf_t  *alcf;
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_async_dl_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_async_dl_module);
+
+    ctx->route = ngx_http_async_dl_route(r, alcf, ctx);
+
+    switch (ctx->route) {
+
+    case NGX_HTTP_ASYNC_DL_ROUTE_INITIATE:
+    case NGX_HTTP_ASYNC_DL_ROUTE_CANCEL:
+        methods = NGX_HTTP_POST;
+        allow = "POST";
+        break;
+
+    case NGX_HTTP_ASYNC_DL_ROUTE_JOB:
+        methods = NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_DELETE;
+        allow = "GET, HEAD, DELETE";
+        break;
+
+    case NGX_HTTP_ASYNC_DL_ROUTE_NONE:
+        (void) ngx_http_discard_request_body(r);
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
+                                            "NOT_FOUND",
+                                            "no such route: \"%V\"", &r->uri);
+
+    default:
+        methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
+        allow = "GET, HEAD";
+        break;
+    }
+
+    if (!(r->method & methods)) {
+        (void) ngx_http_discard_request_body(r);
+
+        if (ngx_http_async_dl_add_header(r, "Allow", (u_char *) allow,
+                                         ngx_strlen(allow))
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                            "METHOD_NOT_ALLOWED",
+                                            "%V is not allowed here, "
+                                            "use %s", &r->method_name,
+                                            allow);
+    }
+
+    if (ctx->route != NGX_HTTP_ASYNC_DL_ROUTE_INITIATE) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    if (ctx->route == NGX_HTTP_ASYNC_DL_ROUTE_HEALTH) {
+        return ngx_http_async_dl_health(r);
+    }
+
+    if (alcf->owner) {
+        if (ngx_http_complex_value(r, alcf->owner, &ctx->owner) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (ctx->owner.len == 0) {
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_UNAUTHORIZED,
+                                                "UNAUTHORIZED",
+                                                "the request has no owner "
+                                                "(async_dl_owner is empty)");
+        }
+    }
+
+    switch (ctx->route) {
+
+    case NGX_HTTP_ASYNC_DL_ROUTE_INITIATE:
+        return ngx_http_async_dl_initiate(r);
+
+    case NGX_HTTP_ASYNC_DL_ROUTE_STREAM:
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
+                                            "NOT_IMPLEMENTED",
+                                            "the event stream is not "
+                                            "available yet, poll %Vstatus/%V",
+                                            &alcf->prefix, &ctx->job_id);
+
+    case NGX_HTTP_ASYNC_DL_ROUTE_JOBS:
+        return ngx_http_async_dl_jobs(r);
+
+    default:
+        break;
+    }
+
+    /* the routes of one job: an unknown or malformed id is the same 404 */
+
+    if (ctx->job_id.len == 0) {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
+                                            "JOB_NOT_FOUND",
+                                            "no such job");
+    }
+
+    switch (ctx->route) {
+
+    case NGX_HTTP_ASYNC_DL_ROUTE_STATUS:
+        return ngx_http_async_dl_status(r);
+
+    case NGX_HTTP_ASYNC_DL_ROUTE_CANCEL:
+        return ngx_http_async_dl_cancel(r);
+
+    case NGX_HTTP_ASYNC_DL_ROUTE_JOB:
+        if (r->method == NGX_HTTP_DELETE) {
+            return ngx_http_async_dl_delete(r);
+        }
+        return ngx_http_async_dl_download(r);
+
+    default: /* NGX_HTTP_ASYNC_DL_ROUTE_FILE */
+        if (ctx->index < 0) {
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
+                                                "FILE_NOT_FOUND",
+                                                "no such file in this job");
+        }
+        return ngx_http_async_dl_download(r);
+    }
+}
+
+
+/*
+ * The part of the URI after {p}:
+ *   health | initiate | jobs | status/{id} | stream/{id}
+ *   {id} | {id}/cancel | {id}/files/{index}
+ * A well-formed id is kept in ctx->job_id (lowercase); a malformed one
+ * leaves it empty, which the job routes answer with JOB_NOT_FOUND.
+ */
+
+static ngx_http_async_dl_route_e
+ngx_http_async_dl_route(ngx_http_request_t *r,
+    ngx_http_async_dl_loc_conf_t *alcf, ngx_http_async_dl_ctx_t *ctx)
+{
+    u_char                     *p, *last, *slash, *id;
+    size_t                      idlen;
+    ngx_int_t                   n;
+    ngx_http_async_dl_route_e   route;
+
+    if (r->uri.len < alcf->prefix.len
+        || ngx_strncmp(r->uri.data, alcf->prefix.data, alcf->prefix.len) != 0)
+    {
+        return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
+    }
+
+    p = r->uri.data + alcf->prefix.len;
+    last = r->uri.data + r->uri.len;
+
+    if (p == last) {
+        return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
+    }
+
+#define ngx_http_async_dl_is(s)                                               \
+    ((size_t) (last - p) == sizeof(s) - 1                                     \
+     && ngx_strncmp(p, s, sizeof(s) - 1) == 0)
+
+    if (ngx_http_async_dl_is("health")) {
+        return NGX_HTTP_ASYNC_DL_ROUTE_HEALTH;
+    }
+
+    if (ngx_http_async_dl_is("initiate")) {
+        return NGX_HTTP_ASYNC_DL_ROUTE_INITIATE;
+    }
+
+    if (ngx_http_async_dl_is("jobs")) {
+        return NGX_HTTP_ASYNC_DL_ROUTE_JOBS;
+    }
+
+    ctx->index = -1;
+
+    if (last - p > 7 && ngx_strncmp(p, "status/", 7) == 0) {
+        route = NGX_HTTP_ASYNC_DL_ROUTE_STATUS;
+        id = p + 7;
+        idlen = last - id;
+
+    } else if (last - p > 7 && ngx_strncmp(p, "stream/", 7) == 0) {
+        route = NGX_HTTP_ASYNC_DL_ROUTE_STREAM;
+        id = p + 7;
+        idlen = last - id;
+
+    } else {
+        id = p;
+        slash = ngx_strlchr(p, last, '/');
+
+        if (slash == NULL) {
+            route = NGX_HTTP_ASYNC_DL_ROUTE_JOB;
+            idlen = last - id;
+
+        } else {
+            idlen = slash - id;
+            p = slash;
+
+            if (ngx_http_async_dl_is("/cancel")) {
+                route = NGX_HTTP_ASYNC_DL_ROUTE_CANCEL;
+
+            } else if (last - p > 7 && ngx_strncmp(p, "/files/", 7) == 0) {
+                route = NGX_HTTP_ASYNC_DL_ROUTE_FILE;
+                p += 7;
+
+                n = ngx_atoi(p, last - p);
+                if (n != NGX_ERROR && last - p <= 9) {
+                    ctx->index = n;
+                }
+
+            } else {
+                return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
+            }
+        }
+    }
+
+#undef ngx_http_async_dl_is
+
+    if (ngx_http_async_dl_is_uuid(id, idlen)) {
+        ctx->job_id.data = ngx_pnalloc(r->pool, idlen + 1);
+        if (ctx->job_id.data == NULL) {
+            return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
+        }
+
+        ngx_strlow(ctx->job_id.data, id, idlen);
+        ctx->job_id.data[idlen] = '\0';         /* a statement parameter */
+        ctx->job_id.len = idlen;
+    }
+
+    return route;
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_job_id_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_async_dl_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    if (ctx == NULL || ctx->job_id.len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = ctx->job_id.len;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+    v->data = ctx->job_id.data;
+
+    return NGX_OK;
+}
+
+
+/* configuration */
+
+
+static ngx_int_t
+ngx_http_async_dl_preconfiguration(ngx_conf_t *cf)
+{
+    ngx_http_variable_t  *var;
+
+    var = ngx_http_add_variable(cf, &ngx_http_async_dl_job_id_name,
+                                NGX_HTTP_VAR_NOCACHEABLE);
+    if (var == NULL) {
+        return NGX_ERROR;
+    }
+
+    var->get_handler = ngx_http_async_dl_job_id_variable;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_postconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_async_dl_filter_init(cf);
+}
+
+
+static void *
+ngx_http_async_dl_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_async_dl_main_conf_t  *amcf;
+
+    amcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_async_dl_main_conf_t));
+    if (amcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     amcf->postgres = { 0, NULL };
+     *     amcf->pg = { NULL, ... };
+     *     amcf->s3_* = { 0, NULL };
+     *     amcf->used = 0;
+     *     amcf->pool = NULL;
+     */
+
+    amcf->pg_pool = NGX_CONF_UNSET;
+    amcf->pg_timeout = NGX_CONF_UNSET_MSEC;
+    amcf->s3_addressing = NGX_CONF_UNSET_UINT;
+    amcf->presign_expires = NGX_CONF_UNSET_MSEC;
+
+    return amcf;
+}
+
+
+static char *
+ngx_http_async_dl_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_async_dl_main_conf_t  *amcf = conf;
+
+    ngx_conf_init_value(amcf->pg_pool, 4);
+    ngx_conf_init_msec_value(amcf->pg_timeout, 5000);
+    ngx_conf_init_uint_value(amcf->s3_addressing, NGX_HTTP_ASYNC_DL_S3_PATH);
+    ngx_conf_init_msec_value(amcf->presign_expires, 15 * 60 * 1000);
+
+    if (amcf->s3_region.data == NULL) {
+        ngx_str_set(&amcf->s3_region, "us-east-1");
+    }
+
+    if (amcf->s3_public_endpoint.data == NULL) {
+        amcf->s3_public_endpoint = amcf->s3_endpoint;
+    }
+
+    amcf->pg.size = amcf->pg_pool;
+    amcf->pg.timeout = amcf->pg_timeout;
+    amcf->pg.stmts = ngx_http_async_dl_stmts;
+    amcf->pg.nstmts = ngx_http_async_dl_nstmts;
+
+    return ngx_http_async_dl_presign_check(cf, amcf);
+}
+
+
+static void *
+ngx_http_async_dl_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_async_dl_loc_conf_t  *alcf;
+
+    alcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_async_dl_loc_conf_t));
+    if (alcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     alcf->prefix = { 0, NULL };
+     *     alcf->source_url = { 0, NULL };
+     */
+
+    alcf->enable = NGX_CONF_UNSET;
+    alcf->owner = NGX_CONF_UNSET_PTR;
+    alcf->urls = NGX_CONF_UNSET;
+    alcf->max_files = NGX_CONF_UNSET;
+    alcf->max_pending = NGX_CONF_UNSET;
+    alcf->max_active = NGX_CONF_UNSET;
+    alcf->default_timeout = NGX_CONF_UNSET_MSEC;
+    alcf->max_timeout = NGX_CONF_UNSET_MSEC;
+    alcf->heartbeat = NGX_CONF_UNSET_MSEC;
+
+    return alcf;
+}
+
+
+static char *
+ngx_http_async_dl_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_async_dl_loc_conf_t *prev = parent;
+    ngx_http_async_dl_loc_conf_t *conf = child;
+
+    ngx_http_core_loc_conf_t       *clcf;
+    ngx_http_async_dl_main_conf_t  *amcf;
+
+    /* "async_dl" itself is not inherited: it sets this location's handler */
+    ngx_conf_init_value(conf->enable, 0);
+
+    ngx_conf_merge_ptr_value(conf->owner, prev->owner, NULL);
+    ngx_conf_merge_str_value(conf->source_url, prev->source_url, "");
+    ngx_conf_merge_value(conf->urls, prev->urls, 1);
+    ngx_conf_merge_value(conf->max_files, prev->max_files, 1000);
+    ngx_conf_merge_value(conf->max_pending, prev->max_pending, 10000);
+    ngx_conf_merge_value(conf->max_active, prev->max_active, 100);
+    ngx_conf_merge_msec_value(conf->default_timeout, prev->default_timeout,
+                              10 * 60 * 1000);
+    ngx_conf_merge_msec_value(conf->max_timeout, prev->max_timeout,
+                              60 * 60 * 1000);
+    ngx_conf_merge_msec_value(conf->heartbeat, prev->heartbeat, 15 * 1000);
+
+    if (conf->default_timeout > conf->max_timeout) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"async_dl_default_timeout\" (%M ms) is more "
+                           "than \"async_dl_max_timeout\" (%M ms)",
+                           conf->default_timeout, conf->max_timeout);
+        return NGX_CONF_ERROR;
+    }
+
+    if (!conf->enable) {
+        return NGX_CONF_OK;
+    }
+
+    amcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_async_dl_module);
+
+#define ngx_http_async_dl_require(field, name)                                \
+    if (amcf->field.len == 0) {                                               \
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,                              \
+                           "\"async_dl\" in location \"%V\" needs \"" name   \
+                           "\" at http level", &conf->prefix);                \
+        return NGX_CONF_ERROR;                                                \
+    }
+
+    ngx_http_async_dl_require(postgres, "async_dl_postgres");
+    ngx_http_async_dl_require(s3_endpoint, "async_dl_s3_endpoint");
+    ngx_http_async_dl_require(s3_bucket, "async_dl_s3_bucket");
+    ngx_http_async_dl_require(s3_access_key, "async_dl_s3_access_key");
+    ngx_http_async_dl_require(s3_secret_key, "async_dl_s3_secret_key");
+
+#undef ngx_http_async_dl_require
+
+    amcf->used = 1;
+
+    /*
+     * The initiate body is read into memory, never into a temporary file
+     * (reading that back would block): the buffer is made as large as the
+     * largest body this location accepts.
+     */
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->client_body_buffer_size < (size_t) clcf->client_max_body_size
+        && clcf->client_max_body_size > 0)
+    {
+        clcf->client_body_buffer_size = (size_t) clcf->client_max_body_size;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_async_dl(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_async_dl_loc_conf_t *alcf = conf;
+
+    size_t                     len;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (alcf->enable != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->named || clcf->exact_match
+#if (NGX_PCRE)
+        || clcf->regex
+#endif
+        || clcf->name.len == 0 || clcf->name.data[0] != '/')
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"async_dl\" must be in a prefix location, "
+                           "such as \"location /v1/download/\"");
+        return NGX_CONF_ERROR;
+    }
+
+    /* {p}: the location's prefix, with a trailing slash */
+
+    len = clcf->name.len;
+
+    alcf->prefix.data = ngx_pnalloc(cf->pool, len + 2);
+    if (alcf->prefix.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(alcf->prefix.data, clcf->name.data, len);
+
+    if (clcf->name.data[len - 1] != '/') {
+        alcf->prefix.data[len++] = '/';
+    }
+
+    alcf->prefix.data[len] = '\0';            /* a statement parameter */
+    alcf->prefix.len = len;
+    alcf->enable = 1;
+
+    clcf->handler = ngx_http_async_dl_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_async_dl_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_async_dl_main_conf_t *amcf = conf;
+
+    ngx_str_t  *value;
+
+    if (amcf->postgres.data) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        return "needs a conninfo, such as \"host=127.0.0.1 dbname=async_dl\"";
+    }
+
+    amcf->postgres = value[1];
+
+    return ngx_http_async_dl_pg_conninfo(cf, &value[1], &amcf->pg);
+}
+
+
+/* ngx_conf_check_num_bounds(), with the directive named in the message */
+
+static char *
+ngx_http_async_dl_check_num(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_conf_num_bounds_t  *b = post;
+    ngx_int_t              *np = data;
+
+    ngx_str_t  *value;
+
+    if (*np >= b->low && *np <= b->high) {
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid \"%V\" value \"%V\": must be between "
+                       "%i and %i", &value[0], &value[1], b->low, b->high);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_async_dl_check_msec(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_http_async_dl_msec_bounds_t  *b = post;
+    ngx_msec_t                       *mp = data;
+
+    ngx_str_t  *value;
+
+    if (*mp >= b->low && *mp <= b->high) {
+        return NGX_CONF_OK;
+    }
+
+    value = cf->args->elts;
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid \"%V\" value \"%V\": must be between "
+                       "%M ms and %M ms", &value[0], &value[1], b->low,
+                       b->high);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_async_dl_check_source_url(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_str_t  *url = data;
+
+    if ((ngx_strncasecmp(url->data, (u_char *) "http://", 7) == 0
+         || ngx_strncasecmp(url->data, (u_char *) "https://", 8) == 0)
+        && ngx_strnstr(url->data, "{file_id}", url->len) != NULL)
+    {
+        return NGX_CONF_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid \"async_dl_source_url\" value \"%V\": "
+                       "must be an http or https URL with \"{file_id}\"",
+                       url);
+
+    return NGX_CONF_ERROR;
+}
+
+
+/* the worker process's PostgreSQL pool */
+
+
+static ngx_int_t
+ngx_http_async_dl_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_async_dl_main_conf_t  *amcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
+
+    amcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_async_dl_module);
+
+    if (amcf == NULL || amcf->postgres.len == 0) {
+        return NGX_OK;
+    }
+
+    amcf->pool = ngx_http_async_dl_pg_create(cycle, &amcf->pg);
+    if (amcf->pool == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_async_dl_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_async_dl_main_conf_t  *amcf;
+
+    amcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_async_dl_module);
+
+    if (amcf && amcf->pool) {
+        ngx_http_async_dl_pg_destroy(amcf->pool);
+        amcf->pool = NULL;
+    }
+}

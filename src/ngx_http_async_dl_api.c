@@ -1,0 +1,1136 @@
+
+/*
+ * The routes.  Each one checks what it can without the database, then runs
+ * one prepared statement (the SQL functions of sql/002_api.sql build the
+ * answers) and turns its result into the HTTP answer.
+ *
+ * While a statement runs the request holds a reference (r->main->count++)
+ * and watches its client (ngx_http_test_reading): a client that goes away
+ * terminates the request, whose cleanup detaches the statement from the
+ * PostgreSQL pool; the connection drains the result and stays usable.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <ngx_md5.h>
+
+#include "ngx_http_async_dl.h"
+
+
+enum {
+    NGX_HTTP_ASYNC_DL_STMT_HEALTH = 0,
+    NGX_HTTP_ASYNC_DL_STMT_CREATE,
+    NGX_HTTP_ASYNC_DL_STMT_STATUS,
+    NGX_HTTP_ASYNC_DL_STMT_LIST,
+    NGX_HTTP_ASYNC_DL_STMT_CANCEL,
+    NGX_HTTP_ASYNC_DL_STMT_DELETE,
+    NGX_HTTP_ASYNC_DL_STMT_FILE
+};
+
+
+static ngx_int_t ngx_http_async_dl_run(ngx_http_request_t *r,
+    ngx_uint_t stmt, const char **params, ngx_http_async_dl_done_pt done);
+static void ngx_http_async_dl_result(ngx_http_async_dl_pg_query_t *q);
+static void ngx_http_async_dl_cleanup(void *data);
+static ngx_int_t ngx_http_async_dl_db_error(ngx_http_request_t *r,
+    ngx_http_async_dl_pg_status_e status, PGresult *res);
+static char *ngx_http_async_dl_cstr(ngx_pool_t *pool, ngx_str_t *s);
+static const char *ngx_http_async_dl_num(ngx_pool_t *pool, int64_t n);
+static char *ngx_http_async_dl_url_name(ngx_http_request_t *r,
+    char *url);
+static ngx_int_t ngx_http_async_dl_header_in(ngx_http_request_t *r,
+    const char *name, ngx_str_t *value);
+
+static ngx_int_t ngx_http_async_dl_health_done(ngx_http_request_t *r,
+    PGresult *res);
+static void ngx_http_async_dl_initiate_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_async_dl_initiate_start(ngx_http_request_t *r);
+static ngx_int_t ngx_http_async_dl_initiate_done(ngx_http_request_t *r,
+    PGresult *res);
+static ngx_int_t ngx_http_async_dl_status_done(ngx_http_request_t *r,
+    PGresult *res);
+static ngx_int_t ngx_http_async_dl_jobs_done(ngx_http_request_t *r,
+    PGresult *res);
+static ngx_int_t ngx_http_async_dl_cancel_done(ngx_http_request_t *r,
+    PGresult *res);
+static ngx_int_t ngx_http_async_dl_delete_done(ngx_http_request_t *r,
+    PGresult *res);
+static ngx_int_t ngx_http_async_dl_download_done(ngx_http_request_t *r,
+    PGresult *res);
+
+
+/* the statements, prepared on each connection when first used */
+
+ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmts[] = {
+
+    { "async_dl_health", "SELECT 1", 0 },
+
+    { "async_dl_create",
+      "SELECT outcome, job_id, body"
+      " FROM async_dl_job_create($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9 },
+
+    { "async_dl_status",
+      "SELECT async_dl_job_status($1, $2, $3)", 3 },
+
+    { "async_dl_list",
+      "SELECT async_dl_job_list($1, $2, $3, $4, $5, $6)", 6 },
+
+    { "async_dl_cancel",
+      "SELECT outcome, body FROM async_dl_job_cancel_status($1, $2, $3)", 3 },
+
+    { "async_dl_delete",
+      "SELECT async_dl_job_delete($1, $2)", 2 },
+
+    { "async_dl_file",
+      "SELECT o_outcome, o_key, o_name, o_message, o_url"
+      " FROM async_dl_job_file($1, $2, $3)", 3 }
+};
+
+ngx_uint_t  ngx_http_async_dl_nstmts =
+    sizeof(ngx_http_async_dl_stmts) / sizeof(ngx_http_async_dl_pg_stmt_t);
+
+
+/* GET {p}health */
+
+ngx_int_t
+ngx_http_async_dl_health(ngx_http_request_t *r)
+{
+    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_HEALTH, NULL,
+                                 ngx_http_async_dl_health_done);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_health_done(ngx_http_request_t *r, PGresult *res)
+{
+    static u_char  ok[] = "{\"status\":\"ok\"}";
+
+    return ngx_http_async_dl_send_json(r, NGX_HTTP_OK, ok, sizeof(ok) - 1);
+}
+
+
+/* POST {p}initiate */
+
+ngx_int_t
+ngx_http_async_dl_initiate(ngx_http_request_t *r)
+{
+    u_char     *p, *last;
+    ngx_int_t   rc;
+    ngx_str_t  *ct;
+
+    ct = r->headers_in.content_type ? &r->headers_in.content_type->value
+                                    : NULL;
+
+    if (ct) {
+        p = ct->data;
+        last = ct->data + ct->len;
+
+        /* "application/json" with parameters or not, any case */
+
+        if (ct->len < 16
+            || ngx_strncasecmp(p, (u_char *) "application/json", 16) != 0
+            || (p + 16 < last && p[16] != ';' && p[16] != ' '
+                && p[16] != '\t'))
+        {
+            ct = NULL;
+        }
+    }
+
+    if (ct == NULL) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_async_dl_send_error(r,
+                                            NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                            "UNSUPPORTED_MEDIA_TYPE",
+                                            "Content-Type must be "
+                                            "application/json");
+    }
+
+    /* in memory (see merge_loc_conf), in one buffer when it can be */
+    r->request_body_in_single_buf = 1;
+
+    rc = ngx_http_read_client_request_body(r,
+                                           ngx_http_async_dl_initiate_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_async_dl_initiate_body(ngx_http_request_t *r)
+{
+    ngx_http_finalize_request(r, ngx_http_async_dl_initiate_start(r));
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_initiate_start(ngx_http_request_t *r)
+{
+    u_char                         *body, *p;
+    size_t                          len;
+    ngx_str_t                       key, hash;
+    ngx_uint_t                      i;
+    ngx_chain_t                    *cl;
+    const char                    **params;
+    ngx_http_async_dl_ctx_t        *ctx;
+    ngx_http_async_dl_input_t       in;
+    ngx_http_async_dl_loc_conf_t   *alcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                            "INVALID_REQUEST",
+                                            "body: is empty");
+    }
+
+    if (r->request_body->temp_file) {
+        /* only when client_body_buffer_size was made smaller again */
+        return ngx_http_async_dl_send_error(r,
+                                            NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                            "PAYLOAD_TOO_LARGE",
+                                            "body: larger than "
+                                            "client_body_buffer_size");
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        if (cl->buf->in_file) {
+            return ngx_http_async_dl_send_error(r,
+                                          NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                          "PAYLOAD_TOO_LARGE",
+                                          "body: larger than "
+                                          "client_body_buffer_size");
+        }
+
+        len += cl->buf->last - cl->buf->pos;
+    }
+
+    if (r->request_body->bufs->next == NULL) {
+        body = r->request_body->bufs->buf->pos;
+
+    } else {
+        body = ngx_pnalloc(r->pool, len);
+        if (body == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        p = body;
+
+        for (cl = r->request_body->bufs; cl; cl = cl->next) {
+            p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+        }
+    }
+
+    if (len == 0) {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                            "INVALID_REQUEST",
+                                            "body: is empty");
+    }
+
+    ngx_memzero(&in, sizeof(ngx_http_async_dl_input_t));
+
+    switch (ngx_http_async_dl_parse_initiate(r, alcf, body, len, &in)) {
+
+    case NGX_OK:
+        break;
+
+    case NGX_DECLINED:
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                            "INVALID_REQUEST", "%V",
+                                            &in.error);
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_str_null(&key);
+
+    if (ngx_http_async_dl_header_in(r, "Idempotency-Key", &key) == NGX_OK) {
+
+        for (i = 0; i < key.len; i++) {
+            if (key.data[i] < 0x21 || key.data[i] > 0x7e) {
+                break;
+            }
+        }
+
+        if (key.len == 0 || key.len > 255 || i != key.len) {
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                "INVALID_REQUEST",
+                                                "Idempotency-Key: must be 1 "
+                                                "to 255 visible ASCII "
+                                                "characters");
+        }
+    }
+
+    params = ngx_pcalloc(r->pool, 9 * sizeof(char *));
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    hash.data = in.hash;
+    hash.len = 64;
+
+    params[0] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
+    params[1] = key.len ? ngx_http_async_dl_cstr(r->pool, &key) : NULL;
+    params[2] = ngx_http_async_dl_cstr(r->pool, &hash);  /* in is local */
+    params[3] = ngx_http_async_dl_num(r->pool, (int64_t) in.timeout);
+    params[4] = (char *) in.callback_url.data;
+    params[5] = (char *) in.files.data;
+    params[6] = ngx_http_async_dl_num(r->pool, alcf->max_pending);
+    params[7] = ngx_http_async_dl_num(r->pool, alcf->max_active);
+    params[8] = (char *) alcf->prefix.data;
+
+    if (params[0] == NULL || (key.len && params[1] == NULL)
+        || params[2] == NULL || params[3] == NULL || params[6] == NULL
+        || params[7] == NULL)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_CREATE, params,
+                                 ngx_http_async_dl_initiate_done);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_initiate_done(ngx_http_request_t *r, PGresult *res)
+{
+    u_char                        *loc;
+    char                          *outcome, *id;
+    size_t                         len;
+    ngx_uint_t                     status;
+    ngx_http_async_dl_ctx_t       *ctx;
+    ngx_http_async_dl_loc_conf_t  *alcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+
+    if (PQntuples(res) != 1 || PQnfields(res) != 3) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    outcome = PQgetvalue(res, 0, 0);
+
+    if (ngx_strcmp(outcome, "queue_full") == 0) {
+        if (ngx_http_async_dl_retry_after(r,
+                                          NGX_HTTP_ASYNC_DL_RETRY_QUEUE_FULL)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_async_dl_send_error(r,
+                                            NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "QUEUE_FULL",
+                                            "%i jobs are already queued, "
+                                            "retry later",
+                                            alcf->max_pending);
+    }
+
+    if (ngx_strcmp(outcome, "owner_limit") == 0) {
+        if (ngx_http_async_dl_retry_after(r, NGX_HTTP_ASYNC_DL_RETRY_OWNER)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_TOO_MANY_REQUESTS,
+                                            "TOO_MANY_JOBS",
+                                            "you have %i unfinished jobs, "
+                                            "the most allowed",
+                                            alcf->max_active);
+    }
+
+    if (ngx_strcmp(outcome, "conflict") == 0) {
+        return ngx_http_async_dl_send_error(r, 422, "IDEMPOTENCY_CONFLICT",
+                                            "Idempotency-Key: already used "
+                                            "with another request");
+    }
+
+    id = PQgetvalue(res, 0, 1);
+    len = ngx_strlen(id);
+
+    ctx->job_id.data = (u_char *) id;
+    ctx->job_id.len = len;
+
+    loc = ngx_pnalloc(r->pool, alcf->prefix.len + sizeof("status/") - 1
+                               + len);
+    if (loc == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_http_async_dl_add_header(r, "Location", loc,
+                                     ngx_sprintf(loc, "%Vstatus/%s",
+                                                 &alcf->prefix, id)
+                                     - loc)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ngx_strcmp(outcome, "replayed") == 0) {
+        status = NGX_HTTP_OK;
+
+        if (ngx_http_async_dl_add_header(r, "Idempotent-Replayed",
+                                         (u_char *) "true", 4)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+    } else {
+        status = NGX_HTTP_ACCEPTED;
+    }
+
+    return ngx_http_async_dl_send_json(r, status,
+                                       (u_char *) PQgetvalue(res, 0, 2),
+                                       PQgetlength(res, 0, 2));
+}
+
+
+/* GET {p}status/{id} */
+
+ngx_int_t
+ngx_http_async_dl_status(ngx_http_request_t *r)
+{
+    const char                    **params;
+    ngx_http_async_dl_ctx_t        *ctx;
+    ngx_http_async_dl_loc_conf_t   *alcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+
+    params = ngx_pcalloc(r->pool, 3 * sizeof(char *));
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[0] = (char *) ctx->job_id.data;
+    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
+    params[2] = (char *) alcf->prefix.data;
+
+    if (params[1] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_STATUS, params,
+                                 ngx_http_async_dl_status_done);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_status_done(ngx_http_request_t *r, PGresult *res)
+{
+    u_char                   *body, *etag, hash[16];
+    size_t                    len;
+    ngx_md5_t                 md5;
+    ngx_table_elt_t          *h;
+    ngx_http_async_dl_ctx_t  *ctx;
+
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
+                                            "JOB_NOT_FOUND", "no such job");
+    }
+
+    body = (u_char *) PQgetvalue(res, 0, 0);
+    len = PQgetlength(res, 0, 0);
+
+    /*
+     * The ETag is a digest of the document itself: every change a client
+     * can see changes it (a file starting does not always bump the job's
+     * event counter).  nginx's not_modified filter answers If-None-Match.
+     */
+
+    ngx_md5_init(&md5);
+    ngx_md5_update(&md5, body, len);
+    ngx_md5_final(hash, &md5);
+
+    etag = ngx_pnalloc(r->pool, 2 + 32);
+    if (etag == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    etag[0] = '"';
+    ngx_hex_dump(etag + 1, hash, 16);
+    etag[33] = '"';
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_http_async_dl_header_init(h);
+    ngx_str_set(&h->key, "ETag");
+    h->value.data = etag;
+    h->value.len = 34;
+    r->headers_out.etag = h;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+    ctx->revalidate = 1;
+
+    return ngx_http_async_dl_send_json(r, NGX_HTTP_OK, body, len);
+}
+
+
+/* GET {p}jobs?limit=&offset=&status=&cursor= */
+
+ngx_int_t
+ngx_http_async_dl_jobs(ngx_http_request_t *r)
+{
+    u_char                         *dot;
+    ngx_int_t                       limit, offset;
+    ngx_str_t                       v, status, cursor;
+    const char                    **params;
+    ngx_http_async_dl_ctx_t        *ctx;
+    ngx_http_async_dl_loc_conf_t   *alcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+
+    limit = 20;
+    offset = 0;
+    ngx_str_null(&status);
+    ngx_str_null(&cursor);
+
+    if (ngx_http_arg(r, (u_char *) "limit", 5, &v) == NGX_OK) {
+        limit = ngx_atoi(v.data, v.len);
+
+        if (limit < 1 || limit > 100) {
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                "INVALID_REQUEST",
+                                                "limit: must be an integer "
+                                                "from 1 to 100");
+        }
+    }
+
+    if (ngx_http_arg(r, (u_char *) "offset", 6, &v) == NGX_OK) {
+        offset = ngx_atoi(v.data, v.len);
+
+        if (offset < 0 || offset > 1000000000 || v.len > 10) {
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                "INVALID_REQUEST",
+                                                "offset: must be a "
+                                                "non-negative integer");
+        }
+    }
+
+    if (ngx_http_arg(r, (u_char *) "status", 6, &status) == NGX_OK) {
+
+#define ngx_http_async_dl_eq(s)                                               \
+        (status.len == sizeof(s) - 1                                          \
+         && ngx_strncmp(status.data, s, sizeof(s) - 1) == 0)
+
+        if (!(ngx_http_async_dl_eq("queued")
+              || ngx_http_async_dl_eq("processing")
+              || ngx_http_async_dl_eq("completed")
+              || ngx_http_async_dl_eq("failed")
+              || ngx_http_async_dl_eq("canceled")))
+        {
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                "INVALID_REQUEST",
+                                                "status: must be queued, "
+                                                "processing, completed, "
+                                                "failed or canceled");
+        }
+
+#undef ngx_http_async_dl_eq
+    }
+
+    if (ngx_http_arg(r, (u_char *) "cursor", 6, &cursor) == NGX_OK) {
+
+        /* "<epoch microseconds>.<uuid>", from nextCursor */
+
+        dot = ngx_strlchr(cursor.data, cursor.data + cursor.len, '.');
+
+        if (dot == NULL || dot == cursor.data || dot - cursor.data > 18
+            || ngx_atoi(cursor.data, dot - cursor.data) == NGX_ERROR
+            || !ngx_http_async_dl_is_uuid(dot + 1,
+                                          cursor.data + cursor.len - dot - 1))
+        {
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                "INVALID_REQUEST",
+                                                "cursor: must be a nextCursor "
+                                                "of an earlier page");
+        }
+
+        if (offset) {
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                "INVALID_REQUEST",
+                                                "offset: cannot be combined "
+                                                "with cursor");
+        }
+    }
+
+    params = ngx_pcalloc(r->pool, 6 * sizeof(char *));
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[0] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
+    params[1] = (char *) alcf->prefix.data;
+    params[2] = status.len ? ngx_http_async_dl_cstr(r->pool, &status) : NULL;
+    params[3] = ngx_http_async_dl_num(r->pool, limit);
+    params[4] = ngx_http_async_dl_num(r->pool, offset);
+    params[5] = cursor.len ? ngx_http_async_dl_cstr(r->pool, &cursor) : NULL;
+
+    if (params[0] == NULL || (status.len && params[2] == NULL)
+        || params[3] == NULL || params[4] == NULL
+        || (cursor.len && params[5] == NULL))
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_LIST, params,
+                                 ngx_http_async_dl_jobs_done);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_jobs_done(ngx_http_request_t *r, PGresult *res)
+{
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_send_json(r, NGX_HTTP_OK,
+                                       (u_char *) PQgetvalue(res, 0, 0),
+                                       PQgetlength(res, 0, 0));
+}
+
+
+/* POST {p}{id}/cancel */
+
+ngx_int_t
+ngx_http_async_dl_cancel(ngx_http_request_t *r)
+{
+    const char                    **params;
+    ngx_http_async_dl_ctx_t        *ctx;
+    ngx_http_async_dl_loc_conf_t   *alcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+
+    params = ngx_pcalloc(r->pool, 3 * sizeof(char *));
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[0] = (char *) ctx->job_id.data;
+    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
+    params[2] = (char *) alcf->prefix.data;
+
+    if (params[1] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_CANCEL, params,
+                                 ngx_http_async_dl_cancel_done);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_cancel_done(ngx_http_request_t *r, PGresult *res)
+{
+    char  *outcome;
+
+    if (PQntuples(res) == 0) {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
+                                            "JOB_NOT_FOUND", "no such job");
+    }
+
+    outcome = PQgetvalue(res, 0, 0);
+
+    if (ngx_strcmp(outcome, "canceled") != 0) {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_CONFLICT,
+                                            "JOB_FINISHED",
+                                            "the job already ended: %s",
+                                            outcome);
+    }
+
+    return ngx_http_async_dl_send_json(r, NGX_HTTP_OK,
+                                       (u_char *) PQgetvalue(res, 0, 1),
+                                       PQgetlength(res, 0, 1));
+}
+
+
+/* DELETE {p}{id} */
+
+ngx_int_t
+ngx_http_async_dl_delete(ngx_http_request_t *r)
+{
+    const char               **params;
+    ngx_http_async_dl_ctx_t   *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    params = ngx_pcalloc(r->pool, 2 * sizeof(char *));
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[0] = (char *) ctx->job_id.data;
+    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
+
+    if (params[1] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_DELETE, params,
+                                 ngx_http_async_dl_delete_done);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_delete_done(ngx_http_request_t *r, PGresult *res)
+{
+    ngx_http_async_dl_ctx_t  *ctx;
+
+    if (PQntuples(res) != 1 || PQgetvalue(res, 0, 0)[0] != 't') {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
+                                            "JOB_NOT_FOUND", "no such job");
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+    ctx->replied = 1;
+
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+
+    return ngx_http_send_header(r);
+}
+
+
+/* GET {p}{id} and {p}{id}/files/{index}: 302 to a presigned link */
+
+ngx_int_t
+ngx_http_async_dl_download(ngx_http_request_t *r)
+{
+    const char               **params;
+    ngx_http_async_dl_ctx_t   *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    params = ngx_pcalloc(r->pool, 3 * sizeof(char *));
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[0] = (char *) ctx->job_id.data;
+    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
+
+    if (params[1] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ctx->route == NGX_HTTP_ASYNC_DL_ROUTE_FILE) {
+        params[2] = ngx_http_async_dl_num(r->pool, ctx->index);
+        if (params[2] == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_FILE, params,
+                                 ngx_http_async_dl_download_done);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_download_done(ngx_http_request_t *r, PGresult *res)
+{
+    char                           *outcome, *msg, *name;
+    ngx_int_t                       rc;
+    ngx_str_t                       url;
+    ngx_table_elt_t                *h;
+    ngx_http_async_dl_main_conf_t  *amcf;
+
+    if (PQntuples(res) != 1 || PQnfields(res) != 5) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    outcome = PQgetvalue(res, 0, 0);
+    msg = PQgetvalue(res, 0, 3);
+
+    if (ngx_strcmp(outcome, "no_job") == 0) {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
+                                            "JOB_NOT_FOUND", "no such job");
+    }
+
+    if (ngx_strcmp(outcome, "no_file") == 0) {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
+                                            "FILE_NOT_FOUND",
+                                            "no such file: %s", msg);
+    }
+
+    if (ngx_strcmp(outcome, "expired") == 0) {
+        return ngx_http_async_dl_send_error(r, 410, "JOB_EXPIRED",
+                                            "%s", msg);
+    }
+
+    if (ngx_strcmp(outcome, "not_ready") == 0
+        || ngx_strcmp(outcome, "no_bundle") == 0)
+    {
+        if (ngx_http_async_dl_retry_after(r,
+                                          NGX_HTTP_ASYNC_DL_RETRY_NOT_READY)
+            != NGX_OK)
+        {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_CONFLICT,
+                                            "NOT_READY", "not ready yet: %s",
+                                            msg);
+    }
+
+    if (ngx_strcmp(outcome, "ready") != 0) {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_CONFLICT,
+                                            outcome[0] == 'c'
+                                            ? "FILE_CANCELED" : "FILE_FAILED",
+                                            "%s", msg);
+    }
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_async_dl_module);
+
+    name = PQgetisnull(res, 0, 2)
+           ? ngx_http_async_dl_url_name(r, PQgetvalue(res, 0, 4))
+           : PQgetvalue(res, 0, 2);
+
+    if (name == NULL
+        || ngx_http_async_dl_presign(r, amcf, PQgetvalue(res, 0, 1), name,
+                                     &url)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_http_async_dl_header_init(h);
+    ngx_str_set(&h->key, "Location");
+    h->value = url;
+
+    if (ngx_http_async_dl_add_header(r, "Cache-Control",
+                                     (u_char *) "no-store", 8)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_clear_location(r);
+    r->headers_out.location = h;
+    r->headers_out.status = NGX_HTTP_MOVED_TEMPORARILY;
+    r->headers_out.content_length_n = 0;
+
+    ((ngx_http_async_dl_ctx_t *)
+        ngx_http_get_module_ctx(r, ngx_http_async_dl_module))->replied = 1;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    return ngx_http_send_special(r, NGX_HTTP_LAST);
+}
+
+
+/* running a statement for a request */
+
+
+static ngx_int_t
+ngx_http_async_dl_run(ngx_http_request_t *r, ngx_uint_t stmt,
+    const char **params, ngx_http_async_dl_done_pt done)
+{
+    ngx_http_cleanup_t              *cln;
+    ngx_http_async_dl_ctx_t         *ctx;
+    ngx_http_async_dl_pg_query_t    *q;
+    ngx_http_async_dl_pg_status_e    status;
+    ngx_http_async_dl_main_conf_t   *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_async_dl_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    q = ngx_http_async_dl_pg_query(r->pool, r->connection->log);
+    if (q == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    q->stmt = stmt;
+    q->params = params;
+    q->handler = ngx_http_async_dl_result;
+    q->data = r;
+
+    status = ngx_http_async_dl_pg_run(amcf->pool, q);
+
+    if (status != NGX_HTTP_ASYNC_DL_PG_OK) {
+        return ngx_http_async_dl_db_error(r, status, NULL);
+    }
+
+    cln->handler = ngx_http_async_dl_cleanup;
+    cln->data = q;
+
+    ctx->query = q;
+    ctx->done = done;
+
+    r->main->count++;
+
+    /* notice a client that goes away while the statement runs */
+    r->read_event_handler = ngx_http_test_reading;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_async_dl_result(ngx_http_async_dl_pg_query_t *q)
+{
+    ngx_int_t                 rc;
+    ngx_connection_t         *c;
+    ngx_http_request_t       *r;
+    ngx_http_async_dl_ctx_t  *ctx;
+
+    r = q->data;
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    ctx->query = NULL;
+    r->read_event_handler = ngx_http_block_reading;
+
+    if (q->status == NGX_HTTP_ASYNC_DL_PG_OK) {
+        rc = ctx->done(r, q->result);
+
+    } else {
+        rc = ngx_http_async_dl_db_error(r, q->status, q->result);
+    }
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_async_dl_cleanup(void *data)
+{
+    ngx_http_async_dl_pg_query_t  *q = data;
+
+    ngx_http_async_dl_pg_detach(q);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_db_error(ngx_http_request_t *r,
+    ngx_http_async_dl_pg_status_e status, PGresult *res)
+{
+    char                           *state, *msg;
+    ngx_http_async_dl_ctx_t        *ctx;
+    ngx_http_async_dl_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_async_dl_module);
+
+    if (status == NGX_HTTP_ASYNC_DL_PG_SQL_ERROR && res) {
+        state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+        state = state ? state : "?????";
+        msg = msg ? msg : "unknown error";
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "async_dl: postgres error %s: %s", state, msg);
+
+        /*
+         * Transient states of the server (shutting down, statement timeout,
+         * connection or resource trouble, schema not installed yet) are
+         * "unavailable"; anything else is a bug: 500.
+         */
+
+        if (!(ngx_strncmp(state, "57", 2) == 0
+              || ngx_strncmp(state, "08", 2) == 0
+              || ngx_strncmp(state, "53", 2) == 0
+              || ngx_strncmp(state, "40", 2) == 0
+              || ngx_strcmp(state, "42883") == 0
+              || ngx_strcmp(state, "42P01") == 0
+              || ngx_strcmp(state, "3D000") == 0))
+        {
+            return ngx_http_async_dl_send_error(r,
+                                           NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                           "INTERNAL_ERROR",
+                                           "the database refused the "
+                                           "request");
+        }
+    }
+
+    if (ngx_http_async_dl_retry_after(r, NGX_HTTP_ASYNC_DL_RETRY_DATABASE)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    switch (status) {
+
+    case NGX_HTTP_ASYNC_DL_PG_TIMEOUT:
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "DATABASE_UNAVAILABLE",
+                                            "the database did not answer "
+                                            "within %M ms",
+                                            amcf->pg_timeout);
+
+    case NGX_HTTP_ASYNC_DL_PG_BUSY:
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "DATABASE_UNAVAILABLE",
+                                            "all database connections are "
+                                            "busy");
+
+    case NGX_HTTP_ASYNC_DL_PG_SQL_ERROR:
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "DATABASE_UNAVAILABLE",
+                                            "the database cannot serve the "
+                                            "request now: %s",
+                                            PQresultErrorField(res,
+                                                    PG_DIAG_MESSAGE_PRIMARY));
+
+    default:
+        break;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    if (amcf->pool && ctx->route == NGX_HTTP_ASYNC_DL_ROUTE_HEALTH) {
+        /* the health check says why; other routes do not show it */
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "DATABASE_UNAVAILABLE",
+                                            "the database is unavailable: %V",
+                                            ngx_http_async_dl_pg_last_error(
+                                                amcf->pool));
+    }
+
+    return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                        "DATABASE_UNAVAILABLE",
+                                        "the database is unavailable");
+}
+
+
+/* helpers */
+
+
+static char *
+ngx_http_async_dl_cstr(ngx_pool_t *pool, ngx_str_t *s)
+{
+    char  *p;
+
+    p = ngx_pnalloc(pool, s->len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, s->data, s->len);
+    p[s->len] = '\0';
+
+    return p;
+}
+
+
+static const char *
+ngx_http_async_dl_num(ngx_pool_t *pool, int64_t n)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, NGX_INT64_LEN + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    *ngx_sprintf(p, "%L", n) = '\0';
+
+    return (const char *) p;
+}
+
+
+/* a file without a name is named after its URL's last path segment */
+
+static char *
+ngx_http_async_dl_url_name(ngx_http_request_t *r, char *url)
+{
+    u_char  *p, *last, *start, *dst, *name;
+
+    p = (u_char *) url;
+    last = p + ngx_strlen(url);
+
+    for (start = p; p < last && *p != '?' && *p != '#'; p++) {
+        if (*p == '/') {
+            start = p + 1;
+        }
+    }
+
+    name = ngx_pnalloc(r->pool, (p - start) + sizeof("download"));
+    if (name == NULL) {
+        return NULL;
+    }
+
+    dst = name;
+    ngx_unescape_uri(&dst, &start, p - start, 0);
+
+    if (dst == name || ngx_strlchr(name, dst, '\0') != NULL) {
+        dst = ngx_cpymem(name, "download", sizeof("download") - 1);
+    }
+
+    *dst = '\0';
+
+    return (char *) name;
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_header_in(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value)
+{
+    size_t            len;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    len = ngx_strlen(name);
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NGX_DECLINED;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            *value = h[i].value;
+            return NGX_OK;
+        }
+    }
+}

@@ -1,0 +1,706 @@
+
+/*
+ * The LISTEN connection of one nginx worker process.
+ *
+ * One libpq connection, apart from the query pool, driven by nginx's event
+ * loop like the pool's connections.  One state machine, changed only by
+ * ngx_http_async_dl_listen_set_state(), with one timer whose meaning
+ * depends on the state:
+ *
+ *   DOWN -> CONNECTING -> SUBSCRIBING -> READY
+ *     ^_______________________________________|  (any failure)
+ *
+ * - DOWN: the timer is the reconnect backoff (at once after a connection
+ *   that worked, then 100 ms doubling up to 1 s).
+ * - CONNECTING: PQconnectStartParams + PQconnectPoll; the timer is the
+ *   connect timeout (async_dl_postgres_timeout).
+ * - SUBSCRIBING: "LISTEN async_dl_events" was sent; same timeout.
+ * - READY: notifications are read as they come and handed over one by
+ *   one.  The timer sends a "SELECT 1" every 30 s and closes the
+ *   connection when its answer does not come within the timeout: a
+ *   connection that silently died (no FIN, a dead network) is noticed.
+ *
+ * Each time READY is reached, the first time included, the ready handler
+ * is called: notifications sent while there was no LISTEN are lost, so the
+ * event streams fetch again the state of every job they follow.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include "ngx_http_async_dl_listen.h"
+
+
+#define NGX_HTTP_ASYNC_DL_LISTEN_BACKOFF      100    /* first retry, ms */
+#define NGX_HTTP_ASYNC_DL_LISTEN_BACKOFF_MAX  1000
+#define NGX_HTTP_ASYNC_DL_LISTEN_PING         30000
+
+
+typedef enum {
+    NGX_HTTP_ASYNC_DL_LISTEN_DOWN = 0,
+    NGX_HTTP_ASYNC_DL_LISTEN_CONNECTING,
+    NGX_HTTP_ASYNC_DL_LISTEN_SUBSCRIBING,
+    NGX_HTTP_ASYNC_DL_LISTEN_READY
+} ngx_http_async_dl_listen_state_e;
+
+
+struct ngx_http_async_dl_listen_s {
+    ngx_http_async_dl_listen_state_e     state;
+
+    const char                         **keywords;
+    const char                         **values;
+    ngx_msec_t                           timeout;
+
+    PGconn                              *pgconn;
+    ngx_connection_t                    *c;         /* wraps PQsocket() */
+    PostgresPollingStatusType            poll;      /* while CONNECTING */
+
+    ngx_event_t                          timer;
+    ngx_msec_t                           backoff;
+    ngx_uint_t                           failures;  /* since last READY */
+    ngx_log_t                            log;
+
+    ngx_http_async_dl_listen_notify_pt   notify;
+    ngx_http_async_dl_listen_ready_pt    ready;
+    void                                *data;
+
+    unsigned                             busy:1;    /* a command runs */
+    unsigned                             failed:1;  /* and it failed */
+    unsigned                             ping:1;    /* a ping awaits */
+};
+
+
+static ngx_int_t ngx_http_async_dl_listen_conninfo(
+    ngx_http_async_dl_listen_t *ls, ngx_pool_t *pool,
+    ngx_http_async_dl_pg_conf_t *pgcf);
+static void ngx_http_async_dl_listen_set_state(
+    ngx_http_async_dl_listen_t *ls, ngx_http_async_dl_listen_state_e state);
+static void ngx_http_async_dl_listen_connect(ngx_http_async_dl_listen_t *ls);
+static void ngx_http_async_dl_listen_connect_poll(
+    ngx_http_async_dl_listen_t *ls);
+static ngx_int_t ngx_http_async_dl_listen_send(
+    ngx_http_async_dl_listen_t *ls, const char *sql);
+static ngx_int_t ngx_http_async_dl_listen_flush(
+    ngx_http_async_dl_listen_t *ls);
+static void ngx_http_async_dl_listen_done(ngx_http_async_dl_listen_t *ls);
+static void ngx_http_async_dl_listen_read_handler(ngx_event_t *rev);
+static void ngx_http_async_dl_listen_write_handler(ngx_event_t *wev);
+static void ngx_http_async_dl_listen_timer_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_async_dl_listen_wrap(
+    ngx_http_async_dl_listen_t *ls);
+static void ngx_http_async_dl_listen_unwrap(ngx_http_async_dl_listen_t *ls);
+static ngx_int_t ngx_http_async_dl_listen_events(
+    ngx_http_async_dl_listen_t *ls, ngx_uint_t read, ngx_uint_t write);
+static void ngx_http_async_dl_listen_close(ngx_http_async_dl_listen_t *ls,
+    const char *reason);
+
+
+ngx_http_async_dl_listen_t *
+ngx_http_async_dl_listen_start(ngx_cycle_t *cycle,
+    ngx_http_async_dl_pg_conf_t *pgcf,
+    ngx_http_async_dl_listen_notify_pt notify,
+    ngx_http_async_dl_listen_ready_pt ready, void *data)
+{
+    ngx_http_async_dl_listen_t  *ls;
+
+    ls = ngx_pcalloc(cycle->pool, sizeof(ngx_http_async_dl_listen_t));
+    if (ls == NULL) {
+        return NULL;
+    }
+
+    if (ngx_http_async_dl_listen_conninfo(ls, cycle->pool, pgcf) != NGX_OK) {
+        return NULL;
+    }
+
+    ls->state = NGX_HTTP_ASYNC_DL_LISTEN_DOWN;
+    ls->timeout = pgcf->timeout;
+    ls->notify = notify;
+    ls->ready = ready;
+    ls->data = data;
+    ls->log = *cycle->log;
+
+    ls->timer.handler = ngx_http_async_dl_listen_timer_handler;
+    ls->timer.data = ls;
+    ls->timer.log = &ls->log;
+    ls->timer.cancelable = 1;
+
+    ngx_http_async_dl_listen_connect(ls);
+
+    return ls;
+}
+
+
+void
+ngx_http_async_dl_listen_stop(ngx_http_async_dl_listen_t *ls)
+{
+    if (ls->timer.timer_set) {
+        ngx_del_timer(&ls->timer);
+    }
+
+    if (ls->pgconn) {
+        ngx_http_async_dl_listen_unwrap(ls);
+        PQfinish(ls->pgconn);
+        ls->pgconn = NULL;
+    }
+
+    ls->state = NGX_HTTP_ASYNC_DL_LISTEN_DOWN;
+}
+
+
+ngx_uint_t
+ngx_http_async_dl_listen_ready(ngx_http_async_dl_listen_t *ls)
+{
+    return ls != NULL && ls->state == NGX_HTTP_ASYNC_DL_LISTEN_READY;
+}
+
+
+/*
+ * The pool's conninfo (already resolved, see ngx_http_async_dl_pg_conninfo),
+ * with its own default application_name, so that the connection can be
+ * told apart in pg_stat_activity.
+ */
+
+static ngx_int_t
+ngx_http_async_dl_listen_conninfo(ngx_http_async_dl_listen_t *ls,
+    ngx_pool_t *pool, ngx_http_async_dl_pg_conf_t *pgcf)
+{
+    ngx_uint_t  i, n;
+
+    for (n = 0; pgcf->keywords[n]; n++) { /* void */ }
+
+    ls->keywords = ngx_pcalloc(pool, (n + 1) * sizeof(char *));
+    ls->values = ngx_pcalloc(pool, (n + 1) * sizeof(char *));
+    if (ls->keywords == NULL || ls->values == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        ls->keywords[i] = pgcf->keywords[i];
+        ls->values[i] = pgcf->values[i];
+
+        if (ngx_strcmp(pgcf->keywords[i], "fallback_application_name") == 0
+            && ngx_strcmp(pgcf->values[i], "async-dl-nginx") == 0)
+        {
+            ls->values[i] = "async-dl-nginx-listen";
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_async_dl_listen_set_state(ngx_http_async_dl_listen_t *ls,
+    ngx_http_async_dl_listen_state_e state)
+{
+    static const char  *names[] = {
+        "down", "connecting", "subscribing", "ready"
+    };
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &ls->log, 0,
+                   "async_dl listen: %s -> %s", names[ls->state],
+                   names[state]);
+
+    ls->state = state;
+
+    switch (state) {
+
+    case NGX_HTTP_ASYNC_DL_LISTEN_CONNECTING:
+        ls->log.action = "connecting to postgres for LISTEN";
+        break;
+
+    case NGX_HTTP_ASYNC_DL_LISTEN_SUBSCRIBING:
+        ls->log.action = "sending LISTEN " NGX_HTTP_ASYNC_DL_CHANNEL;
+        break;
+
+    case NGX_HTTP_ASYNC_DL_LISTEN_READY:
+        ls->log.action = "listening on " NGX_HTTP_ASYNC_DL_CHANNEL;
+        break;
+
+    default:
+        ls->log.action = NULL;
+        break;
+    }
+}
+
+
+static void
+ngx_http_async_dl_listen_connect(ngx_http_async_dl_listen_t *ls)
+{
+    ls->busy = 0;
+    ls->failed = 0;
+    ls->ping = 0;
+
+    ls->pgconn = PQconnectStartParams(ls->keywords, ls->values, 0);
+    if (ls->pgconn == NULL) {
+        ngx_http_async_dl_listen_close(ls, "out of memory");
+        return;
+    }
+
+    ngx_http_async_dl_listen_set_state(ls,
+                                       NGX_HTTP_ASYNC_DL_LISTEN_CONNECTING);
+
+    if (PQstatus(ls->pgconn) == CONNECTION_BAD) {
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+        return;
+    }
+
+    if (ngx_http_async_dl_listen_wrap(ls) != NGX_OK) {
+        ngx_http_async_dl_listen_close(ls, "no free nginx connection");
+        return;
+    }
+
+    ngx_add_timer(&ls->timer, ls->timeout);
+
+    /* just after PQconnectStart, behave as if polling returned WRITING */
+    ls->poll = PGRES_POLLING_WRITING;
+
+    if (ngx_http_async_dl_listen_events(ls, 0, 1) != NGX_OK) {
+        ngx_http_async_dl_listen_close(ls, "cannot add events");
+    }
+}
+
+
+static void
+ngx_http_async_dl_listen_connect_poll(ngx_http_async_dl_listen_t *ls)
+{
+    ls->poll = PQconnectPoll(ls->pgconn);
+
+    switch (ls->poll) {
+
+    case PGRES_POLLING_READING:
+    case PGRES_POLLING_WRITING:
+
+        /* libpq opens a new socket for each address it tries */
+        if (PQsocket(ls->pgconn) != ls->c->fd) {
+            ngx_http_async_dl_listen_unwrap(ls);
+
+            if (ngx_http_async_dl_listen_wrap(ls) != NGX_OK) {
+                ngx_http_async_dl_listen_close(ls,
+                                               "no free nginx connection");
+                return;
+            }
+        }
+
+        if (ngx_http_async_dl_listen_events(ls,
+                                      ls->poll == PGRES_POLLING_READING,
+                                      ls->poll == PGRES_POLLING_WRITING)
+            != NGX_OK)
+        {
+            ngx_http_async_dl_listen_close(ls, "cannot add events");
+        }
+
+        return;
+
+    case PGRES_POLLING_OK:
+
+        if (PQsetnonblocking(ls->pgconn, 1) == -1) {
+            ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+            return;
+        }
+
+        ngx_http_async_dl_listen_set_state(ls,
+                                        NGX_HTTP_ASYNC_DL_LISTEN_SUBSCRIBING);
+
+        if (ngx_http_async_dl_listen_send(ls,
+                                          "LISTEN " NGX_HTTP_ASYNC_DL_CHANNEL)
+            != NGX_OK)
+        {
+            ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+        }
+
+        return;
+
+    default: /* PGRES_POLLING_FAILED */
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+        return;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_listen_send(ngx_http_async_dl_listen_t *ls,
+    const char *sql)
+{
+    if (!PQsendQuery(ls->pgconn, sql)) {
+        return NGX_ERROR;
+    }
+
+    ls->busy = 1;
+    ls->failed = 0;
+
+    return ngx_http_async_dl_listen_flush(ls);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_listen_flush(ngx_http_async_dl_listen_t *ls)
+{
+    int  rc;
+
+    rc = PQflush(ls->pgconn);
+
+    if (rc == -1) {
+        return NGX_ERROR;
+    }
+
+    /* 1: more to send, wait until the socket is writable */
+    return ngx_http_async_dl_listen_events(ls, 1, rc == 1);
+}
+
+
+/* all results of the command sent (LISTEN or a ping) are in */
+
+static void
+ngx_http_async_dl_listen_done(ngx_http_async_dl_listen_t *ls)
+{
+    ls->busy = 0;
+
+    if (ls->state == NGX_HTTP_ASYNC_DL_LISTEN_SUBSCRIBING) {
+
+        if (ls->failed) {
+            ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+            return;
+        }
+
+        if (ls->failures) {
+            ngx_log_error(NGX_LOG_NOTICE, &ls->log, 0,
+                          "async_dl: LISTEN " NGX_HTTP_ASYNC_DL_CHANNEL
+                          " is back after %ui failures", ls->failures);
+        }
+
+        ls->failures = 0;
+        ls->backoff = 0;
+
+        ngx_http_async_dl_listen_set_state(ls,
+                                           NGX_HTTP_ASYNC_DL_LISTEN_READY);
+
+        if (ls->timer.timer_set) {
+            ngx_del_timer(&ls->timer);
+        }
+
+        ngx_add_timer(&ls->timer, NGX_HTTP_ASYNC_DL_LISTEN_PING);
+
+        ls->ready(ls->data);
+        return;
+    }
+
+    /* READY: the answer to a ping */
+
+    ls->ping = 0;
+
+    if (ls->timer.timer_set) {
+        ngx_del_timer(&ls->timer);
+    }
+
+    ngx_add_timer(&ls->timer, NGX_HTTP_ASYNC_DL_LISTEN_PING);
+}
+
+
+static void
+ngx_http_async_dl_listen_read_handler(ngx_event_t *rev)
+{
+    PGresult                    *res;
+    PGnotify                    *n;
+    ngx_connection_t            *c;
+    ngx_http_async_dl_listen_t  *ls;
+
+    c = rev->data;
+    ls = c->data;
+
+    if (ls->state == NGX_HTTP_ASYNC_DL_LISTEN_CONNECTING) {
+        if (ls->poll == PGRES_POLLING_READING) {
+            ngx_http_async_dl_listen_connect_poll(ls);
+        }
+        return;
+    }
+
+    if (!PQconsumeInput(ls->pgconn)) {
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+        return;
+    }
+
+    /* libpq: after consuming input, try to flush pending output again */
+    if (ls->c->write->active
+        && ngx_http_async_dl_listen_flush(ls) != NGX_OK)
+    {
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+        return;
+    }
+
+    while (ls->busy && !PQisBusy(ls->pgconn)) {
+        res = PQgetResult(ls->pgconn);
+
+        if (res == NULL) {
+            ngx_http_async_dl_listen_done(ls);
+
+            if (ls->pgconn == NULL) {
+                return;
+            }
+
+            break;
+        }
+
+        if (PQresultStatus(res) != PGRES_COMMAND_OK
+            && PQresultStatus(res) != PGRES_TUPLES_OK)
+        {
+            ls->failed = 1;
+        }
+
+        PQclear(res);
+    }
+
+    while ((n = PQnotifies(ls->pgconn)) != NULL) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &ls->log, 0,
+                       "async_dl listen: notification \"%s\"", n->extra);
+
+        if (ngx_strcmp(n->relname, NGX_HTTP_ASYNC_DL_CHANNEL) == 0) {
+            ls->notify(ls->data, n->extra);
+        }
+
+        PQfreemem(n);
+    }
+
+    if (PQstatus(ls->pgconn) == CONNECTION_BAD) {
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+    }
+}
+
+
+static void
+ngx_http_async_dl_listen_write_handler(ngx_event_t *wev)
+{
+    ngx_connection_t            *c;
+    ngx_http_async_dl_listen_t  *ls;
+
+    c = wev->data;
+    ls = c->data;
+
+    if (ls->state == NGX_HTTP_ASYNC_DL_LISTEN_CONNECTING) {
+        if (ls->poll == PGRES_POLLING_WRITING) {
+            ngx_http_async_dl_listen_connect_poll(ls);
+        }
+        return;
+    }
+
+    if (ngx_http_async_dl_listen_flush(ls) != NGX_OK) {
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+    }
+}
+
+
+static void
+ngx_http_async_dl_listen_timer_handler(ngx_event_t *ev)
+{
+    ngx_http_async_dl_listen_t  *ls = ev->data;
+
+    switch (ls->state) {
+
+    case NGX_HTTP_ASYNC_DL_LISTEN_DOWN:
+        ngx_http_async_dl_listen_connect(ls);
+        return;
+
+    case NGX_HTTP_ASYNC_DL_LISTEN_CONNECTING:
+    case NGX_HTTP_ASYNC_DL_LISTEN_SUBSCRIBING:
+        ngx_http_async_dl_listen_close(ls, "connection timed out");
+        return;
+
+    default: /* NGX_HTTP_ASYNC_DL_LISTEN_READY */
+
+        if (ls->ping || ls->busy) {
+            ngx_http_async_dl_listen_close(ls, "no answer to a ping");
+            return;
+        }
+
+        if (ngx_http_async_dl_listen_send(ls, "SELECT 1") != NGX_OK) {
+            ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+            return;
+        }
+
+        ls->ping = 1;
+        ngx_add_timer(&ls->timer, ls->timeout);
+        return;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_listen_wrap(ngx_http_async_dl_listen_t *ls)
+{
+    int                s;
+    ngx_connection_t  *c;
+
+    s = PQsocket(ls->pgconn);
+    if (s == -1) {
+        return NGX_ERROR;
+    }
+
+    c = ngx_get_connection(s, &ls->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = ls;
+    c->read->handler = ngx_http_async_dl_listen_read_handler;
+    c->write->handler = ngx_http_async_dl_listen_write_handler;
+    c->read->log = &ls->log;
+    c->write->log = &ls->log;
+    c->log = &ls->log;
+    c->log_error = NGX_ERROR_INFO;
+
+    ls->c = c;
+
+    return NGX_OK;
+}
+
+
+/* forget the nginx side of the socket; libpq owns and closes the fd */
+
+static void
+ngx_http_async_dl_listen_unwrap(ngx_http_async_dl_listen_t *ls)
+{
+    ngx_connection_t  *c;
+
+    c = ls->c;
+    if (c == NULL) {
+        return;
+    }
+
+    if (ngx_del_conn) {
+        ngx_del_conn(c, NGX_CLOSE_EVENT);
+
+    } else {
+        if (c->read->active || c->read->disabled) {
+            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+        }
+
+        if (c->write->active || c->write->disabled) {
+            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+        }
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    c->read->closed = 1;
+    c->write->closed = 1;
+
+    ngx_free_connection(c);
+
+    c->fd = (ngx_socket_t) -1;
+    ls->c = NULL;
+}
+
+
+/*
+ * Level-triggered interest: libpq may leave bytes in the socket after
+ * PQconsumeInput(), which edge-triggered epoll would never report again.
+ */
+
+static ngx_int_t
+ngx_http_async_dl_listen_events(ngx_http_async_dl_listen_t *ls,
+    ngx_uint_t read, ngx_uint_t write)
+{
+    ngx_connection_t  *c;
+
+    c = ls->c;
+
+    if (read && !c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (!read && c->read->active) {
+        if (ngx_del_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (write && !c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (!write && c->write->active) {
+        if (ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_async_dl_listen_close(ngx_http_async_dl_listen_t *ls,
+    const char *reason)
+{
+    size_t      len;
+    ngx_uint_t  was_ready;
+
+    was_ready = (ls->state == NGX_HTTP_ASYNC_DL_LISTEN_READY);
+
+    len = ngx_strlen(reason);
+
+    while (len && (reason[len - 1] == '\n' || reason[len - 1] == ' ')) {
+        len--;
+    }
+
+    if (ls->failures++ == 0) {
+        ngx_log_error(NGX_LOG_ERR, &ls->log, 0,
+                      "async_dl: LISTEN connection %s: %*s",
+                      was_ready ? "lost" : "failed", len, reason);
+
+    } else {
+        ngx_log_error(NGX_LOG_INFO, &ls->log, 0,
+                      "async_dl: LISTEN connection failed again (%ui): %*s",
+                      ls->failures, len, reason);
+    }
+
+    if (ls->timer.timer_set) {
+        ngx_del_timer(&ls->timer);
+    }
+
+    if (ls->pgconn) {
+        ngx_http_async_dl_listen_unwrap(ls);
+        PQfinish(ls->pgconn);
+        ls->pgconn = NULL;
+    }
+
+    ls->busy = 0;
+    ls->ping = 0;
+
+    ngx_http_async_dl_listen_set_state(ls, NGX_HTTP_ASYNC_DL_LISTEN_DOWN);
+
+    /* a connection that worked is retried at once, then with backoff */
+
+    if (was_ready) {
+        ls->backoff = 0;
+
+    } else if (ls->backoff == 0) {
+        ls->backoff = NGX_HTTP_ASYNC_DL_LISTEN_BACKOFF;
+
+    } else {
+        ls->backoff = ngx_min(ls->backoff * 2,
+                              NGX_HTTP_ASYNC_DL_LISTEN_BACKOFF_MAX);
+    }
+
+    if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
+        ngx_add_timer(&ls->timer, ls->backoff ? ls->backoff : 1);
+    }
+}

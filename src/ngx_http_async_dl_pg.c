@@ -1,0 +1,1492 @@
+
+/*
+ * Non-blocking PostgreSQL: a pool of libpq connections per nginx worker
+ * process.
+ *
+ * Each connection is one state machine (ngx_http_async_dl_pg_state_e),
+ * changed only by ngx_http_async_dl_pg_set_state(), driven by the read and
+ * write events of its socket and by one timer:
+ *
+ *   DOWN -> CONNECTING -> SETUP -> IDLE <-> PREPARE -> QUERY -> IDLE
+ *     ^________________________________________________|  (any failure)
+ *
+ * - CONNECTING: PQconnectStartParams + PQconnectPoll; the timer is the
+ *   connect timeout (async_dl_postgres_timeout).
+ * - SETUP: "SET statement_timeout", so that the server itself gives up on a
+ *   statement at the same deadline as we do (see "Timeouts" below).
+ * - PREPARE: a statement is prepared lazily, the first time a connection
+ *   runs it (the schema may be created after nginx starts: the worker
+ *   migrates it), then QUERY: PQsendQueryPrepared.
+ * - DOWN: closed; the timer is the reconnect backoff (0, then 100 ms
+ *   doubling up to 1 s, so a database that comes back is used again within
+ *   about a second, without a reload).
+ *
+ * Queries: an idle connection takes a query at once; when none is idle the
+ * query waits in a bounded FIFO (NGX_HTTP_ASYNC_DL_PG_WAITING per
+ * connection).  When no connection is even trying (all DOWN), a query fails
+ * at once with UNAVAILABLE rather than waiting: the API answers 503 without
+ * delay while the database is down.
+ *
+ * Timeouts: each query has one timer covering its wait and its run.  When it
+ * fires on a running query, the query is detached from its connection and
+ * answered TIMEOUT; PQcancel() is not used because it blocks (it opens a new
+ * connection synchronously).  Instead every connection has statement_timeout
+ * set to the same value, so the server cancels the statement itself; the
+ * connection keeps draining and is reused once the error arrives.  If
+ * nothing arrives within the timeout plus a grace period (a dead network),
+ * the connection is closed and reopened.
+ *
+ * Detaching (a request that went away): the query leaves the wait queue or
+ * its connection; a running statement's results are drained and discarded,
+ * and the connection goes back to the pool clean.  Nothing of the request is
+ * touched afterwards.
+ *
+ * Events are registered level-triggered: libpq may leave bytes in the
+ * socket after PQconsumeInput(), which edge-triggered epoll would never
+ * report again.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include <netdb.h>
+#include <arpa/inet.h>
+
+#include "ngx_http_async_dl_pg.h"
+
+
+#define NGX_HTTP_ASYNC_DL_PG_WAITING     64     /* queued per connection */
+#define NGX_HTTP_ASYNC_DL_PG_BACKOFF     100    /* first retry, ms */
+#define NGX_HTTP_ASYNC_DL_PG_BACKOFF_MAX 1000
+#define NGX_HTTP_ASYNC_DL_PG_GRACE       1000   /* drain beyond timeout, ms */
+
+
+typedef enum {
+    NGX_HTTP_ASYNC_DL_PG_DOWN = 0,
+    NGX_HTTP_ASYNC_DL_PG_CONNECTING,
+    NGX_HTTP_ASYNC_DL_PG_SETUP,
+    NGX_HTTP_ASYNC_DL_PG_IDLE,
+    NGX_HTTP_ASYNC_DL_PG_PREPARE,
+    NGX_HTTP_ASYNC_DL_PG_QUERY
+} ngx_http_async_dl_pg_state_e;
+
+
+struct ngx_http_async_dl_pg_conn_s {
+    ngx_http_async_dl_pg_t             *pg;
+    ngx_uint_t                          n;         /* for the logs */
+    ngx_http_async_dl_pg_state_e        state;
+    ngx_queue_t                         queue;     /* in pg->idle */
+
+    PGconn                             *pgconn;
+    ngx_connection_t                   *c;         /* wraps PQsocket() */
+    PostgresPollingStatusType           poll;      /* while CONNECTING */
+
+    ngx_http_async_dl_pg_query_t       *query;     /* NULL: none/detached */
+    ngx_uint_t                          stmt;      /* being prepared/run */
+    PGresult                           *result;    /* being collected */
+    uint64_t                            prepared;  /* bit per statement */
+
+    ngx_event_t                         timer;
+    ngx_msec_t                          backoff;
+    ngx_uint_t                          failures;  /* since last success */
+    ngx_log_t                           log;       /* with our action */
+};
+
+
+struct ngx_http_async_dl_pg_s {
+    ngx_http_async_dl_pg_conf_t        *conf;
+    ngx_log_t                          *log;
+    ngx_http_async_dl_pg_conn_t        *conns;
+    ngx_queue_t                         idle;
+    ngx_queue_t                         waiting;
+    ngx_uint_t                          nwaiting;
+    ngx_uint_t                          max_waiting;
+    ngx_uint_t                          nlive;     /* conns not DOWN */
+    ngx_str_t                           last_error;
+    u_char                              error[512];
+    char                                setup[64];
+};
+
+
+static char *ngx_http_async_dl_pg_resolve(ngx_conf_t *cf, ngx_array_t *hosts,
+    ngx_array_t *addrs, ngx_array_t *ports, char *host, char *port);
+static ngx_int_t ngx_http_async_dl_pg_split(ngx_conf_t *cf, char *list,
+    ngx_array_t *a);
+static ngx_int_t ngx_http_async_dl_pg_push(ngx_array_t *hosts,
+    ngx_array_t *addrs, ngx_array_t *ports, char *host, char *addr,
+    char *port);
+static char *ngx_http_async_dl_pg_join(ngx_pool_t *pool, ngx_array_t *a);
+static char *ngx_http_async_dl_pg_strdup(ngx_pool_t *pool, const char *s);
+
+static void ngx_http_async_dl_pg_set_state(ngx_http_async_dl_pg_conn_t *pc,
+    ngx_http_async_dl_pg_state_e state);
+static void ngx_http_async_dl_pg_connect(ngx_http_async_dl_pg_conn_t *pc);
+static ngx_int_t ngx_http_async_dl_pg_wrap(ngx_http_async_dl_pg_conn_t *pc);
+static void ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_conn_t *pc);
+static ngx_int_t ngx_http_async_dl_pg_events(ngx_http_async_dl_pg_conn_t *pc,
+    ngx_uint_t read, ngx_uint_t write);
+static void ngx_http_async_dl_pg_connect_poll(
+    ngx_http_async_dl_pg_conn_t *pc);
+static void ngx_http_async_dl_pg_read_handler(ngx_event_t *rev);
+static void ngx_http_async_dl_pg_write_handler(ngx_event_t *wev);
+static void ngx_http_async_dl_pg_timer_handler(ngx_event_t *ev);
+static void ngx_http_async_dl_pg_query_timer_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_async_dl_pg_flush(ngx_http_async_dl_pg_conn_t *pc);
+static ngx_int_t ngx_http_async_dl_pg_send(ngx_http_async_dl_pg_conn_t *pc,
+    ngx_http_async_dl_pg_query_t *q);
+static void ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc);
+static void ngx_http_async_dl_pg_release(ngx_http_async_dl_pg_conn_t *pc);
+static void ngx_http_async_dl_pg_dispatch(ngx_http_async_dl_pg_t *pg);
+static void ngx_http_async_dl_pg_close(ngx_http_async_dl_pg_conn_t *pc,
+    const char *reason);
+static void ngx_http_async_dl_pg_complete(ngx_http_async_dl_pg_query_t *q,
+    ngx_http_async_dl_pg_status_e status, PGresult *res);
+static void ngx_http_async_dl_pg_fail_waiting(ngx_http_async_dl_pg_t *pg);
+static void ngx_http_async_dl_pg_error(ngx_http_async_dl_pg_t *pg,
+    const char *msg);
+static void ngx_http_async_dl_pg_notice(void *arg, const char *message);
+static void ngx_http_async_dl_pg_query_cleanup(void *data);
+
+
+/* configuration: the conninfo, checked and resolved once, at start */
+
+
+char *
+ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
+    ngx_http_async_dl_pg_conf_t *pgcf)
+{
+    char                *err, *host, *hostaddr, *port;
+    ngx_uint_t           i, n, have_fallback;
+    ngx_array_t          hosts, addrs, ports;
+    PQconninfoOption    *opts, *o;
+    const char         **kw, **val;
+
+    err = NULL;
+    opts = PQconninfoParse((char *) conninfo->data, &err);
+
+    if (opts == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid async_dl_postgres \"%V\": %s", conninfo,
+                           err ? err : "out of memory");
+        if (err) {
+            PQfreemem(err);
+        }
+        return NGX_CONF_ERROR;
+    }
+
+    host = NULL;
+    hostaddr = NULL;
+    port = NULL;
+    have_fallback = 0;
+    n = 0;
+
+    for (o = opts; o->keyword; o++) {
+        if (o->val == NULL) {
+            continue;
+        }
+
+        n++;
+
+        if (ngx_strcmp(o->keyword, "host") == 0) {
+            host = o->val;
+
+        } else if (ngx_strcmp(o->keyword, "hostaddr") == 0) {
+            hostaddr = o->val;
+
+        } else if (ngx_strcmp(o->keyword, "port") == 0) {
+            port = o->val;
+
+        } else if (ngx_strcmp(o->keyword, "fallback_application_name") == 0) {
+            have_fallback = 1;
+
+        } else if (ngx_strcmp(o->keyword, "service") == 0) {
+            /* a service file may name a host: libpq would resolve it */
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "async_dl_postgres: \"service\" is not "
+                               "supported, write the host into the conninfo");
+            PQconninfoFree(opts);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (ngx_array_init(&hosts, cf->pool, 4, sizeof(char *)) != NGX_OK
+        || ngx_array_init(&addrs, cf->pool, 4, sizeof(char *)) != NGX_OK
+        || ngx_array_init(&ports, cf->pool, 4, sizeof(char *)) != NGX_OK)
+    {
+        PQconninfoFree(opts);
+        return NGX_CONF_ERROR;
+    }
+
+    /*
+     * libpq resolves host names with a blocking getaddrinfo() inside
+     * PQconnectPoll(); it must never run in a worker's event loop.  Names
+     * are therefore resolved here, once, when the configuration is read,
+     * and passed as "hostaddr" (the name stays in "host" for TLS checks and
+     * .pgpass).  IP literals and Unix socket directories need no lookup.
+     */
+
+    if (host && hostaddr == NULL) {
+        if (ngx_http_async_dl_pg_resolve(cf, &hosts, &addrs, &ports, host,
+                                         port)
+            != NGX_CONF_OK)
+        {
+            PQconninfoFree(opts);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    kw = ngx_pcalloc(cf->pool, (n + 4) * sizeof(char *));
+    val = ngx_pcalloc(cf->pool, (n + 4) * sizeof(char *));
+    if (kw == NULL || val == NULL) {
+        PQconninfoFree(opts);
+        return NGX_CONF_ERROR;
+    }
+
+    i = 0;
+
+    for (o = opts; o->keyword; o++) {
+        if (o->val == NULL) {
+            continue;
+        }
+
+        if ((hosts.nelts && ngx_strcmp(o->keyword, "host") == 0)
+            || (ports.nelts && ngx_strcmp(o->keyword, "port") == 0))
+        {
+            continue;
+        }
+
+        kw[i] = ngx_http_async_dl_pg_strdup(cf->pool, o->keyword);
+        val[i] = ngx_http_async_dl_pg_strdup(cf->pool, o->val);
+        if (kw[i] == NULL || val[i] == NULL) {
+            PQconninfoFree(opts);
+            return NGX_CONF_ERROR;
+        }
+
+        i++;
+    }
+
+    PQconninfoFree(opts);
+
+    if (hosts.nelts) {
+        kw[i] = "host";
+        val[i++] = ngx_http_async_dl_pg_join(cf->pool, &hosts);
+        kw[i] = "hostaddr";
+        val[i++] = ngx_http_async_dl_pg_join(cf->pool, &addrs);
+
+        if (ports.nelts) {
+            kw[i] = "port";
+            val[i++] = ngx_http_async_dl_pg_join(cf->pool, &ports);
+        }
+    }
+
+    if (!have_fallback) {
+        kw[i] = "fallback_application_name";
+        val[i++] = "async-dl-nginx";
+    }
+
+    for (n = 0; n < i; n++) {
+        if (val[n] == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    kw[i] = NULL;
+    val[i] = NULL;
+
+    pgcf->keywords = kw;
+    pgcf->values = val;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_async_dl_pg_resolve(ngx_conf_t *cf, ngx_array_t *hosts,
+    ngx_array_t *addrs, ngx_array_t *ports, char *host, char *port)
+{
+    int               rc;
+    char             *h, *p, *addr, ip[NGX_INET6_ADDRSTRLEN + 1];
+    void             *sa;
+    ngx_uint_t        i, nport;
+    ngx_array_t       hl, pl;
+    struct addrinfo   hints, *res, *ai;
+    struct in6_addr   a6;
+
+    if (ngx_array_init(&hl, cf->temp_pool, 4, sizeof(char *)) != NGX_OK
+        || ngx_array_init(&pl, cf->temp_pool, 4, sizeof(char *)) != NGX_OK
+        || ngx_http_async_dl_pg_split(cf, host, &hl) != NGX_OK
+        || (port && ngx_http_async_dl_pg_split(cf, port, &pl) != NGX_OK))
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    nport = pl.nelts;
+
+    if (nport > 1 && nport != hl.nelts) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "async_dl_postgres: \"port\" must have one value "
+                           "or one per host");
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 0; i < hl.nelts; i++) {
+        h = ((char **) hl.elts)[i];
+        p = (nport > 1) ? ((char **) pl.elts)[i] : NULL;
+
+        if (h[0] == '\0' || h[0] == '/' || h[0] == '@') {
+            /* a Unix socket directory: an empty hostaddr uses "host" */
+            if (ngx_http_async_dl_pg_push(hosts, addrs, ports, h, "", p)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+            continue;
+        }
+
+        if (inet_pton(AF_INET, h, &a6) == 1
+            || inet_pton(AF_INET6, h, &a6) == 1)
+        {
+            if (ngx_http_async_dl_pg_push(hosts, addrs, ports, h, h, p)
+                != NGX_OK)
+            {
+                return NGX_CONF_ERROR;
+            }
+            continue;
+        }
+
+        ngx_memzero(&hints, sizeof(struct addrinfo));
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+
+        rc = getaddrinfo(h, NULL, &hints, &res);
+        if (rc != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "async_dl_postgres: host \"%s\" not found: %s",
+                               h, gai_strerror(rc));
+            return NGX_CONF_ERROR;
+        }
+
+        /* every address, in the resolver's order, as libpq would try */
+
+        for (ai = res; ai; ai = ai->ai_next) {
+            if (ai->ai_family == AF_INET) {
+                sa = &((struct sockaddr_in *) ai->ai_addr)->sin_addr;
+            } else if (ai->ai_family == AF_INET6) {
+                sa = &((struct sockaddr_in6 *) ai->ai_addr)->sin6_addr;
+            } else {
+                continue;
+            }
+
+            if (inet_ntop(ai->ai_family, sa, ip, sizeof(ip)) == NULL) {
+                continue;
+            }
+
+            addr = ngx_http_async_dl_pg_strdup(cf->pool, ip);
+
+            if (addr == NULL
+                || ngx_http_async_dl_pg_push(hosts, addrs, ports, h, addr, p)
+                   != NGX_OK)
+            {
+                freeaddrinfo(res);
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        freeaddrinfo(res);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_pg_push(ngx_array_t *hosts, ngx_array_t *addrs,
+    ngx_array_t *ports, char *host, char *addr, char *port)
+{
+    char  **e;
+
+    e = ngx_array_push(hosts);
+    if (e == NULL) {
+        return NGX_ERROR;
+    }
+    *e = host;
+
+    e = ngx_array_push(addrs);
+    if (e == NULL) {
+        return NGX_ERROR;
+    }
+    *e = addr;
+
+    if (port) {
+        e = ngx_array_push(ports);
+        if (e == NULL) {
+            return NGX_ERROR;
+        }
+        *e = port;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_pg_split(ngx_conf_t *cf, char *list, ngx_array_t *a)
+{
+    char  *s, *comma, **e;
+
+    s = ngx_http_async_dl_pg_strdup(cf->pool, list);
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    for ( ;; ) {
+        e = ngx_array_push(a);
+        if (e == NULL) {
+            return NGX_ERROR;
+        }
+
+        *e = s;
+
+        comma = strchr(s, ',');
+        if (comma == NULL) {
+            return NGX_OK;
+        }
+
+        *comma = '\0';
+        s = comma + 1;
+    }
+}
+
+
+static char *
+ngx_http_async_dl_pg_join(ngx_pool_t *pool, ngx_array_t *a)
+{
+    char        **e, *s, *p;
+    size_t        len;
+    ngx_uint_t    i;
+
+    e = a->elts;
+    len = 1;
+
+    for (i = 0; i < a->nelts; i++) {
+        len += ngx_strlen(e[i]) + 1;
+    }
+
+    s = ngx_pnalloc(pool, len);
+    if (s == NULL) {
+        return NULL;
+    }
+
+    p = s;
+
+    for (i = 0; i < a->nelts; i++) {
+        if (i) {
+            *p++ = ',';
+        }
+        p = (char *) ngx_cpymem(p, e[i], ngx_strlen(e[i]));
+    }
+
+    *p = '\0';
+
+    return s;
+}
+
+
+static char *
+ngx_http_async_dl_pg_strdup(ngx_pool_t *pool, const char *s)
+{
+    char    *d;
+    size_t   len;
+
+    len = ngx_strlen(s);
+
+    d = ngx_pnalloc(pool, len + 1);
+    if (d == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(d, s, len + 1);
+
+    return d;
+}
+
+
+/* the pool of one worker process */
+
+
+ngx_http_async_dl_pg_t *
+ngx_http_async_dl_pg_create(ngx_cycle_t *cycle,
+    ngx_http_async_dl_pg_conf_t *pgcf)
+{
+    ngx_uint_t                    i;
+    ngx_http_async_dl_pg_t       *pg;
+    ngx_http_async_dl_pg_conn_t  *pc;
+
+    pg = ngx_pcalloc(cycle->pool, sizeof(ngx_http_async_dl_pg_t));
+    if (pg == NULL) {
+        return NULL;
+    }
+
+    pg->conns = ngx_pcalloc(cycle->pool,
+                            pgcf->size * sizeof(ngx_http_async_dl_pg_conn_t));
+    if (pg->conns == NULL) {
+        return NULL;
+    }
+
+    pg->conf = pgcf;
+    pg->log = cycle->log;
+    pg->max_waiting = pgcf->size * NGX_HTTP_ASYNC_DL_PG_WAITING;
+    ngx_queue_init(&pg->idle);
+    ngx_queue_init(&pg->waiting);
+    ngx_str_set(&pg->last_error, "not connected yet");
+
+    ngx_snprintf((u_char *) pg->setup, sizeof(pg->setup),
+                 "SET statement_timeout = %M%Z", pgcf->timeout);
+
+    for (i = 0; i < pgcf->size; i++) {
+        pc = &pg->conns[i];
+        pc->pg = pg;
+        pc->n = i;
+        pc->state = NGX_HTTP_ASYNC_DL_PG_DOWN;
+        pc->log = *cycle->log;
+        pc->timer.handler = ngx_http_async_dl_pg_timer_handler;
+        pc->timer.data = pc;
+        pc->timer.log = &pc->log;
+        pc->timer.cancelable = 1;
+
+        ngx_http_async_dl_pg_connect(pc);
+    }
+
+    return pg;
+}
+
+
+void
+ngx_http_async_dl_pg_destroy(ngx_http_async_dl_pg_t *pg)
+{
+    ngx_uint_t                    i;
+    ngx_http_async_dl_pg_conn_t  *pc;
+
+    for (i = 0; i < pg->conf->size; i++) {
+        pc = &pg->conns[i];
+
+        if (pc->timer.timer_set) {
+            ngx_del_timer(&pc->timer);
+        }
+
+        pc->query = NULL;
+
+        if (pc->result) {
+            PQclear(pc->result);
+            pc->result = NULL;
+        }
+
+        if (pc->pgconn) {
+            ngx_http_async_dl_pg_unwrap(pc);
+            PQfinish(pc->pgconn);
+            pc->pgconn = NULL;
+        }
+    }
+}
+
+
+ngx_str_t *
+ngx_http_async_dl_pg_last_error(ngx_http_async_dl_pg_t *pg)
+{
+    return &pg->last_error;
+}
+
+
+/* queries */
+
+
+ngx_http_async_dl_pg_query_t *
+ngx_http_async_dl_pg_query(ngx_pool_t *pool, ngx_log_t *log)
+{
+    ngx_pool_cleanup_t            *cln;
+    ngx_http_async_dl_pg_query_t  *q;
+
+    q = ngx_pcalloc(pool, sizeof(ngx_http_async_dl_pg_query_t));
+    if (q == NULL) {
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(pool, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_async_dl_pg_query_cleanup;
+    cln->data = q;
+
+    q->log = log;
+    q->timer.handler = ngx_http_async_dl_pg_query_timer_handler;
+    q->timer.data = q;
+    q->timer.log = log;
+
+    return q;
+}
+
+
+/*
+ * NGX_HTTP_ASYNC_DL_PG_OK: the query is sent or waits; its handler will be
+ * called.  Anything else: it failed now, and its handler is not called.
+ */
+
+ngx_http_async_dl_pg_status_e
+ngx_http_async_dl_pg_run(ngx_http_async_dl_pg_t *pg,
+    ngx_http_async_dl_pg_query_t *q)
+{
+    ngx_queue_t                  *link;
+    ngx_http_async_dl_pg_conn_t  *pc;
+
+    if (pg == NULL) {
+        return NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE;
+    }
+
+    q->pg = pg;
+
+    while (!ngx_queue_empty(&pg->idle)) {
+        link = ngx_queue_head(&pg->idle);
+        pc = ngx_queue_data(link, ngx_http_async_dl_pg_conn_t, queue);
+
+        if (ngx_http_async_dl_pg_send(pc, q) == NGX_OK) {
+            ngx_add_timer(&q->timer, pg->conf->timeout);
+            return NGX_HTTP_ASYNC_DL_PG_OK;
+        }
+
+        /* that connection was closed: try the next one */
+    }
+
+    if (pg->nlive == 0) {
+        return NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE;
+    }
+
+    if (pg->nwaiting >= pg->max_waiting) {
+        ngx_log_error(NGX_LOG_WARN, q->log, 0,
+                      "async_dl: all %ui postgres connections are busy and "
+                      "%ui queries wait", pg->conf->size, pg->nwaiting);
+        return NGX_HTTP_ASYNC_DL_PG_BUSY;
+    }
+
+    ngx_queue_insert_tail(&pg->waiting, &q->queue);
+    q->waiting = 1;
+    pg->nwaiting++;
+
+    ngx_add_timer(&q->timer, pg->conf->timeout);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, q->log, 0,
+                   "async_dl pg: query waits, %ui waiting", pg->nwaiting);
+
+    return NGX_HTTP_ASYNC_DL_PG_OK;
+}
+
+
+void
+ngx_http_async_dl_pg_detach(ngx_http_async_dl_pg_query_t *q)
+{
+    ngx_http_async_dl_pg_conn_t  *pc;
+
+    if (q->timer.timer_set) {
+        ngx_del_timer(&q->timer);
+    }
+
+    if (q->waiting) {
+        ngx_queue_remove(&q->queue);
+        q->waiting = 0;
+        q->pg->nwaiting--;
+    }
+
+    pc = q->conn;
+
+    if (pc) {
+        /* the statement runs on; its results will be drained */
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, q->log, 0,
+                       "async_dl pg: query detached from connection #%ui",
+                       pc->n);
+
+        pc->query = NULL;
+        q->conn = NULL;
+
+        if (!pc->timer.timer_set) {
+            ngx_add_timer(&pc->timer,
+                          q->pg->conf->timeout + NGX_HTTP_ASYNC_DL_PG_GRACE);
+        }
+    }
+}
+
+
+static void
+ngx_http_async_dl_pg_query_cleanup(void *data)
+{
+    ngx_http_async_dl_pg_query_t  *q = data;
+
+    ngx_http_async_dl_pg_detach(q);
+
+    if (q->result) {
+        PQclear(q->result);
+        q->result = NULL;
+    }
+}
+
+
+static void
+ngx_http_async_dl_pg_query_timer_handler(ngx_event_t *ev)
+{
+    ngx_http_async_dl_pg_query_t  *q = ev->data;
+
+    ngx_log_error(NGX_LOG_ERR, q->log, 0,
+                  "async_dl: postgres query \"%s\" timed out after %M ms%s",
+                  q->pg->conf->stmts[q->stmt].name, q->pg->conf->timeout,
+                  q->waiting ? " waiting for a connection" : "");
+
+    ngx_http_async_dl_pg_detach(q);
+    ngx_http_async_dl_pg_complete(q, NGX_HTTP_ASYNC_DL_PG_TIMEOUT, NULL);
+}
+
+
+static void
+ngx_http_async_dl_pg_complete(ngx_http_async_dl_pg_query_t *q,
+    ngx_http_async_dl_pg_status_e status, PGresult *res)
+{
+    if (q->timer.timer_set) {
+        ngx_del_timer(&q->timer);
+    }
+
+    q->conn = NULL;
+    q->status = status;
+    q->result = res;
+
+    /* the handler may free q and everything of its request */
+    q->handler(q);
+}
+
+
+static void
+ngx_http_async_dl_pg_fail_waiting(ngx_http_async_dl_pg_t *pg)
+{
+    ngx_queue_t                   *link;
+    ngx_http_async_dl_pg_query_t  *q;
+
+    while (!ngx_queue_empty(&pg->waiting) && pg->nlive == 0) {
+        link = ngx_queue_head(&pg->waiting);
+        q = ngx_queue_data(link, ngx_http_async_dl_pg_query_t, queue);
+
+        ngx_queue_remove(link);
+        q->waiting = 0;
+        pg->nwaiting--;
+
+        ngx_http_async_dl_pg_complete(q, NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE,
+                                      NULL);
+    }
+}
+
+
+/* a connection's life */
+
+
+static void
+ngx_http_async_dl_pg_set_state(ngx_http_async_dl_pg_conn_t *pc,
+    ngx_http_async_dl_pg_state_e state)
+{
+    static const char  *names[] = {
+        "down", "connecting", "setup", "idle", "prepare", "query"
+    };
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pc->pg->log, 0,
+                   "async_dl pg #%ui: %s -> %s", pc->n, names[pc->state],
+                   names[state]);
+
+    if (pc->state == NGX_HTTP_ASYNC_DL_PG_DOWN
+        && state != NGX_HTTP_ASYNC_DL_PG_DOWN)
+    {
+        pc->pg->nlive++;
+
+    } else if (pc->state != NGX_HTTP_ASYNC_DL_PG_DOWN
+               && state == NGX_HTTP_ASYNC_DL_PG_DOWN)
+    {
+        pc->pg->nlive--;
+    }
+
+    if (pc->state == NGX_HTTP_ASYNC_DL_PG_IDLE) {
+        ngx_queue_remove(&pc->queue);
+    }
+
+    if (state == NGX_HTTP_ASYNC_DL_PG_IDLE) {
+        ngx_queue_insert_tail(&pc->pg->idle, &pc->queue);
+    }
+
+    pc->state = state;
+}
+
+
+static void
+ngx_http_async_dl_pg_connect(ngx_http_async_dl_pg_conn_t *pc)
+{
+    ngx_http_async_dl_pg_t  *pg;
+
+    pg = pc->pg;
+
+    pc->pgconn = PQconnectStartParams(pg->conf->keywords, pg->conf->values,
+                                      0);
+    if (pc->pgconn == NULL) {
+        ngx_http_async_dl_pg_close(pc, "out of memory");
+        return;
+    }
+
+    PQsetNoticeProcessor(pc->pgconn, ngx_http_async_dl_pg_notice, pg);
+
+    pc->prepared = 0;
+    ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_CONNECTING);
+
+    if (PQstatus(pc->pgconn) == CONNECTION_BAD) {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        return;
+    }
+
+    if (ngx_http_async_dl_pg_wrap(pc) != NGX_OK) {
+        ngx_http_async_dl_pg_close(pc, "no free nginx connection");
+        return;
+    }
+
+    ngx_add_timer(&pc->timer, pg->conf->timeout);
+
+    /* just after PQconnectStart, behave as if polling returned WRITING */
+    pc->poll = PGRES_POLLING_WRITING;
+
+    if (ngx_http_async_dl_pg_events(pc, 0, 1) != NGX_OK) {
+        ngx_http_async_dl_pg_close(pc, "cannot add events");
+    }
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_pg_wrap(ngx_http_async_dl_pg_conn_t *pc)
+{
+    int                s;
+    ngx_connection_t  *c;
+
+    s = PQsocket(pc->pgconn);
+    if (s == -1) {
+        return NGX_ERROR;
+    }
+
+    c = ngx_get_connection(s, &pc->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = pc;
+    c->read->handler = ngx_http_async_dl_pg_read_handler;
+    c->write->handler = ngx_http_async_dl_pg_write_handler;
+    c->read->log = &pc->log;
+    c->write->log = &pc->log;
+    c->log = &pc->log;
+    c->log_error = NGX_ERROR_INFO;
+
+    pc->c = c;
+
+    return NGX_OK;
+}
+
+
+/* forget the nginx side of the socket; libpq owns and closes the fd */
+
+static void
+ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_conn_t *pc)
+{
+    ngx_connection_t  *c;
+
+    c = pc->c;
+    if (c == NULL) {
+        return;
+    }
+
+    if (ngx_del_conn) {
+        ngx_del_conn(c, NGX_CLOSE_EVENT);
+
+    } else {
+        if (c->read->active || c->read->disabled) {
+            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+        }
+
+        if (c->write->active || c->write->disabled) {
+            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+        }
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    c->read->closed = 1;
+    c->write->closed = 1;
+
+    ngx_free_connection(c);
+
+    c->fd = (ngx_socket_t) -1;
+    pc->c = NULL;
+}
+
+
+/* level-triggered interest in read and/or write readiness */
+
+static ngx_int_t
+ngx_http_async_dl_pg_events(ngx_http_async_dl_pg_conn_t *pc, ngx_uint_t read,
+    ngx_uint_t write)
+{
+    ngx_connection_t  *c;
+
+    c = pc->c;
+
+    if (read && !c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (!read && c->read->active) {
+        if (ngx_del_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (write && !c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (!write && c->write->active) {
+        if (ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_async_dl_pg_connect_poll(ngx_http_async_dl_pg_conn_t *pc)
+{
+    int                      s;
+    ngx_http_async_dl_pg_t  *pg;
+
+    pg = pc->pg;
+    pc->log.action = "connecting to postgres";
+
+    pc->poll = PQconnectPoll(pc->pgconn);
+
+    switch (pc->poll) {
+
+    case PGRES_POLLING_READING:
+    case PGRES_POLLING_WRITING:
+
+        /* libpq opens a new socket for each address it tries */
+        s = PQsocket(pc->pgconn);
+
+        if (s != pc->c->fd) {
+            ngx_http_async_dl_pg_unwrap(pc);
+
+            if (ngx_http_async_dl_pg_wrap(pc) != NGX_OK) {
+                ngx_http_async_dl_pg_close(pc, "no free nginx connection");
+                return;
+            }
+        }
+
+        if (ngx_http_async_dl_pg_events(pc,
+                                         pc->poll == PGRES_POLLING_READING,
+                                         pc->poll == PGRES_POLLING_WRITING)
+            != NGX_OK)
+        {
+            ngx_http_async_dl_pg_close(pc, "cannot add events");
+        }
+
+        return;
+
+    case PGRES_POLLING_OK:
+
+        if (PQsetnonblocking(pc->pgconn, 1) == -1) {
+            ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+            return;
+        }
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pg->log, 0,
+                       "async_dl pg #%ui: connected", pc->n);
+
+        if (ngx_http_async_dl_pg_events(pc, 1, 0) != NGX_OK) {
+            ngx_http_async_dl_pg_close(pc, "cannot add events");
+            return;
+        }
+
+        if (!PQsendQuery(pc->pgconn, pg->setup)) {
+            ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+            return;
+        }
+
+        ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_SETUP);
+
+        if (ngx_http_async_dl_pg_flush(pc) != NGX_OK) {
+            ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        }
+
+        return;
+
+    default: /* PGRES_POLLING_FAILED */
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        return;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_pg_flush(ngx_http_async_dl_pg_conn_t *pc)
+{
+    int  rc;
+
+    rc = PQflush(pc->pgconn);
+
+    if (rc == -1) {
+        return NGX_ERROR;
+    }
+
+    /* 1: more to send, wait until the socket is writable */
+    return ngx_http_async_dl_pg_events(pc, 1, rc == 1);
+}
+
+
+static void
+ngx_http_async_dl_pg_write_handler(ngx_event_t *wev)
+{
+    ngx_connection_t             *c;
+    ngx_http_async_dl_pg_conn_t  *pc;
+
+    c = wev->data;
+    pc = c->data;
+
+    if (pc->state == NGX_HTTP_ASYNC_DL_PG_CONNECTING) {
+        if (pc->poll == PGRES_POLLING_WRITING) {
+            ngx_http_async_dl_pg_connect_poll(pc);
+        }
+        return;
+    }
+
+    if (ngx_http_async_dl_pg_flush(pc) != NGX_OK) {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+    }
+}
+
+
+static void
+ngx_http_async_dl_pg_read_handler(ngx_event_t *rev)
+{
+    PGresult                     *res;
+    PGnotify                     *notify;
+    ngx_connection_t             *c;
+    ngx_http_async_dl_pg_conn_t  *pc;
+
+    c = rev->data;
+    pc = c->data;
+
+    if (pc->state == NGX_HTTP_ASYNC_DL_PG_CONNECTING) {
+        if (pc->poll == PGRES_POLLING_READING) {
+            ngx_http_async_dl_pg_connect_poll(pc);
+        }
+        return;
+    }
+
+    if (!PQconsumeInput(pc->pgconn)) {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        return;
+    }
+
+    /* libpq: after consuming input, try to flush pending output again */
+    if (pc->c->write->active && ngx_http_async_dl_pg_flush(pc) != NGX_OK) {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        return;
+    }
+
+    while ((notify = PQnotifies(pc->pgconn)) != NULL) {
+        PQfreemem(notify);
+    }
+
+    if (pc->state == NGX_HTTP_ASYNC_DL_PG_IDLE) {
+        /* an idle connection speaks only when the server drops it */
+        if (PQstatus(pc->pgconn) == CONNECTION_BAD) {
+            ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        }
+        return;
+    }
+
+    while (!PQisBusy(pc->pgconn)) {
+        res = PQgetResult(pc->pgconn);
+
+        if (res == NULL) {
+            ngx_http_async_dl_pg_done(pc);
+            return;
+        }
+
+        /* one statement: keep its result, or an error that came after */
+
+        if (pc->result == NULL) {
+            pc->result = res;
+
+        } else if (PQresultStatus(res) == PGRES_FATAL_ERROR) {
+            PQclear(pc->result);
+            pc->result = res;
+
+        } else {
+            PQclear(res);
+        }
+    }
+
+    if (PQstatus(pc->pgconn) == CONNECTION_BAD) {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+    }
+}
+
+
+static void
+ngx_http_async_dl_pg_timer_handler(ngx_event_t *ev)
+{
+    ngx_http_async_dl_pg_conn_t  *pc = ev->data;
+
+    switch (pc->state) {
+
+    case NGX_HTTP_ASYNC_DL_PG_DOWN:
+        ngx_http_async_dl_pg_connect(pc);
+        return;
+
+    case NGX_HTTP_ASYNC_DL_PG_CONNECTING:
+    case NGX_HTTP_ASYNC_DL_PG_SETUP:
+        ngx_http_async_dl_pg_close(pc, "connection timed out");
+        return;
+
+    default:
+        /* a detached statement that the server did not end in time */
+        ngx_http_async_dl_pg_close(pc, "no answer to a timed out statement");
+        return;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_pg_send(ngx_http_async_dl_pg_conn_t *pc,
+    ngx_http_async_dl_pg_query_t *q)
+{
+    int                           rc;
+    ngx_http_async_dl_pg_stmt_t  *st;
+
+    st = &pc->pg->conf->stmts[q->stmt];
+
+    if (pc->prepared & ((uint64_t) 1 << q->stmt)) {
+        rc = PQsendQueryPrepared(pc->pgconn, st->name, st->nparams,
+                                 q->params, NULL, NULL, 0);
+        ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_QUERY);
+
+    } else {
+        rc = PQsendPrepare(pc->pgconn, st->name, st->sql, st->nparams, NULL);
+        ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_PREPARE);
+    }
+
+    if (!rc || ngx_http_async_dl_pg_flush(pc) != NGX_OK) {
+        /* q is not attached yet: closing does not complete it */
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        return NGX_ERROR;
+    }
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, q->log, 0,
+                   "async_dl pg #%ui: %s \"%s\"", pc->n,
+                   pc->state == NGX_HTTP_ASYNC_DL_PG_QUERY ? "run" : "prepare",
+                   st->name);
+
+    pc->query = q;
+    pc->stmt = q->stmt;
+    q->conn = pc;
+    pc->log.action = "running a postgres statement";
+
+    return NGX_OK;
+}
+
+
+/* all results of what was sent are in */
+
+static void
+ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc)
+{
+    PGresult                       *res;
+    ExecStatusType                  st;
+    ngx_http_async_dl_pg_query_t   *q;
+    ngx_http_async_dl_pg_status_e   status;
+
+    res = pc->result;
+    pc->result = NULL;
+    q = pc->query;
+
+    if (pc->timer.timer_set) {
+        ngx_del_timer(&pc->timer);
+    }
+
+    st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+
+    switch (pc->state) {
+
+    case NGX_HTTP_ASYNC_DL_PG_SETUP:
+
+        if (st != PGRES_COMMAND_OK) {
+            ngx_http_async_dl_pg_close(pc, res ? PQresultErrorMessage(res)
+                                               : "no answer to setup");
+            if (res) {
+                PQclear(res);
+            }
+            return;
+        }
+
+        PQclear(res);
+
+        if (pc->failures) {
+            ngx_log_error(NGX_LOG_NOTICE, pc->pg->log, 0,
+                          "async_dl: postgres connection #%ui is back",
+                          pc->n);
+        }
+
+        pc->failures = 0;
+        pc->backoff = 0;
+        ngx_str_set(&pc->pg->last_error, "");
+
+        ngx_http_async_dl_pg_release(pc);
+        return;
+
+    case NGX_HTTP_ASYNC_DL_PG_PREPARE:
+
+        if (st == PGRES_COMMAND_OK) {
+            PQclear(res);
+            pc->prepared |= (uint64_t) 1 << pc->stmt;
+
+            if (q == NULL) {
+                /* detached while preparing: nothing to run */
+                ngx_http_async_dl_pg_release(pc);
+                return;
+            }
+
+            pc->query = NULL;
+            q->conn = NULL;
+
+            if (ngx_http_async_dl_pg_send(pc, q) != NGX_OK) {
+                ngx_http_async_dl_pg_complete(q,
+                                              NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE,
+                                              NULL);
+            }
+
+            return;
+        }
+
+        break;
+
+    default: /* NGX_HTTP_ASYNC_DL_PG_QUERY */
+        break;
+    }
+
+    if (PQstatus(pc->pgconn) == CONNECTION_BAD) {
+        /* the connection was lost while the statement ran */
+        if (res) {
+            PQclear(res);
+        }
+
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        return;
+    }
+
+    pc->query = NULL;
+
+    if (q == NULL) {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pc->pg->log, 0,
+                       "async_dl pg #%ui: result of a detached query dropped",
+                       pc->n);
+        if (res) {
+            PQclear(res);
+        }
+
+        ngx_http_async_dl_pg_release(pc);
+        return;
+    }
+
+    status = (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+             ? NGX_HTTP_ASYNC_DL_PG_OK : NGX_HTTP_ASYNC_DL_PG_SQL_ERROR;
+
+    /* the connection serves the next query before this one's handler runs */
+    ngx_http_async_dl_pg_release(pc);
+
+    ngx_http_async_dl_pg_complete(q, status, res);
+}
+
+
+static void
+ngx_http_async_dl_pg_release(ngx_http_async_dl_pg_conn_t *pc)
+{
+    ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_IDLE);
+    pc->log.action = NULL;
+
+    ngx_http_async_dl_pg_dispatch(pc->pg);
+}
+
+
+static void
+ngx_http_async_dl_pg_dispatch(ngx_http_async_dl_pg_t *pg)
+{
+    ngx_queue_t                   *link;
+    ngx_http_async_dl_pg_conn_t   *pc;
+    ngx_http_async_dl_pg_query_t  *q;
+
+    while (!ngx_queue_empty(&pg->idle) && !ngx_queue_empty(&pg->waiting)) {
+
+        link = ngx_queue_head(&pg->idle);
+        pc = ngx_queue_data(link, ngx_http_async_dl_pg_conn_t, queue);
+
+        link = ngx_queue_head(&pg->waiting);
+        q = ngx_queue_data(link, ngx_http_async_dl_pg_query_t, queue);
+
+        ngx_queue_remove(link);
+        q->waiting = 0;
+        pg->nwaiting--;
+
+        if (ngx_http_async_dl_pg_send(pc, q) != NGX_OK) {
+            /* that connection is closed now: q waits for another one */
+            ngx_queue_insert_head(&pg->waiting, &q->queue);
+            q->waiting = 1;
+            pg->nwaiting++;
+        }
+    }
+
+    ngx_http_async_dl_pg_fail_waiting(pg);
+}
+
+
+static void
+ngx_http_async_dl_pg_close(ngx_http_async_dl_pg_conn_t *pc,
+    const char *reason)
+{
+    ngx_uint_t                     was_up;
+    ngx_http_async_dl_pg_t        *pg;
+    ngx_http_async_dl_pg_query_t  *q;
+
+    pg = pc->pg;
+    q = pc->query;
+    pc->query = NULL;
+
+    was_up = (pc->state >= NGX_HTTP_ASYNC_DL_PG_IDLE);
+
+    ngx_http_async_dl_pg_error(pg, reason);
+
+    if (pc->failures++ == 0) {
+        ngx_log_error(NGX_LOG_ERR, pg->log, 0,
+                      "async_dl: postgres connection #%ui %s: %V", pc->n,
+                      was_up ? "lost" : "failed", &pg->last_error);
+
+    } else {
+        ngx_log_error(NGX_LOG_INFO, pg->log, 0,
+                      "async_dl: postgres connection #%ui failed again "
+                      "(%ui): %V", pc->n, pc->failures, &pg->last_error);
+    }
+
+    if (pc->timer.timer_set) {
+        ngx_del_timer(&pc->timer);
+    }
+
+    if (pc->result) {
+        PQclear(pc->result);
+        pc->result = NULL;
+    }
+
+    if (pc->pgconn) {
+        ngx_http_async_dl_pg_unwrap(pc);
+        PQfinish(pc->pgconn);
+        pc->pgconn = NULL;
+    }
+
+    ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_DOWN);
+
+    /* a connection that worked is retried at once, then with backoff */
+
+    if (was_up) {
+        pc->backoff = 0;
+
+    } else if (pc->backoff == 0) {
+        pc->backoff = NGX_HTTP_ASYNC_DL_PG_BACKOFF;
+
+    } else {
+        pc->backoff = ngx_min(pc->backoff * 2,
+                              NGX_HTTP_ASYNC_DL_PG_BACKOFF_MAX);
+    }
+
+    if (!ngx_exiting && !ngx_terminate && !ngx_quit) {
+        ngx_add_timer(&pc->timer, pc->backoff ? pc->backoff : 1);
+    }
+
+    if (q) {
+        q->conn = NULL;
+        ngx_http_async_dl_pg_complete(q, NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE,
+                                      NULL);
+    }
+
+    ngx_http_async_dl_pg_fail_waiting(pg);
+}
+
+
+/* keep the last reason, one line, for logs and the health route */
+
+static void
+ngx_http_async_dl_pg_error(ngx_http_async_dl_pg_t *pg, const char *msg)
+{
+    u_char  *p, *last;
+
+    p = pg->error;
+    last = pg->error + sizeof(pg->error);
+
+    while (*msg && p < last) {
+        *p++ = (*msg == '\n' || *msg == '\r' || *msg == '\t') ? ' ' : *msg;
+        msg++;
+    }
+
+    while (p > pg->error && p[-1] == ' ') {
+        p--;
+    }
+
+    pg->last_error.data = pg->error;
+    pg->last_error.len = p - pg->error;
+
+    if (pg->last_error.len == 0) {
+        ngx_str_set(&pg->last_error, "connection failed");
+    }
+}
+
+
+static void
+ngx_http_async_dl_pg_notice(void *arg, const char *message)
+{
+    ngx_http_async_dl_pg_t  *pg = arg;
+
+    size_t  len;
+
+    len = ngx_strlen(message);
+
+    while (len && (message[len - 1] == '\n' || message[len - 1] == '\r')) {
+        len--;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, pg->log, 0, "async_dl: postgres: %*s",
+                  len, message);
+}

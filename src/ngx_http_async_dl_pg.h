@@ -1,0 +1,97 @@
+
+/*
+ * Non-blocking PostgreSQL for the async-dl module: one pool of libpq
+ * connections per nginx worker process, driven by nginx's event loop.
+ *
+ * A query is run with ngx_http_async_dl_pg_run(); its handler is called
+ * exactly once, later, from the event loop, unless the query is detached
+ * first (a request that went away).  The query lives in its caller's pool.
+ */
+
+
+#ifndef _NGX_HTTP_ASYNC_DL_PG_H_INCLUDED_
+#define _NGX_HTTP_ASYNC_DL_PG_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <libpq-fe.h>
+
+
+#define NGX_HTTP_ASYNC_DL_PG_MAX_STMTS  64
+
+
+typedef struct ngx_http_async_dl_pg_s        ngx_http_async_dl_pg_t;
+typedef struct ngx_http_async_dl_pg_conn_s   ngx_http_async_dl_pg_conn_t;
+typedef struct ngx_http_async_dl_pg_query_s  ngx_http_async_dl_pg_query_t;
+
+typedef void (*ngx_http_async_dl_pg_handler_pt)(
+    ngx_http_async_dl_pg_query_t *q);
+
+
+/* what a query's handler finds in q->status */
+typedef enum {
+    NGX_HTTP_ASYNC_DL_PG_OK = 0,        /* q->result: the statement's rows */
+    NGX_HTTP_ASYNC_DL_PG_SQL_ERROR,     /* q->result: the server's error */
+    NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE,   /* no connection, or it was lost */
+    NGX_HTTP_ASYNC_DL_PG_TIMEOUT,       /* async_dl_postgres_timeout */
+    NGX_HTTP_ASYNC_DL_PG_BUSY           /* the wait queue is full */
+} ngx_http_async_dl_pg_status_e;
+
+
+/* a statement, prepared on each connection the first time it is used */
+typedef struct {
+    const char                         *name;
+    const char                         *sql;
+    int                                 nparams;
+} ngx_http_async_dl_pg_stmt_t;
+
+
+typedef struct {
+    const char                        **keywords;  /* PQconnectStartParams */
+    const char                        **values;
+    ngx_uint_t                          size;      /* connections */
+    ngx_msec_t                          timeout;
+    ngx_http_async_dl_pg_stmt_t        *stmts;
+    ngx_uint_t                          nstmts;
+} ngx_http_async_dl_pg_conf_t;
+
+
+struct ngx_http_async_dl_pg_query_s {
+    /* set by the caller */
+    ngx_uint_t                          stmt;      /* index in conf->stmts */
+    const char                        **params;    /* text, NULL is SQL NULL */
+    ngx_http_async_dl_pg_handler_pt     handler;
+    void                               *data;
+    ngx_log_t                          *log;
+
+    /* set before the handler is called */
+    ngx_http_async_dl_pg_status_e       status;
+    PGresult                           *result;    /* freed with the pool */
+
+    /* private */
+    ngx_http_async_dl_pg_t             *pg;
+    ngx_http_async_dl_pg_conn_t        *conn;      /* running on it */
+    ngx_queue_t                         queue;     /* in pg->waiting */
+    ngx_event_t                         timer;     /* wait + run deadline */
+    unsigned                            waiting:1;
+};
+
+
+char *ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
+    ngx_http_async_dl_pg_conf_t *pgcf);
+
+ngx_http_async_dl_pg_t *ngx_http_async_dl_pg_create(ngx_cycle_t *cycle,
+    ngx_http_async_dl_pg_conf_t *pgcf);
+void ngx_http_async_dl_pg_destroy(ngx_http_async_dl_pg_t *pg);
+
+ngx_http_async_dl_pg_query_t *ngx_http_async_dl_pg_query(ngx_pool_t *pool,
+    ngx_log_t *log);
+ngx_http_async_dl_pg_status_e ngx_http_async_dl_pg_run(
+    ngx_http_async_dl_pg_t *pg, ngx_http_async_dl_pg_query_t *q);
+void ngx_http_async_dl_pg_detach(ngx_http_async_dl_pg_query_t *q);
+
+ngx_str_t *ngx_http_async_dl_pg_last_error(ngx_http_async_dl_pg_t *pg);
+
+
+#endif /* _NGX_HTTP_ASYNC_DL_PG_H_INCLUDED_ */
