@@ -1,6 +1,8 @@
 #ifndef ADL_MIGRATIONS_H
 #define ADL_MIGRATIONS_H
 
+#include <stddef.h>
+
 /* The schema migrations, sql/NNN_name.sql, linked into the worker by
  * scripts/embed-sql.sh; the table ends with a { 0, NULL, NULL } entry. */
 typedef struct {

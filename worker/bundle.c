@@ -1,0 +1,1172 @@
+/*
+ * bundle: the life of one bundle build.
+ *
+ *   CLAIMED -> BUILDING: read a range -> zip it -> (part full: upload) ...
+ *           -> after the last entry: close the zip, upload what is left,
+ *              complete (or one PUT) -> FINISHING -> DONE
+ *   any failure, lost lease, shutdown -> (abort the multipart upload)
+ *           -> FINISHING (none when the lease was lost) -> DONE
+ *
+ * pump() is the one place that decides what comes next; ends go through
+ * build_end().  Memory: the range being read (READ_CHUNK), the part being
+ * filled and the part being uploaded, each at most a part plus a range.
+ */
+#include <archive.h>
+#include <archive_entry.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "adl_sigv4.h"
+#include "backoff.h"
+#include "bundle.h"
+#include "log.h"
+
+#define BUNDLES_AT_ONCE   2         /* per worker process */
+#define MAX_ATTEMPTS      3
+#define READ_CHUNK        (1024 * 1024)
+#define S3_TRIES          4
+#define NAME_MAX_BYTES    200
+
+typedef enum {
+    BD_BUILDING = 0,
+    BD_ABORTING,
+    BD_FINISHING,
+    BD_DONE
+} bundle_state_t;
+
+typedef enum {
+    BO_NONE = 0,
+    BO_STORED,
+    BO_FAILED,          /* retried later when transient */
+    BO_HAND_BACK,
+    BO_DROP             /* no longer ours: write nothing */
+} bundle_outcome_t;
+
+typedef struct {
+    char      *name;
+    char      *key;
+    int64_t    size;
+    int64_t    mtime;
+} entry_t;
+
+typedef struct {
+    char    *data;
+    size_t   len;
+    size_t   cap;
+} bbuf_t;
+
+typedef struct bundle_s  bundle_t;
+
+/* A ranged, signed GET of a stored object. */
+typedef struct {
+    adl_http_req_t      http;           /* first */
+    bundle_t           *b;
+    struct curl_slist  *headers;
+    int64_t             from, to;
+    char                errbuf[CURL_ERROR_SIZE];
+} get_t;
+
+struct bundle_s {
+    bundle_t          *next;
+    adl_bundler_t     *owner;
+    char               job[40];
+    char              *key;
+    int                attempt;
+    bundle_state_t     state;
+    bundle_outcome_t   outcome;
+    int                transient;
+    char               error[400];
+
+    entry_t           *entries;
+    size_t             nentries;
+    size_t             cur;             /* entry being read */
+    int                header_done;     /* of entries[cur] */
+    int64_t            offset;          /* read so far of entries[cur] */
+
+    struct archive    *ar;
+    int                closed;          /* the zip is complete in fill */
+    adl_sha256_t       sha;
+    char               sha256[65];      /* once closed */
+    int64_t            size;            /* zip bytes produced */
+
+    get_t              get;
+    bbuf_t             chunk;           /* the range read */
+    int                get_tries;
+    int64_t            get_retry_at;
+
+    bbuf_t             fill;            /* zip output, the next part */
+    bbuf_t             up;              /* the part being uploaded */
+    bbuf_t             xml;             /* CompleteMultipartUpload */
+    int                up_busy;
+    adl_s3_req_t       s3;
+    int                s3_tries;
+    int64_t            s3_retry_at;
+    char              *upload_id;
+    int                next_part;
+    char             **etags;
+    int                netags;
+
+    int                db_refs;
+    int                renewing;
+    int64_t            renewed_at;
+};
+
+struct adl_bundler_s {
+    adl_worker_t       *w;
+    int                 force_zip64;
+    adl_sigv4_creds_t   creds;
+    bundle_t           *builds;
+    int                 nbuilds;
+    int                 claiming;
+    int                 pending;        /* a claim may find something */
+    int                 stopping;
+};
+
+static void pump(bundle_t *b);
+static void build_end(bundle_t *b, bundle_outcome_t out, int transient,
+    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void write_result(bundle_t *b);
+
+#define BLOG(level, b, ...)  adl_log(level, (b)->job, -1, __VA_ARGS__)
+
+
+/* --- names ------------------------------------------------------------- */
+
+/* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
+static size_t
+utf8_len(const unsigned char *p, size_t n)
+{
+    size_t    len, i;
+    uint32_t  c;
+
+    if (p[0] < 0x80) {
+        return 1;
+    }
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+        len = 2;
+        c = p[0] & 0x1f;
+    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        len = 3;
+        c = p[0] & 0x0f;
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        len = 4;
+        c = p[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len) {
+        return 0;
+    }
+    for (i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80) {
+            return 0;
+        }
+        c = (c << 6) | (p[i] & 0x3f);
+    }
+    if ((len == 3 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff)))
+        || (len == 4 && (c < 0x10000 || c > 0x10ffff)))
+    {
+        return 0;
+    }
+    /* C1 controls (U+0080..U+009F) */
+    if (len == 2 && c < 0xa0) {
+        return 0;
+    }
+    return len;
+}
+
+/* A safe file name for raw (malloc'ed). */
+static char *
+clean_name(const char *raw)
+{
+    const unsigned char  *p, *end, *base;
+    char                 *out;
+    size_t                n = 0, len, skip;
+
+    /* the last path segment, '/' or '\\' */
+    p = (const unsigned char *) (raw ? raw : "");
+    end = p + strlen((const char *) p);
+    while (end > p && (end[-1] == '/' || end[-1] == '\\')) {
+        end--;
+    }
+    base = end;
+    while (base > p && base[-1] != '/' && base[-1] != '\\') {
+        base--;
+    }
+
+    out = malloc(NAME_MAX_BYTES + 16);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (p = base; p < end; p += skip) {
+        len = utf8_len(p, (size_t) (end - p));
+        skip = len ? len : 1;
+        if (len == 1 && (*p < 0x20 || *p == 0x7f
+                         || strchr("<>:\"|?*", *p) != NULL))
+        {
+            len = 0;                    /* control or reserved: '_' */
+        }
+        if (n + (len ? len : 1) > NAME_MAX_BYTES) {
+            break;                      /* never cuts a character */
+        }
+        if (len == 0) {
+            if (n == 0 || out[n - 1] != '_') {
+                out[n++] = '_';
+            }
+            continue;
+        }
+        memcpy(out + n, p, len);
+        n += len;
+    }
+    /* no leading or trailing spaces, no trailing dots (Windows) */
+    while (n > 0 && (out[n - 1] == ' ' || out[n - 1] == '.')) {
+        n--;
+    }
+    out[n] = '\0';
+    skip = strspn(out, " ");
+    memmove(out, out + skip, n - skip + 1);
+    if (out[0] == '\0' || strcmp(out, "_") == 0) {
+        strcpy(out, "file");
+    }
+    return out;
+}
+
+static int
+name_taken(char **names, size_t n, const char *name)
+{
+    size_t  i;
+
+    for (i = 0; i < n; i++) {
+        if (strcasecmp(names[i], name) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int
+adl_bundle_names(char **names, size_t n)
+{
+    size_t   i, stem;
+    char    *c, *u, *dot;
+    int      k;
+
+    for (i = 0; i < n; i++) {
+        c = clean_name(names[i]);
+        if (c == NULL) {
+            return -1;
+        }
+        free(names[i]);
+        names[i] = c;
+
+        if (!name_taken(names, i, c)) {
+            continue;
+        }
+        /* "a.pdf" -> "a (1).pdf"; a leading dot is not an extension */
+        dot = strrchr(c, '.');
+        stem = dot != NULL && dot != c ? (size_t) (dot - c) : strlen(c);
+        u = malloc(strlen(c) + 24);
+        if (u == NULL) {
+            return -1;
+        }
+        for (k = 1; ; k++) {
+            sprintf(u, "%.*s (%d)%s", (int) stem, c, k, c + stem);
+            if (!name_taken(names, i, u)) {
+                break;
+            }
+        }
+        free(c);
+        names[i] = u;
+    }
+    return 0;
+}
+
+
+/* --- buffers ------------------------------------------------------------ */
+
+static int
+bbuf_append(bbuf_t *b, const void *data, size_t n)
+{
+    size_t   cap;
+    char    *p;
+
+    if (b->len + n > b->cap) {
+        cap = b->cap ? b->cap : 64 * 1024;
+        while (cap < b->len + n) {
+            cap *= 2;
+        }
+        p = realloc(b->data, cap);
+        if (p == NULL) {
+            return -1;
+        }
+        b->data = p;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, n);
+    b->len += n;
+    return 0;
+}
+
+static void
+bbuf_free(bbuf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+
+/* --- the zip writer ------------------------------------------------------ */
+
+static la_ssize_t
+zip_write(struct archive *a, void *data, const void *buf, size_t n)
+{
+    bundle_t  *b = data;
+
+    (void) a;
+    if (bbuf_append(&b->fill, buf, n) != 0
+        || adl_sha256_update(&b->sha, buf, n) != 0)
+    {
+        return -1;
+    }
+    b->size += (int64_t) n;
+    return (la_ssize_t) n;
+}
+
+static int
+zip_open(bundle_t *b)
+{
+    b->ar = archive_write_new();
+    if (b->ar == NULL
+        || archive_write_set_format_zip(b->ar) != ARCHIVE_OK
+        || archive_write_set_format_option(b->ar, "zip", "compression",
+                                           "store") != ARCHIVE_OK
+        || archive_write_set_format_option(b->ar, "zip", "hdrcharset",
+                                           "UTF-8") != ARCHIVE_OK
+        || (b->owner->force_zip64
+            && archive_write_set_format_option(b->ar, "zip", "zip64", "1")
+               != ARCHIVE_OK)
+        || archive_write_set_bytes_per_block(b->ar, 0) != ARCHIVE_OK
+        || archive_write_set_bytes_in_last_block(b->ar, 1) != ARCHIVE_OK
+        || archive_write_open(b->ar, b, NULL, zip_write, NULL) != ARCHIVE_OK)
+    {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+zip_header(bundle_t *b, const entry_t *e)
+{
+    struct archive_entry  *ae = archive_entry_new();
+    int                    rc;
+
+    if (ae == NULL) {
+        return -1;
+    }
+    archive_entry_set_pathname_utf8(ae, e->name);
+    archive_entry_set_filetype(ae, AE_IFREG);
+    archive_entry_set_perm(ae, 0644);
+    archive_entry_set_size(ae, e->size);
+    archive_entry_set_mtime(ae, (time_t) e->mtime, 0);
+    rc = archive_write_header(b->ar, ae);
+    archive_entry_free(ae);
+    return rc == ARCHIVE_OK ? 0 : -1;
+}
+
+
+/* --- reading the stored objects back ----------------------------------- */
+
+static size_t
+get_write(char *data, size_t size, size_t nmemb, void *userp)
+{
+    get_t  *g = userp;
+    size_t  n = size * nmemb;
+
+    if ((int64_t) (g->b->chunk.len + n) > g->to - g->from + 1 + 65536
+        || bbuf_append(&g->b->chunk, data, n) != 0)
+    {
+        return 0;
+    }
+    return n;
+}
+
+static void
+get_release(get_t *g)
+{
+    if (g->http.easy != NULL) {
+        adl_http_stop(g->b->owner->w->storage, &g->http);
+        curl_easy_cleanup(g->http.easy);
+        g->http.easy = NULL;
+    }
+    curl_slist_free_all(g->headers);
+    g->headers = NULL;
+}
+
+static void
+get_done(adl_http_req_t *http, CURLcode rc)
+{
+    get_t     *g = (get_t *) (void *) http;
+    bundle_t  *b = g->b;
+    entry_t   *e = &b->entries[b->cur];
+    long       status = 0;
+    int64_t    want = g->to - g->from + 1;
+    char       msg[300];
+
+    curl_easy_getinfo(http->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (rc != CURLE_OK) {
+        snprintf(msg, sizeof(msg), "reading %s: %s", e->key,
+                 g->errbuf[0] ? g->errbuf : curl_easy_strerror(rc));
+    } else if (status != 206 && !(status == 200 && g->from == 0
+                                  && e->size == want))
+    {
+        snprintf(msg, sizeof(msg), "reading %s: HTTP %ld", e->key, status);
+    } else if ((int64_t) b->chunk.len != want) {
+        snprintf(msg, sizeof(msg), "reading %s: %zu bytes at %lld, expected "
+                 "%lld", e->key, b->chunk.len, (long long) g->from,
+                 (long long) want);
+    } else {
+        msg[0] = '\0';
+    }
+    get_release(g);
+
+    if (msg[0] != '\0') {
+        int  transient = rc != CURLE_OK || status >= 500 || status == 429;
+
+        b->chunk.len = 0;
+        if (transient && ++b->get_tries < S3_TRIES) {
+            int64_t  delay = adl_backoff_ms(200, b->get_tries);
+
+            BLOG(ADL_LOG_WARN, b, "bundle: %s; retrying in %lld ms", msg,
+                 (long long) delay);
+            b->get_retry_at = adl_now_ms() + delay;
+            return;
+        }
+        build_end(b, BO_FAILED, transient, "%s", msg);
+        return;
+    }
+    b->get_tries = 0;
+
+    if (archive_write_data(b->ar, b->chunk.data, b->chunk.len)
+        != (la_ssize_t) b->chunk.len)
+    {
+        build_end(b, BO_FAILED, 0, "zip: %s", archive_error_string(b->ar));
+        return;
+    }
+    b->offset += (int64_t) b->chunk.len;
+    b->chunk.len = 0;
+    pump(b);
+}
+
+static int
+get_start(bundle_t *b)
+{
+    const adl_settings_t  *s = b->owner->w->settings;
+    entry_t               *e = &b->entries[b->cur];
+    get_t                 *g = &b->get;
+    char                   scheme[8], host[512], path[2048], epath[6144];
+    char                   url[8192], auth[1024], date[17], hdr[1200];
+    adl_sigv4_req_t        sr;
+    struct curl_slist     *l;
+    CURL                  *c;
+    const char            *hs[4];
+    int                    i;
+
+    g->b = b;
+    g->from = b->offset;
+    g->to = b->offset + READ_CHUNK - 1;
+    if (g->to > e->size - 1) {
+        g->to = e->size - 1;
+    }
+    g->errbuf[0] = '\0';
+    b->chunk.len = 0;
+
+    if (adl_s3_locate(s->s3_endpoint, s->s3_bucket, s->s3_addressing == 1,
+                      e->key, scheme, sizeof(scheme), host, sizeof(host),
+                      path, sizeof(path)) != 0
+        || adl_uri_encode(path, strlen(path), epath, sizeof(epath), 1) < 0)
+    {
+        return -1;
+    }
+    snprintf(url, sizeof(url), "%s://%s%s", scheme, host, epath);
+
+    memset(&sr, 0, sizeof(sr));
+    sr.method = "GET";
+    sr.host = host;
+    sr.path = path;
+    sr.payload_hash = ADL_UNSIGNED_PAYLOAD;
+    sr.now = time(NULL);
+    if (adl_sigv4_sign_headers(&b->owner->creds, &sr, auth, sizeof(auth),
+                               date) != 0)
+    {
+        return -1;
+    }
+
+    c = curl_easy_init();
+    if (c == NULL) {
+        return -1;
+    }
+    g->http.easy = c;
+    g->http.done = get_done;
+
+    hs[0] = "Authorization: ";
+    hs[1] = "x-amz-date: ";
+    hs[2] = "x-amz-content-sha256: " ADL_UNSIGNED_PAYLOAD;
+    hs[3] = "Range: ";
+    for (i = 0; i < 4; i++) {
+        switch (i) {
+        case 0:
+            snprintf(hdr, sizeof(hdr), "%s%s", hs[i], auth);
+            break;
+        case 1:
+            snprintf(hdr, sizeof(hdr), "%s%s", hs[i], date);
+            break;
+        case 2:
+            snprintf(hdr, sizeof(hdr), "%s", hs[i]);
+            break;
+        default:
+            snprintf(hdr, sizeof(hdr), "Range: bytes=%lld-%lld",
+                     (long long) g->from, (long long) g->to);
+            break;
+        }
+        l = curl_slist_append(g->headers, hdr);
+        if (l == NULL) {
+            get_release(g);
+            return -1;
+        }
+        g->headers = l;
+    }
+
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, g->headers);
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(c, CURLOPT_PROXY, "");
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, g->errbuf);
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long) s->connect_timeout);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
+                     (long) (s->idle_timeout / 1000));
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, get_write);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, g);
+    if (adl_http_start(b->owner->w->storage, &g->http) != 0) {
+        curl_easy_cleanup(c);
+        g->http.easy = NULL;
+        get_release(g);
+        return -1;
+    }
+    return 0;
+}
+
+
+/* --- writing the zip to the storage --------------------------------------- */
+
+static void s3_done(adl_s3_req_t *r);
+
+static void
+s3_start(bundle_t *b, adl_s3_op_t op, const char *body, size_t len)
+{
+    adl_s3_req_t  *r = &b->s3;
+
+    r->op = op;
+    r->key = b->key;
+    r->upload_id = b->upload_id;
+    r->content_type = "application/zip";
+    r->part_number = b->next_part;
+    r->body = body;
+    r->body_len = len;
+    r->done = s3_done;
+    r->data = b;
+    if (adl_s3_start(b->owner->w->s3, r) != 0) {
+        r->op = S3_NONE;
+        if (op == S3_ABORT) {
+            write_result(b);
+            return;
+        }
+        build_end(b, BO_FAILED, 0, "%s", r->error);
+    }
+}
+
+static int
+record_etag(bundle_t *b, int part, const char *etag)
+{
+    char  **p;
+
+    if (part > b->netags) {
+        p = realloc(b->etags, (size_t) (part + 16) * sizeof(char *));
+        if (p == NULL) {
+            return -1;
+        }
+        memset(p + b->netags, 0,
+               (size_t) (part + 16 - b->netags) * sizeof(char *));
+        b->etags = p;
+        b->netags = part + 16;
+    }
+    free(b->etags[part - 1]);
+    b->etags[part - 1] = strdup(etag);
+    return b->etags[part - 1] == NULL ? -1 : 0;
+}
+
+static int
+complete_body(bundle_t *b, bbuf_t *out)
+{
+    char  line[256];
+    int   i, n;
+
+    out->len = 0;
+    if (bbuf_append(out, "<CompleteMultipartUpload>", 25) != 0) {
+        return -1;
+    }
+    for (i = 1; i < b->next_part; i++) {
+        n = snprintf(line, sizeof(line), "<Part><PartNumber>%d</PartNumber>"
+                     "<ETag>%s</ETag></Part>", i, b->etags[i - 1]);
+        if (bbuf_append(out, line, (size_t) n) != 0) {
+            return -1;
+        }
+    }
+    return bbuf_append(out, "</CompleteMultipartUpload>", 26);
+}
+
+static void
+s3_done(adl_s3_req_t *r)
+{
+    bundle_t     *b = r->data;
+    adl_s3_op_t   op = r->op;
+
+    r->op = S3_NONE;
+    if (op == S3_ABORT) {
+        if (!r->ok) {
+            BLOG(ADL_LOG_WARN, b, "bundle: could not abort the multipart "
+                 "upload: %s", r->error);
+        }
+        write_result(b);
+        return;
+    }
+    if (!r->ok) {
+        b->up_busy = 0;                 /* the same request again */
+        if (r->transient && ++b->s3_tries < S3_TRIES) {
+            int64_t  delay = adl_backoff_ms(200, b->s3_tries);
+
+            BLOG(ADL_LOG_WARN, b, "bundle: storage: %s; retrying in %lld ms",
+                 r->error, (long long) delay);
+            b->s3_retry_at = adl_now_ms() + delay;
+            return;
+        }
+        build_end(b, BO_FAILED, r->transient, "%s", r->error);
+        return;
+    }
+    b->s3_tries = 0;
+
+    switch (op) {
+    case S3_CREATE:
+        b->upload_id = strdup(r->new_upload_id);
+        if (b->upload_id == NULL) {
+            build_end(b, BO_FAILED, 1, "out of memory");
+            return;
+        }
+        break;
+    case S3_PART:
+        if (record_etag(b, b->next_part, r->etag) != 0) {
+            build_end(b, BO_FAILED, 1, "out of memory");
+            return;
+        }
+        b->next_part++;
+        b->up_busy = 0;
+        b->up.len = 0;
+        break;
+    case S3_PUT:
+    case S3_COMPLETE:
+        build_end(b, BO_STORED, 0, "stored");
+        return;
+    default:
+        break;
+    }
+    pump(b);
+}
+
+
+/* --- what comes next ------------------------------------------------------ */
+
+static void
+pump(bundle_t *b)
+{
+    const adl_settings_t  *s = b->owner->w->settings;
+    size_t                 part = (size_t) s->part_size;
+    bbuf_t                 tmp;
+
+    if (b->state != BD_BUILDING) {
+        return;
+    }
+
+    /* the storage side: one request at a time */
+    if (b->s3.http.easy == NULL && b->s3_retry_at == 0) {
+        if (!b->up_busy && b->up.len == 0
+            && (b->fill.len >= part
+                || (b->closed && b->fill.len > 0 && b->upload_id != NULL)))
+        {
+            tmp = b->up;                /* a whole part: send it */
+            b->up = b->fill;
+            b->fill = tmp;
+            b->fill.len = 0;
+        }
+        if (b->up.len > 0 && !b->up_busy) {
+            if (b->upload_id == NULL) {
+                s3_start(b, S3_CREATE, NULL, 0);
+            } else {
+                b->up_busy = 1;
+                s3_start(b, S3_PART, b->up.data, b->up.len);
+            }
+            return;
+        }
+        if (b->closed && !b->up_busy && b->up.len == 0) {
+            if (b->upload_id == NULL) {
+                s3_start(b, S3_PUT, b->fill.data, b->fill.len);
+                return;
+            }
+            if (complete_body(b, &b->xml) != 0) {
+                build_end(b, BO_FAILED, 1, "out of memory");
+                return;
+            }
+            s3_start(b, S3_COMPLETE, b->xml.data, b->xml.len);
+            return;
+        }
+    }
+
+    /* the reading side: more zip output only while there is room */
+    while (b->state == BD_BUILDING && !b->closed
+           && b->get.http.easy == NULL && b->get_retry_at == 0
+           && b->fill.len < part)
+    {
+        entry_t  *e;
+
+        if (b->cur == b->nentries) {
+            if (archive_write_close(b->ar) != ARCHIVE_OK) {
+                build_end(b, BO_FAILED, 0, "zip: %s",
+                          archive_error_string(b->ar));
+                return;
+            }
+            if (adl_sha256_final_hex(&b->sha, b->sha256) != 0) {
+                build_end(b, BO_FAILED, 1, "SHA-256 failed");
+                return;
+            }
+            b->closed = 1;
+            pump(b);
+            return;
+        }
+        e = &b->entries[b->cur];
+        if (!b->header_done) {
+            if (zip_header(b, e) != 0) {
+                build_end(b, BO_FAILED, 0, "zip: %s",
+                          archive_error_string(b->ar));
+                return;
+            }
+            b->header_done = 1;
+            b->offset = 0;
+        }
+        if (b->offset >= e->size) {
+            b->cur++;
+            b->header_done = 0;
+            continue;
+        }
+        if (get_start(b) != 0) {
+            build_end(b, BO_FAILED, 1, "cannot start reading %s", e->key);
+        }
+        return;
+    }
+    /* a full part waits for the upload before: the storage side above
+     * picks it up when that upload is done */
+}
+
+
+/* --- the end ------------------------------------------------------------- */
+
+static void
+build_end(bundle_t *b, bundle_outcome_t out, int transient,
+    const char *fmt, ...)
+{
+    va_list  ap;
+
+    if (b->state != BD_BUILDING) {
+        return;
+    }
+    b->outcome = out;
+    b->transient = transient;
+    va_start(ap, fmt);
+    vsnprintf(b->error, sizeof(b->error), fmt, ap);
+    va_end(ap);
+
+    switch (out) {
+    case BO_STORED:
+        BLOG(ADL_LOG_INFO, b, "bundle stored %s (%zu files, %lld bytes, "
+             "sha256 %s)", b->key, b->nentries, (long long) b->size,
+             b->sha256);
+        break;
+    case BO_FAILED:
+        BLOG(ADL_LOG_WARN, b, "bundle failed (attempt %d): %s", b->attempt,
+             b->error);
+        break;
+    default:
+        BLOG(ADL_LOG_INFO, b, "bundle stopped: %s", b->error);
+        break;
+    }
+
+    get_release(&b->get);
+    if (b->s3.http.easy != NULL) {
+        adl_s3_cancel(b->owner->w->s3, &b->s3);
+        b->s3.op = S3_NONE;
+    }
+    b->s3_retry_at = 0;
+    b->get_retry_at = 0;
+    b->state = BD_ABORTING;
+    if (b->upload_id != NULL && out != BO_STORED) {
+        s3_start(b, S3_ABORT, NULL, 0);
+        return;
+    }
+    write_result(b);
+}
+
+static void
+finish_result(void *data, PGresult *res)
+{
+    bundle_t  *b = data;
+
+    b->db_refs--;
+    if (res == NULL) {
+        write_result(b);            /* again on the next connection */
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        BLOG(ADL_LOG_ERROR, b, "bundle: recording the result failed: %s",
+             PQresultErrorMessage(res));
+    } else if (PQgetvalue(res, 0, 0)[0] != 't') {
+        BLOG(ADL_LOG_INFO, b, "bundle: result not recorded: no longer "
+             "ours (job deleted or lease lost)");
+    }
+    b->state = BD_DONE;
+}
+
+static void
+write_result(bundle_t *b)
+{
+    char         size[24], files[16], retry[24];
+    const char  *p[9];
+
+    if (b->outcome == BO_DROP) {
+        b->state = BD_DONE;
+        return;
+    }
+    b->state = BD_FINISHING;
+
+    snprintf(size, sizeof(size), "%lld", (long long) b->size);
+    snprintf(files, sizeof(files), "%zu", b->nentries);
+    p[0] = b->job;
+    p[1] = b->owner->w->settings->worker_id;
+    p[2] = b->outcome == BO_STORED ? "completed"
+           : b->outcome == BO_HAND_BACK ? "pending" : "failed";
+    p[3] = b->outcome == BO_STORED ? b->key : NULL;
+    p[4] = b->outcome == BO_STORED ? size : NULL;
+    p[5] = b->outcome == BO_STORED ? b->sha256 : NULL;
+    p[6] = b->outcome == BO_STORED ? files : NULL;
+    p[7] = b->outcome == BO_FAILED ? b->error : NULL;
+    p[8] = NULL;
+    if (b->outcome == BO_FAILED && b->transient && b->attempt < MAX_ATTEMPTS)
+    {
+        snprintf(retry, sizeof(retry), "%lld", (long long)
+                 adl_backoff_ms(b->owner->w->settings->retry_base,
+                                b->attempt));
+        p[8] = retry;
+    }
+
+    if (adl_db_query(b->owner->w->db, "SELECT async_dl_bundle_finish("
+                     "$1::uuid, $2, $3, $4, $5::bigint, $6, $7::integer, "
+                     "$8, now() + $9::bigint * interval '1 millisecond')",
+                     9, p, finish_result, b) != 0)
+    {
+        b->state = BD_DONE;         /* left to the lease */
+        return;
+    }
+    b->db_refs++;
+}
+
+static void
+build_free(bundle_t *b)
+{
+    size_t  i;
+    int     k;
+
+    get_release(&b->get);
+    if (b->s3.http.easy != NULL) {
+        adl_s3_cancel(b->owner->w->s3, &b->s3);
+    }
+    if (b->ar != NULL) {
+        archive_write_free(b->ar);      /* closes too: output discarded */
+    }
+    adl_sha256_free(&b->sha);
+    for (i = 0; i < b->nentries; i++) {
+        free(b->entries[i].name);
+        free(b->entries[i].key);
+    }
+    free(b->entries);
+    bbuf_free(&b->chunk);
+    bbuf_free(&b->fill);
+    bbuf_free(&b->up);
+    bbuf_free(&b->xml);
+    for (k = 0; k < b->netags; k++) {
+        free(b->etags[k]);
+    }
+    free(b->etags);
+    free(b->upload_id);
+    free(b->key);
+    free(b);
+}
+
+
+/* --- claims and leases ------------------------------------------------ */
+
+static bundle_t *
+build_new(adl_bundler_t *o, PGresult *res)
+{
+    const adl_settings_t  *s = o->w->settings;
+    bundle_t              *b;
+    char                   key[1024];
+    int                    i, n = PQntuples(res);
+
+    b = calloc(1, sizeof(bundle_t));
+    if (b == NULL) {
+        return NULL;
+    }
+    b->owner = o;
+    snprintf(b->job, sizeof(b->job), "%s", PQgetvalue(res, 0, 0));
+    b->attempt = atoi(PQgetvalue(res, 0, 1));
+    b->next_part = 1;
+    b->renewed_at = adl_now_ms();
+    b->entries = calloc((size_t) n, sizeof(entry_t));
+    snprintf(key, sizeof(key), "%s%s/%s.zip", s->s3_prefix, b->job, b->job);
+    b->key = strdup(key);
+    if (b->entries == NULL || b->key == NULL) {
+        goto failed;
+    }
+    b->nentries = (size_t) n;
+    for (i = 0; i < n; i++) {
+        entry_t  *e = &b->entries[i];
+
+        e->name = strdup(PQgetvalue(res, i, 3));
+        e->key = strdup(PQgetvalue(res, i, 4));
+        e->size = strtoll(PQgetvalue(res, i, 5), NULL, 10);
+        e->mtime = strtoll(PQgetvalue(res, i, 6), NULL, 10);
+        if (e->name == NULL || e->key == NULL) {
+            goto failed;
+        }
+    }
+    {
+        char  **nm = malloc((size_t) n * sizeof(char *));
+
+        if (nm == NULL) {
+            goto failed;
+        }
+        for (i = 0; i < n; i++) {
+            nm[i] = b->entries[i].name;
+        }
+        if (adl_bundle_names(nm, (size_t) n) != 0) {
+            for (i = 0; i < n; i++) {
+                b->entries[i].name = nm[i];
+            }
+            free(nm);
+            goto failed;
+        }
+        for (i = 0; i < n; i++) {
+            b->entries[i].name = nm[i];
+        }
+        free(nm);
+    }
+    if (adl_sha256_init(&b->sha) != 0 || zip_open(b) != 0) {
+        goto failed;
+    }
+    return b;
+
+failed:
+    build_free(b);
+    return NULL;
+}
+
+static void
+claim_result(void *data, PGresult *res)
+{
+    adl_bundler_t  *o = data;
+    bundle_t       *b;
+
+    o->claiming = 0;
+    if (res == NULL) {
+        o->pending = 1;
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        adl_log_error(NULL, -1, "bundle claim failed: %s",
+                      PQresultErrorMessage(res));
+        return;
+    }
+    if (PQntuples(res) == 0) {
+        return;
+    }
+    o->pending = 1;                 /* maybe more */
+
+    b = build_new(o, res);
+    if (b == NULL) {
+        adl_log_error(PQgetvalue(res, 0, 0), -1, "bundle: out of memory: "
+                      "left to its lease");
+        return;
+    }
+    b->next = o->builds;
+    o->builds = b;
+    o->nbuilds++;
+    BLOG(ADL_LOG_INFO, b, "bundle claimed (attempt %d): %zu files into %s",
+         b->attempt, b->nentries, b->key);
+    if (o->stopping) {
+        build_end(b, BO_HAND_BACK, 0, "shutting down");
+        return;
+    }
+    pump(b);
+}
+
+static void
+renew_result(void *data, PGresult *res)
+{
+    bundle_t  *b = data;
+
+    b->db_refs--;
+    b->renewing = 0;
+    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK
+        && PQgetvalue(res, 0, 0)[0] == 'f')
+    {
+        build_end(b, BO_DROP, 0, "the bundle is no longer ours (job "
+                  "deleted or lease lost)");
+    }
+}
+
+adl_bundler_t *
+adl_bundler_create(adl_worker_t *w, int force_zip64)
+{
+    adl_bundler_t  *o = calloc(1, sizeof(adl_bundler_t));
+
+    if (o == NULL) {
+        return NULL;
+    }
+    o->w = w;
+    o->force_zip64 = force_zip64;
+    o->pending = 1;
+    o->creds.access_key = w->settings->s3_access_key;
+    o->creds.secret_key = w->settings->s3_secret_key;
+    o->creds.region = w->settings->s3_region;
+    o->creds.service = "s3";
+    return o;
+}
+
+void
+adl_bundler_destroy(adl_bundler_t *o)
+{
+    bundle_t  *b;
+
+    if (o == NULL) {
+        return;
+    }
+    while ((b = o->builds) != NULL) {
+        o->builds = b->next;
+        build_free(b);
+    }
+    free(o);
+}
+
+void
+adl_bundler_kick(adl_bundler_t *o)
+{
+    o->pending = 1;
+}
+
+int
+adl_bundler_busy(const adl_bundler_t *o)
+{
+    return o->builds != NULL || o->claiming;
+}
+
+void
+adl_bundler_hand_back(adl_bundler_t *o)
+{
+    bundle_t  *b;
+
+    o->stopping = 1;
+    for (b = o->builds; b != NULL; b = b->next) {
+        build_end(b, BO_HAND_BACK, 0, "shutting down");
+    }
+}
+
+void
+adl_bundler_tick(adl_bundler_t *o, int64_t now)
+{
+    const adl_settings_t  *s = o->w->settings;
+    bundle_t             **pp, *b;
+    char                   lease[32], max[16];
+    const char            *p[3];
+
+    for (pp = &o->builds; (b = *pp) != NULL; ) {
+        if (b->state == BD_DONE && b->db_refs == 0) {
+            *pp = b->next;
+            o->nbuilds--;
+            build_free(b);
+            continue;
+        }
+        pp = &b->next;
+
+        if (b->state != BD_BUILDING) {
+            continue;
+        }
+        if (b->get_retry_at != 0 && now >= b->get_retry_at) {
+            b->get_retry_at = 0;
+            pump(b);
+        }
+        if (b->s3_retry_at != 0 && now >= b->s3_retry_at) {
+            b->s3_retry_at = 0;
+            pump(b);
+        }
+        if (b->state == BD_BUILDING && !b->renewing
+            && now - b->renewed_at >= s->lease / 3
+            && adl_db_connected(o->w->db))
+        {
+            snprintf(lease, sizeof(lease), "%lld milliseconds",
+                     (long long) s->lease);
+            p[0] = b->job;
+            p[1] = s->worker_id;
+            p[2] = lease;
+            if (adl_db_query(o->w->db, "SELECT async_dl_bundle_renew("
+                             "$1::uuid, $2, $3::interval)", 3, p,
+                             renew_result, b) == 0)
+            {
+                b->renewing = 1;
+                b->db_refs++;
+                b->renewed_at = now;
+            }
+        }
+    }
+
+    if (o->stopping || o->w->stopping || o->claiming || !o->pending
+        || o->nbuilds >= BUNDLES_AT_ONCE || !adl_db_connected(o->w->db))
+    {
+        return;
+    }
+    snprintf(lease, sizeof(lease), "%lld milliseconds", (long long) s->lease);
+    snprintf(max, sizeof(max), "%d", MAX_ATTEMPTS);
+    p[0] = s->worker_id;
+    p[1] = lease;
+    p[2] = max;
+    if (adl_db_query(o->w->db, "SELECT job_id, attempts, idx, name, "
+                     "object_key, size, mtime FROM async_dl_bundle_claim($1, "
+                     "$2::interval, $3::integer)", 3, p, claim_result, o)
+        == 0)
+    {
+        o->claiming = 1;
+        o->pending = 0;
+    }
+}

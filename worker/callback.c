@@ -1,0 +1,427 @@
+/*
+ * callback: one delivery = one claimed callback: POST -> record the
+ * outcome (delivered, retry later, failed) -> freed.
+ */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "adl_sigv4.h"
+#include "backoff.h"
+#include "callback.h"
+#include "log.h"
+#include "ssrf.h"
+
+#define DELIVERIES_AT_ONCE  8
+#define DELIVERY_TIMEOUT    15000           /* ms, one POST */
+#define CLAIM_LEASE         "60 seconds"    /* > DELIVERY_TIMEOUT */
+
+typedef enum {
+    CB_POSTING = 0,
+    CB_RECORDING,
+    CB_DONE
+} delivery_state_t;
+
+typedef struct delivery_s  delivery_t;
+
+struct delivery_s {
+    adl_http_req_t      http;           /* first */
+    delivery_t         *next;
+    adl_callbacks_t    *owner;
+    delivery_state_t    state;
+    char                job[40];
+    char               *url;
+    char               *body;
+    int                 attempt;
+    struct curl_slist  *headers;
+    char                errbuf[CURL_ERROR_SIZE];
+    int                 blocked;
+    char                blocked_msg[200];
+    int                 db_refs;
+};
+
+struct adl_callbacks_s {
+    adl_worker_t  *w;
+    delivery_t    *list;
+    int            n;
+    int            claiming;
+    int            pending;
+    int64_t        next_due;        /* a retry of ours is due then */
+    int            stopping;
+};
+
+#define CLOG(level, d, ...)  adl_log(level, (d)->job, -1, __VA_ARGS__)
+
+static void record(delivery_t *d, int ok, const char *error, int retry);
+
+
+/* --- the POST ------------------------------------------------------------- */
+
+static curl_socket_t
+open_socket_cb(void *userp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    delivery_t            *d = userp;
+    const adl_settings_t  *s = d->owner->w->settings;
+    const char            *why = NULL;
+    char                   host[64] = "?";
+
+    (void) purpose;
+    if (adl_ssrf_allowed(&a->addr, &s->cidrs, s->allow_private, &why)) {
+        return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    }
+    if (a->family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *) (void *)
+                  &a->addr)->sin_addr, host, sizeof(host));
+    } else if (a->family == AF_INET6) {
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *) (void *)
+                  &a->addr)->sin6_addr, host, sizeof(host));
+    }
+    d->blocked = 1;
+    snprintf(d->blocked_msg, sizeof(d->blocked_msg), "BLOCKED_ADDRESS: "
+             "refused to connect to %s: %s", host, why);
+    return CURL_SOCKET_BAD;
+}
+
+static size_t
+discard(char *data, size_t size, size_t nmemb, void *userp)
+{
+    (void) data;
+    (void) userp;
+    return size * nmemb;
+}
+
+static void
+post_done(adl_http_req_t *http, CURLcode rc)
+{
+    delivery_t  *d = (delivery_t *) (void *) http;
+    long         status = 0;
+    char         msg[400];
+
+    curl_easy_getinfo(http->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_cleanup(http->easy);
+    http->easy = NULL;
+
+    if (rc == CURLE_OK && status >= 200 && status <= 299) {
+        CLOG(ADL_LOG_INFO, d, "callback delivered to %s (attempt %d, "
+             "HTTP %ld)", d->url, d->attempt, status);
+        record(d, 1, NULL, 0);
+        return;
+    }
+    if (d->blocked) {
+        snprintf(msg, sizeof(msg), "%s", d->blocked_msg);
+    } else if (rc != CURLE_OK) {
+        snprintf(msg, sizeof(msg), "%s",
+                 d->errbuf[0] ? d->errbuf : curl_easy_strerror(rc));
+    } else {
+        snprintf(msg, sizeof(msg), "HTTP %ld", status);
+    }
+    record(d, 0, msg, !d->blocked);
+}
+
+static int
+sign(delivery_t *d, char *hdr, size_t len)
+{
+    const char     *secret = d->owner->w->settings->callback_secret;
+    unsigned char   mac[32];
+    char            hex[65], *msg;
+    size_t          blen = strlen(d->body), tlen;
+    long long       t = (long long) time(NULL);
+    int             i;
+
+    msg = malloc(blen + 32);
+    if (msg == NULL) {
+        return -1;
+    }
+    tlen = (size_t) sprintf(msg, "%lld.", t);
+    memcpy(msg + tlen, d->body, blen);
+    if (adl_hmac_sha256(secret, strlen(secret), msg, tlen + blen, mac) != 0) {
+        free(msg);
+        return -1;
+    }
+    free(msg);
+    for (i = 0; i < 32; i++) {
+        sprintf(hex + 2 * i, "%02x", mac[i]);
+    }
+    snprintf(hdr, len, "X-Async-DL-Signature: t=%lld,sha256=%s", t, hex);
+    return 0;
+}
+
+static int
+post_start(delivery_t *d)
+{
+    const adl_settings_t  *s = d->owner->w->settings;
+    struct curl_slist     *l;
+    char                   sig[160];
+    const char            *hs[4] = { "Content-Type: application/json",
+                                     "User-Agent: async-dl-worker",
+                                     "Expect:", NULL };
+    CURL                  *e;
+    int                    i;
+
+    if (s->callback_secret != NULL && s->callback_secret[0] != '\0') {
+        if (sign(d, sig, sizeof(sig)) != 0) {
+            return -1;
+        }
+        hs[3] = sig;
+    }
+    for (i = 0; i < 4 && hs[i] != NULL; i++) {
+        l = curl_slist_append(d->headers, hs[i]);
+        if (l == NULL) {
+            return -1;
+        }
+        d->headers = l;
+    }
+
+    e = curl_easy_init();
+    if (e == NULL) {
+        return -1;
+    }
+    d->http.easy = e;
+    d->http.done = post_done;
+    curl_easy_setopt(e, CURLOPT_URL, d->url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, d->headers);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, d->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
+                     (curl_off_t) strlen(d->body));
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, d);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, d->errbuf);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) s->connect_timeout);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) DELIVERY_TIMEOUT);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
+    if (adl_http_start(d->owner->w->origin, &d->http) != 0) {
+        curl_easy_cleanup(e);
+        d->http.easy = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+
+/* --- recording the outcome ------------------------------------------------ */
+
+static void
+record_result(void *data, PGresult *res)
+{
+    delivery_t  *d = data;
+
+    d->db_refs--;
+    if (res == NULL) {
+        d->state = CB_DONE;         /* left to the claim's lease */
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        CLOG(ADL_LOG_ERROR, d, "callback: recording the outcome failed: %s",
+             PQresultErrorMessage(res));
+    }
+    d->state = CB_DONE;
+}
+
+static void
+record(delivery_t *d, int ok, const char *error, int retry)
+{
+    const adl_settings_t  *s = d->owner->w->settings;
+    char                   delay[24];
+    const char            *p[5];
+
+    d->state = CB_RECORDING;
+    p[0] = d->job;
+    p[1] = s->worker_id;
+    p[2] = ok ? "true" : "false";
+    p[3] = error;
+    p[4] = NULL;
+    if (!ok) {
+        if (retry && d->attempt < ADL_CALLBACK_ATTEMPTS) {
+            snprintf(delay, sizeof(delay), "%lld",
+                     (long long) adl_backoff_ms(s->retry_base, d->attempt));
+            p[4] = delay;
+            if (d->owner->next_due == 0
+                || adl_now_ms() + atoll(delay) < d->owner->next_due)
+            {
+                d->owner->next_due = adl_now_ms() + atoll(delay);
+            }
+            CLOG(ADL_LOG_WARN, d, "callback to %s failed (attempt %d): %s; "
+                 "retrying in %s ms", d->url, d->attempt, error, delay);
+        } else {
+            CLOG(ADL_LOG_WARN, d, "callback to %s failed for good (attempt "
+                 "%d): %s", d->url, d->attempt, error);
+        }
+    }
+    if (adl_db_query(d->owner->w->db, "SELECT async_dl_callback_finish("
+                     "$1::uuid, $2, $3::boolean, $4, now() + $5::bigint * "
+                     "interval '1 millisecond')", 5, p, record_result, d)
+        != 0)
+    {
+        d->state = CB_DONE;
+        return;
+    }
+    d->db_refs++;
+}
+
+
+/* --- claims --------------------------------------------------------------- */
+
+static void
+delivery_free(delivery_t *d)
+{
+    if (d->http.easy != NULL) {
+        adl_http_stop(d->owner->w->origin, &d->http);
+        curl_easy_cleanup(d->http.easy);
+    }
+    curl_slist_free_all(d->headers);
+    free(d->url);
+    free(d->body);
+    free(d);
+}
+
+static void
+claim_result(void *data, PGresult *res)
+{
+    adl_callbacks_t  *c = data;
+    delivery_t       *d;
+    int               i, n;
+
+    c->claiming = 0;
+    if (res == NULL) {
+        c->pending = 1;
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        adl_log_error(NULL, -1, "callback claim failed: %s",
+                      PQresultErrorMessage(res));
+        return;
+    }
+    n = PQntuples(res);
+    if (n > 0) {
+        c->pending = 1;
+    }
+    for (i = 0; i < n; i++) {
+        d = calloc(1, sizeof(delivery_t));
+        if (d == NULL
+            || (d->url = strdup(PQgetvalue(res, i, 1))) == NULL
+            || (d->body = strdup(PQgetvalue(res, i, 3))) == NULL)
+        {
+            if (d != NULL) {
+                free(d->url);
+                free(d);
+            }
+            adl_log_error(PQgetvalue(res, i, 0), -1, "callback: out of "
+                          "memory: left to its lease");
+            continue;
+        }
+        d->owner = c;
+        snprintf(d->job, sizeof(d->job), "%s", PQgetvalue(res, i, 0));
+        d->attempt = atoi(PQgetvalue(res, i, 2));
+        d->next = c->list;
+        c->list = d;
+        c->n++;
+        CLOG(ADL_LOG_DEBUG, d, "callback: POST %s (attempt %d)", d->url,
+             d->attempt);
+        if (post_start(d) != 0) {
+            record(d, 0, "cannot start the request", 1);
+        }
+    }
+}
+
+adl_callbacks_t *
+adl_callbacks_create(adl_worker_t *w)
+{
+    adl_callbacks_t  *c = calloc(1, sizeof(adl_callbacks_t));
+
+    if (c != NULL) {
+        c->w = w;
+        c->pending = 1;
+    }
+    return c;
+}
+
+void
+adl_callbacks_destroy(adl_callbacks_t *c)
+{
+    delivery_t  *d;
+
+    if (c == NULL) {
+        return;
+    }
+    while ((d = c->list) != NULL) {
+        c->list = d->next;
+        delivery_free(d);
+    }
+    free(c);
+}
+
+void
+adl_callbacks_kick(adl_callbacks_t *c)
+{
+    c->pending = 1;
+}
+
+int
+adl_callbacks_busy(const adl_callbacks_t *c)
+{
+    return c->list != NULL || c->claiming;
+}
+
+void
+adl_callbacks_hand_back(adl_callbacks_t *c)
+{
+    delivery_t  *d;
+
+    c->stopping = 1;
+    for (d = c->list; d != NULL; d = d->next) {
+        if (d->state == CB_POSTING && d->http.easy != NULL) {
+            adl_http_stop(c->w->origin, &d->http);
+            curl_easy_cleanup(d->http.easy);
+            d->http.easy = NULL;
+            CLOG(ADL_LOG_INFO, d, "callback: stopped (shutting down); "
+                 "retried after its lease");
+            d->state = CB_DONE;
+        }
+    }
+}
+
+void
+adl_callbacks_tick(adl_callbacks_t *c, int64_t now)
+{
+    delivery_t  **pp, *d;
+    char          limit[16];
+    const char   *p[3];
+
+    if (c->next_due != 0 && now >= c->next_due) {
+        c->next_due = 0;
+        c->pending = 1;
+    }
+    for (pp = &c->list; (d = *pp) != NULL; ) {
+        if (d->state == CB_DONE && d->db_refs == 0) {
+            *pp = d->next;
+            c->n--;
+            delivery_free(d);
+            continue;
+        }
+        pp = &d->next;
+    }
+
+    if (c->stopping || c->w->stopping || c->claiming || !c->pending
+        || c->n >= DELIVERIES_AT_ONCE || !adl_db_connected(c->w->db))
+    {
+        return;
+    }
+    snprintf(limit, sizeof(limit), "%d", DELIVERIES_AT_ONCE - c->n);
+    p[0] = c->w->settings->worker_id;
+    p[1] = limit;
+    p[2] = CLAIM_LEASE;
+    if (adl_db_query(c->w->db, "SELECT job_id, url, attempts, body FROM "
+                     "async_dl_callback_claim($1, $2::integer, "
+                     "$3::interval)", 3, p, claim_result, c) == 0)
+    {
+        c->claiming = 1;
+        c->pending = 0;
+    }
+}

@@ -1,0 +1,43 @@
+/*
+ * callback: POSTs a job's final status document to its callback_url
+ * (sql/005_lifecycle.sql queues it when the job ends, once its bundle is
+ * settled).  Deliveries are claimed with SKIP LOCKED and held for a lease,
+ * so one worker delivers each; a worker that dies mid-delivery leaves it
+ * to the lease (at-least-once: receivers dedupe on jobId).
+ *
+ *   Content-Type: application/json
+ *   X-Async-DL-Signature: t=<unix time>,sha256=<hex HMAC-SHA256 of
+ *                         "<t>.<body>" keyed with ASYNC_DL_CALLBACK_SECRET>
+ *                         (only when the secret is set)
+ *
+ * Any 2xx is a delivery.  Anything else is retried with backoff
+ * (ASYNC_DL_RETRY_BASE doubled, jittered) up to CALLBACK_ATTEMPTS, except
+ * a refused address (the download SSRF rules, checked on every connection
+ * opened): that fails at once.  Redirects are not followed.
+ */
+#ifndef ADL_CALLBACK_H
+#define ADL_CALLBACK_H
+
+#include <stdint.h>
+
+#include "worker.h"
+
+#define ADL_CALLBACK_ATTEMPTS  8
+
+typedef struct adl_callbacks_s  adl_callbacks_t;
+
+adl_callbacks_t *adl_callbacks_create(adl_worker_t *w);
+void adl_callbacks_destroy(adl_callbacks_t *c);
+
+/* Something may be due (NOTIFY async_dl_lifecycle, the poll). */
+void adl_callbacks_kick(adl_callbacks_t *c);
+
+/* Every tick: claims due deliveries, frees ended ones. */
+void adl_callbacks_tick(adl_callbacks_t *c, int64_t now);
+
+/* Shutting down: stop the deliveries; they are retried after the lease. */
+void adl_callbacks_hand_back(adl_callbacks_t *c);
+
+int adl_callbacks_busy(const adl_callbacks_t *c);
+
+#endif /* ADL_CALLBACK_H */

@@ -1,0 +1,36 @@
+/*
+ * expiry: removes expired jobs (expires_at is set when a job ends, from
+ * ASYNC_DL_TTL_COMPLETED for completed and canceled jobs and
+ * ASYNC_DL_TTL_FAILED for failed ones): their objects (files and bundle)
+ * are deleted from the storage first, then their rows.  A job still
+ * running never has an expires_at; one whose bundle is being built or
+ * whose callback is still to deliver waits for those.
+ *
+ * One worker at a time sweeps: a sweep holds a session advisory lock
+ * (pg_try_advisory_lock) on the worker's connection from its first query
+ * to its last; the others skip their turn.  Each worker writes its TTLs
+ * into async_dl_lifecycle_settings at start (the last one started wins),
+ * which the schema reads when a job ends.
+ */
+#ifndef ADL_EXPIRY_H
+#define ADL_EXPIRY_H
+
+#include <stdint.h>
+
+#include "worker.h"
+
+typedef struct adl_expiry_s  adl_expiry_t;
+
+adl_expiry_t *adl_expiry_create(adl_worker_t *w);
+void adl_expiry_destroy(adl_expiry_t *e);
+
+/* Every tick: starts a sweep every poll interval, drives it. */
+void adl_expiry_tick(adl_expiry_t *e, int64_t now);
+
+int adl_expiry_busy(const adl_expiry_t *e);
+
+/* At start, before any claim (blocking, on the migration's connection):
+ * this worker's TTLs, read by the schema when a job ends. */
+int adl_expiry_store_ttls(PGconn *conn, const adl_settings_t *s);
+
+#endif /* ADL_EXPIRY_H */

@@ -1,0 +1,223 @@
+/*
+ * http: libcurl multi on epoll + timerfd (ephiperfifo.c's shape).
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include "http.h"
+#include "log.h"
+
+struct adl_http_s {
+    CURLM     *multi;
+    int        epfd;
+    int        timerfd;
+    unsigned   tag;
+    int        in_callback;     /* inside socket_action: no re-entry */
+};
+
+static void check_multi_info(adl_http_t *h);
+
+static int
+socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *sockp)
+{
+    adl_http_t          *h = userp;
+    struct epoll_event   ev;
+    uintptr_t            known = (uintptr_t) sockp;
+
+    (void) easy;
+
+    if (what == CURL_POLL_REMOVE) {
+        if (known) {
+            epoll_ctl(h->epfd, EPOLL_CTL_DEL, fd, NULL);
+            curl_multi_assign(h->multi, fd, NULL);
+        }
+        return 0;
+    }
+
+    memset(&ev, 0, sizeof(ev));
+    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0)
+                | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    ev.data.u64 = ((uint64_t) h->tag << 32) | (uint32_t) fd;
+
+    if (epoll_ctl(h->epfd, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev)
+        != 0)
+    {
+        /* curl may hand us a socket it re-created with the same number */
+        if (errno == ENOENT) {
+            epoll_ctl(h->epfd, EPOLL_CTL_ADD, fd, &ev);
+        } else if (errno == EEXIST) {
+            epoll_ctl(h->epfd, EPOLL_CTL_MOD, fd, &ev);
+        } else {
+            adl_log_error(NULL, -1, "epoll_ctl(%d): %s", fd,
+                          strerror(errno));
+        }
+    }
+    if (!known) {
+        curl_multi_assign(h->multi, fd, (void *) (uintptr_t) 1);
+    }
+    return 0;
+}
+
+static int
+timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    adl_http_t         *h = userp;
+    struct itimerspec   its;
+
+    (void) multi;
+
+    memset(&its, 0, sizeof(its));
+    if (timeout_ms > 0) {
+        its.it_value.tv_sec = timeout_ms / 1000;
+        its.it_value.tv_nsec = (timeout_ms % 1000) * 1000000;
+    } else if (timeout_ms == 0) {
+        its.it_value.tv_nsec = 1;       /* as soon as possible */
+    }
+    /* -1: disarm (all zero) */
+    timerfd_settime(h->timerfd, 0, &its, NULL);
+    return 0;
+}
+
+adl_http_t *
+adl_http_create(int epfd, unsigned tag, int max_host_conns)
+{
+    adl_http_t          *h;
+    struct epoll_event   ev;
+
+    h = calloc(1, sizeof(adl_http_t));
+    if (h == NULL) {
+        return NULL;
+    }
+    h->epfd = epfd;
+    h->tag = tag;
+    h->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    h->multi = curl_multi_init();
+    if (h->timerfd < 0 || h->multi == NULL) {
+        goto failed;
+    }
+
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN;
+    ev.data.u64 = (uint64_t) (tag + 1) << 32;
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, h->timerfd, &ev) != 0) {
+        goto failed;
+    }
+
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+    if (max_host_conns > 0) {
+        curl_multi_setopt(h->multi, CURLMOPT_MAX_HOST_CONNECTIONS,
+                          (long) max_host_conns);
+    }
+    return h;
+
+failed:
+    adl_http_destroy(h);
+    return NULL;
+}
+
+void
+adl_http_destroy(adl_http_t *h)
+{
+    if (h == NULL) {
+        return;
+    }
+    if (h->multi != NULL) {
+        curl_multi_cleanup(h->multi);
+    }
+    if (h->timerfd >= 0) {
+        close(h->timerfd);
+    }
+    free(h);
+}
+
+int
+adl_http_start(adl_http_t *h, adl_http_req_t *req)
+{
+    CURLMcode  mc;
+
+    curl_easy_setopt(req->easy, CURLOPT_PRIVATE, req);
+    mc = curl_multi_add_handle(h->multi, req->easy);
+    if (mc != CURLM_OK) {
+        adl_log_error(NULL, -1, "curl_multi_add_handle: %s",
+                      curl_multi_strerror(mc));
+        return -1;
+    }
+    return 0;
+}
+
+void
+adl_http_stop(adl_http_t *h, adl_http_req_t *req)
+{
+    if (req->easy != NULL) {
+        curl_multi_remove_handle(h->multi, req->easy);
+    }
+}
+
+int
+adl_http_running(adl_http_t *h, adl_http_req_t *req)
+{
+    (void) h;
+    return req->easy != NULL;
+}
+
+static void
+check_multi_info(adl_http_t *h)
+{
+    CURLMsg         *msg;
+    int              left;
+    adl_http_req_t  *req;
+    CURL            *easy;
+    CURLcode         rc;
+
+    while ((msg = curl_multi_info_read(h->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE) {
+            continue;
+        }
+        easy = msg->easy_handle;
+        rc = msg->data.result;
+        req = NULL;
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **) &req);
+        curl_multi_remove_handle(h->multi, easy);
+        if (req != NULL) {
+            req->done(req, rc);
+        }
+    }
+}
+
+void
+adl_http_socket_event(adl_http_t *h, int fd, uint32_t events)
+{
+    int  running, action = 0;
+
+    if (events & EPOLLIN) {
+        action |= CURL_CSELECT_IN;
+    }
+    if (events & EPOLLOUT) {
+        action |= CURL_CSELECT_OUT;
+    }
+    if (events & (EPOLLERR | EPOLLHUP)) {
+        action |= CURL_CSELECT_ERR;
+    }
+    curl_multi_socket_action(h->multi, fd, action, &running);
+    check_multi_info(h);
+}
+
+void
+adl_http_timer_event(adl_http_t *h)
+{
+    uint64_t  count;
+    int       running;
+    ssize_t   n;
+
+    n = read(h->timerfd, &count, sizeof(count));
+    (void) n;
+    curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_multi_info(h);
+}

@@ -1,0 +1,44 @@
+/*
+ * http: a libcurl multi handle driven by the worker's epoll loop, as in
+ * curl's docs/examples/ephiperfifo.c: CURLMOPT_SOCKETFUNCTION registers
+ * curl's sockets in epoll, CURLMOPT_TIMERFUNCTION arms a timerfd, and
+ * finished transfers are handed back in one place, check_multi_info().
+ *
+ * The worker runs two: "origin" (downloads; every connection checked by
+ * the SSRF rules) and "storage" (S3).  Separate multi handles mean
+ * separate connection caches: a download can never reuse a connection
+ * to the (trusted, often loopback) storage endpoint.
+ */
+#ifndef ADL_HTTP_H
+#define ADL_HTTP_H
+
+#include <stdint.h>
+#include <curl/curl.h>
+
+typedef struct adl_http_s      adl_http_t;
+typedef struct adl_http_req_s  adl_http_req_t;
+
+/* Embedded in whatever owns an easy handle; set as CURLOPT_PRIVATE. */
+struct adl_http_req_s {
+    CURL   *easy;
+    void  (*done)(adl_http_req_t *req, CURLcode rc);
+};
+
+adl_http_t *adl_http_create(int epfd, unsigned tag, int max_host_conns);
+void adl_http_destroy(adl_http_t *h);
+
+/* Adds req->easy (its CURLOPT_PRIVATE is set to req).  -1 on failure. */
+int adl_http_start(adl_http_t *h, adl_http_req_t *req);
+
+/* Removes a running request without calling done; easy stays the
+ * caller's.  Safe to call for a request that is not running. */
+void adl_http_stop(adl_http_t *h, adl_http_req_t *req);
+
+/* The epoll tags: socket events carry (tag << 32 | fd), the timer
+ * (tag + 1) << 32. */
+void adl_http_socket_event(adl_http_t *h, int fd, uint32_t events);
+void adl_http_timer_event(adl_http_t *h);
+
+int adl_http_running(adl_http_t *h, adl_http_req_t *req);
+
+#endif /* ADL_HTTP_H */

@@ -1,0 +1,19 @@
+/*
+ * migrate: applies the schema migrations embedded from sql/ (see
+ * adl_migrations.h), in order, each in its own transaction, recording
+ * each version in async_dl_schema_migrations.  Serialised between
+ * processes by a session advisory lock, so any number of workers may
+ * start at once; applying an already current schema does nothing.
+ */
+#ifndef ADL_MIGRATE_H
+#define ADL_MIGRATE_H
+
+#include <libpq-fe.h>
+
+/* The advisory lock key: "async-dl" in ASCII. */
+#define ADL_MIGRATE_LOCK  0x6173796e632d646cLL
+
+/* Returns 0, or -1 after logging why. */
+int adl_migrate(PGconn *conn);
+
+#endif /* ADL_MIGRATE_H */

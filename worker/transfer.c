@@ -1,0 +1,1437 @@
+/*
+ * transfer: the life of one claimed file.
+ *
+ *   RUNNING ---download ok---> FLUSHING --stored--> FINISHING -> DONE
+ *      |  \--transient error--> BACKOFF --retry--> RUNNING
+ *      \----- any end (failure, deadline, cancel, shutdown) ----
+ *              -> ABORTING (abort the multipart upload, if any)
+ *              -> FINISHING (database write; none on cancel) -> DONE
+ *
+ * All ends go through xfer_end(); DONE transfers are freed by
+ * adl_xfer_reap() once no database query refers to them any more.
+ *
+ * Storage, chosen at the first byte of a 200 response:
+ * - the size is known and above a part (and at most 5 GiB): one PUT
+ *   streamed while downloading, through the fill buffer used as a ring
+ *   (whichever side is ahead pauses; unpausing is done from the loop,
+ *   adl_xfer_kick(), never from inside the other side's callback);
+ * - else parts: the fill buffer swaps with the upload buffer each time it
+ *   is full; the first full part creates a multipart upload; a download
+ *   that ends within the first part is stored with one PUT.
+ * While RUNNING or BACKOFF, parts (or the stream) keep uploading.
+ */
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "adl_sigv4.h"
+#include "backoff.h"
+#include "log.h"
+#include "ssrf.h"
+#include "transfer.h"
+
+#define S3_TRIES          4       /* per storage request */
+#define PROGRESS_EVERY    300     /* ms between progress writes of a job */
+#define MAX_REDIRECTS     5L
+
+typedef enum {
+    XF_RUNNING = 0,
+    XF_BACKOFF,
+    XF_FLUSHING,
+    XF_ABORTING,
+    XF_FINISHING,
+    XF_DONE
+} xfer_state_t;
+
+typedef enum {
+    OUT_NONE = 0,
+    OUT_STORED,
+    OUT_FAILED,
+    OUT_HAND_BACK,
+    OUT_DROP            /* canceled, or no longer ours: write nothing */
+} xfer_outcome_t;
+
+typedef struct {
+    char    *data;
+    size_t   len;
+    size_t   cap;
+} buf_t;
+
+struct adl_xfer_s {
+    adl_xfer_t            *prev, *next;
+    adl_worker_t          *w;
+    adl_job_t             *job;
+    int                    idx;
+    char                  *url;
+    char                  *key;
+    xfer_state_t           state;
+    xfer_outcome_t         outcome;
+    const char            *error_code;
+    char                   error[320];
+
+    /* download: one attempt at a time */
+    adl_http_req_t         dl;
+    struct curl_slist     *dl_headers;
+    char                   dl_errbuf[CURL_ERROR_SIZE];
+    int                    attempt;          /* 1-based, all claims */
+    int64_t                retry_at;
+    int                    paused;
+    int                    checked;          /* response status checked */
+    int64_t                offset;           /* Range start, this attempt */
+    int64_t                received;         /* bytes hashed and kept */
+    int64_t                size;             /* announced, or -1 */
+    char                   validator[200];   /* for If-Range */
+    char                   content_type[200];
+    char                   h_retry_after[64];
+    char                   h_content_range[128];
+    char                   h_etag[200];
+    char                   h_last_modified[64];
+    int                    blocked;
+    const char            *blocked_why;
+    const char            *fail_code;       /* set inside a callback */
+    char                   fail_msg[256];
+    int                    fail_transient;
+    adl_sha256_t           sha;
+    char                   sha256[65];
+
+    /* storage: "stream" (one PUT fed through the fill buffer used as a
+     * ring, when the size is known and above a part) or parts */
+    int                    stream;
+    size_t                 ring_head;        /* stream: first byte */
+    int                    up_paused;        /* stream: PUT waits for data */
+    int                    put_done;         /* stream: PUT answered 2xx */
+    int                    kick_dl, kick_up; /* unpause from the loop */
+    buf_t                  fill;             /* downloading into */
+    buf_t                  up;               /* a full part to upload */
+    int                    up_busy;          /* up is being uploaded */
+    int                    up_stale;         /* ...but for old content */
+    adl_s3_req_t           s3;
+    int                    s3_tries;
+    int64_t                s3_retry_at;
+    char                  *upload_id;
+    int                    next_part;
+    int                    up_part;
+    char                 **etags;
+    int                    netags;
+
+    /* database */
+    int                    db_refs;
+    int                    progress_busy;
+    int64_t                last_report;
+    int64_t                reported;
+};
+
+static void xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
+    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void start_download(adl_xfer_t *x);
+static void storage_pump(adl_xfer_t *x);
+static void write_result(adl_xfer_t *x);
+static void maybe_release(adl_xfer_t *x);
+static void stream_start(adl_xfer_t *x);
+static void stored(adl_xfer_t *x);
+static void storage_done(adl_s3_req_t *r);
+static void stop_download(adl_xfer_t *x);
+
+#define MAX_SINGLE_PUT    (5LL * 1024 * 1024 * 1024)
+#define KICK_MIN          (128 * 1024)
+
+#define XLOG(level, x, ...)  adl_log(level, (x)->job->id, (x)->idx, __VA_ARGS__)
+
+
+/* --- small helpers ------------------------------------------------------- */
+
+static int
+buf_reserve(buf_t *b, size_t need, size_t max)
+{
+    size_t   cap;
+    char    *p;
+
+    if (need <= b->cap) {
+        return 0;
+    }
+    cap = b->cap ? b->cap : 64 * 1024;
+    while (cap < need) {
+        cap *= 2;
+    }
+    if (cap > max) {
+        cap = max;
+    }
+    p = realloc(b->data, cap);
+    if (p == NULL) {
+        return -1;
+    }
+    b->data = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void
+buf_free(buf_t *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+static void
+trim_copy(char *dst, size_t len, const char *v, size_t vlen)
+{
+    while (vlen > 0 && (*v == ' ' || *v == '\t')) {
+        v++;
+        vlen--;
+    }
+    while (vlen > 0 && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n'
+                        || v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+    {
+        vlen--;
+    }
+    if (vlen >= len) {
+        vlen = len - 1;
+    }
+    memcpy(dst, v, vlen);
+    dst[vlen] = '\0';
+}
+
+adl_job_t *
+adl_xfer_job(const adl_xfer_t *x)
+{
+    return x->job;
+}
+
+adl_xfer_t *
+adl_xfer_next(const adl_xfer_t *x)
+{
+    return x->next;
+}
+
+int
+adl_xfer_active(const adl_xfer_t *x)
+{
+    return x->state == XF_RUNNING || x->state == XF_BACKOFF
+           || x->state == XF_FLUSHING;
+}
+
+
+/* --- the download -------------------------------------------------------- */
+
+static curl_socket_t
+open_socket_cb(void *userp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    adl_xfer_t            *x = userp;
+    const adl_settings_t  *s = x->w->settings;
+    const char            *why = NULL;
+
+    (void) purpose;
+
+    if (!adl_ssrf_allowed(&a->addr, &s->cidrs, s->allow_private, &why)) {
+        char  host[64] = "?";
+
+        if (a->family == AF_INET) {
+            inet_ntop(AF_INET, &((struct sockaddr_in *) (void *)
+                      &a->addr)->sin_addr, host, sizeof(host));
+        } else if (a->family == AF_INET6) {
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *) (void *)
+                      &a->addr)->sin6_addr, host, sizeof(host));
+        }
+        x->blocked = 1;
+        x->blocked_why = why;
+        snprintf(x->fail_msg, sizeof(x->fail_msg), "refused to connect to "
+                 "%s: %s", host, why);
+        return CURL_SOCKET_BAD;
+    }
+    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+}
+
+static size_t
+header_cb(char *data, size_t size, size_t nmemb, void *userp)
+{
+    adl_xfer_t  *x = userp;
+    size_t       n = size * nmemb;
+
+#define HDR(name, field)                                                     \
+    if (n > sizeof(name) - 1                                                 \
+        && strncasecmp(data, name, sizeof(name) - 1) == 0)                   \
+    {                                                                        \
+        trim_copy(x->field, sizeof(x->field), data + sizeof(name) - 1,       \
+                  n - (sizeof(name) - 1));                                   \
+        return n;                                                            \
+    }
+
+    if (n > 5 && strncmp(data, "HTTP/", 5) == 0) {
+        /* a new response (after a redirect or 100): forget the last one */
+        x->h_retry_after[0] = '\0';
+        x->h_content_range[0] = '\0';
+        x->h_etag[0] = '\0';
+        x->h_last_modified[0] = '\0';
+        return n;
+    }
+    HDR("Retry-After:", h_retry_after)
+    HDR("Content-Range:", h_content_range)
+    HDR("ETag:", h_etag)
+    HDR("Last-Modified:", h_last_modified)
+#undef HDR
+    return n;
+}
+
+static int
+fail_in_callback(adl_xfer_t *x, const char *code, int transient,
+    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static int
+fail_in_callback(adl_xfer_t *x, const char *code, int transient,
+    const char *fmt, ...)
+{
+    va_list  ap;
+
+    x->fail_code = code;
+    x->fail_transient = transient;
+    va_start(ap, fmt);
+    vsnprintf(x->fail_msg, sizeof(x->fail_msg), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Starts over from byte 0: the origin sent the whole body again. */
+static void
+restart_from_zero(adl_xfer_t *x)
+{
+    adl_sha256_free(&x->sha);
+    memset(&x->sha, 0, sizeof(x->sha));
+    adl_sha256_init(&x->sha);
+    x->received = 0;
+    x->offset = 0;
+    x->fill.len = 0;
+    x->ring_head = 0;
+    if (x->stream) {
+        /* the bytes sent cannot be taken back: a new PUT */
+        adl_s3_cancel(x->w->s3, &x->s3);
+        x->s3.op = S3_NONE;
+        x->stream = 0;
+        x->up_paused = 0;
+        x->put_done = 0;
+        x->kick_up = 0;
+    }
+    if (x->up_busy) {
+        x->up_stale = 1;            /* its part number is reused later */
+    } else {
+        x->up.len = 0;
+    }
+    x->next_part = 1;
+}
+
+/* The final response's status and headers, before its first byte. */
+static int
+check_response(adl_xfer_t *x)
+{
+    const adl_settings_t  *s = x->w->settings;
+    long                   code = 0;
+    curl_off_t             cl = -1;
+    char                  *ct = NULL;
+    long long              start, end, total;
+
+    x->checked = 1;
+    curl_easy_getinfo(x->dl.easy, CURLINFO_RESPONSE_CODE, &code);
+    curl_easy_getinfo(x->dl.easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+
+    if (code == 206 && x->offset > 0) {
+        if (sscanf(x->h_content_range, "bytes %lld-%lld/%lld", &start, &end,
+                   &total) < 2 || start != x->offset)
+        {
+            return fail_in_callback(x, "DOWNLOAD_FAILED", 1, "resume at %lld"
+                                    " answered with Content-Range \"%s\"",
+                                    (long long) x->offset,
+                                    x->h_content_range);
+        }
+        XLOG(ADL_LOG_INFO, x, "resuming at byte %lld", (long long) start);
+        return 0;
+    }
+
+    if (code != 200 && code != 203) {
+        int  transient = code >= 500 || code == 408 || code == 429;
+
+        return fail_in_callback(x, "HTTP_STATUS", transient,
+                                "the origin answered HTTP %ld", code);
+    }
+
+    if (x->offset > 0) {
+        XLOG(ADL_LOG_INFO, x, "origin ignored the Range request: "
+             "starting again from byte 0");
+        restart_from_zero(x);
+    }
+
+    x->size = cl >= 0 ? (int64_t) cl : -1;
+    if (s->max_file_size > 0 && x->size > s->max_file_size) {
+        return fail_in_callback(x, "TOO_LARGE", 0, "the file is %lld bytes,"
+                                " more than the %lld allowed",
+                                (long long) x->size,
+                                (long long) s->max_file_size);
+    }
+
+    curl_easy_getinfo(x->dl.easy, CURLINFO_CONTENT_TYPE, &ct);
+    snprintf(x->content_type, sizeof(x->content_type), "%s",
+             ct && ct[0] ? ct : "application/octet-stream");
+
+    /* a validator for a later If-Range: a strong ETag, else the date */
+    if (x->h_etag[0] && strncmp(x->h_etag, "W/", 2) != 0) {
+        snprintf(x->validator, sizeof(x->validator), "%s", x->h_etag);
+    } else {
+        snprintf(x->validator, sizeof(x->validator), "%s",
+                 x->h_last_modified);
+    }
+
+    /* a body that fits in one part gets a buffer of its size at once */
+    if (x->size > 0 && x->size <= s->part_size && x->fill.cap == 0) {
+        buf_reserve(&x->fill, (size_t) x->size, (size_t) s->part_size);
+    }
+
+    if (x->size > s->part_size && x->size <= MAX_SINGLE_PUT
+        && x->upload_id == NULL && x->received == 0)
+    {
+        if (buf_reserve(&x->fill, (size_t) s->part_size,
+                        (size_t) s->part_size) != 0)
+        {
+            return fail_in_callback(x, "DOWNLOAD_FAILED", 1,
+                                    "out of memory");
+        }
+        stream_start(x);
+        if (!x->stream) {
+            return fail_in_callback(x, "STORAGE_FAILED", 0, "%s",
+                                    x->s3.error);
+        }
+    }
+    return 0;
+}
+
+/* stream mode: the PUT's body, taken from the ring */
+static size_t
+stream_read(char *buf, size_t size, size_t nmemb, void *userp)
+{
+    adl_xfer_t  *x = userp;
+    size_t       want = size * nmemb, n, first, cap = x->fill.cap;
+
+    if (x->fill.len == 0) {
+        x->up_paused = 1;
+        return CURL_READFUNC_PAUSE;
+    }
+    n = want < x->fill.len ? want : x->fill.len;
+    first = cap - x->ring_head < n ? cap - x->ring_head : n;
+    memcpy(buf, x->fill.data + x->ring_head, first);
+    memcpy(buf + first, x->fill.data, n - first);
+    x->ring_head = (x->ring_head + n) % cap;
+    x->fill.len -= n;
+
+    if (x->paused && cap - x->fill.len >= KICK_MIN) {
+        x->paused = 0;
+        x->kick_dl = 1;
+        x->w->kick = 1;
+    }
+    return n;
+}
+
+static void
+stream_start(adl_xfer_t *x)
+{
+    adl_s3_req_t  *r = &x->s3;
+
+    x->stream = 1;
+    x->ring_head = 0;
+    x->fill.len = 0;
+    x->up_paused = 0;
+    x->put_done = 0;
+
+    r->op = S3_PUT;
+    r->key = x->key;
+    r->upload_id = NULL;
+    r->content_type = x->content_type;
+    r->body = NULL;
+    r->body_len = (size_t) x->size;
+    r->read = stream_read;
+    r->read_data = x;
+    r->done = storage_done;
+    r->data = x;
+    if (adl_s3_start(x->w->s3, r) != 0) {
+        r->op = S3_NONE;
+        x->stream = 0;
+    }
+    r->read = NULL;                 /* kept by curl; not for later requests */
+}
+
+/* stream mode: the downloaded bytes into the ring */
+static size_t
+stream_write(adl_xfer_t *x, const char *data, size_t n)
+{
+    size_t  cap = x->fill.cap, tail, first;
+
+    if (cap - x->fill.len < n) {
+        x->paused = 1;              /* the PUT is behind */
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    if (adl_sha256_update(&x->sha, data, n) != 0) {
+        fail_in_callback(x, "DOWNLOAD_FAILED", 0, "SHA-256 failed");
+        return 0;
+    }
+    tail = (x->ring_head + x->fill.len) % cap;
+    first = cap - tail < n ? cap - tail : n;
+    memcpy(x->fill.data + tail, data, first);
+    memcpy(x->fill.data, data + first, n - first);
+    x->fill.len += n;
+    x->received += (int64_t) n;
+
+    if (x->up_paused && x->fill.len >= KICK_MIN) {
+        x->up_paused = 0;
+        x->kick_up = 1;
+        x->w->kick = 1;
+    }
+    return n;
+}
+
+static size_t
+write_cb(char *data, size_t size, size_t nmemb, void *userp)
+{
+    adl_xfer_t            *x = userp;
+    const adl_settings_t  *s = x->w->settings;
+    size_t                 n = size * nmemb, part = (size_t) s->part_size;
+    size_t                 first;
+    buf_t                  tmp;
+
+    if (!x->checked && check_response(x) != 0) {
+        return 0;
+    }
+    if (x->state != XF_RUNNING) {
+        return 0;
+    }
+    if (s->max_file_size > 0
+        && x->received + (int64_t) n > s->max_file_size)
+    {
+        fail_in_callback(x, "TOO_LARGE", 0, "the file is larger than the "
+                         "%lld bytes allowed", (long long) s->max_file_size);
+        return 0;
+    }
+
+    if (x->stream) {
+        return stream_write(x, data, n);
+    }
+
+    if (x->fill.len + n >= part && (x->up.len > 0 || x->up_busy)) {
+        x->paused = 1;              /* the part before is still uploading */
+        return CURL_WRITEFUNC_PAUSE;
+    }
+
+    if (adl_sha256_update(&x->sha, data, n) != 0) {
+        fail_in_callback(x, "DOWNLOAD_FAILED", 0, "SHA-256 failed");
+        return 0;
+    }
+
+    first = x->fill.len + n > part ? part - x->fill.len : n;
+    if (buf_reserve(&x->fill, x->fill.len + first, part) != 0) {
+        fail_in_callback(x, "DOWNLOAD_FAILED", 1, "out of memory");
+        return 0;
+    }
+    memcpy(x->fill.data + x->fill.len, data, first);
+    x->fill.len += first;
+
+    if (x->fill.len == part) {
+        /* a whole part: swap it out to upload, go on filling the other */
+        tmp = x->up;
+        x->up = x->fill;
+        x->fill = tmp;
+        x->fill.len = 0;
+        if (n > first) {
+            if (buf_reserve(&x->fill, n - first, part) != 0) {
+                fail_in_callback(x, "DOWNLOAD_FAILED", 1, "out of memory");
+                return 0;
+            }
+            memcpy(x->fill.data, data + first, n - first);
+            x->fill.len = n - first;
+        }
+        storage_pump(x);
+    }
+
+    x->received += (int64_t) n;
+    return n;
+}
+
+static void
+download_done(adl_http_req_t *req, CURLcode rc)
+{
+    adl_xfer_t  *x = (adl_xfer_t *) ((char *) req
+                                     - offsetof(adl_xfer_t, dl));
+    const char  *code = "DOWNLOAD_FAILED";
+    char         msg[300];
+    int          transient = 0;
+    int64_t      delay = -1, now = adl_now_ms();
+
+    if (rc == CURLE_OK && x->fail_code == NULL && !x->checked) {
+        check_response(x);         /* an empty body */
+    }
+
+    if (x->fail_code != NULL) {
+        code = x->fail_code;
+        transient = x->fail_transient;
+        snprintf(msg, sizeof(msg), "%s", x->fail_msg);
+        if (strcmp(code, "HTTP_STATUS") == 0) {
+            delay = adl_retry_after_ms(x->h_retry_after);
+        }
+
+    } else if (rc == CURLE_OK) {
+        curl_easy_cleanup(x->dl.easy);
+        x->dl.easy = NULL;
+        curl_slist_free_all(x->dl_headers);
+        x->dl_headers = NULL;
+        if (adl_sha256_final_hex(&x->sha, x->sha256) != 0) {
+            xfer_end(x, OUT_FAILED, "DOWNLOAD_FAILED", "SHA-256 failed");
+            return;
+        }
+        XLOG(ADL_LOG_DEBUG, x, "downloaded %lld bytes",
+             (long long) x->received);
+        x->state = XF_FLUSHING;
+        if (x->stream) {
+            if (x->put_done) {
+                stored(x);
+            } else if (x->up_paused) {
+                x->up_paused = 0;   /* the last bytes */
+                x->kick_up = 1;
+                x->w->kick = 1;
+            }
+            return;
+        }
+        storage_pump(x);
+        return;
+
+    } else {
+        const char  *what = x->dl_errbuf[0] ? x->dl_errbuf
+                                            : curl_easy_strerror(rc);
+
+        snprintf(msg, sizeof(msg), "%s", what);
+        switch (rc) {
+        case CURLE_COULDNT_CONNECT:
+            if (x->blocked) {
+                code = "BLOCKED_ADDRESS";
+                snprintf(msg, sizeof(msg), "%s", x->fail_msg);
+                break;
+            }
+            transient = 1;
+            break;
+        case CURLE_OPERATION_TIMEDOUT:
+            if (now + 100 >= x->job->deadline) {
+                code = "TIMEOUT";
+                snprintf(msg, sizeof(msg), "the job's deadline passed");
+                break;
+            }
+            transient = 1;
+            break;
+        case CURLE_COULDNT_RESOLVE_HOST:
+        case CURLE_RECV_ERROR:
+        case CURLE_SEND_ERROR:
+        case CURLE_PARTIAL_FILE:
+        case CURLE_GOT_NOTHING:
+        case CURLE_HTTP2:
+        case CURLE_HTTP2_STREAM:
+        case CURLE_SSL_CONNECT_ERROR:
+            transient = 1;
+            break;
+        case CURLE_FILESIZE_EXCEEDED:
+            code = "TOO_LARGE";
+            snprintf(msg, sizeof(msg), "the file is larger than the %lld "
+                     "bytes allowed",
+                     (long long) x->w->settings->max_file_size);
+            break;
+        case CURLE_TOO_MANY_REDIRECTS:
+            snprintf(msg, sizeof(msg), "too many redirects (more than %ld)",
+                     MAX_REDIRECTS);
+            break;
+        case CURLE_UNSUPPORTED_PROTOCOL:
+            snprintf(msg, sizeof(msg), "refused: only http and https are "
+                     "allowed (%s)", what);
+            break;
+        default:
+            break;
+        }
+    }
+
+    curl_easy_cleanup(x->dl.easy);
+    x->dl.easy = NULL;
+    curl_slist_free_all(x->dl_headers);
+    x->dl_headers = NULL;
+    x->paused = 0;
+
+    if (transient && x->attempt < x->w->settings->max_attempts) {
+        if (delay < 0) {
+            delay = adl_backoff_ms(x->w->settings->retry_base, x->attempt);
+        }
+        if (now + delay < x->job->deadline && !x->w->stopping) {
+            XLOG(ADL_LOG_WARN, x, "attempt %d failed: %s; retrying in "
+                 "%lld ms", x->attempt, msg, (long long) delay);
+            x->state = XF_BACKOFF;
+            x->retry_at = now + delay;
+            return;
+        }
+    }
+    xfer_end(x, OUT_FAILED, code, "%s", msg);
+}
+
+static void
+start_download(adl_xfer_t *x)
+{
+    const adl_settings_t  *s = x->w->settings;
+    char                   hdr[320];
+    struct curl_slist     *l;
+    CURL                  *e;
+    int64_t                left = x->job->deadline - adl_now_ms();
+
+    x->checked = 0;
+    x->blocked = 0;
+    x->fail_code = NULL;
+    x->fail_msg[0] = '\0';
+    x->dl_errbuf[0] = '\0';
+    x->paused = 0;
+    x->offset = x->received;
+    x->state = XF_RUNNING;
+
+    e = curl_easy_init();
+    if (e == NULL) {
+        xfer_end(x, OUT_FAILED, "DOWNLOAD_FAILED", "out of memory");
+        return;
+    }
+    x->dl.easy = e;
+    x->dl.done = download_done;
+
+    if (x->offset > 0) {
+        snprintf(hdr, sizeof(hdr), "Range: bytes=%lld-",
+                 (long long) x->offset);
+        l = curl_slist_append(x->dl_headers, hdr);
+        if (l != NULL) {
+            x->dl_headers = l;
+        }
+        if (x->validator[0]) {
+            snprintf(hdr, sizeof(hdr), "If-Range: %s", x->validator);
+            l = curl_slist_append(x->dl_headers, hdr);
+            if (l != NULL) {
+                x->dl_headers = l;
+            }
+        }
+    }
+
+    curl_easy_setopt(e, CURLOPT_URL, x->url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->dl_headers);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS, MAX_REDIRECTS);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
+    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->dl_errbuf);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) s->connect_timeout);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) (left > 1 ? left : 1));
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
+                     (long) (s->idle_timeout / 1000));
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "async-dl-worker");
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+    if (s->max_file_size > 0) {
+        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE,
+                         (curl_off_t) s->max_file_size);
+    }
+
+    if (adl_http_start(x->w->origin, &x->dl) != 0) {
+        curl_easy_cleanup(e);
+        x->dl.easy = NULL;
+        xfer_end(x, OUT_FAILED, "DOWNLOAD_FAILED", "cannot start");
+        return;
+    }
+    XLOG(ADL_LOG_DEBUG, x, "attempt %d: GET %s%s", x->attempt, x->url,
+         x->offset ? " (resuming)" : "");
+}
+
+static void
+stop_download(adl_xfer_t *x)
+{
+    if (x->dl.easy == NULL) {
+        return;
+    }
+    adl_http_stop(x->w->origin, &x->dl);
+    curl_easy_cleanup(x->dl.easy);
+    x->dl.easy = NULL;
+    curl_slist_free_all(x->dl_headers);
+    x->dl_headers = NULL;
+}
+
+
+/* --- storage ------------------------------------------------------------- */
+
+static void storage_done(adl_s3_req_t *r);
+
+static void
+storage_start(adl_xfer_t *x, adl_s3_op_t op, const char *body, size_t len)
+{
+    adl_s3_req_t  *r = &x->s3;
+
+    r->op = op;
+    r->key = x->key;
+    r->upload_id = x->upload_id;
+    r->content_type = x->content_type[0] ? x->content_type
+                                         : "application/octet-stream";
+    r->part_number = x->up_part;
+    r->body = body;
+    r->body_len = len;
+    r->done = storage_done;
+    r->data = x;
+
+    if (adl_s3_start(x->w->s3, r) != 0) {
+        r->op = S3_NONE;
+        if (op == S3_ABORT) {
+            write_result(x);
+            return;
+        }
+        if (op == S3_DELETE) {
+            return;                 /* the caller goes on to DONE */
+        }
+        xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
+    }
+}
+
+static int
+complete_body(adl_xfer_t *x, buf_t *b)
+{
+    char  line[256];
+    int   i, n;
+
+    b->len = 0;
+    if (buf_reserve(b, 256 + (size_t) x->next_part * 256, SIZE_MAX) != 0) {
+        return -1;
+    }
+    n = snprintf(b->data, b->cap, "<CompleteMultipartUpload>");
+    b->len = (size_t) n;
+    for (i = 1; i < x->next_part; i++) {
+        n = snprintf(line, sizeof(line), "<Part><PartNumber>%d</PartNumber>"
+                     "<ETag>%s</ETag></Part>", i, x->etags[i - 1]);
+        memcpy(b->data + b->len, line, (size_t) n);
+        b->len += (size_t) n;
+    }
+    n = snprintf(b->data + b->len, b->cap - b->len,
+                 "</CompleteMultipartUpload>");
+    b->len += (size_t) n;
+    return 0;
+}
+
+/* What storage request comes next, if none is running. */
+static void
+storage_pump(adl_xfer_t *x)
+{
+    buf_t  tmp;
+
+    if (x->stream || x->s3.http.easy != NULL || x->s3_retry_at != 0) {
+        return;
+    }
+    if (x->state != XF_RUNNING && x->state != XF_BACKOFF
+        && x->state != XF_FLUSHING)
+    {
+        return;
+    }
+
+    if (x->up.len > 0 && !x->up_busy) {
+        if (x->upload_id == NULL) {
+            storage_start(x, S3_CREATE, NULL, 0);
+            return;
+        }
+        x->up_part = x->next_part++;
+        x->up_busy = 1;
+        storage_start(x, S3_PART, x->up.data, x->up.len);
+        return;
+    }
+
+    if (x->state != XF_FLUSHING || x->up_busy) {
+        return;
+    }
+
+    if (x->upload_id == NULL) {
+        storage_start(x, S3_PUT, x->fill.data, x->fill.len);
+        return;
+    }
+    if (x->fill.len > 0 || x->next_part == 1) {
+        tmp = x->up;
+        x->up = x->fill;
+        x->fill = tmp;
+        x->fill.len = 0;
+        x->up_part = x->next_part++;
+        x->up_busy = 1;
+        storage_start(x, S3_PART, x->up.data, x->up.len);
+        return;
+    }
+    if (complete_body(x, &x->fill) != 0) {
+        xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "out of memory");
+        return;
+    }
+    storage_start(x, S3_COMPLETE, x->fill.data, x->fill.len);
+}
+
+static int
+record_etag(adl_xfer_t *x, int part, const char *etag)
+{
+    char  **p, *copy;
+
+    if (part > x->netags) {
+        p = realloc(x->etags, (size_t) (part + 16) * sizeof(char *));
+        if (p == NULL) {
+            return -1;
+        }
+        memset(p + x->netags, 0,
+               (size_t) (part + 16 - x->netags) * sizeof(char *));
+        x->etags = p;
+        x->netags = part + 16;
+    }
+    copy = strdup(etag);
+    if (copy == NULL) {
+        return -1;
+    }
+    free(x->etags[part - 1]);
+    x->etags[part - 1] = copy;
+    return 0;
+}
+
+static void
+stored(adl_xfer_t *x)
+{
+    x->size = x->received;
+    XLOG(ADL_LOG_INFO, x, "stored %s (%lld bytes, %s, sha256 %s)",
+         x->key, (long long) x->received, x->content_type, x->sha256);
+    xfer_end(x, OUT_STORED, NULL, "stored");
+}
+
+static void
+storage_done(adl_s3_req_t *r)
+{
+    adl_xfer_t  *x = r->data;
+    adl_s3_op_t  op = r->op;
+
+    r->op = S3_NONE;
+
+    if (op == S3_DELETE) {
+        if (!r->ok) {
+            XLOG(ADL_LOG_WARN, x, "could not delete the orphan object: %s",
+                 r->error);
+        }
+        x->state = XF_DONE;
+        maybe_release(x);
+        return;
+    }
+
+    if (op == S3_ABORT) {
+        if (!r->ok) {
+            XLOG(ADL_LOG_WARN, x, "could not abort the multipart upload: "
+                 "%s", r->error);
+        }
+        write_result(x);
+        return;
+    }
+
+    if (!r->ok && x->stream) {
+        int64_t  delay = adl_backoff_ms(x->w->settings->retry_base,
+                                        x->attempt);
+
+        /* what was sent is gone: the file again from byte 0 */
+        stop_download(x);
+        restart_from_zero(x);
+        if (r->transient && ++x->s3_tries < S3_TRIES
+            && adl_now_ms() + delay < x->job->deadline)
+        {
+            XLOG(ADL_LOG_WARN, x, "storage: %s; starting again in %lld ms",
+                 r->error, (long long) delay);
+            x->state = XF_BACKOFF;
+            x->retry_at = adl_now_ms() + delay;
+            return;
+        }
+        xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
+        return;
+    }
+
+    if (!r->ok) {
+        if (op == S3_PART) {
+            x->up_busy = 0;
+            x->next_part--;         /* the same part again */
+        }
+        if (r->transient && ++x->s3_tries < S3_TRIES) {
+            int64_t  delay = adl_backoff_ms(200, x->s3_tries);
+
+            XLOG(ADL_LOG_WARN, x, "storage: %s; retrying in %lld ms",
+                 r->error, (long long) delay);
+            x->s3_retry_at = adl_now_ms() + delay;
+            return;
+        }
+        xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
+        return;
+    }
+    x->s3_tries = 0;
+
+    switch (op) {
+    case S3_CREATE:
+        x->upload_id = strdup(r->new_upload_id);
+        if (x->upload_id == NULL) {
+            xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "out of memory");
+            return;
+        }
+        break;
+
+    case S3_PART:
+        if (!x->up_stale && record_etag(x, x->up_part, r->etag) != 0) {
+            xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "out of memory");
+            return;
+        }
+        x->up_busy = 0;
+        x->up_stale = 0;
+        x->up.len = 0;
+        if (x->paused && x->dl.easy != NULL) {
+            x->paused = 0;
+            curl_easy_pause(x->dl.easy, CURLPAUSE_CONT);
+        }
+        break;
+
+    case S3_PUT:
+        if (x->stream && x->state != XF_FLUSHING) {
+            x->put_done = 1;        /* the download's end is on its way */
+            return;
+        }
+        stored(x);
+        return;
+
+    case S3_COMPLETE:
+        stored(x);
+        return;
+
+    default:
+        break;
+    }
+    storage_pump(x);
+}
+
+
+/* --- the end ------------------------------------------------------------- */
+
+static void
+xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
+    const char *fmt, ...)
+{
+    va_list  ap;
+
+    if (!adl_xfer_active(x)) {
+        return;                     /* already ending */
+    }
+    x->outcome = out;
+    x->error_code = code;
+    va_start(ap, fmt);
+    vsnprintf(x->error, sizeof(x->error), fmt, ap);
+    va_end(ap);
+
+    switch (out) {
+    case OUT_FAILED:
+        XLOG(ADL_LOG_WARN, x, "failed %s: %s", code, x->error);
+        break;
+    case OUT_HAND_BACK:
+        XLOG(ADL_LOG_INFO, x, "handed back: %s", x->error);
+        break;
+    case OUT_DROP:
+        XLOG(ADL_LOG_INFO, x, "stopped: %s", x->error);
+        break;
+    default:
+        break;
+    }
+
+    stop_download(x);
+    if (x->s3.http.easy != NULL) {
+        adl_s3_cancel(x->w->s3, &x->s3);
+        x->s3.op = S3_NONE;
+    }
+    x->s3_retry_at = 0;
+    x->state = XF_ABORTING;
+
+    if (x->upload_id != NULL && out != OUT_STORED) {
+        storage_start(x, S3_ABORT, NULL, 0);
+        return;
+    }
+    write_result(x);
+}
+
+/*
+ * We stored an object but the file is no longer ours.  When nobody will
+ * store it again (the job or file is gone, canceled or failed) the object
+ * is an orphan: delete it.  When another worker holds or completed the
+ * file, the key is the same and the object is theirs: keep it.
+ */
+static void
+orphan_result(void *data, PGresult *res)
+{
+    adl_xfer_t  *x = data;
+    const char  *st;
+
+    x->db_refs--;
+    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK) {
+        st = PQntuples(res) == 0 ? "gone" : PQgetvalue(res, 0, 0);
+        if (strcmp(st, "gone") == 0 || strcmp(st, "canceled") == 0
+            || strcmp(st, "failed") == 0)
+        {
+            XLOG(ADL_LOG_INFO, x, "the file is %s: deleting %s", st, x->key);
+            storage_start(x, S3_DELETE, NULL, 0);
+            if (x->s3.op == S3_DELETE) {
+                return;
+            }
+        }
+    }
+    x->state = XF_DONE;
+    maybe_release(x);
+}
+
+static int
+check_orphan(adl_xfer_t *x)
+{
+    char         idx[16];
+    const char  *p[2];
+
+    snprintf(idx, sizeof(idx), "%d", x->idx);
+    p[0] = x->job->id;
+    p[1] = idx;
+    if (adl_db_query(x->w->db, "SELECT status FROM async_dl_files WHERE "
+                     "job_id = $1::uuid AND idx = $2::integer", 2, p,
+                     orphan_result, x) != 0)
+    {
+        return -1;
+    }
+    x->db_refs++;
+    return 0;
+}
+
+static void
+finish_result(void *data, PGresult *res)
+{
+    adl_xfer_t  *x = data;
+
+    x->db_refs--;
+    if (res == NULL) {
+        /* the connection failed under the query: try it again on the
+         * next one (the function is safe to run twice) */
+        write_result(x);
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        XLOG(ADL_LOG_ERROR, x, "recording the result failed: %s",
+             PQresultErrorMessage(res));
+    } else if (PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] != 't') {
+        XLOG(ADL_LOG_INFO, x, "result not recorded: the file is no longer "
+             "ours (canceled, deleted or lease lost)");
+        if (x->outcome == OUT_STORED && check_orphan(x) == 0) {
+            return;
+        }
+    }
+    x->state = XF_DONE;
+    maybe_release(x);
+}
+
+static void
+write_result(adl_xfer_t *x)
+{
+    char         idx[16], size[24], attempts[16];
+    const char  *p[12];
+    const char  *status;
+
+    if (x->outcome == OUT_DROP) {
+        x->state = XF_DONE;
+        maybe_release(x);
+        return;
+    }
+
+    x->state = XF_FINISHING;
+    status = x->outcome == OUT_STORED ? "completed"
+             : x->outcome == OUT_HAND_BACK ? "pending" : "failed";
+
+    snprintf(idx, sizeof(idx), "%d", x->idx);
+    snprintf(size, sizeof(size), "%lld", (long long) x->received);
+    snprintf(attempts, sizeof(attempts), "%d",
+             x->outcome == OUT_HAND_BACK ? x->attempt - 1 : x->attempt);
+
+    p[0] = x->job->id;
+    p[1] = idx;
+    p[2] = x->w->settings->worker_id;
+    p[3] = status;
+    p[4] = x->outcome == OUT_STORED ? size : NULL;
+    p[5] = x->outcome == OUT_STORED ? x->content_type : NULL;
+    p[6] = x->outcome == OUT_STORED ? x->sha256 : NULL;
+    p[7] = x->outcome == OUT_STORED ? x->key : NULL;
+    p[8] = attempts;
+    p[9] = x->outcome == OUT_FAILED ? x->error_code : NULL;
+    p[10] = x->outcome == OUT_FAILED ? x->error : NULL;
+    p[11] = NULL;
+
+    if (adl_db_query(x->w->db, "SELECT async_dl_file_finish($1::uuid, "
+                     "$2::integer, $3, $4, $5::bigint, $6, $7, $8, "
+                     "$9::integer, $10, $11, $12::timestamptz)", 12, p,
+                     finish_result, x) != 0)
+    {
+        x->state = XF_DONE;         /* left to the lease */
+        maybe_release(x);
+        return;
+    }
+    x->db_refs++;
+}
+
+/* Freed later, by adl_xfer_reap(), never under a caller's feet. */
+static void
+maybe_release(adl_xfer_t *x)
+{
+    if (x->state == XF_DONE && x->db_refs == 0) {
+        x->w->reap = 1;
+    }
+}
+
+static void
+xfer_free(adl_xfer_t *x)
+{
+    adl_worker_t  *w = x->w;
+    adl_job_t     *job = x->job;
+    int            i;
+
+    if (x->prev != NULL) {
+        x->prev->next = x->next;
+    } else {
+        w->xfers = x->next;
+    }
+    if (x->next != NULL) {
+        x->next->prev = x->prev;
+    }
+    w->nxfers--;
+
+    stop_download(x);
+    adl_s3_cancel(w->s3, &x->s3);
+    adl_sha256_free(&x->sha);
+    buf_free(&x->fill);
+    buf_free(&x->up);
+    for (i = 0; i < x->netags; i++) {
+        free(x->etags[i]);
+    }
+    free(x->etags);
+    free(x->upload_id);
+    free(x->url);
+    free(x->key);
+    free(x);
+
+    adl_worker_xfer_released(w, job);
+}
+
+void
+adl_xfer_reap(adl_worker_t *w)
+{
+    adl_xfer_t  *x, *next;
+
+    w->reap = 0;
+    for (x = w->xfers; x != NULL; x = next) {
+        next = x->next;
+        if (x->state == XF_DONE && x->db_refs == 0) {
+            xfer_free(x);
+        }
+    }
+}
+
+void
+adl_xfer_free_all(adl_worker_t *w)
+{
+    while (w->xfers != NULL) {
+        xfer_free(w->xfers);
+    }
+}
+
+
+/* --- progress and lease -------------------------------------------------- */
+
+static void
+progress_result(void *data, PGresult *res)
+{
+    adl_xfer_t  *x = data;
+
+    x->db_refs--;
+    x->progress_busy = 0;
+
+    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK
+        && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 'f')
+    {
+        xfer_end(x, OUT_DROP, NULL, "the file is no longer ours (canceled, "
+                 "deleted or lease lost)");
+        return;
+    }
+    if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        XLOG(ADL_LOG_ERROR, x, "progress: %s", PQresultErrorMessage(res));
+    }
+    maybe_release(x);
+}
+
+static void
+report_progress(adl_xfer_t *x, int64_t now)
+{
+    const adl_settings_t  *s = x->w->settings;
+    char                   idx[16], lease[32], bytes[24], size[24];
+    char                   attempts[16];
+    const char            *p[7];
+
+    snprintf(idx, sizeof(idx), "%d", x->idx);
+    snprintf(lease, sizeof(lease), "%lld milliseconds", (long long) s->lease);
+    snprintf(bytes, sizeof(bytes), "%lld", (long long) x->received);
+    snprintf(size, sizeof(size), "%lld", (long long) x->size);
+    snprintf(attempts, sizeof(attempts), "%d", x->attempt);
+    p[0] = x->job->id;
+    p[1] = idx;
+    p[2] = s->worker_id;
+    p[3] = lease;
+    p[4] = bytes;
+    p[5] = x->size >= 0 ? size : NULL;
+    p[6] = attempts;
+
+    if (adl_db_query(x->w->db, "SELECT async_dl_file_progress($1::uuid, "
+                     "$2::integer, $3, $4::interval, $5::bigint, $6::bigint, "
+                     "$7::integer)", 7, p, progress_result, x) != 0)
+    {
+        return;
+    }
+    x->db_refs++;
+    x->progress_busy = 1;
+    x->last_report = now;
+    x->reported = x->received;
+    x->job->last_progress = now;
+}
+
+
+/* --- the worker's entry points ------------------------------------------- */
+
+void
+adl_xfer_tick(adl_xfer_t *x, int64_t now)
+{
+    const adl_settings_t  *s = x->w->settings;
+
+    if (!adl_xfer_active(x)) {
+        return;
+    }
+    if (now >= x->job->deadline) {
+        xfer_end(x, OUT_FAILED, "TIMEOUT", "the job's deadline passed");
+        return;
+    }
+    if (x->state == XF_BACKOFF && now >= x->retry_at) {
+        x->attempt++;
+        start_download(x);
+        if (!adl_xfer_active(x)) {
+            return;
+        }
+    }
+    if (x->s3_retry_at != 0 && now >= x->s3_retry_at) {
+        x->s3_retry_at = 0;
+        if (x->s3.op == S3_NONE) {
+            storage_pump(x);
+        }
+    }
+
+    if (!x->progress_busy && adl_db_connected(x->w->db)
+        && ((x->received != x->reported
+             && now - x->job->last_progress >= PROGRESS_EVERY
+             && now - x->last_report >= PROGRESS_EVERY)
+            || now - x->last_report >= s->lease / 3))
+    {
+        report_progress(x, now);
+    }
+}
+
+void
+adl_xfer_kick(adl_worker_t *w)
+{
+    adl_xfer_t  *x;
+    int          rounds;
+
+    /* unpausing may deliver data at once, which may ask for the other
+     * side to be unpaused: a few rounds settle it */
+    for (rounds = 0; w->kick && rounds < 8; rounds++) {
+        w->kick = 0;
+        for (x = w->xfers; x != NULL; x = x->next) {
+            if (x->kick_dl) {
+                x->kick_dl = 0;
+                if (x->dl.easy != NULL) {
+                    curl_easy_pause(x->dl.easy, CURLPAUSE_CONT);
+                }
+            }
+            if (x->kick_up) {
+                x->kick_up = 0;
+                if (x->s3.http.easy != NULL) {
+                    curl_easy_pause(x->s3.http.easy, CURLPAUSE_CONT);
+                }
+            }
+        }
+    }
+}
+
+void
+adl_xfer_cancel(adl_xfer_t *x)
+{
+    xfer_end(x, OUT_DROP, NULL, "the job was canceled");
+}
+
+void
+adl_xfer_hand_back(adl_xfer_t *x)
+{
+    xfer_end(x, OUT_HAND_BACK, NULL, "shutting down");
+}
+
+adl_xfer_t *
+adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
+{
+    adl_xfer_t  *x;
+    char         key[1024];
+
+    x = calloc(1, sizeof(adl_xfer_t));
+    if (x == NULL) {
+        return NULL;
+    }
+    x->w = w;
+    x->job = job;
+    x->idx = c->idx;
+    x->size = -1;
+    x->next_part = 1;
+    x->attempt = c->attempts + 1;
+    x->last_report = adl_now_ms();
+    x->url = strdup(c->url);
+    if (x->url == NULL
+        || adl_s3_object_key(w->settings, c->job_id, c->idx, c->name, c->url,
+                             key, sizeof(key)) != 0
+        || (x->key = strdup(key)) == NULL
+        || adl_sha256_init(&x->sha) != 0)
+    {
+        adl_sha256_free(&x->sha);
+        free(x->url);
+        free(x->key);
+        free(x);
+        return NULL;
+    }
+
+    job->refs++;
+    x->next = w->xfers;
+    if (w->xfers != NULL) {
+        w->xfers->prev = x;
+    }
+    w->xfers = x;
+    w->nxfers++;
+
+    XLOG(ADL_LOG_INFO, x, "claimed (attempt %d) %s", x->attempt, x->url);
+
+    if (adl_now_ms() >= job->deadline) {
+        x->state = XF_RUNNING;
+        xfer_end(x, OUT_FAILED, "TIMEOUT", "the job's deadline passed");
+        return x;
+    }
+    start_download(x);
+    return x;
+}

@@ -1,0 +1,53 @@
+/*
+ * transfer: one claimed file, from its claim to the database write of its
+ * result: download with libcurl (retries, Range resume, limits, SSRF
+ * checks), SHA-256 on the way, upload to S3 alongside (one PUT when the
+ * whole file fits in a part, else multipart), lease renewal and progress.
+ *
+ * Memory: at most two part buffers per transfer (one filling from the
+ * origin, one uploading); when both are busy the download is paused.
+ */
+#ifndef ADL_TRANSFER_H
+#define ADL_TRANSFER_H
+
+#include <stdint.h>
+
+#include "worker.h"
+
+typedef struct {
+    const char  *job_id;
+    int          idx;
+    const char  *url;
+    const char  *name;          /* NULL: from the URL */
+    int          attempts;      /* already made by earlier claims */
+} adl_claim_t;
+
+/* Starts a claimed file; NULL on allocation failure (the file is then
+ * left to its lease). */
+adl_xfer_t *adl_xfer_start(adl_worker_t *w, adl_job_t *job,
+    const adl_claim_t *c);
+
+/* Every tick: deadline, retries, progress and lease renewal. */
+void adl_xfer_tick(adl_xfer_t *x, int64_t now);
+
+/* Unpauses the transfers whose other side made room or data. */
+void adl_xfer_kick(adl_worker_t *w);
+
+/* The job was canceled or deleted: stop, write nothing. */
+void adl_xfer_cancel(adl_xfer_t *x);
+
+/* Shutting down: stop and hand the file back (pending). */
+void adl_xfer_hand_back(adl_xfer_t *x);
+
+/* Frees the transfers that ended (called by the loop between events). */
+void adl_xfer_reap(adl_worker_t *w);
+
+/* At exit: frees every transfer, whatever its state. */
+void adl_xfer_free_all(adl_worker_t *w);
+
+/* Job the transfer belongs to, and the list link (worker.c). */
+adl_job_t *adl_xfer_job(const adl_xfer_t *x);
+adl_xfer_t *adl_xfer_next(const adl_xfer_t *x);
+int adl_xfer_active(const adl_xfer_t *x);   /* not ending already */
+
+#endif /* ADL_TRANSFER_H */
