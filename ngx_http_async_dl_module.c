@@ -14,6 +14,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_async_dl.h"
+#include "ngx_http_async_dl_sse.h"
 
 
 typedef struct {
@@ -380,13 +381,6 @@ ngx_http_async_dl_handler(ngx_http_request_t *r)
     case NGX_HTTP_ASYNC_DL_ROUTE_INITIATE:
         return ngx_http_async_dl_initiate(r);
 
-    case NGX_HTTP_ASYNC_DL_ROUTE_STREAM:
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_IMPLEMENTED,
-                                            "NOT_IMPLEMENTED",
-                                            "the event stream is not "
-                                            "available yet, poll %Vstatus/%V",
-                                            &alcf->prefix, &ctx->job_id);
-
     case NGX_HTTP_ASYNC_DL_ROUTE_JOBS:
         return ngx_http_async_dl_jobs(r);
 
@@ -406,6 +400,9 @@ ngx_http_async_dl_handler(ngx_http_request_t *r)
 
     case NGX_HTTP_ASYNC_DL_ROUTE_STATUS:
         return ngx_http_async_dl_status(r);
+
+    case NGX_HTTP_ASYNC_DL_ROUTE_STREAM:
+        return ngx_http_async_dl_stream(r);
 
     case NGX_HTTP_ASYNC_DL_ROUTE_CANCEL:
         return ngx_http_async_dl_cancel(r);
@@ -571,7 +568,7 @@ ngx_http_async_dl_preconfiguration(ngx_conf_t *cf)
 
     var->get_handler = ngx_http_async_dl_job_id_variable;
 
-    return NGX_OK;
+    return ngx_http_async_dl_sse_add_variables(cf);
 }
 
 
@@ -633,6 +630,10 @@ ngx_http_async_dl_init_main_conf(ngx_conf_t *cf, void *conf)
     amcf->pg.timeout = amcf->pg_timeout;
     amcf->pg.stmts = ngx_http_async_dl_stmts;
     amcf->pg.nstmts = ngx_http_async_dl_nstmts;
+
+    if (ngx_http_async_dl_sse_init_conf(cf, amcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     return ngx_http_async_dl_presign_check(cf, amcf);
 }
@@ -911,7 +912,8 @@ ngx_http_async_dl_init_process(ngx_cycle_t *cycle)
         return NGX_ERROR;
     }
 
-    return NGX_OK;
+    /* the LISTEN connection of the event streams */
+    return ngx_http_async_dl_sse_init_process(cycle, amcf);
 }
 
 
@@ -922,6 +924,8 @@ ngx_http_async_dl_exit_process(ngx_cycle_t *cycle)
 
     amcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_async_dl_module);
+
+    ngx_http_async_dl_sse_exit_process(cycle);
 
     if (amcf && amcf->pool) {
         ngx_http_async_dl_pg_destroy(amcf->pool);

@@ -8,6 +8,8 @@
  *   src/ngx_http_async_dl_reply.c   JSON answers, errors, the error filter
  *   src/ngx_http_async_dl_presign.c presigned storage links (adl_sigv4)
  *   src/ngx_http_async_dl_pg.c      the non-blocking PostgreSQL pool
+ *   src/ngx_http_async_dl_sse.c     the event stream (Server-Sent Events)
+ *   src/ngx_http_async_dl_listen.c  its LISTEN connection
  */
 
 
@@ -102,6 +104,7 @@ typedef struct {
     ngx_http_async_dl_pg_query_t   *query;
     ngx_http_async_dl_done_pt       done;          /* the query's result */
     ngx_str_t                       error_body;    /* json_error */
+    void                           *stream;        /* ROUTE_STREAM: sse.c */
 
     unsigned                        replied:1;     /* our own answer */
     unsigned                        revalidate:1;  /* no-cache, not no-store */

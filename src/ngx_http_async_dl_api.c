@@ -1007,8 +1007,7 @@ ngx_http_async_dl_db_error(ngx_http_request_t *r,
                                             "DATABASE_UNAVAILABLE",
                                             "the database cannot serve the "
                                             "request now: %s",
-                                            PQresultErrorField(res,
-                                                    PG_DIAG_MESSAGE_PRIMARY));
+                                            ngx_http_async_dl_pg_message(res));
 
     default:
         break;

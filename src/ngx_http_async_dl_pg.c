@@ -124,7 +124,8 @@ static void ngx_http_async_dl_pg_set_state(ngx_http_async_dl_pg_conn_t *pc,
     ngx_http_async_dl_pg_state_e state);
 static void ngx_http_async_dl_pg_connect(ngx_http_async_dl_pg_conn_t *pc);
 static ngx_int_t ngx_http_async_dl_pg_wrap(ngx_http_async_dl_pg_conn_t *pc);
-static void ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_conn_t *pc);
+static void ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_conn_t *pc,
+    ngx_uint_t flags);
 static ngx_int_t ngx_http_async_dl_pg_events(ngx_http_async_dl_pg_conn_t *pc,
     ngx_uint_t read, ngx_uint_t write);
 static void ngx_http_async_dl_pg_connect_poll(
@@ -158,7 +159,7 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
     ngx_http_async_dl_pg_conf_t *pgcf)
 {
     char                *err, *host, *hostaddr, *port;
-    ngx_uint_t           i, n, have_fallback;
+    ngx_uint_t           i, n, have_fallback, have_gss;
     ngx_array_t          hosts, addrs, ports;
     PQconninfoOption    *opts, *o;
     const char         **kw, **val;
@@ -180,6 +181,7 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
     hostaddr = NULL;
     port = NULL;
     have_fallback = 0;
+    have_gss = 0;
     n = 0;
 
     for (o = opts; o->keyword; o++) {
@@ -200,6 +202,9 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
 
         } else if (ngx_strcmp(o->keyword, "fallback_application_name") == 0) {
             have_fallback = 1;
+
+        } else if (ngx_strcmp(o->keyword, "gssencmode") == 0) {
+            have_gss = 1;
 
         } else if (ngx_strcmp(o->keyword, "service") == 0) {
             /* a service file may name a host: libpq would resolve it */
@@ -237,8 +242,8 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
         }
     }
 
-    kw = ngx_pcalloc(cf->pool, (n + 4) * sizeof(char *));
-    val = ngx_pcalloc(cf->pool, (n + 4) * sizeof(char *));
+    kw = ngx_pcalloc(cf->pool, (n + 5) * sizeof(char *));
+    val = ngx_pcalloc(cf->pool, (n + 5) * sizeof(char *));
     if (kw == NULL || val == NULL) {
         PQconninfoFree(opts);
         return NGX_CONF_ERROR;
@@ -284,6 +289,16 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
     if (!have_fallback) {
         kw[i] = "fallback_application_name";
         val[i++] = "async-dl-nginx";
+    }
+
+    /*
+     * libpq's default gssencmode=prefer may ask the GSSAPI library for
+     * credentials inside PQconnectPoll(), which can block on a credential
+     * cache daemon: off unless the conninfo asks for it.
+     */
+    if (!have_gss) {
+        kw[i] = "gssencmode";
+        val[i++] = "disable";
     }
 
     for (n = 0; n < i; n++) {
@@ -584,7 +599,7 @@ ngx_http_async_dl_pg_destroy(ngx_http_async_dl_pg_t *pg)
         }
 
         if (pc->pgconn) {
-            ngx_http_async_dl_pg_unwrap(pc);
+            ngx_http_async_dl_pg_unwrap(pc, NGX_CLOSE_EVENT);
             PQfinish(pc->pgconn);
             pc->pgconn = NULL;
         }
@@ -892,10 +907,14 @@ ngx_http_async_dl_pg_wrap(ngx_http_async_dl_pg_conn_t *pc)
 }
 
 
-/* forget the nginx side of the socket; libpq owns and closes the fd */
+/*
+ * forget the nginx side of the socket; libpq owns and closes the fd.
+ * flags: NGX_CLOSE_EVENT when the fd is closed right after (epoll drops it
+ * by itself), 0 when it stays open and must be removed from epoll now.
+ */
 
 static void
-ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_conn_t *pc)
+ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_conn_t *pc, ngx_uint_t flags)
 {
     ngx_connection_t  *c;
 
@@ -904,17 +923,12 @@ ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_conn_t *pc)
         return;
     }
 
-    if (ngx_del_conn) {
-        ngx_del_conn(c, NGX_CLOSE_EVENT);
+    if (c->read->active || c->read->disabled) {
+        ngx_del_event(c->read, NGX_READ_EVENT, flags);
+    }
 
-    } else {
-        if (c->read->active || c->read->disabled) {
-            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-        }
-
-        if (c->write->active || c->write->disabled) {
-            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-        }
+    if (c->write->active || c->write->disabled) {
+        ngx_del_event(c->write, NGX_WRITE_EVENT, flags);
     }
 
     if (c->read->posted) {
@@ -982,11 +996,19 @@ ngx_http_async_dl_pg_events(ngx_http_async_dl_pg_conn_t *pc, ngx_uint_t read,
 static void
 ngx_http_async_dl_pg_connect_poll(ngx_http_async_dl_pg_conn_t *pc)
 {
-    int                      s;
     ngx_http_async_dl_pg_t  *pg;
 
     pg = pc->pg;
     pc->log.action = "connecting to postgres";
+
+    /*
+     * libpq may close this socket inside PQconnectPoll() and open another
+     * for the next address (multi-host, failover, SSL/GSS fallback); the
+     * new one often gets the same fd number, and epoll silently forgets a
+     * closed fd.  So take the socket out of epoll while it is still open,
+     * and register whatever socket libpq holds afterwards.
+     */
+    ngx_http_async_dl_pg_unwrap(pc, 0);
 
     pc->poll = PQconnectPoll(pc->pgconn);
 
@@ -995,16 +1017,9 @@ ngx_http_async_dl_pg_connect_poll(ngx_http_async_dl_pg_conn_t *pc)
     case PGRES_POLLING_READING:
     case PGRES_POLLING_WRITING:
 
-        /* libpq opens a new socket for each address it tries */
-        s = PQsocket(pc->pgconn);
-
-        if (s != pc->c->fd) {
-            ngx_http_async_dl_pg_unwrap(pc);
-
-            if (ngx_http_async_dl_pg_wrap(pc) != NGX_OK) {
-                ngx_http_async_dl_pg_close(pc, "no free nginx connection");
-                return;
-            }
+        if (ngx_http_async_dl_pg_wrap(pc) != NGX_OK) {
+            ngx_http_async_dl_pg_close(pc, "no free nginx connection");
+            return;
         }
 
         if (ngx_http_async_dl_pg_events(pc,
@@ -1018,6 +1033,11 @@ ngx_http_async_dl_pg_connect_poll(ngx_http_async_dl_pg_conn_t *pc)
         return;
 
     case PGRES_POLLING_OK:
+
+        if (ngx_http_async_dl_pg_wrap(pc) != NGX_OK) {
+            ngx_http_async_dl_pg_close(pc, "no free nginx connection");
+            return;
+        }
 
         if (PQsetnonblocking(pc->pgconn, 1) == -1) {
             ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
@@ -1412,7 +1432,7 @@ ngx_http_async_dl_pg_close(ngx_http_async_dl_pg_conn_t *pc,
     }
 
     if (pc->pgconn) {
-        ngx_http_async_dl_pg_unwrap(pc);
+        ngx_http_async_dl_pg_unwrap(pc, NGX_CLOSE_EVENT);
         PQfinish(pc->pgconn);
         pc->pgconn = NULL;
     }
@@ -1489,4 +1509,15 @@ ngx_http_async_dl_pg_notice(void *arg, const char *message)
 
     ngx_log_error(NGX_LOG_INFO, pg->log, 0, "async_dl: postgres: %*s",
                   len, message);
+}
+
+
+const char *
+ngx_http_async_dl_pg_message(PGresult *res)
+{
+    const char  *msg;
+
+    msg = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+
+    return msg ? msg : "no message from the server";
 }

@@ -93,5 +93,8 @@ void ngx_http_async_dl_pg_detach(ngx_http_async_dl_pg_query_t *q);
 
 ngx_str_t *ngx_http_async_dl_pg_last_error(ngx_http_async_dl_pg_t *pg);
 
+/* the server's message of a failed statement, never NULL */
+const char *ngx_http_async_dl_pg_message(PGresult *res);
+
 
 #endif /* _NGX_HTTP_ASYNC_DL_PG_H_INCLUDED_ */

@@ -237,7 +237,7 @@ static ngx_str_t  ngx_http_async_dl_sse_names[] = {
 
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_sse_stmt = {
     "async_dl_events_state",
-    "SELECT o_owner, o_seq, o_status, o_states, o_summary, o_files"
+    "SELECT o_owner, o_seq, o_status, o_states, o_summary, o_files, o_full"
     " FROM async_dl_job_events_state($1, $2)", 2
 };
 
@@ -875,7 +875,10 @@ ngx_http_async_dl_sse_job_fetched(ngx_http_async_dl_pg_query_t *q)
     if (q->status != NGX_HTTP_ASYNC_DL_PG_OK) {
         ngx_http_async_dl_sse_job_failed(job, q->status, q->result);
 
-    } else if (PQntuples(q->result) == 0) {
+    } else if (PQntuples(q->result) == 0
+               || (PQnfields(q->result) == 7
+                   && PQgetisnull(q->result, 0, 6)))
+    {
         if (ngx_http_async_dl_sse_job_gone(job) != NGX_OK) {
             ngx_http_async_dl_sse_job_failed(job,
                                              NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE,
@@ -904,11 +907,11 @@ ngx_http_async_dl_sse_job_update(ngx_http_async_dl_sse_job_t *job,
     u_char                          *states, *files, *line, *eol, *last;
     size_t                           nstates;
     uint64_t                         seq;
-    ngx_str_t                        parts[4], status, owner;
+    ngx_str_t                        parts[1], status, owner;
     ngx_uint_t                       i, s;
     ngx_http_async_dl_sse_data_t    *full, *summary, *d;
 
-    if (PQnfields(res) != 6) {
+    if (PQnfields(res) != 7) {
         ngx_log_error(NGX_LOG_ERR, ngx_http_async_dl_sse_hub->log, 0,
                       "async_dl: stream of job %s: unexpected answer",
                       job->id);
@@ -949,32 +952,24 @@ ngx_http_async_dl_sse_job_update(ngx_http_async_dl_sse_job_t *job,
         }
     }
 
-    /* the status document: the summary with its files */
+    if (nstates == 0) {
+        ngx_log_error(NGX_LOG_ERR, ngx_http_async_dl_sse_hub->log, 0,
+                      "async_dl: stream of job %s: no files", job->id);
+        return NGX_ERROR;
+    }
 
     parts[0].data = (u_char *) PQgetvalue(res, 0, 4);
     parts[0].len = PQgetlength(res, 0, 4);
-
-    if (parts[0].len < 2 || parts[0].data[parts[0].len - 1] != '}'
-        || nstates == 0)
-    {
-        ngx_log_error(NGX_LOG_ERR, ngx_http_async_dl_sse_hub->log, 0,
-                      "async_dl: stream of job %s: unexpected answer",
-                      job->id);
-        return NGX_ERROR;
-    }
 
     summary = ngx_http_async_dl_sse_data(seq, parts, 1);
     if (summary == NULL) {
         return NGX_ERROR;
     }
 
-    parts[0].len--;                               /* its closing brace */
-    ngx_str_set(&parts[1], ",\"files\":[");
-    parts[2].data = files;
-    parts[2].len = PQgetlength(res, 0, 5);
-    ngx_str_set(&parts[3], "]}");
+    parts[0].data = (u_char *) PQgetvalue(res, 0, 6);
+    parts[0].len = PQgetlength(res, 0, 6);
 
-    full = ngx_http_async_dl_sse_data(seq, parts, 4);
+    full = ngx_http_async_dl_sse_data(seq, parts, 1);
     if (full == NULL) {
         ngx_http_async_dl_sse_data_release(summary);
         return NGX_ERROR;
@@ -982,7 +977,7 @@ ngx_http_async_dl_sse_job_update(ngx_http_async_dl_sse_job_t *job,
 
     /* "file": the files that ended since the last state */
 
-    last = files + parts[2].len;
+    last = files + PQgetlength(res, 0, 5);
     line = files;
 
     for (i = 0; i < nstates && line < last; i++, line = eol + 1) {
@@ -1095,6 +1090,7 @@ ngx_http_async_dl_sse_job_failed(ngx_http_async_dl_sse_job_t *job,
     ngx_http_async_dl_pg_status_e status, PGresult *res)
 {
     char                         *msg;
+    ngx_uint_t                    level;
     ngx_queue_t                  *q, *next;
     ngx_connection_t             *c;
     ngx_http_async_dl_sse_sub_t  *sub;
@@ -1102,8 +1098,9 @@ ngx_http_async_dl_sse_job_failed(ngx_http_async_dl_sse_job_t *job,
     msg = (res && status == NGX_HTTP_ASYNC_DL_PG_SQL_ERROR)
           ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
 
-    ngx_log_error(msg ? NGX_LOG_ERR : NGX_LOG_INFO,
-                  ngx_http_async_dl_sse_hub->log, 0,
+    level = msg ? NGX_LOG_ERR : NGX_LOG_INFO;
+
+    ngx_log_error(level, ngx_http_async_dl_sse_hub->log, 0,
                   "async_dl: stream of job %s: fetching its state failed "
                   "(%s), again in %d ms", job->id,
                   msg ? msg : (status == NGX_HTTP_ASYNC_DL_PG_TIMEOUT

@@ -130,14 +130,14 @@ GET /v1/download/2b6b3f4e-5a9e-4d7e-9b7e-0a1b2c3d4e5f/cancel
 --- response_headers
 Allow: POST
 
-=== TEST 12: the stream is another issue's: 501 JSON for now
+=== TEST 12: the stream of an unknown job: 404 JSON (t/3*.t test the stream)
 --- config
 location /v1/download/ { async_dl; }
 --- request
 GET /v1/download/stream/2b6b3f4e-5a9e-4d7e-9b7e-0a1b2c3d4e5f
---- error_code: 501
+--- error_code: 404
 --- response_json
-{ error => { code => 'NOT_IMPLEMENTED' } }
+{ error => { code => 'JOB_NOT_FOUND' } }
 
 === TEST 13: async_dl without async_dl_postgres fails nginx -t
 --- adl_http_config
