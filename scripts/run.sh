@@ -22,7 +22,7 @@ cleanup() {
     trap - EXIT INT TERM
     echo
     echo "stopping..."
-    [ -f "$RUN/nginx/nginx.pid" ] && kill -QUIT "$(cat "$RUN/nginx/nginx.pid")" 2>/dev/null || true
+    [ -f "$RUN/logs/nginx.pid" ] && kill -QUIT "$(cat "$RUN/logs/nginx.pid")" 2>/dev/null || true
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     as_pg "$PGBIN/pg_ctl" -D "$RUN/pg" -m fast -w stop >/dev/null 2>&1 || true
@@ -30,8 +30,8 @@ cleanup() {
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 trap cleanup EXIT INT TERM
 
-mkdir -p "$RUN"/{pgsock,s3,samples,nginx/logs,nginx/tmp,logs}
-chmod 755 "$RUN" "$RUN/samples"
+mkdir -p "$RUN"/{pgsock,s3,logs}
+chmod 755 "$RUN"
 [ "$(id -u)" -eq 0 ] && chown postgres "$RUN" "$RUN/pgsock" && chmod 777 "$RUN/logs"
 
 # PostgreSQL: a private cluster, kept between runs
@@ -50,20 +50,24 @@ node "$top/t/s3/server.js" -d "$RUN/s3" -a 127.0.0.1 -p "$S3_PORT" --silent \
     --configure-bucket async-dl >"$RUN/logs/s3.log" 2>&1 &
 pids+=($!)
 
+# nginx.conf.example with this machine's ports and paths: its
+# /var/lib/async-dl becomes $RUN
+mkdir -p "$RUN"/{logs,tmp,www/files}
+chmod 755 "$RUN/www" "$RUN/www/files"
+
 # Sample files for file ids 70000..70004, served by the same nginx
 for i in 0 1 2 3 4; do
-    f="$RUN/samples/$((70000 + i))"
+    f="$RUN/www/files/$((70000 + i))"
     [ -f "$f" ] || head -c $(( (i + 1) * 512 * 1024 )) /dev/urandom >"$f"
     chmod 644 "$f"
 done
 
-# nginx: nginx.conf.example with this machine's ports and paths
 sed -e "s|/usr/lib/nginx/modules/ngx_http_async_dl_module.so|$MODULE|" \
     -e "s|127\.0\.0\.1:8080|127.0.0.1:$PORT|g" \
     -e "s|port=5432|port=$PG_PORT|" \
     -e "s|127\.0\.0\.1:9000|127.0.0.1:$S3_PORT|g" \
-    -e "s|/var/www/async-dl-samples|$RUN/samples|" \
-    "$top/nginx.conf.example" >"$RUN/nginx/nginx.conf"
+    -e "s|/var/lib/async-dl|$RUN|g" \
+    "$top/nginx.conf.example" >"$RUN/nginx.conf"
 
 # the worker, allowed to fetch from this machine's own nginx
 ASYNC_DL_DATABASE_URL=$DB_URL \
@@ -74,8 +78,14 @@ ASYNC_DL_ALLOW_CIDRS=127.0.0.1/32 \
     "$WORKER" >"$RUN/logs/worker.log" 2>&1 &
 pids+=($!)
 
-/usr/sbin/nginx -p "$RUN/nginx/" -c "$RUN/nginx/nginx.conf" \
-    -g "daemon off; pid $RUN/nginx/nginx.pid; error_log $RUN/logs/nginx-error.log info;" &
+# a module built with sanitizers (make SANITIZE=1) needs their runtime
+# loaded first into the uninstrumented nginx
+san=()
+if ldd "$MODULE" | grep -q libasan; then
+    san=(env "LD_PRELOAD=$(gcc -print-file-name=libasan.so)"
+         ASAN_OPTIONS=detect_leaks=0)
+fi
+"${san[@]}" /usr/sbin/nginx -p "$RUN/" -c "$RUN/nginx.conf" -g "daemon off;" &
 pids+=($!)
 
 for _ in $(seq 100); do
@@ -87,12 +97,15 @@ cat <<MSG
 
 async-dl is running on http://127.0.0.1:$PORT  (logs in $RUN/logs)
 
+Jobs belong to the X-User header (async_dl_owner \$http_x_user):
+
   health:   curl http://127.0.0.1:$PORT/v1/download/health
-  initiate: curl -i -X POST http://127.0.0.1:$PORT/v1/download/initiate \\
+  initiate: curl -i -X POST http://127.0.0.1:$PORT/v1/download/initiate -H 'X-User: demo' \\
                  -H 'Content-Type: application/json' -d '{"file_ids":[70000,70001,70002]}'
-  status:   curl http://127.0.0.1:$PORT/v1/download/status/<jobId>
-  stream:   curl -N http://127.0.0.1:$PORT/v1/download/stream/<jobId>
-  download: curl -L -o out.bin http://127.0.0.1:$PORT/v1/download/<jobId>/files/0
+  status:   curl -H 'X-User: demo' http://127.0.0.1:$PORT/v1/download/status/<jobId>
+  stream:   curl -N -H 'X-User: demo' http://127.0.0.1:$PORT/v1/download/stream/<jobId>
+  one file: curl -L -H 'X-User: demo' -o f0.bin http://127.0.0.1:$PORT/v1/download/<jobId>/files/0
+  all (zip): curl -L -H 'X-User: demo' -o job.zip http://127.0.0.1:$PORT/v1/download/<jobId>
 
 Ctrl-C stops everything.
 MSG

@@ -1,0 +1,100 @@
+# README's first command: scripts/run.sh (what `make run` starts after
+# installing and building) brings up the whole stack from
+# nginx.conf.example, serves health and a real job end to end, and stops
+# everything it started on Ctrl-C.  And nginx.conf.example passes nginx -t.
+use strict;
+use warnings;
+use lib 't/lib';
+use AsyncDL::Test;
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use POSIX qw(:sys_wait_h);
+use Time::HiRes qw(sleep time);
+
+my $build = $ENV{ADL_BUILD} || 'build';
+my $module = $ENV{ADL_MODULE} || "$build/nginx/ngx_http_async_dl_module.so";
+my $dir = tempdir('adl-run-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+chmod 0755, $dir;
+
+sub port {
+    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                                  LocalPort => 0) or die $!;
+    return $s->sockport;
+}
+
+# --- nginx -t on the example, paths adjusted --------------------------------
+{
+    mkdir "$dir/t";
+    mkdir "$dir/t/$_" for qw(logs tmp www);
+    open my $in, '<', 'nginx.conf.example' or die $!;
+    my $conf = do { local $/; <$in> };
+    $conf =~ s{/usr/lib/nginx/modules/ngx_http_async_dl_module\.so}{$module};
+    $conf =~ s{/var/lib/async-dl}{$dir/t}g;
+    open my $out, '>', "$dir/t/nginx.conf" or die $!;
+    print $out $conf;
+    close $out;
+    my @env = `ldd $module` =~ /libasan/
+        ? ('env', 'LD_PRELOAD=' . `gcc -print-file-name=libasan.so` =~ s/\n//r,
+           'ASAN_OPTIONS=detect_leaks=0')
+        : ();
+    my $log = `@env /usr/sbin/nginx -t -p $dir/t/ -c $dir/t/nginx.conf 2>&1`;
+    is($?, 0, 'nginx -t accepts nginx.conf.example with the module')
+        or diag($log);
+}
+
+# --- the stack ---------------------------------------------------------------
+my $port = port();
+my $pid = fork;
+die "fork: $!" unless defined $pid;
+if ($pid == 0) {
+    setpgrp(0, 0);
+    open STDOUT, '>', "$dir/run.out";
+    open STDERR, '>&', \*STDOUT;
+    $ENV{PORT} = $port;
+    $ENV{PG_PORT} = port();
+    $ENV{S3_PORT} = port();
+    $ENV{BUILD} = $build;
+    $ENV{RUN_DIR} = "$dir/run";
+    exec 'scripts/run.sh' or die "exec: $!";
+}
+
+my $base = "http://127.0.0.1:$port/v1/download";
+my %user = ('X-User' => 'demo');
+ok(wait_until(sub { request('GET', "$base/health")->{status} == 200 }, 60,
+              'health'), 'make run serves health with 200');
+
+my $out = '';
+wait_until(sub {
+    $out = do { local $/; open my $fh, '<', "$dir/run.out"; <$fh> // '' };
+    return $out =~ /Ctrl-C/;
+}, 20);
+like($out, qr/curl .*initiate/, 'and prints a curl line to try');
+
+my $r = request('POST', "$base/initiate",
+                { %user, 'Content-Type' => 'application/json' },
+                '{"file_ids":[70000,70001]}');
+is($r->{status}, 202, 'a job of sample file ids is accepted');
+my $id = $r->{json}{jobId};
+my $st;
+wait_until(sub {
+    $st = request('GET', "$base/status/$id", \%user)->{json};
+    return $st && $st->{status} eq 'completed' && $st->{bundle}
+        && ($st->{bundle}{status} // '') eq 'completed';
+}, 60, 'the job and its zip');
+is($st->{status}, 'completed', 'the worker downloads the sample files');
+
+$r = request('GET', "$base/$id/files/1", \%user);
+is($r->{status}, 302, 'a stored file redirects');
+my $file = request('GET', $r->{headers}{location});
+is($file->{status}, 200, 'to a link the S3 store serves');
+is(length $file->{content}, 1024 * 1024, 'with the sample file');
+
+kill 'INT', $pid;
+my $until = time + 30;
+sleep 0.1 while waitpid($pid, WNOHANG) == 0 && time < $until;
+ok(time < $until, 'Ctrl-C stops make run');
+my @left = grep { /\Q$dir\E/ } `ps -eo args`;
+is("@left", '', 'and leaves no process of the stack behind');
+kill 'KILL', -$pid;
+
+done_testing();
