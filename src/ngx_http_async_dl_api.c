@@ -1043,7 +1043,11 @@ ngx_http_async_dl_cstr(ngx_pool_t *pool, ngx_str_t *s)
         return NULL;
     }
 
-    ngx_memcpy(p, s->data, s->len);
+    /* an empty value (no owner configured) may have a NULL data */
+    if (s->len) {
+        ngx_memcpy(p, s->data, s->len);
+    }
+
     p[s->len] = '\0';
 
     return p;
