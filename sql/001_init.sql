@@ -8,8 +8,13 @@
 -- Channels:
 --   async_dl_jobs    payload job id   a job has work to claim (worker wake-up)
 --   async_dl_cancel  payload job id   a job was canceled or deleted (worker)
---   async_dl_events  payload "<job id> <event seq>"  a job's state changed
---                                     (status, progress, a file ended: SSE)
+--   async_dl_events  payload "<job id> <event seq> <kind>"  a job's state
+--                                     changed (status, progress, a file
+--                                     ended: SSE); see async_dl_jobs_notify
+--   async_dl_deleted  payload job id  a deleted job left objects to remove
+--                                     (002, async_dl_deleted_objects)
+--   async_dl_lifecycle payload job id a job ended, or its bundle did: a
+--                                     bundle or callback may be due (005)
 
 CREATE TABLE async_dl_jobs (
     id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -35,7 +40,30 @@ CREATE TABLE async_dl_jobs (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
     completed_at     timestamptz,
-    expires_at       timestamptz
+    expires_at       timestamptz,     -- set when the job ends (005)
+    api_prefix       text,            -- {p} at initiate, for callbacks
+    -- the zip of a multi-file job that completed (005)
+    bundle_status    text
+                     CHECK (bundle_status IN ('pending', 'building',
+                                              'completed', 'failed')),
+    bundle_key       text,
+    bundle_size      bigint,
+    bundle_sha256    text,
+    bundle_files     integer,
+    bundle_attempts  integer NOT NULL DEFAULT 0,
+    bundle_error     text,
+    bundle_lease_owner  text,
+    bundle_lease_until  timestamptz,  -- also: retry not before
+    bundle_completed_at timestamptz,
+    -- the POST of the final status document to callback_url (005)
+    callback_status  text
+                     CHECK (callback_status IN ('pending', 'delivered',
+                                                'failed')),
+    callback_attempts integer NOT NULL DEFAULT 0,
+    callback_error   text,
+    callback_next_at timestamptz,     -- retry time, or lease
+    callback_owner   text,
+    delivered_at     timestamptz
 );
 
 CREATE UNIQUE INDEX async_dl_jobs_idempotency
@@ -51,6 +79,14 @@ CREATE INDEX async_dl_jobs_unfinished
     ON async_dl_jobs (owner) WHERE status IN ('queued', 'processing');
 CREATE INDEX async_dl_jobs_expires
     ON async_dl_jobs (expires_at) WHERE expires_at IS NOT NULL;
+
+-- what a worker may claim: bundles to build, callbacks to deliver (005)
+CREATE INDEX async_dl_jobs_bundle_todo
+    ON async_dl_jobs (bundle_lease_until)
+    WHERE bundle_status IN ('pending', 'building');
+CREATE INDEX async_dl_jobs_callback_todo
+    ON async_dl_jobs (callback_next_at)
+    WHERE callback_status = 'pending';
 
 CREATE TABLE async_dl_files (
     job_id           uuid NOT NULL REFERENCES async_dl_jobs (id)
@@ -85,6 +121,16 @@ CREATE INDEX async_dl_files_pending
 CREATE INDEX async_dl_files_leased
     ON async_dl_files (lease_until) WHERE status = 'downloading';
 
+-- One row: the TTLs of the workers (the last one to start wins), read by
+-- the trigger async_dl_jobs_ended (005) when a job ends.
+CREATE TABLE async_dl_lifecycle_settings (
+    id             boolean PRIMARY KEY DEFAULT true CHECK (id),
+    ttl_completed  interval NOT NULL DEFAULT interval '24 hours',
+    ttl_failed     interval NOT NULL DEFAULT interval '1 hour',
+    updated_at     timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO async_dl_lifecycle_settings DEFAULT VALUES;
+
 
 -- Each change of a job is an event: number it, stamp it, announce it.
 CREATE FUNCTION async_dl_jobs_before_update() RETURNS trigger
@@ -100,6 +146,13 @@ CREATE TRIGGER async_dl_jobs_before_update
     FOR EACH ROW WHEN (OLD IS DISTINCT FROM NEW)
     EXECUTE FUNCTION async_dl_jobs_before_update();
 
+-- The payload of async_dl_events has a third word, the kind of change:
+--   "<job id> <event seq> e"   the status or the ended-file counters changed
+--                              (a file ended, the job ended): sent at once
+--   "<job id> <event seq> p"   only the bytes moved: progress, which the
+--                              stream may throttle
+--   "<job id> 0"               the job was deleted (the delete trigger below)
+-- Readers of the first two words need not look at the third.
 CREATE FUNCTION async_dl_jobs_notify() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -108,7 +161,11 @@ BEGIN
         PERFORM pg_notify('async_dl_jobs', NEW.id::text);
     ELSE
         PERFORM pg_notify('async_dl_events',
-                          NEW.id::text || ' ' || NEW.event_seq::text);
+                          NEW.id::text || ' ' || NEW.event_seq::text
+                          || CASE WHEN OLD.status = NEW.status
+                                   AND OLD.completed_files = NEW.completed_files
+                                   AND OLD.failed_files = NEW.failed_files
+                                  THEN ' p' ELSE ' e' END);
         IF NEW.status = 'canceled' AND OLD.status <> 'canceled' THEN
             PERFORM pg_notify('async_dl_cancel', NEW.id::text);
         END IF;
@@ -142,7 +199,10 @@ CREATE TRIGGER async_dl_jobs_notify_delete
 
 -- Worker: claim up to p_limit files for p_worker, holding them for p_lease.
 -- Pending files whose time has come, and files whose previous holder's
--- lease ran out (a crashed worker): those start again from byte 0.
+-- lease ran out (a crashed worker): those start again from byte 0, and
+-- the bytes their previous holder reported are taken off the job's
+-- bytes_done in the same statement (else the job's progress could pass
+-- 100 % until the file ended).
 -- SKIP LOCKED lets any number of workers claim at once, each getting
 -- different files, so one job's files spread over all running workers.
 CREATE FUNCTION async_dl_claim(p_worker text, p_limit integer,
@@ -153,7 +213,7 @@ LANGUAGE plpgsql AS $$
 BEGIN
     RETURN QUERY
     WITH picked AS (
-        SELECT f.job_id, f.idx
+        SELECT f.job_id, f.idx, f.bytes_done
           FROM async_dl_files f
          WHERE (f.status = 'pending' AND f.next_attempt_at <= now())
             OR (f.status = 'downloading' AND f.lease_until < now())
@@ -169,11 +229,22 @@ BEGIN
           FROM picked p
          WHERE f.job_id = p.job_id AND f.idx = p.idx
         RETURNING f.job_id, f.idx, f.url, f.name, f.attempts, f.file_id
+    ), lost AS (
+        SELECT p.job_id, sum(p.bytes_done) AS bytes
+          FROM picked p
+         WHERE p.bytes_done <> 0
+         GROUP BY p.job_id
     ), started AS (
         UPDATE async_dl_jobs j
-           SET status = 'processing', started_at = coalesce(j.started_at, now())
-         WHERE j.id IN (SELECT c.job_id FROM claimed c)
-           AND j.status = 'queued'
+           SET status = CASE WHEN j.status = 'queued' THEN 'processing'
+                             ELSE j.status END,
+               started_at = coalesce(j.started_at, now()),
+               bytes_done = greatest(0, j.bytes_done
+                                        - coalesce(l.bytes, 0))
+          FROM (SELECT DISTINCT c.job_id FROM claimed c) c
+          LEFT JOIN lost l ON l.job_id = c.job_id
+         WHERE j.id = c.job_id
+           AND (j.status = 'queued' OR l.bytes IS NOT NULL)
     )
     SELECT c.job_id, c.idx, c.url, c.name, c.attempts, j.deadline, c.file_id
       FROM claimed c JOIN async_dl_jobs j ON j.id = c.job_id;
@@ -347,6 +418,25 @@ BEGIN
     RETURN n;
 END $$;
 
+-- Locks a job of p_owner for a change from the API: its file rows first,
+-- then the job row.  Workers hold a file row and then update its job
+-- (progress, a file's end, claims), so taking the job first here could
+-- deadlock with them.  Returns false when there is no such job.
+CREATE FUNCTION async_dl_lock_job(p_job uuid, p_owner text)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM async_dl_jobs WHERE id = p_job AND owner = p_owner;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM 1 FROM async_dl_files WHERE job_id = p_job
+      ORDER BY idx FOR UPDATE;
+    PERFORM 1 FROM async_dl_jobs WHERE id = p_job AND owner = p_owner
+      FOR UPDATE;
+    RETURN FOUND;
+END $$;
+
 -- API: cancel a job of p_owner.  Its unfinished files become canceled and
 -- the job canceled; the record is kept.  Returns the job's status after the
 -- call, or NULL when there is no such job for this owner.  Canceling a job
@@ -357,11 +447,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
     j async_dl_jobs;
 BEGIN
-    SELECT * INTO j FROM async_dl_jobs
-     WHERE id = p_job AND owner = p_owner FOR UPDATE;
-    IF NOT FOUND THEN
+    -- lock order: the job's files, then the job (see async_dl_lock_job)
+    IF NOT async_dl_lock_job(p_job, p_owner) THEN
         RETURN NULL;
     END IF;
+    SELECT * INTO j FROM async_dl_jobs WHERE id = p_job;
     IF j.status NOT IN ('queued', 'processing') THEN
         RETURN j.status;
     END IF;

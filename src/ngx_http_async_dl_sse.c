@@ -10,7 +10,7 @@
  *   ("<job id> <event seq> e|p"); a job with subscribers here marks itself
  *   stale and posts its event.
  * - A job fetches its state with ONE query on the pool
- *   (async_dl_job_events_state, sql/004_events.sql) and fans the result out
+ *   (async_dl_job_events_state, sql/003_events.sql) and fans the result out
  *   to all its subscribers.  One fetch at a time per job: what arrives
  *   meanwhile leaves the job stale and it fetches again once the answer is
  *   in.  Progress-only changes ("p") are fetched at most every

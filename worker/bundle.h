@@ -1,5 +1,5 @@
 /*
- * bundle: the zip of a multi-file job's stored files (sql/005_lifecycle.sql
+ * bundle: the zip of a multi-file job's stored files (sql/004_lifecycle.sql
  * starts it when such a job completes).  A bundle is claimed like a file,
  * under a lease renewed while it is built; a crashed builder's bundle is
  * claimed again after its lease and built again from the start, under the

@@ -1,6 +1,6 @@
 /*
  * callback: POSTs a job's final status document to its callback_url
- * (sql/005_lifecycle.sql queues it when the job ends, once its bundle is
+ * (sql/004_lifecycle.sql queues it when the job ends, once its bundle is
  * settled).  Deliveries are claimed with SKIP LOCKED and held for a lease,
  * so one worker delivers each; a worker that dies mid-delivery leaves it
  * to the lease (at-least-once: receivers dedupe on jobId).

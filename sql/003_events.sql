@@ -1,36 +1,11 @@
 -- async-dl schema, version 4: what the SSE stream (GET {p}stream/{id})
 -- needs.
 --
--- Each nginx worker process LISTENs on async_dl_events and, for a job that
--- has subscribers in that process, fetches the job's state once per change
--- with async_dl_job_events_state() below and fans it out.
-
--- The payload of async_dl_events gains a third word, the kind of change:
---   "<job id> <event seq> e"   the status or the ended-file counters changed
---                              (a file ended, the job ended): sent at once
---   "<job id> <event seq> p"   only the bytes moved: progress, which the
---                              stream may throttle
---   "<job id> 0"               the job was deleted (unchanged, 001)
--- Readers of the first two words are not affected.
-CREATE OR REPLACE FUNCTION async_dl_jobs_notify() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' THEN
-        -- delivered at commit, when the job's files are visible too
-        PERFORM pg_notify('async_dl_jobs', NEW.id::text);
-    ELSE
-        PERFORM pg_notify('async_dl_events',
-                          NEW.id::text || ' ' || NEW.event_seq::text
-                          || CASE WHEN OLD.status = NEW.status
-                                   AND OLD.completed_files = NEW.completed_files
-                                   AND OLD.failed_files = NEW.failed_files
-                                  THEN ' p' ELSE ' e' END);
-        IF NEW.status = 'canceled' AND OLD.status <> 'canceled' THEN
-            PERFORM pg_notify('async_dl_cancel', NEW.id::text);
-        END IF;
-    END IF;
-    RETURN NULL;
-END $$;
+-- Each nginx worker process LISTENs on async_dl_events (sent by the trigger
+-- async_dl_jobs_notify, 001, whose third payload word tells a progress
+-- change from a status change) and, for a job that has subscribers in that
+-- process, fetches the job's state once per change with
+-- async_dl_job_events_state() below and fans it out.
 
 -- A job's state for its event stream, from one snapshot, whatever its
 -- owner (the module compares the owner itself: one fetch serves every
@@ -43,8 +18,8 @@ END $$;
 --   o_summary  the job without its files (async_dl_job_summary): "progress"
 --   o_files    each file's JSON (as in the status document), one a line,
 --              in index order: the "file" events
---   o_full     the status document itself (async_dl_job_status, whatever
---              migration defines it last): "connected" and the final event
+--   o_full     the status document itself (async_dl_job_status, 002):
+--              "connected" and the final event
 CREATE FUNCTION async_dl_job_events_state(p_job uuid, p_prefix text)
 RETURNS TABLE (o_owner text, o_seq bigint, o_status text, o_states text,
                o_summary text, o_files text, o_full text)
