@@ -8,27 +8,6 @@ use AsyncDL::Test;
 
 my $s = adl();
 
-sub q_ { my ($v) = @_; $v =~ s/'/''/g; return "'$v'" }
-
-# add_job([urls], timeout => seconds, names => [names]): the job's id
-sub add_job {
-    my ($urls, %o) = @_;
-    my $t = $o{timeout} // 60;
-    my $n = @$urls;
-    my @names = @{ $o{names} || [] };
-    my $vals = join ',', map {
-        "($_, " . q_($urls->[$_]) . ", "
-        . (defined $names[$_] ? q_($names[$_]) : 'NULL') . ")"
-    } 0 .. $#$urls;
-    my $out = psql("WITH j AS (INSERT INTO async_dl_jobs (total_files, "
-        . "timeout_ms, deadline) VALUES ($n, ${t}000, now() + interval "
-        . "'$t seconds') RETURNING id) INSERT INTO async_dl_files (job_id, "
-        . "idx, url, name) SELECT j.id, v.i, v.u, v.n FROM j, (VALUES $vals) "
-        . "v(i, u, n) "
-        . "RETURNING job_id");
-    return (split /\n/, $out)[0];
-}
-
 sub file_row {
     my ($job, $idx) = @_;
     my @f = split /\|/, psql("SELECT status, coalesce(size::text, ''), "
@@ -39,18 +18,6 @@ sub file_row {
     my %r;
     @r{qw(status size sha256 key code message attempts type)} = @f;
     return \%r;
-}
-
-sub job_status {
-    my ($job) = @_;
-    return psql("SELECT status FROM async_dl_jobs WHERE id = '$job'");
-}
-
-sub wait_ended {
-    my ($job, $secs) = @_;
-    wait_until(sub { job_status($job) =~ /^(completed|failed|canceled)$/ },
-               $secs // 30, "job $job to end");
-    return job_status($job);
 }
 
 start_worker(ASYNC_DL_MAX_ATTEMPTS => 3, ASYNC_DL_PART_SIZE => '5m',

@@ -10,32 +10,6 @@ use AsyncDL::Test;
 my $s = adl();
 my $o = $s->{origin};
 
-sub q_ { my ($v) = @_; $v =~ s/'/''/g; return "'$v'" }
-
-sub add_job {
-    my ($urls, %o) = @_;
-    my $t = $o{timeout} // 60;
-    my $n = @$urls;
-    my $vals = join ',', map { "($_, " . q_($urls->[$_]) . ")" } 0 .. $#$urls;
-    my $out = psql("WITH j AS (INSERT INTO async_dl_jobs (total_files, "
-        . "timeout_ms, deadline) VALUES ($n, ${t}000, now() + interval "
-        . "'$t seconds') RETURNING id) INSERT INTO async_dl_files (job_id, "
-        . "idx, url) SELECT j.id, v.i, v.u FROM j, (VALUES $vals) v(i, u) "
-        . "RETURNING job_id");
-    return (split /\n/, $out)[0];
-}
-
-sub job_status {
-    return psql("SELECT status FROM async_dl_jobs WHERE id = '$_[0]'");
-}
-
-sub wait_ended {
-    my ($job, $secs) = @_;
-    wait_until(sub { job_status($job) =~ /^(completed|failed|canceled)$/ },
-               $secs // 30, "job $job to end");
-    return job_status($job);
-}
-
 # --- SIGKILL mid-transfer ------------------------------------------------------
 
 my $path = origin_file('kill.bin', 3 * 1024 * 1024);

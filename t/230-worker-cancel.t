@@ -10,25 +10,6 @@ use Time::HiRes qw(time sleep);
 my $s = adl();
 my $o = $s->{origin};
 
-sub q_ { my ($v) = @_; $v =~ s/'/''/g; return "'$v'" }
-
-sub add_job {
-    my ($urls, %o) = @_;
-    my $t = $o{timeout} // 60;
-    my $n = @$urls;
-    my $vals = join ',', map { "($_, " . q_($urls->[$_]) . ")" } 0 .. $#$urls;
-    my $out = psql("WITH j AS (INSERT INTO async_dl_jobs (total_files, "
-        . "timeout_ms, deadline) VALUES ($n, ${t}000, now() + interval "
-        . "'$t seconds') RETURNING id) INSERT INTO async_dl_files (job_id, "
-        . "idx, url) SELECT j.id, v.i, v.u FROM j, (VALUES $vals) v(i, u) "
-        . "RETURNING job_id");
-    return (split /\n/, $out)[0];
-}
-
-sub job_status {
-    return psql("SELECT status FROM async_dl_jobs WHERE id = '$_[0]'");
-}
-
 # seconds from the database's clock at the cancel to the worker's log line
 # saying it stopped the transfers (both clocks are this machine's)
 sub stop_delay {

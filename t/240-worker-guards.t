@@ -9,30 +9,6 @@ use AsyncDL::Test;
 my $s = adl();
 my $o = $s->{origin};
 
-sub q_ { my ($v) = @_; $v =~ s/'/''/g; return "'$v'" }
-
-sub add_job {
-    my (@urls) = @_;
-    my $n = @urls;
-    my $vals = join ',', map { "($_, " . q_($urls[$_]) . ")" } 0 .. $#urls;
-    my $out = psql("WITH j AS (INSERT INTO async_dl_jobs (total_files, "
-        . "timeout_ms, deadline) VALUES ($n, 60000, now() + interval "
-        . "'60 seconds') RETURNING id) INSERT INTO async_dl_files (job_id, "
-        . "idx, url) SELECT j.id, v.i, v.u FROM j, (VALUES $vals) v(i, u) "
-        . "RETURNING job_id");
-    return (split /\n/, $out)[0];
-}
-
-sub wait_ended {
-    my ($job) = @_;
-    my $st;
-    wait_until(sub {
-        $st = psql("SELECT status FROM async_dl_jobs WHERE id = '$job'");
-        $st =~ /^(completed|failed|canceled)$/;
-    }, 30, "job $job to end");
-    return $st;
-}
-
 sub file_error {
     my ($job, $idx) = @_;
     return psql("SELECT coalesce(error_code, '') || ' ' || "
@@ -45,7 +21,7 @@ sub file_error {
 origin_file('big.bin', 6 * 1024 * 1024);
 start_worker(ASYNC_DL_S3_SECRET_ACCESS_KEY => 'not-the-secret',
              ASYNC_DL_PART_SIZE => '5m');
-my $job = add_job("$o/f/small.txt", "$o/f/big.bin", "$o/chunked/big.bin");
+my $job = add_job(["$o/f/small.txt", "$o/f/big.bin", "$o/chunked/big.bin"]);
 is(wait_ended($job), 'failed', 'wrong secret: job failed');
 like(file_error($job, 0), qr/^STORAGE_FAILED .*403.*SignatureDoesNotMatch/,
      'wrong secret: PutObject refused (403 SignatureDoesNotMatch)');
@@ -60,7 +36,7 @@ stop_worker('TERM');
 # --- the same with the right secret: stored ---------------------------------------
 
 start_worker(ASYNC_DL_PART_SIZE => '5m', ASYNC_DL_LOG_FORMAT => 'json');
-$job = add_job("$o/f/small.txt", "$o/f/big.bin");
+$job = add_job(["$o/f/small.txt", "$o/f/big.bin"]);
 is(wait_ended($job), 'completed', 'right secret: stored');
 is(scalar(grep { index($_, $job) == 0 } s3_keys()), 2, 'both objects');
 like(worker_log(1), qr/^\{"ts":"[^"]+","level":"info","job":"$job","file":1,"msg":"stored /m,
@@ -70,8 +46,8 @@ stop_worker('TERM');
 # --- SSRF: loopback is refused by default -------------------------------------------
 
 start_worker(ASYNC_DL_ALLOW_CIDRS => undef);
-$job = add_job("$o/f/small.txt", "http://10.255.255.1/x",
-               "http://localhost:$s->{origin_port}/f/small.txt");
+$job = add_job(["$o/f/small.txt", "http://10.255.255.1/x",
+                "http://localhost:$s->{origin_port}/f/small.txt"]);
 is(wait_ended($job), 'failed', 'default: job failed');
 like(file_error($job, 0), qr/^BLOCKED_ADDRESS .*127\.0\.0\.1.*loopback/,
      'default: loopback refused');
@@ -86,7 +62,7 @@ stop_worker('TERM');
 start_worker(ASYNC_DL_ALLOW_CIDRS => undef,
              ASYNC_DL_ALLOW_PRIVATE_NETWORKS => 'on',
              ASYNC_DL_CONNECT_TIMEOUT => '1s', ASYNC_DL_MAX_ATTEMPTS => 1);
-$job = add_job("$o/f/small.txt", "$o/redirect/metadata");
+$job = add_job(["$o/f/small.txt", "$o/redirect/metadata"]);
 wait_ended($job);
 is(psql("SELECT status FROM async_dl_files WHERE job_id = '$job' AND "
         . "idx = 0"), 'completed', 'private networks on: loopback allowed');
@@ -97,7 +73,7 @@ stop_worker('TERM');
 # --- ALLOW_CIDRS lets one network through, not the others ---------------------------
 
 start_worker(ASYNC_DL_ALLOW_CIDRS => '10.0.0.0/8, 127.0.0.0/8');
-$job = add_job("$o/f/small.txt", "$o/redirect/metadata");
+$job = add_job(["$o/f/small.txt", "$o/redirect/metadata"]);
 wait_ended($job);
 is(psql("SELECT status FROM async_dl_files WHERE job_id = '$job' AND "
         . "idx = 0"), 'completed', 'allow list: loopback allowed');

@@ -119,7 +119,6 @@ struct bundle_s {
 struct adl_bundler_s {
     adl_worker_t       *w;
     int                 force_zip64;
-    adl_sigv4_creds_t   creds;
     bundle_t           *builds;
     int                 nbuilds;
     int                 claiming;
@@ -466,16 +465,11 @@ get_done(adl_http_req_t *http, CURLcode rc)
 static int
 get_start(bundle_t *b)
 {
-    const adl_settings_t  *s = b->owner->w->settings;
     entry_t               *e = &b->entries[b->cur];
     get_t                 *g = &b->get;
-    char                   scheme[8], host[512], path[2048], epath[6144];
-    char                   url[8192], auth[1024], date[17], hdr[1200];
-    adl_sigv4_req_t        sr;
+    char                   url[8192], hdr[64];
     struct curl_slist     *l;
     CURL                  *c;
-    const char            *hs[4];
-    int                    i;
 
     g->b = b;
     g->from = b->offset;
@@ -486,71 +480,28 @@ get_start(bundle_t *b)
     g->errbuf[0] = '\0';
     b->chunk.len = 0;
 
-    if (adl_s3_locate(s->s3_endpoint, s->s3_bucket, s->s3_addressing == 1,
-                      e->key, scheme, sizeof(scheme), host, sizeof(host),
-                      path, sizeof(path)) != 0
-        || adl_uri_encode(path, strlen(path), epath, sizeof(epath), 1) < 0)
+    if (adl_s3_sign(b->owner->w->s3, "GET", e->key, NULL, 0, NULL, 0, url,
+                    sizeof(url), &g->headers) != 0)
     {
+        get_release(g);
         return -1;
     }
-    snprintf(url, sizeof(url), "%s://%s%s", scheme, host, epath);
-
-    memset(&sr, 0, sizeof(sr));
-    sr.method = "GET";
-    sr.host = host;
-    sr.path = path;
-    sr.payload_hash = ADL_UNSIGNED_PAYLOAD;
-    sr.now = time(NULL);
-    if (adl_sigv4_sign_headers(&b->owner->creds, &sr, auth, sizeof(auth),
-                               date) != 0)
-    {
+    snprintf(hdr, sizeof(hdr), "Range: bytes=%lld-%lld", (long long) g->from,
+             (long long) g->to);
+    l = curl_slist_append(g->headers, hdr);
+    if (l == NULL) {
+        get_release(g);
         return -1;
     }
+    g->headers = l;
 
-    c = curl_easy_init();
+    c = adl_s3_easy(b->owner->w->s3, url, g->headers, g->errbuf);
     if (c == NULL) {
+        get_release(g);
         return -1;
     }
     g->http.easy = c;
     g->http.done = get_done;
-
-    hs[0] = "Authorization: ";
-    hs[1] = "x-amz-date: ";
-    hs[2] = "x-amz-content-sha256: " ADL_UNSIGNED_PAYLOAD;
-    hs[3] = "Range: ";
-    for (i = 0; i < 4; i++) {
-        switch (i) {
-        case 0:
-            snprintf(hdr, sizeof(hdr), "%s%s", hs[i], auth);
-            break;
-        case 1:
-            snprintf(hdr, sizeof(hdr), "%s%s", hs[i], date);
-            break;
-        case 2:
-            snprintf(hdr, sizeof(hdr), "%s", hs[i]);
-            break;
-        default:
-            snprintf(hdr, sizeof(hdr), "Range: bytes=%lld-%lld",
-                     (long long) g->from, (long long) g->to);
-            break;
-        }
-        l = curl_slist_append(g->headers, hdr);
-        if (l == NULL) {
-            get_release(g);
-            return -1;
-        }
-        g->headers = l;
-    }
-
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, g->headers);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_PROXY, "");
-    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, g->errbuf);
-    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long) s->connect_timeout);
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME,
-                     (long) (s->idle_timeout / 1000));
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, get_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, g);
     if (adl_http_start(b->owner->w->storage, &g->http) != 0) {
@@ -1058,10 +1009,6 @@ adl_bundler_create(adl_worker_t *w, int force_zip64)
     o->w = w;
     o->force_zip64 = force_zip64;
     o->pending = 1;
-    o->creds.access_key = w->settings->s3_access_key;
-    o->creds.secret_key = w->settings->s3_secret_key;
-    o->creds.region = w->settings->s3_region;
-    o->creds.service = "s3";
     return o;
 }
 

@@ -2,18 +2,15 @@
  * callback: one delivery = one claimed callback: POST -> record the
  * outcome (delivered, retry later, failed) -> freed.
  */
-#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 
 #include "adl_sigv4.h"
 #include "backoff.h"
 #include "callback.h"
 #include "log.h"
-#include "ssrf.h"
 
 #define DELIVERIES_AT_ONCE  8
 #define DELIVERY_TIMEOUT    15000           /* ms, one POST */
@@ -38,8 +35,7 @@ struct delivery_s {
     int                 attempt;
     struct curl_slist  *headers;
     char                errbuf[CURL_ERROR_SIZE];
-    int                 blocked;
-    char                blocked_msg[200];
+    adl_http_guard_t    guard;
     int                 db_refs;
 };
 
@@ -59,31 +55,6 @@ static void record(delivery_t *d, int ok, const char *error, int retry);
 
 
 /* --- the POST ------------------------------------------------------------- */
-
-static curl_socket_t
-open_socket_cb(void *userp, curlsocktype purpose, struct curl_sockaddr *a)
-{
-    delivery_t            *d = userp;
-    const adl_settings_t  *s = d->owner->w->settings;
-    const char            *why = NULL;
-    char                   host[64] = "?";
-
-    (void) purpose;
-    if (adl_ssrf_allowed(&a->addr, &s->cidrs, s->allow_private, &why)) {
-        return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
-    }
-    if (a->family == AF_INET) {
-        inet_ntop(AF_INET, &((struct sockaddr_in *) (void *)
-                  &a->addr)->sin_addr, host, sizeof(host));
-    } else if (a->family == AF_INET6) {
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *) (void *)
-                  &a->addr)->sin6_addr, host, sizeof(host));
-    }
-    d->blocked = 1;
-    snprintf(d->blocked_msg, sizeof(d->blocked_msg), "BLOCKED_ADDRESS: "
-             "refused to connect to %s: %s", host, why);
-    return CURL_SOCKET_BAD;
-}
 
 static size_t
 discard(char *data, size_t size, size_t nmemb, void *userp)
@@ -110,15 +81,15 @@ post_done(adl_http_req_t *http, CURLcode rc)
         record(d, 1, NULL, 0);
         return;
     }
-    if (d->blocked) {
-        snprintf(msg, sizeof(msg), "%s", d->blocked_msg);
+    if (d->guard.blocked) {
+        snprintf(msg, sizeof(msg), "BLOCKED_ADDRESS: %s", d->guard.msg);
     } else if (rc != CURLE_OK) {
         snprintf(msg, sizeof(msg), "%s",
                  d->errbuf[0] ? d->errbuf : curl_easy_strerror(rc));
     } else {
         snprintf(msg, sizeof(msg), "HTTP %ld", status);
     }
-    record(d, 0, msg, !d->blocked);
+    record(d, 0, msg, !d->guard.blocked);
 }
 
 static int
@@ -175,25 +146,16 @@ post_start(delivery_t *d)
         d->headers = l;
     }
 
-    e = curl_easy_init();
+    e = adl_http_origin_easy(s, d->url, d->headers, &d->guard, d->errbuf);
     if (e == NULL) {
         return -1;
     }
     d->http.easy = e;
     d->http.done = post_done;
-    curl_easy_setopt(e, CURLOPT_URL, d->url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, d->headers);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, d->body);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE,
                      (curl_off_t) strlen(d->body));
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_PROXY, "");
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, d);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, d->errbuf);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) s->connect_timeout);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) DELIVERY_TIMEOUT);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
     if (adl_http_start(d->owner->w->origin, &d->http) != 0) {

@@ -1,15 +1,20 @@
 /*
- * http: libcurl multi on epoll + timerfd (ephiperfifo.c's shape).
+ * http: libcurl multi on epoll + timerfd (ephiperfifo.c's shape), and the
+ * SSRF-checked easy handles of origin requests.
  */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "http.h"
 #include "log.h"
+#include "ssrf.h"
 
 struct adl_http_s {
     CURLM     *multi;
@@ -160,13 +165,6 @@ adl_http_stop(adl_http_t *h, adl_http_req_t *req)
     }
 }
 
-int
-adl_http_running(adl_http_t *h, adl_http_req_t *req)
-{
-    (void) h;
-    return req->easy != NULL;
-}
-
 static void
 check_multi_info(adl_http_t *h)
 {
@@ -220,4 +218,82 @@ adl_http_timer_event(adl_http_t *h)
     (void) n;
     curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_multi_info(h);
+}
+
+
+/* --- origin requests ----------------------------------------------------- */
+
+static curl_socket_t
+open_socket_cb(void *userp, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    adl_http_guard_t      *g = userp;
+    const adl_settings_t  *s = g->settings;
+    const char            *why = NULL;
+    char                   host[64] = "?";
+
+    (void) purpose;
+
+    if (adl_ssrf_allowed(&a->addr, &s->cidrs, s->allow_private, &why)) {
+        return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    }
+    if (a->family == AF_INET) {
+        inet_ntop(AF_INET, &((struct sockaddr_in *) (void *)
+                  &a->addr)->sin_addr, host, sizeof(host));
+    } else if (a->family == AF_INET6) {
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *) (void *)
+                  &a->addr)->sin6_addr, host, sizeof(host));
+    }
+    g->blocked = 1;
+    snprintf(g->msg, sizeof(g->msg), "refused to connect to %s: %s", host,
+             why);
+    return CURL_SOCKET_BAD;
+}
+
+CURL *
+adl_http_easy(const char *url, struct curl_slist *headers, char *errbuf,
+    int64_t connect_ms)
+{
+    CURL  *e;
+
+    e = curl_easy_init();
+    if (e == NULL) {
+        return NULL;
+    }
+    if (curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK
+        || curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers) != CURLE_OK
+        || curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK
+        || curl_easy_setopt(e, CURLOPT_PROXY, "") != CURLE_OK
+        || curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf) != CURLE_OK
+        || curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) connect_ms)
+           != CURLE_OK)
+    {
+        curl_easy_cleanup(e);
+        return NULL;
+    }
+    return e;
+}
+
+CURL *
+adl_http_origin_easy(const adl_settings_t *s, const char *url,
+    struct curl_slist *headers, adl_http_guard_t *g, char *errbuf)
+{
+    CURL  *e;
+
+    g->settings = s;
+    g->blocked = 0;
+    g->msg[0] = '\0';
+
+    e = adl_http_easy(url, headers, errbuf, s->connect_timeout);
+    if (e == NULL) {
+        return NULL;
+    }
+    if (curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK
+        || curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb)
+           != CURLE_OK
+        || curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, g) != CURLE_OK)
+    {
+        curl_easy_cleanup(e);
+        return NULL;
+    }
+    return e;
 }

@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <curl/curl.h>
 
+#include "settings.h"
+
 typedef struct adl_http_s      adl_http_t;
 typedef struct adl_http_req_s  adl_http_req_t;
 
@@ -39,6 +41,30 @@ void adl_http_stop(adl_http_t *h, adl_http_req_t *req);
 void adl_http_socket_event(adl_http_t *h, int fd, uint32_t events);
 void adl_http_timer_event(adl_http_t *h);
 
-int adl_http_running(adl_http_t *h, adl_http_req_t *req);
+/*
+ * A new easy handle as every request of the worker starts: url and
+ * headers, no proxy, no signals, errors into errbuf, a connect timeout of
+ * connect_ms.  NULL when out of memory.
+ */
+CURL *adl_http_easy(const char *url, struct curl_slist *headers,
+    char *errbuf, int64_t connect_ms);
+
+/* What the SSRF check of an origin request refused, if anything. */
+typedef struct {
+    const adl_settings_t  *settings;    /* the rules: set by origin_easy */
+    int                    blocked;
+    char                   msg[160];    /* "refused to connect to A: why" */
+} adl_http_guard_t;
+
+/*
+ * adl_http_easy() for a request to an untrusted origin (a download, a
+ * callback), to run on the "origin" multi handle: the connect timeout of
+ * s, http and https only, and every connection it opens checked by the
+ * SSRF rules of s (adl_ssrf_allowed); a refusal is recorded in g, which
+ * is reset here and must outlive the handle.  The caller sets the rest
+ * (redirects, timeouts, callbacks).  NULL when out of memory.
+ */
+CURL *adl_http_origin_easy(const adl_settings_t *s, const char *url,
+    struct curl_slist *headers, adl_http_guard_t *g, char *errbuf);
 
 #endif /* ADL_HTTP_H */

@@ -26,12 +26,6 @@ adl_log_init(int level, int json)
     log_json = json;
 }
 
-int
-adl_log_enabled(int level)
-{
-    return level >= log_level;
-}
-
 void
 adl_log(int level, const char *job, int idx, const char *fmt, ...)
 {

@@ -16,8 +16,6 @@ void adl_log_init(int level, int json);
 void adl_log(int level, const char *job, int idx, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-int adl_log_enabled(int level);
-
 #define adl_log_debug(...)  adl_log(ADL_LOG_DEBUG, __VA_ARGS__)
 #define adl_log_info(...)   adl_log(ADL_LOG_INFO, __VA_ARGS__)
 #define adl_log_warn(...)   adl_log(ADL_LOG_WARN, __VA_ARGS__)

@@ -24,12 +24,6 @@ static const char  *op_names[] = { "none", "PutObject",
     "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload",
     "AbortMultipartUpload", "DeleteObject" };
 
-const char *
-adl_s3_op_name(adl_s3_op_t op)
-{
-    return op_names[op];
-}
-
 adl_s3_t *
 adl_s3_create(const adl_settings_t *s, adl_http_t *storage)
 {
@@ -298,19 +292,97 @@ out:
 
 /* --- building a request ------------------------------------------------ */
 
+static int
+add_header(struct curl_slist **headers, const char *name, const char *value)
+{
+    char                hdr[1400];
+    struct curl_slist  *l;
+
+    snprintf(hdr, sizeof(hdr), "%s: %s", name, value);
+    l = curl_slist_append(*headers, hdr);
+    if (l == NULL) {
+        return -1;
+    }
+    *headers = l;
+    return 0;
+}
+
 int
-adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
+adl_s3_sign(adl_s3_t *s3, const char *method, const char *key,
+    const adl_kv_t *q, size_t nq, const adl_kv_t *sh, size_t nsh,
+    char *url, size_t len, struct curl_slist **headers)
 {
     const adl_settings_t  *s = s3->settings;
     char                   scheme[8], host[512], path[2048], epath[6144];
-    char                   query[1200], url[8192], auth[1024], date[17];
-    char                   hdr[1400], partno[16];
+    char                   query[1200], auth[1024], date[17];
+    adl_sigv4_req_t        sr;
+
+    if (adl_s3_locate(s->s3_endpoint, s->s3_bucket, s->s3_addressing == 1,
+                      key, scheme, sizeof(scheme), host, sizeof(host),
+                      path, sizeof(path)) != 0
+        || adl_uri_encode(path, strlen(path), epath, sizeof(epath), 1) < 0
+        || adl_query_string(q, nq, query, sizeof(query)) < 0)
+    {
+        return ADL_S3_EURL;
+    }
+    snprintf(url, len, "%s://%s%s%s%s", scheme, host, epath, nq ? "?" : "",
+             query);
+
+    memset(&sr, 0, sizeof(sr));
+    sr.method = method;
+    sr.host = host;
+    sr.path = path;
+    sr.query = q;
+    sr.nquery = nq;
+    sr.headers = sh;
+    sr.nheaders = nsh;
+    sr.payload_hash = ADL_UNSIGNED_PAYLOAD;
+    sr.now = time(NULL);
+    if (adl_sigv4_sign_headers(&s3->creds, &sr, auth, sizeof(auth), date)
+        != 0)
+    {
+        return ADL_S3_ESIGN;
+    }
+
+    if (add_header(headers, "Authorization", auth) != 0
+        || add_header(headers, "x-amz-date", date) != 0
+        || add_header(headers, "x-amz-content-sha256", ADL_UNSIGNED_PAYLOAD)
+           != 0)
+    {
+        return ADL_S3_ENOMEM;
+    }
+    return 0;
+}
+
+CURL *
+adl_s3_easy(adl_s3_t *s3, const char *url, struct curl_slist *headers,
+    char *errbuf)
+{
+    const adl_settings_t  *s = s3->settings;
+    CURL                  *e;
+
+    e = adl_http_easy(url, headers, errbuf, s->connect_timeout);
+    if (e == NULL) {
+        return NULL;
+    }
+    if (curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L) != CURLE_OK
+        || curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
+                            (long) (s->idle_timeout / 1000)) != CURLE_OK)
+    {
+        curl_easy_cleanup(e);
+        return NULL;
+    }
+    return e;
+}
+
+int
+adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
+{
+    char                   url[8192], hdr[1400], partno[16];
     adl_kv_t               q[2], sh[1];
     size_t                 nq = 0, nsh = 0;
-    adl_sigv4_req_t        sr;
     const char            *method;
     CURL                  *e;
-    ssize_t                len;
     int                    upload = 0, post = 0;
 
     r->ok = 0;
@@ -365,44 +437,24 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
         sh[nsh++] = (adl_kv_t) { "content-type", "application/xml" };
     }
 
-    if (adl_s3_locate(s->s3_endpoint, s->s3_bucket, s->s3_addressing == 1,
-                      r->key, scheme, sizeof(scheme), host, sizeof(host),
-                      path, sizeof(path)) != 0
-        || adl_uri_encode(path, strlen(path), epath, sizeof(epath), 1) < 0
-        || (len = adl_query_string(q, nq, query, sizeof(query))) < 0)
+    switch (adl_s3_sign(s3, method, r->key, q, nq, sh, nsh, url, sizeof(url),
+                        &r->headers))
     {
+    case 0:
+        break;
+    case ADL_S3_EURL:
         snprintf(r->error, sizeof(r->error), "%s: cannot build the URL for "
                  "\"%s\"", op_names[r->op], r->key);
+        release(r);
         return -1;
-    }
-    snprintf(url, sizeof(url), "%s://%s%s%s%s", scheme, host, epath,
-             nq ? "?" : "", query);
-
-    memset(&sr, 0, sizeof(sr));
-    sr.method = method;
-    sr.host = host;
-    sr.path = path;
-    sr.query = q;
-    sr.nquery = nq;
-    sr.headers = sh;
-    sr.nheaders = nsh;
-    sr.payload_hash = ADL_UNSIGNED_PAYLOAD;
-    sr.now = time(NULL);
-    if (adl_sigv4_sign_headers(&s3->creds, &sr, auth, sizeof(auth), date)
-        != 0)
-    {
+    case ADL_S3_ESIGN:
         snprintf(r->error, sizeof(r->error), "%s: signing failed",
                  op_names[r->op]);
+        release(r);
         return -1;
+    default:
+        goto nomem;
     }
-
-    e = curl_easy_init();
-    if (e == NULL) {
-        snprintf(r->error, sizeof(r->error), "out of memory");
-        return -1;
-    }
-    r->http.easy = e;
-    r->http.done = done;
 
 #define ADD_HEADER(...)                                                      \
     do {                                                                     \
@@ -415,9 +467,6 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
         r->headers = l_;                                                     \
     } while (0)
 
-    ADD_HEADER("Authorization: %s", auth);
-    ADD_HEADER("x-amz-date: %s", date);
-    ADD_HEADER("x-amz-content-sha256: %s", ADL_UNSIGNED_PAYLOAD);
     ADD_HEADER("Expect:");
     if (nsh) {
         ADD_HEADER("Content-Type: %s", sh[0].value);
@@ -426,15 +475,13 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
     }
 #undef ADD_HEADER
 
-    curl_easy_setopt(e, CURLOPT_URL, url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_PROXY, "");
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->errbuf);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) s->connect_timeout);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
-                     (long) (s->idle_timeout / 1000));
+    e = adl_s3_easy(s3, url, r->headers, r->errbuf);
+    if (e == NULL) {
+        goto nomem;
+    }
+    r->http.easy = e;
+    r->http.done = done;
+
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, r);

@@ -71,7 +71,25 @@ int adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r);
 /* Stops a running request without calling done, frees its resources. */
 void adl_s3_cancel(adl_s3_t *s3, adl_s3_req_t *r);
 
-const char *adl_s3_op_name(adl_s3_op_t op);
+/*
+ * The start of every storage request, for adl_s3_start() and for reads of
+ * stored objects (bundle.c).  adl_s3_sign(): the URL of key with the query
+ * q into url, and the SigV4 headers of method on it (over q and the signed
+ * headers sh, which the caller sends; UNSIGNED-PAYLOAD) appended to
+ * *headers, which the caller frees (also on failure).  0, or ADL_S3_EURL
+ * (no URL for the key), ADL_S3_ESIGN, ADL_S3_ENOMEM.  adl_s3_easy():
+ * adl_http_easy() for the "storage" multi handle, with the timeouts of
+ * the settings; NULL when out of memory.
+ */
+#define ADL_S3_EURL    (-1)
+#define ADL_S3_ESIGN   (-2)
+#define ADL_S3_ENOMEM  (-3)
+
+int adl_s3_sign(adl_s3_t *s3, const char *method, const char *key,
+    const adl_kv_t *q, size_t nq, const adl_kv_t *sh, size_t nsh,
+    char *url, size_t len, struct curl_slist **headers);
+CURL *adl_s3_easy(adl_s3_t *s3, const char *url, struct curl_slist *headers,
+    char *errbuf);
 
 /* The object key of a file: PREFIX<job>/<idx>/<sanitised name>. */
 int adl_s3_object_key(const adl_settings_t *s, const char *job, int idx,

@@ -20,7 +20,6 @@
  *   that ends within the first part is stored with one PUT.
  * While RUNNING or BACKOFF, parts (or the stream) keep uploading.
  */
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -28,12 +27,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/socket.h>
 
 #include "adl_sigv4.h"
 #include "backoff.h"
 #include "log.h"
-#include "ssrf.h"
 #include "transfer.h"
 
 #define S3_TRIES          4       /* per storage request */
@@ -92,8 +89,7 @@ struct adl_xfer_s {
     char                   h_content_range[128];
     char                   h_etag[200];
     char                   h_last_modified[64];
-    int                    blocked;
-    const char            *blocked_why;
+    adl_http_guard_t       guard;            /* the SSRF check's refusal */
     const char            *fail_code;       /* set inside a callback */
     char                   fail_msg[256];
     int                    fail_transient;
@@ -219,34 +215,6 @@ adl_xfer_active(const adl_xfer_t *x)
 
 
 /* --- the download -------------------------------------------------------- */
-
-static curl_socket_t
-open_socket_cb(void *userp, curlsocktype purpose, struct curl_sockaddr *a)
-{
-    adl_xfer_t            *x = userp;
-    const adl_settings_t  *s = x->w->settings;
-    const char            *why = NULL;
-
-    (void) purpose;
-
-    if (!adl_ssrf_allowed(&a->addr, &s->cidrs, s->allow_private, &why)) {
-        char  host[64] = "?";
-
-        if (a->family == AF_INET) {
-            inet_ntop(AF_INET, &((struct sockaddr_in *) (void *)
-                      &a->addr)->sin_addr, host, sizeof(host));
-        } else if (a->family == AF_INET6) {
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *) (void *)
-                      &a->addr)->sin6_addr, host, sizeof(host));
-        }
-        x->blocked = 1;
-        x->blocked_why = why;
-        snprintf(x->fail_msg, sizeof(x->fail_msg), "refused to connect to "
-                 "%s: %s", host, why);
-        return CURL_SOCKET_BAD;
-    }
-    return socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
-}
 
 static size_t
 header_cb(char *data, size_t size, size_t nmemb, void *userp)
@@ -611,9 +579,9 @@ download_done(adl_http_req_t *req, CURLcode rc)
         snprintf(msg, sizeof(msg), "%s", what);
         switch (rc) {
         case CURLE_COULDNT_CONNECT:
-            if (x->blocked) {
+            if (x->guard.blocked) {
                 code = "BLOCKED_ADDRESS";
-                snprintf(msg, sizeof(msg), "%s", x->fail_msg);
+                snprintf(msg, sizeof(msg), "%s", x->guard.msg);
                 break;
             }
             transient = 1;
@@ -686,21 +654,12 @@ start_download(adl_xfer_t *x)
     int64_t                left = x->job->deadline - adl_now_ms();
 
     x->checked = 0;
-    x->blocked = 0;
     x->fail_code = NULL;
     x->fail_msg[0] = '\0';
     x->dl_errbuf[0] = '\0';
     x->paused = 0;
     x->offset = x->received;
     x->state = XF_RUNNING;
-
-    e = curl_easy_init();
-    if (e == NULL) {
-        xfer_end(x, OUT_FAILED, "DOWNLOAD_FAILED", "out of memory");
-        return;
-    }
-    x->dl.easy = e;
-    x->dl.done = download_done;
 
     if (x->offset > 0) {
         snprintf(hdr, sizeof(hdr), "Range: bytes=%lld-",
@@ -718,18 +677,20 @@ start_download(adl_xfer_t *x)
         }
     }
 
-    curl_easy_setopt(e, CURLOPT_URL, x->url);
-    curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->dl_headers);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_PROXY, "");
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    e = adl_http_origin_easy(s, x->url, x->dl_headers, &x->guard,
+                             x->dl_errbuf);
+    if (e == NULL) {
+        curl_slist_free_all(x->dl_headers);
+        x->dl_headers = NULL;
+        xfer_end(x, OUT_FAILED, "DOWNLOAD_FAILED", "out of memory");
+        return;
+    }
+    x->dl.easy = e;
+    x->dl.done = download_done;
+
     curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
     curl_easy_setopt(e, CURLOPT_MAXREDIRS, MAX_REDIRECTS);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
-    curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, x);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->dl_errbuf);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long) s->connect_timeout);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) (left > 1 ? left : 1));
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
     curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME,
@@ -749,6 +710,8 @@ start_download(adl_xfer_t *x)
     if (adl_http_start(x->w->origin, &x->dl) != 0) {
         curl_easy_cleanup(e);
         x->dl.easy = NULL;
+        curl_slist_free_all(x->dl_headers);
+        x->dl_headers = NULL;
         xfer_end(x, OUT_FAILED, "DOWNLOAD_FAILED", "cannot start");
         return;
     }

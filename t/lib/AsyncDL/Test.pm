@@ -96,6 +96,13 @@ C<wait_job($id, $status_re, $seconds, \%headers)>;
 C<origin_log()> the origin's access log, lines of
 "$msec $request_time $status $request_uri".
 
+Jobs queued straight into PostgreSQL, as the module does (the worker
+tests): C<add_job(\@urls, timeout =E<gt> $seconds, names =E<gt> \@names)>
+inserts a pending job of those files (timeout 60 by default, names NULL
+where not given) and returns its id; C<job_status($id)>;
+C<wait_ended($id, $seconds)> waits (30 s by default) for the job to be
+completed, failed or canceled and returns its status.
+
 =head1 ORIGIN
 
     /files/<id>        generated files for ids 70000..70009
@@ -146,7 +153,7 @@ our @EXPORT = (
        stop_worker worker_log worker_pid pg_stop pg_start s3_object s3_keys
        origin_file sparse_file flaky_bytes sha256_hex file_sha256 wait_until
        error_log_mark error_log_since nginx_log origin_log initiate wait_job
-       encode_json decode_json)
+       add_job job_status wait_ended encode_json decode_json)
 );
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
@@ -648,6 +655,39 @@ sub psql {
     close $fh or die "psql failed ($?) on: $sql\n";
     $out =~ s/\n\z// if defined $out;
     return $out // '';
+}
+
+sub sql_literal { my ($v) = @_; $v =~ s/'/''/g; return "'$v'" }
+
+# add_job([urls], timeout => seconds, names => [names]): the job's id
+sub add_job {
+    my ($urls, %o) = @_;
+    my $t = $o{timeout} // 60;
+    my $n = @$urls;
+    my @names = @{ $o{names} || [] };
+    my $vals = join ',', map {
+        "($_, " . sql_literal($urls->[$_]) . ", "
+        . (defined $names[$_] ? sql_literal($names[$_]) : 'NULL') . ")"
+    } 0 .. $#$urls;
+    my $out = psql("WITH j AS (INSERT INTO async_dl_jobs (total_files, "
+        . "timeout_ms, deadline) VALUES ($n, ${t}000, now() + interval "
+        . "'$t seconds') RETURNING id) INSERT INTO async_dl_files (job_id, "
+        . "idx, url, name) SELECT j.id, v.i, v.u, v.n FROM j, (VALUES $vals) "
+        . "v(i, u, n) "
+        . "RETURNING job_id");
+    return (split /\n/, $out)[0];
+}
+
+sub job_status {
+    my ($job) = @_;
+    return psql("SELECT status FROM async_dl_jobs WHERE id = '$job'");
+}
+
+sub wait_ended {
+    my ($job, $secs) = @_;
+    wait_until(sub { job_status($job) =~ /^(completed|failed|canceled)$/ },
+               $secs // 30, "job $job to end");
+    return job_status($job);
 }
 
 # s3rver keeps each object as <dir>/<bucket>/<key>._S3rver_object
