@@ -1248,6 +1248,7 @@ static void
 ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc)
 {
     PGresult                       *res;
+    const char                     *sqlstate;
     ExecStatusType                  st;
     ngx_http_async_dl_pg_query_t   *q;
     ngx_http_async_dl_pg_status_e   status;
@@ -1317,6 +1318,23 @@ ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc)
         break;
 
     default: /* NGX_HTTP_ASYNC_DL_PG_QUERY */
+
+        if (st == PGRES_FATAL_ERROR) {
+            sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+            /*
+             * 0A000 "cached plan must not change result type" after a
+             * schema upgrade, 26000 the statement is gone: prepare it
+             * again the next time rather than failing on every use
+             */
+            if (sqlstate != NULL
+                && (ngx_strcmp(sqlstate, "0A000") == 0
+                    || ngx_strcmp(sqlstate, "26000") == 0))
+            {
+                pc->prepared &= ~((uint64_t) 1 << pc->stmt);
+            }
+        }
+
         break;
     }
 
@@ -1382,6 +1400,20 @@ ngx_http_async_dl_pg_dispatch(ngx_http_async_dl_pg_t *pg)
         ngx_queue_remove(link);
         q->waiting = 0;
         pg->nwaiting--;
+
+        /*
+         * A query that waited for most of its time would be answered 503
+         * almost at once, leaving the connection busy with a statement
+         * nobody waits for: under overload that snowballs.  Give it up.
+         */
+        if (q->timer.timer_set
+            && (ngx_msec_int_t) (q->timer.timer.key - ngx_current_msec)
+               < (ngx_msec_int_t) (pg->conf->timeout / 10))
+        {
+            ngx_http_async_dl_pg_complete(q, NGX_HTTP_ASYNC_DL_PG_TIMEOUT,
+                                          NULL);
+            continue;
+        }
 
         if (ngx_http_async_dl_pg_send(pc, q) != NGX_OK) {
             /* that connection is closed now: q waits for another one */
