@@ -155,6 +155,7 @@ ngx_int_t ngx_http_async_dl_add_header(ngx_http_request_t *r,
 ngx_int_t ngx_http_async_dl_retry_after(ngx_http_request_t *r,
     time_t seconds);
 ngx_int_t ngx_http_async_dl_filter_init(ngx_conf_t *cf);
+size_t ngx_http_async_dl_compact(u_char *dst, u_char *src, size_t len);
 
 /* presign.c */
 char *ngx_http_async_dl_presign_check(ngx_conf_t *cf,

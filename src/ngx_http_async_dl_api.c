@@ -32,6 +32,8 @@ enum {
 
 static ngx_int_t ngx_http_async_dl_run(ngx_http_request_t *r,
     ngx_uint_t stmt, const char **params, ngx_http_async_dl_done_pt done);
+static ngx_int_t ngx_http_async_dl_run_job(ngx_http_request_t *r,
+    ngx_uint_t stmt, ngx_http_async_dl_done_pt done);
 static void ngx_http_async_dl_result(ngx_http_async_dl_pg_query_t *q);
 static void ngx_http_async_dl_cleanup(void *data);
 static ngx_int_t ngx_http_async_dl_db_error(ngx_http_request_t *r,
@@ -405,28 +407,8 @@ ngx_http_async_dl_initiate_done(ngx_http_request_t *r, PGresult *res)
 ngx_int_t
 ngx_http_async_dl_status(ngx_http_request_t *r)
 {
-    const char                    **params;
-    ngx_http_async_dl_ctx_t        *ctx;
-    ngx_http_async_dl_loc_conf_t   *alcf;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
-
-    params = ngx_pcalloc(r->pool, 3 * sizeof(char *));
-    if (params == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    params[0] = (char *) ctx->job_id.data;
-    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
-    params[2] = (char *) alcf->prefix.data;
-
-    if (params[1] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_STATUS, params,
-                                 ngx_http_async_dl_status_done);
+    return ngx_http_async_dl_run_job(r, NGX_HTTP_ASYNC_DL_STMT_STATUS,
+                                     ngx_http_async_dl_status_done);
 }
 
 
@@ -616,28 +598,8 @@ ngx_http_async_dl_jobs_done(ngx_http_request_t *r, PGresult *res)
 ngx_int_t
 ngx_http_async_dl_cancel(ngx_http_request_t *r)
 {
-    const char                    **params;
-    ngx_http_async_dl_ctx_t        *ctx;
-    ngx_http_async_dl_loc_conf_t   *alcf;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
-
-    params = ngx_pcalloc(r->pool, 3 * sizeof(char *));
-    if (params == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    params[0] = (char *) ctx->job_id.data;
-    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
-    params[2] = (char *) alcf->prefix.data;
-
-    if (params[1] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_CANCEL, params,
-                                 ngx_http_async_dl_cancel_done);
+    return ngx_http_async_dl_run_job(r, NGX_HTTP_ASYNC_DL_STMT_CANCEL,
+                                     ngx_http_async_dl_cancel_done);
 }
 
 
@@ -852,6 +814,36 @@ ngx_http_async_dl_download_done(ngx_http_request_t *r, PGresult *res)
 
 
 /* running a statement for a request */
+
+
+/* a statement on the request's job: (job id, owner, prefix) */
+
+static ngx_int_t
+ngx_http_async_dl_run_job(ngx_http_request_t *r, ngx_uint_t stmt,
+    ngx_http_async_dl_done_pt done)
+{
+    const char                    **params;
+    ngx_http_async_dl_ctx_t        *ctx;
+    ngx_http_async_dl_loc_conf_t   *alcf;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+
+    params = ngx_pcalloc(r->pool, 3 * sizeof(char *));
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[0] = (char *) ctx->job_id.data;
+    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
+    params[2] = (char *) alcf->prefix.data;
+
+    if (params[1] == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_run(r, stmt, params, done);
+}
 
 
 static ngx_int_t

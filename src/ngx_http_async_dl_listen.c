@@ -53,9 +53,7 @@ struct ngx_http_async_dl_listen_s {
     const char                         **values;
     ngx_msec_t                           timeout;
 
-    PGconn                              *pgconn;
-    ngx_connection_t                    *c;         /* wraps PQsocket() */
-    PostgresPollingStatusType            poll;      /* while CONNECTING */
+    ngx_http_async_dl_pg_sock_t          sock;
 
     ngx_event_t                          timer;
     ngx_msec_t                           backoff;
@@ -82,17 +80,10 @@ static void ngx_http_async_dl_listen_connect_poll(
     ngx_http_async_dl_listen_t *ls);
 static ngx_int_t ngx_http_async_dl_listen_send(
     ngx_http_async_dl_listen_t *ls, const char *sql);
-static ngx_int_t ngx_http_async_dl_listen_flush(
-    ngx_http_async_dl_listen_t *ls);
 static void ngx_http_async_dl_listen_done(ngx_http_async_dl_listen_t *ls);
 static void ngx_http_async_dl_listen_read_handler(ngx_event_t *rev);
 static void ngx_http_async_dl_listen_write_handler(ngx_event_t *wev);
 static void ngx_http_async_dl_listen_timer_handler(ngx_event_t *ev);
-static ngx_int_t ngx_http_async_dl_listen_wrap(
-    ngx_http_async_dl_listen_t *ls);
-static void ngx_http_async_dl_listen_unwrap(ngx_http_async_dl_listen_t *ls);
-static ngx_int_t ngx_http_async_dl_listen_events(
-    ngx_http_async_dl_listen_t *ls, ngx_uint_t read, ngx_uint_t write);
 static void ngx_http_async_dl_listen_close(ngx_http_async_dl_listen_t *ls,
     const char *reason);
 
@@ -126,6 +117,11 @@ ngx_http_async_dl_listen_start(ngx_cycle_t *cycle,
     ls->timer.log = &ls->log;
     ls->timer.cancelable = 1;
 
+    ls->sock.read_handler = ngx_http_async_dl_listen_read_handler;
+    ls->sock.write_handler = ngx_http_async_dl_listen_write_handler;
+    ls->sock.data = ls;
+    ls->sock.log = &ls->log;
+
     ngx_http_async_dl_listen_connect(ls);
 
     return ls;
@@ -139,11 +135,7 @@ ngx_http_async_dl_listen_stop(ngx_http_async_dl_listen_t *ls)
         ngx_del_timer(&ls->timer);
     }
 
-    if (ls->pgconn) {
-        ngx_http_async_dl_listen_unwrap(ls);
-        PQfinish(ls->pgconn);
-        ls->pgconn = NULL;
-    }
+    ngx_http_async_dl_pg_sock_close(&ls->sock);
 
     ls->state = NGX_HTTP_ASYNC_DL_LISTEN_DOWN;
 }
@@ -233,8 +225,8 @@ ngx_http_async_dl_listen_connect(ngx_http_async_dl_listen_t *ls)
     ls->failed = 0;
     ls->ping = 0;
 
-    ls->pgconn = PQconnectStartParams(ls->keywords, ls->values, 0);
-    if (ls->pgconn == NULL) {
+    ls->sock.pgconn = PQconnectStartParams(ls->keywords, ls->values, 0);
+    if (ls->sock.pgconn == NULL) {
         ngx_http_async_dl_listen_close(ls, "out of memory");
         return;
     }
@@ -242,80 +234,39 @@ ngx_http_async_dl_listen_connect(ngx_http_async_dl_listen_t *ls)
     ngx_http_async_dl_listen_set_state(ls,
                                        NGX_HTTP_ASYNC_DL_LISTEN_CONNECTING);
 
-    if (PQstatus(ls->pgconn) == CONNECTION_BAD) {
-        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
-        return;
-    }
-
-    if (ngx_http_async_dl_listen_wrap(ls) != NGX_OK) {
-        ngx_http_async_dl_listen_close(ls, "no free nginx connection");
+    if (ngx_http_async_dl_pg_sock_start(&ls->sock) != NGX_OK) {
+        ngx_http_async_dl_listen_close(ls, ls->sock.error);
         return;
     }
 
     ngx_add_timer(&ls->timer, ls->timeout);
-
-    /* just after PQconnectStart, behave as if polling returned WRITING */
-    ls->poll = PGRES_POLLING_WRITING;
-
-    if (ngx_http_async_dl_listen_events(ls, 0, 1) != NGX_OK) {
-        ngx_http_async_dl_listen_close(ls, "cannot add events");
-    }
 }
 
 
 static void
 ngx_http_async_dl_listen_connect_poll(ngx_http_async_dl_listen_t *ls)
 {
-    ls->poll = PQconnectPoll(ls->pgconn);
+    ngx_int_t  rc;
 
-    switch (ls->poll) {
+    rc = ngx_http_async_dl_pg_sock_poll(&ls->sock);
 
-    case PGRES_POLLING_READING:
-    case PGRES_POLLING_WRITING:
-
-        /* libpq opens a new socket for each address it tries */
-        if (PQsocket(ls->pgconn) != ls->c->fd) {
-            ngx_http_async_dl_listen_unwrap(ls);
-
-            if (ngx_http_async_dl_listen_wrap(ls) != NGX_OK) {
-                ngx_http_async_dl_listen_close(ls,
-                                               "no free nginx connection");
-                return;
-            }
-        }
-
-        if (ngx_http_async_dl_listen_events(ls,
-                                      ls->poll == PGRES_POLLING_READING,
-                                      ls->poll == PGRES_POLLING_WRITING)
-            != NGX_OK)
-        {
-            ngx_http_async_dl_listen_close(ls, "cannot add events");
-        }
-
+    if (rc == NGX_AGAIN) {
         return;
+    }
 
-    case PGRES_POLLING_OK:
-
-        if (PQsetnonblocking(ls->pgconn, 1) == -1) {
-            ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
-            return;
-        }
-
-        ngx_http_async_dl_listen_set_state(ls,
-                                        NGX_HTTP_ASYNC_DL_LISTEN_SUBSCRIBING);
-
-        if (ngx_http_async_dl_listen_send(ls,
-                                          "LISTEN " NGX_HTTP_ASYNC_DL_CHANNEL)
-            != NGX_OK)
-        {
-            ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
-        }
-
+    if (rc != NGX_OK) {
+        ngx_http_async_dl_listen_close(ls, ls->sock.error);
         return;
+    }
 
-    default: /* PGRES_POLLING_FAILED */
-        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
-        return;
+    ngx_http_async_dl_listen_set_state(ls,
+                                       NGX_HTTP_ASYNC_DL_LISTEN_SUBSCRIBING);
+
+    if (ngx_http_async_dl_listen_send(ls, "LISTEN " NGX_HTTP_ASYNC_DL_CHANNEL)
+        != NGX_OK)
+    {
+        ngx_http_async_dl_listen_close(ls,
+                                       PQerrorMessage(ls->sock.pgconn));
     }
 }
 
@@ -324,30 +275,14 @@ static ngx_int_t
 ngx_http_async_dl_listen_send(ngx_http_async_dl_listen_t *ls,
     const char *sql)
 {
-    if (!PQsendQuery(ls->pgconn, sql)) {
+    if (!PQsendQuery(ls->sock.pgconn, sql)) {
         return NGX_ERROR;
     }
 
     ls->busy = 1;
     ls->failed = 0;
 
-    return ngx_http_async_dl_listen_flush(ls);
-}
-
-
-static ngx_int_t
-ngx_http_async_dl_listen_flush(ngx_http_async_dl_listen_t *ls)
-{
-    int  rc;
-
-    rc = PQflush(ls->pgconn);
-
-    if (rc == -1) {
-        return NGX_ERROR;
-    }
-
-    /* 1: more to send, wait until the socket is writable */
-    return ngx_http_async_dl_listen_events(ls, 1, rc == 1);
+    return ngx_http_async_dl_pg_sock_flush(&ls->sock);
 }
 
 
@@ -361,7 +296,7 @@ ngx_http_async_dl_listen_done(ngx_http_async_dl_listen_t *ls)
     if (ls->state == NGX_HTTP_ASYNC_DL_LISTEN_SUBSCRIBING) {
 
         if (ls->failed) {
-            ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+            ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->sock.pgconn));
             return;
         }
 
@@ -411,32 +346,32 @@ ngx_http_async_dl_listen_read_handler(ngx_event_t *rev)
     ls = c->data;
 
     if (ls->state == NGX_HTTP_ASYNC_DL_LISTEN_CONNECTING) {
-        if (ls->poll == PGRES_POLLING_READING) {
+        if (ls->sock.poll == PGRES_POLLING_READING) {
             ngx_http_async_dl_listen_connect_poll(ls);
         }
         return;
     }
 
-    if (!PQconsumeInput(ls->pgconn)) {
-        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+    if (!PQconsumeInput(ls->sock.pgconn)) {
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->sock.pgconn));
         return;
     }
 
     /* libpq: after consuming input, try to flush pending output again */
-    if (ls->c->write->active
-        && ngx_http_async_dl_listen_flush(ls) != NGX_OK)
+    if (ls->sock.c->write->active
+        && ngx_http_async_dl_pg_sock_flush(&ls->sock) != NGX_OK)
     {
-        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->sock.pgconn));
         return;
     }
 
-    while (ls->busy && !PQisBusy(ls->pgconn)) {
-        res = PQgetResult(ls->pgconn);
+    while (ls->busy && !PQisBusy(ls->sock.pgconn)) {
+        res = PQgetResult(ls->sock.pgconn);
 
         if (res == NULL) {
             ngx_http_async_dl_listen_done(ls);
 
-            if (ls->pgconn == NULL) {
+            if (ls->sock.pgconn == NULL) {
                 return;
             }
 
@@ -452,7 +387,7 @@ ngx_http_async_dl_listen_read_handler(ngx_event_t *rev)
         PQclear(res);
     }
 
-    while ((n = PQnotifies(ls->pgconn)) != NULL) {
+    while ((n = PQnotifies(ls->sock.pgconn)) != NULL) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &ls->log, 0,
                        "async_dl listen: notification \"%s\"", n->extra);
 
@@ -463,8 +398,8 @@ ngx_http_async_dl_listen_read_handler(ngx_event_t *rev)
         PQfreemem(n);
     }
 
-    if (PQstatus(ls->pgconn) == CONNECTION_BAD) {
-        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+    if (PQstatus(ls->sock.pgconn) == CONNECTION_BAD) {
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->sock.pgconn));
     }
 }
 
@@ -479,14 +414,14 @@ ngx_http_async_dl_listen_write_handler(ngx_event_t *wev)
     ls = c->data;
 
     if (ls->state == NGX_HTTP_ASYNC_DL_LISTEN_CONNECTING) {
-        if (ls->poll == PGRES_POLLING_WRITING) {
+        if (ls->sock.poll == PGRES_POLLING_WRITING) {
             ngx_http_async_dl_listen_connect_poll(ls);
         }
         return;
     }
 
-    if (ngx_http_async_dl_listen_flush(ls) != NGX_OK) {
-        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+    if (ngx_http_async_dl_pg_sock_flush(&ls->sock) != NGX_OK) {
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->sock.pgconn));
     }
 }
 
@@ -515,7 +450,7 @@ ngx_http_async_dl_listen_timer_handler(ngx_event_t *ev)
         }
 
         if (ngx_http_async_dl_listen_send(ls, "SELECT 1") != NGX_OK) {
-            ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->pgconn));
+            ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->sock.pgconn));
             return;
         }
 
@@ -523,126 +458,6 @@ ngx_http_async_dl_listen_timer_handler(ngx_event_t *ev)
         ngx_add_timer(&ls->timer, ls->timeout);
         return;
     }
-}
-
-
-static ngx_int_t
-ngx_http_async_dl_listen_wrap(ngx_http_async_dl_listen_t *ls)
-{
-    int                s;
-    ngx_connection_t  *c;
-
-    s = PQsocket(ls->pgconn);
-    if (s == -1) {
-        return NGX_ERROR;
-    }
-
-    c = ngx_get_connection(s, &ls->log);
-    if (c == NULL) {
-        return NGX_ERROR;
-    }
-
-    c->data = ls;
-    c->read->handler = ngx_http_async_dl_listen_read_handler;
-    c->write->handler = ngx_http_async_dl_listen_write_handler;
-    c->read->log = &ls->log;
-    c->write->log = &ls->log;
-    c->log = &ls->log;
-    c->log_error = NGX_ERROR_INFO;
-
-    ls->c = c;
-
-    return NGX_OK;
-}
-
-
-/* forget the nginx side of the socket; libpq owns and closes the fd */
-
-static void
-ngx_http_async_dl_listen_unwrap(ngx_http_async_dl_listen_t *ls)
-{
-    ngx_connection_t  *c;
-
-    c = ls->c;
-    if (c == NULL) {
-        return;
-    }
-
-    if (ngx_del_conn) {
-        ngx_del_conn(c, NGX_CLOSE_EVENT);
-
-    } else {
-        if (c->read->active || c->read->disabled) {
-            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-        }
-
-        if (c->write->active || c->write->disabled) {
-            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-        }
-    }
-
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
-    c->read->closed = 1;
-    c->write->closed = 1;
-
-    ngx_free_connection(c);
-
-    c->fd = (ngx_socket_t) -1;
-    ls->c = NULL;
-}
-
-
-/*
- * Level-triggered interest: libpq may leave bytes in the socket after
- * PQconsumeInput(), which edge-triggered epoll would never report again.
- */
-
-static ngx_int_t
-ngx_http_async_dl_listen_events(ngx_http_async_dl_listen_t *ls,
-    ngx_uint_t read, ngx_uint_t write)
-{
-    ngx_connection_t  *c;
-
-    c = ls->c;
-
-    if (read && !c->read->active) {
-        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-    } else if (!read && c->read->active) {
-        if (ngx_del_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    if (write && !c->write->active) {
-        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-    } else if (!write && c->write->active) {
-        if (ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
 }
 
 
@@ -676,11 +491,7 @@ ngx_http_async_dl_listen_close(ngx_http_async_dl_listen_t *ls,
         ngx_del_timer(&ls->timer);
     }
 
-    if (ls->pgconn) {
-        ngx_http_async_dl_listen_unwrap(ls);
-        PQfinish(ls->pgconn);
-        ls->pgconn = NULL;
-    }
+    ngx_http_async_dl_pg_sock_close(&ls->sock);
 
     ls->busy = 0;
     ls->ping = 0;

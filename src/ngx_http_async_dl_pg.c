@@ -79,9 +79,7 @@ struct ngx_http_async_dl_pg_conn_s {
     ngx_http_async_dl_pg_state_e        state;
     ngx_queue_t                         queue;     /* in pg->idle */
 
-    PGconn                             *pgconn;
-    ngx_connection_t                   *c;         /* wraps PQsocket() */
-    PostgresPollingStatusType           poll;      /* while CONNECTING */
+    ngx_http_async_dl_pg_sock_t         sock;
 
     ngx_http_async_dl_pg_query_t       *query;     /* NULL: none/detached */
     ngx_uint_t                          stmt;      /* being prepared/run */
@@ -123,18 +121,15 @@ static char *ngx_http_async_dl_pg_strdup(ngx_pool_t *pool, const char *s);
 static void ngx_http_async_dl_pg_set_state(ngx_http_async_dl_pg_conn_t *pc,
     ngx_http_async_dl_pg_state_e state);
 static void ngx_http_async_dl_pg_connect(ngx_http_async_dl_pg_conn_t *pc);
-static ngx_int_t ngx_http_async_dl_pg_wrap(ngx_http_async_dl_pg_conn_t *pc);
-static void ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_conn_t *pc,
+static ngx_int_t ngx_http_async_dl_pg_wrap(ngx_http_async_dl_pg_sock_t *s);
+static void ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_sock_t *s,
     ngx_uint_t flags);
-static ngx_int_t ngx_http_async_dl_pg_events(ngx_http_async_dl_pg_conn_t *pc,
-    ngx_uint_t read, ngx_uint_t write);
 static void ngx_http_async_dl_pg_connect_poll(
     ngx_http_async_dl_pg_conn_t *pc);
 static void ngx_http_async_dl_pg_read_handler(ngx_event_t *rev);
 static void ngx_http_async_dl_pg_write_handler(ngx_event_t *wev);
 static void ngx_http_async_dl_pg_timer_handler(ngx_event_t *ev);
 static void ngx_http_async_dl_pg_query_timer_handler(ngx_event_t *ev);
-static ngx_int_t ngx_http_async_dl_pg_flush(ngx_http_async_dl_pg_conn_t *pc);
 static ngx_int_t ngx_http_async_dl_pg_send(ngx_http_async_dl_pg_conn_t *pc,
     ngx_http_async_dl_pg_query_t *q);
 static void ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc);
@@ -528,6 +523,230 @@ ngx_http_async_dl_pg_strdup(ngx_pool_t *pool, const char *s)
 }
 
 
+/* a libpq connection on nginx's event loop, see ngx_http_async_dl_pg.h */
+
+
+ngx_int_t
+ngx_http_async_dl_pg_sock_start(ngx_http_async_dl_pg_sock_t *s)
+{
+    if (PQstatus(s->pgconn) == CONNECTION_BAD) {
+        s->error = PQerrorMessage(s->pgconn);
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_async_dl_pg_wrap(s) != NGX_OK) {
+        s->error = "no free nginx connection";
+        return NGX_ERROR;
+    }
+
+    /* just after PQconnectStart, behave as if polling returned WRITING */
+    s->poll = PGRES_POLLING_WRITING;
+
+    if (ngx_http_async_dl_pg_sock_events(s, 0, 1) != NGX_OK) {
+        s->error = "cannot add events";
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_async_dl_pg_sock_poll(ngx_http_async_dl_pg_sock_t *s)
+{
+    /*
+     * libpq may close this socket inside PQconnectPoll() and open another
+     * for the next address (multi-host, failover, SSL/GSS fallback); the
+     * new one often gets the same fd number, and epoll silently forgets a
+     * closed fd.  So take the socket out of epoll while it is still open,
+     * and register whatever socket libpq holds afterwards.
+     */
+    ngx_http_async_dl_pg_unwrap(s, 0);
+
+    s->poll = PQconnectPoll(s->pgconn);
+
+    switch (s->poll) {
+
+    case PGRES_POLLING_READING:
+    case PGRES_POLLING_WRITING:
+    case PGRES_POLLING_OK:
+        break;
+
+    default: /* PGRES_POLLING_FAILED */
+        s->error = PQerrorMessage(s->pgconn);
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_async_dl_pg_wrap(s) != NGX_OK) {
+        s->error = "no free nginx connection";
+        return NGX_ERROR;
+    }
+
+    if (s->poll == PGRES_POLLING_OK) {
+        if (PQsetnonblocking(s->pgconn, 1) == -1) {
+            s->error = PQerrorMessage(s->pgconn);
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    if (ngx_http_async_dl_pg_sock_events(s,
+                                         s->poll == PGRES_POLLING_READING,
+                                         s->poll == PGRES_POLLING_WRITING)
+        != NGX_OK)
+    {
+        s->error = "cannot add events";
+        return NGX_ERROR;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+/* level-triggered interest in read and/or write readiness */
+
+ngx_int_t
+ngx_http_async_dl_pg_sock_events(ngx_http_async_dl_pg_sock_t *s,
+    ngx_uint_t read, ngx_uint_t write)
+{
+    ngx_connection_t  *c;
+
+    c = s->c;
+
+    if (read && !c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (!read && c->read->active) {
+        if (ngx_del_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (write && !c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else if (!write && c->write->active) {
+        if (ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_async_dl_pg_sock_flush(ngx_http_async_dl_pg_sock_t *s)
+{
+    int  rc;
+
+    rc = PQflush(s->pgconn);
+
+    if (rc == -1) {
+        return NGX_ERROR;
+    }
+
+    /* 1: more to send, wait until the socket is writable */
+    return ngx_http_async_dl_pg_sock_events(s, 1, rc == 1);
+}
+
+
+void
+ngx_http_async_dl_pg_sock_close(ngx_http_async_dl_pg_sock_t *s)
+{
+    if (s->pgconn) {
+        ngx_http_async_dl_pg_unwrap(s, NGX_CLOSE_EVENT);
+        PQfinish(s->pgconn);
+        s->pgconn = NULL;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_pg_wrap(ngx_http_async_dl_pg_sock_t *s)
+{
+    int                fd;
+    ngx_connection_t  *c;
+
+    fd = PQsocket(s->pgconn);
+    if (fd == -1) {
+        return NGX_ERROR;
+    }
+
+    c = ngx_get_connection(fd, s->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = s->data;
+    c->read->handler = s->read_handler;
+    c->write->handler = s->write_handler;
+    c->read->log = s->log;
+    c->write->log = s->log;
+    c->log = s->log;
+    c->log_error = NGX_ERROR_INFO;
+
+    s->c = c;
+
+    return NGX_OK;
+}
+
+
+/*
+ * forget the nginx side of the socket; libpq owns and closes the fd.
+ * flags: NGX_CLOSE_EVENT when the fd is closed right after (epoll drops it
+ * by itself), 0 when it stays open and must be removed from epoll now.
+ */
+
+static void
+ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_sock_t *s, ngx_uint_t flags)
+{
+    ngx_connection_t  *c;
+
+    c = s->c;
+    if (c == NULL) {
+        return;
+    }
+
+    if (c->read->active || c->read->disabled) {
+        ngx_del_event(c->read, NGX_READ_EVENT, flags);
+    }
+
+    if (c->write->active || c->write->disabled) {
+        ngx_del_event(c->write, NGX_WRITE_EVENT, flags);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    c->read->closed = 1;
+    c->write->closed = 1;
+
+    ngx_free_connection(c);
+
+    c->fd = (ngx_socket_t) -1;
+    s->c = NULL;
+}
+
+
 /* the pool of one worker process */
 
 
@@ -570,6 +789,10 @@ ngx_http_async_dl_pg_create(ngx_cycle_t *cycle,
         pc->timer.data = pc;
         pc->timer.log = &pc->log;
         pc->timer.cancelable = 1;
+        pc->sock.read_handler = ngx_http_async_dl_pg_read_handler;
+        pc->sock.write_handler = ngx_http_async_dl_pg_write_handler;
+        pc->sock.data = pc;
+        pc->sock.log = &pc->log;
 
         ngx_http_async_dl_pg_connect(pc);
     }
@@ -598,11 +821,7 @@ ngx_http_async_dl_pg_destroy(ngx_http_async_dl_pg_t *pg)
             pc->result = NULL;
         }
 
-        if (pc->pgconn) {
-            ngx_http_async_dl_pg_unwrap(pc, NGX_CLOSE_EVENT);
-            PQfinish(pc->pgconn);
-            pc->pgconn = NULL;
-        }
+        ngx_http_async_dl_pg_sock_close(&pc->sock);
     }
 }
 
@@ -844,247 +1063,65 @@ ngx_http_async_dl_pg_connect(ngx_http_async_dl_pg_conn_t *pc)
 
     pg = pc->pg;
 
-    pc->pgconn = PQconnectStartParams(pg->conf->keywords, pg->conf->values,
-                                      0);
-    if (pc->pgconn == NULL) {
+    pc->sock.pgconn = PQconnectStartParams(pg->conf->keywords,
+                                           pg->conf->values, 0);
+    if (pc->sock.pgconn == NULL) {
         ngx_http_async_dl_pg_close(pc, "out of memory");
         return;
     }
 
-    PQsetNoticeProcessor(pc->pgconn, ngx_http_async_dl_pg_notice, pg);
+    PQsetNoticeProcessor(pc->sock.pgconn, ngx_http_async_dl_pg_notice, pg);
 
     pc->prepared = 0;
     ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_CONNECTING);
 
-    if (PQstatus(pc->pgconn) == CONNECTION_BAD) {
-        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
-        return;
-    }
-
-    if (ngx_http_async_dl_pg_wrap(pc) != NGX_OK) {
-        ngx_http_async_dl_pg_close(pc, "no free nginx connection");
+    if (ngx_http_async_dl_pg_sock_start(&pc->sock) != NGX_OK) {
+        ngx_http_async_dl_pg_close(pc, pc->sock.error);
         return;
     }
 
     ngx_add_timer(&pc->timer, pg->conf->timeout);
-
-    /* just after PQconnectStart, behave as if polling returned WRITING */
-    pc->poll = PGRES_POLLING_WRITING;
-
-    if (ngx_http_async_dl_pg_events(pc, 0, 1) != NGX_OK) {
-        ngx_http_async_dl_pg_close(pc, "cannot add events");
-    }
-}
-
-
-static ngx_int_t
-ngx_http_async_dl_pg_wrap(ngx_http_async_dl_pg_conn_t *pc)
-{
-    int                s;
-    ngx_connection_t  *c;
-
-    s = PQsocket(pc->pgconn);
-    if (s == -1) {
-        return NGX_ERROR;
-    }
-
-    c = ngx_get_connection(s, &pc->log);
-    if (c == NULL) {
-        return NGX_ERROR;
-    }
-
-    c->data = pc;
-    c->read->handler = ngx_http_async_dl_pg_read_handler;
-    c->write->handler = ngx_http_async_dl_pg_write_handler;
-    c->read->log = &pc->log;
-    c->write->log = &pc->log;
-    c->log = &pc->log;
-    c->log_error = NGX_ERROR_INFO;
-
-    pc->c = c;
-
-    return NGX_OK;
-}
-
-
-/*
- * forget the nginx side of the socket; libpq owns and closes the fd.
- * flags: NGX_CLOSE_EVENT when the fd is closed right after (epoll drops it
- * by itself), 0 when it stays open and must be removed from epoll now.
- */
-
-static void
-ngx_http_async_dl_pg_unwrap(ngx_http_async_dl_pg_conn_t *pc, ngx_uint_t flags)
-{
-    ngx_connection_t  *c;
-
-    c = pc->c;
-    if (c == NULL) {
-        return;
-    }
-
-    if (c->read->active || c->read->disabled) {
-        ngx_del_event(c->read, NGX_READ_EVENT, flags);
-    }
-
-    if (c->write->active || c->write->disabled) {
-        ngx_del_event(c->write, NGX_WRITE_EVENT, flags);
-    }
-
-    if (c->read->posted) {
-        ngx_delete_posted_event(c->read);
-    }
-
-    if (c->write->posted) {
-        ngx_delete_posted_event(c->write);
-    }
-
-    c->read->closed = 1;
-    c->write->closed = 1;
-
-    ngx_free_connection(c);
-
-    c->fd = (ngx_socket_t) -1;
-    pc->c = NULL;
-}
-
-
-/* level-triggered interest in read and/or write readiness */
-
-static ngx_int_t
-ngx_http_async_dl_pg_events(ngx_http_async_dl_pg_conn_t *pc, ngx_uint_t read,
-    ngx_uint_t write)
-{
-    ngx_connection_t  *c;
-
-    c = pc->c;
-
-    if (read && !c->read->active) {
-        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-    } else if (!read && c->read->active) {
-        if (ngx_del_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    if (write && !c->write->active) {
-        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-    } else if (!write && c->write->active) {
-        if (ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
 }
 
 
 static void
 ngx_http_async_dl_pg_connect_poll(ngx_http_async_dl_pg_conn_t *pc)
 {
+    ngx_int_t                rc;
     ngx_http_async_dl_pg_t  *pg;
 
     pg = pc->pg;
     pc->log.action = "connecting to postgres";
 
-    /*
-     * libpq may close this socket inside PQconnectPoll() and open another
-     * for the next address (multi-host, failover, SSL/GSS fallback); the
-     * new one often gets the same fd number, and epoll silently forgets a
-     * closed fd.  So take the socket out of epoll while it is still open,
-     * and register whatever socket libpq holds afterwards.
-     */
-    ngx_http_async_dl_pg_unwrap(pc, 0);
+    rc = ngx_http_async_dl_pg_sock_poll(&pc->sock);
 
-    pc->poll = PQconnectPoll(pc->pgconn);
-
-    switch (pc->poll) {
-
-    case PGRES_POLLING_READING:
-    case PGRES_POLLING_WRITING:
-
-        if (ngx_http_async_dl_pg_wrap(pc) != NGX_OK) {
-            ngx_http_async_dl_pg_close(pc, "no free nginx connection");
-            return;
-        }
-
-        if (ngx_http_async_dl_pg_events(pc,
-                                         pc->poll == PGRES_POLLING_READING,
-                                         pc->poll == PGRES_POLLING_WRITING)
-            != NGX_OK)
-        {
-            ngx_http_async_dl_pg_close(pc, "cannot add events");
-        }
-
-        return;
-
-    case PGRES_POLLING_OK:
-
-        if (ngx_http_async_dl_pg_wrap(pc) != NGX_OK) {
-            ngx_http_async_dl_pg_close(pc, "no free nginx connection");
-            return;
-        }
-
-        if (PQsetnonblocking(pc->pgconn, 1) == -1) {
-            ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
-            return;
-        }
-
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pg->log, 0,
-                       "async_dl pg #%ui: connected", pc->n);
-
-        if (ngx_http_async_dl_pg_events(pc, 1, 0) != NGX_OK) {
-            ngx_http_async_dl_pg_close(pc, "cannot add events");
-            return;
-        }
-
-        if (!PQsendQuery(pc->pgconn, pg->setup)) {
-            ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
-            return;
-        }
-
-        ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_SETUP);
-
-        if (ngx_http_async_dl_pg_flush(pc) != NGX_OK) {
-            ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
-        }
-
-        return;
-
-    default: /* PGRES_POLLING_FAILED */
-        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+    if (rc == NGX_AGAIN) {
         return;
     }
-}
 
-
-static ngx_int_t
-ngx_http_async_dl_pg_flush(ngx_http_async_dl_pg_conn_t *pc)
-{
-    int  rc;
-
-    rc = PQflush(pc->pgconn);
-
-    if (rc == -1) {
-        return NGX_ERROR;
+    if (rc != NGX_OK) {
+        ngx_http_async_dl_pg_close(pc, pc->sock.error);
+        return;
     }
 
-    /* 1: more to send, wait until the socket is writable */
-    return ngx_http_async_dl_pg_events(pc, 1, rc == 1);
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pg->log, 0,
+                   "async_dl pg #%ui: connected", pc->n);
+
+    if (ngx_http_async_dl_pg_sock_events(&pc->sock, 1, 0) != NGX_OK) {
+        ngx_http_async_dl_pg_close(pc, "cannot add events");
+        return;
+    }
+
+    if (!PQsendQuery(pc->sock.pgconn, pg->setup)) {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->sock.pgconn));
+        return;
+    }
+
+    ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_SETUP);
+
+    if (ngx_http_async_dl_pg_sock_flush(&pc->sock) != NGX_OK) {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->sock.pgconn));
+    }
 }
 
 
@@ -1098,14 +1135,14 @@ ngx_http_async_dl_pg_write_handler(ngx_event_t *wev)
     pc = c->data;
 
     if (pc->state == NGX_HTTP_ASYNC_DL_PG_CONNECTING) {
-        if (pc->poll == PGRES_POLLING_WRITING) {
+        if (pc->sock.poll == PGRES_POLLING_WRITING) {
             ngx_http_async_dl_pg_connect_poll(pc);
         }
         return;
     }
 
-    if (ngx_http_async_dl_pg_flush(pc) != NGX_OK) {
-        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+    if (ngx_http_async_dl_pg_sock_flush(&pc->sock) != NGX_OK) {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->sock.pgconn));
     }
 }
 
@@ -1122,37 +1159,39 @@ ngx_http_async_dl_pg_read_handler(ngx_event_t *rev)
     pc = c->data;
 
     if (pc->state == NGX_HTTP_ASYNC_DL_PG_CONNECTING) {
-        if (pc->poll == PGRES_POLLING_READING) {
+        if (pc->sock.poll == PGRES_POLLING_READING) {
             ngx_http_async_dl_pg_connect_poll(pc);
         }
         return;
     }
 
-    if (!PQconsumeInput(pc->pgconn)) {
-        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+    if (!PQconsumeInput(pc->sock.pgconn)) {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->sock.pgconn));
         return;
     }
 
     /* libpq: after consuming input, try to flush pending output again */
-    if (pc->c->write->active && ngx_http_async_dl_pg_flush(pc) != NGX_OK) {
-        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+    if (pc->sock.c->write->active
+        && ngx_http_async_dl_pg_sock_flush(&pc->sock) != NGX_OK)
+    {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->sock.pgconn));
         return;
     }
 
-    while ((notify = PQnotifies(pc->pgconn)) != NULL) {
+    while ((notify = PQnotifies(pc->sock.pgconn)) != NULL) {
         PQfreemem(notify);
     }
 
     if (pc->state == NGX_HTTP_ASYNC_DL_PG_IDLE) {
         /* an idle connection speaks only when the server drops it */
-        if (PQstatus(pc->pgconn) == CONNECTION_BAD) {
-            ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        if (PQstatus(pc->sock.pgconn) == CONNECTION_BAD) {
+            ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->sock.pgconn));
         }
         return;
     }
 
-    while (!PQisBusy(pc->pgconn)) {
-        res = PQgetResult(pc->pgconn);
+    while (!PQisBusy(pc->sock.pgconn)) {
+        res = PQgetResult(pc->sock.pgconn);
 
         if (res == NULL) {
             ngx_http_async_dl_pg_done(pc);
@@ -1173,8 +1212,8 @@ ngx_http_async_dl_pg_read_handler(ngx_event_t *rev)
         }
     }
 
-    if (PQstatus(pc->pgconn) == CONNECTION_BAD) {
-        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+    if (PQstatus(pc->sock.pgconn) == CONNECTION_BAD) {
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->sock.pgconn));
     }
 }
 
@@ -1213,18 +1252,19 @@ ngx_http_async_dl_pg_send(ngx_http_async_dl_pg_conn_t *pc,
     st = &pc->pg->conf->stmts[q->stmt];
 
     if (pc->prepared & ((uint64_t) 1 << q->stmt)) {
-        rc = PQsendQueryPrepared(pc->pgconn, st->name, st->nparams,
-                                 q->params, NULL, NULL, 0);
+        rc = PQsendQueryPrepared(pc->sock.pgconn, st->name,
+                                 st->nparams, q->params, NULL, NULL, 0);
         ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_QUERY);
 
     } else {
-        rc = PQsendPrepare(pc->pgconn, st->name, st->sql, st->nparams, NULL);
+        rc = PQsendPrepare(pc->sock.pgconn, st->name, st->sql, st->nparams,
+                           NULL);
         ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_PREPARE);
     }
 
-    if (!rc || ngx_http_async_dl_pg_flush(pc) != NGX_OK) {
+    if (!rc || ngx_http_async_dl_pg_sock_flush(&pc->sock) != NGX_OK) {
         /* q is not attached yet: closing does not complete it */
-        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->sock.pgconn));
         return NGX_ERROR;
     }
 
@@ -1338,13 +1378,13 @@ ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc)
         break;
     }
 
-    if (PQstatus(pc->pgconn) == CONNECTION_BAD) {
+    if (PQstatus(pc->sock.pgconn) == CONNECTION_BAD) {
         /* the connection was lost while the statement ran */
         if (res) {
             PQclear(res);
         }
 
-        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->pgconn));
+        ngx_http_async_dl_pg_close(pc, PQerrorMessage(pc->sock.pgconn));
         return;
     }
 
@@ -1463,11 +1503,7 @@ ngx_http_async_dl_pg_close(ngx_http_async_dl_pg_conn_t *pc,
         pc->result = NULL;
     }
 
-    if (pc->pgconn) {
-        ngx_http_async_dl_pg_unwrap(pc, NGX_CLOSE_EVENT);
-        PQfinish(pc->pgconn);
-        pc->pgconn = NULL;
-    }
+    ngx_http_async_dl_pg_sock_close(&pc->sock);
 
     ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_DOWN);
 

@@ -19,8 +19,6 @@
 static ngx_int_t ngx_http_async_dl_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_async_dl_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
-static size_t ngx_http_async_dl_compact(u_char *dst, u_char *src,
-    size_t len);
 static ngx_str_t *ngx_http_async_dl_error_body(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, u_char *msg, size_t len);
 
@@ -93,7 +91,7 @@ ngx_http_async_dl_send_json(ngx_http_request_t *r, ngx_uint_t status,
  * only computes it.
  */
 
-static size_t
+size_t
 ngx_http_async_dl_compact(u_char *dst, u_char *src, size_t len)
 {
     u_char     *last;

@@ -221,8 +221,6 @@ static ngx_http_async_dl_sse_data_t *ngx_http_async_dl_sse_data(
     uint64_t seq, ngx_str_t *parts, ngx_uint_t nparts);
 static void ngx_http_async_dl_sse_data_release(
     ngx_http_async_dl_sse_data_t *d);
-static size_t ngx_http_async_dl_sse_compact(u_char *dst, u_char *src,
-    size_t len);
 
 
 static ngx_str_t  ngx_http_async_dl_sse_names[] = {
@@ -1868,7 +1866,7 @@ ngx_http_async_dl_sse_data(uint64_t seq, ngx_str_t *parts,
         }
     }
 
-    n = ngx_http_async_dl_sse_compact(NULL, raw, len);
+    n = ngx_http_async_dl_compact(NULL, raw, len);
 
     d = ngx_alloc(offsetof(ngx_http_async_dl_sse_data_t, text)
                   + sizeof("data: ") - 1 + n + 2, ngx_cycle->log);
@@ -1881,7 +1879,7 @@ ngx_http_async_dl_sse_data(uint64_t seq, ngx_str_t *parts,
     d->seq = seq;
 
     p = ngx_cpymem(d->text, "data: ", sizeof("data: ") - 1);
-    p += ngx_http_async_dl_sse_compact(p, raw, len);
+    p += ngx_http_async_dl_compact(p, raw, len);
     *p++ = '\n';
     *p++ = '\n';
 
@@ -1899,49 +1897,4 @@ ngx_http_async_dl_sse_data_release(ngx_http_async_dl_sse_data_t *d)
     if (--d->refs == 0) {
         ngx_free(d);
     }
-}
-
-
-static size_t
-ngx_http_async_dl_sse_compact(u_char *dst, u_char *src, size_t len)
-{
-    u_char     *last;
-    size_t      n;
-    ngx_uint_t  in_string, escaped;
-
-    n = 0;
-    last = src + len;
-    in_string = 0;
-    escaped = 0;
-
-    for ( /* void */ ; src < last; src++) {
-
-        if (in_string) {
-            if (escaped) {
-                escaped = 0;
-
-            } else if (*src == '\\') {
-                escaped = 1;
-
-            } else if (*src == '"') {
-                in_string = 0;
-            }
-
-        } else if (*src == '"') {
-            in_string = 1;
-
-        } else if (*src == ' ' || *src == '\n' || *src == '\t'
-                   || *src == '\r')
-        {
-            continue;
-        }
-
-        if (dst) {
-            dst[n] = *src;
-        }
-
-        n++;
-    }
-
-    return n;
 }
