@@ -122,7 +122,7 @@ CREATE INDEX async_dl_files_leased
     ON async_dl_files (lease_until) WHERE status = 'downloading';
 
 -- One row: the TTLs of the workers (the last one to start wins), read by
--- the trigger async_dl_jobs_ended (005) when a job ends.
+-- the trigger async_dl_jobs_ended (004) when a job ends.
 CREATE TABLE async_dl_lifecycle_settings (
     id             boolean PRIMARY KEY DEFAULT true CHECK (id),
     ttl_completed  interval NOT NULL DEFAULT interval '24 hours',
@@ -130,6 +130,61 @@ CREATE TABLE async_dl_lifecycle_settings (
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO async_dl_lifecycle_settings DEFAULT VALUES;
+
+-- Backpressure counts, kept by the trigger below so that initiate reads a
+-- few rows instead of counting the queue (which made each initiate cost
+-- grow with the queue's length).  Queued jobs are counted in 16 shards,
+-- each change going to a random one, so concurrent initiates and claims
+-- rarely wait on the same row; only the sum means anything (a shard may
+-- go below zero).  Unfinished jobs are counted per owner.  Like any count
+-- read without a lock, they can be passed by a few concurrent initiates.
+CREATE TABLE async_dl_queue_shards (
+    shard   smallint PRIMARY KEY,
+    queued  bigint NOT NULL DEFAULT 0
+);
+INSERT INTO async_dl_queue_shards (shard) SELECT generate_series(0, 15);
+
+CREATE TABLE async_dl_owner_active (
+    owner   text PRIMARY KEY,
+    active  integer NOT NULL DEFAULT 0    -- queued or processing
+);
+
+CREATE FUNCTION async_dl_jobs_count() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    dq  integer := 0;       -- change of the queued count
+    da  integer := 0;       -- change of the owner's unfinished count
+    o   text;
+    s   smallint;
+BEGIN
+    IF TG_OP IN ('UPDATE', 'DELETE') THEN
+        dq := dq - (OLD.status = 'queued')::integer;
+        da := da - (OLD.status IN ('queued', 'processing'))::integer;
+        o := OLD.owner;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        dq := dq + (NEW.status = 'queued')::integer;
+        da := da + (NEW.status IN ('queued', 'processing'))::integer;
+        o := NEW.owner;
+    END IF;
+
+    IF dq <> 0 THEN
+        -- drawn once: random() in the WHERE clause would be drawn per row
+        s := floor(random() * 16)::smallint;
+        UPDATE async_dl_queue_shards SET queued = queued + dq
+         WHERE shard = s;
+    END IF;
+    IF da <> 0 THEN
+        INSERT INTO async_dl_owner_active AS a (owner, active)
+        VALUES (o, da)
+        ON CONFLICT (owner) DO UPDATE SET active = a.active + da;
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER async_dl_jobs_count
+    AFTER INSERT OR DELETE OR UPDATE OF status ON async_dl_jobs
+    FOR EACH ROW EXECUTE FUNCTION async_dl_jobs_count();
 
 
 -- Each change of a job is an event: number it, stamp it, announce it.

@@ -214,10 +214,9 @@ BEGIN
         END IF;
     END IF;
 
+    -- the counts kept by async_dl_jobs_count (001)
     IF p_max_pending > 0 THEN
-        SELECT count(*) INTO n
-          FROM (SELECT 1 FROM async_dl_jobs WHERE status = 'queued'
-                 LIMIT p_max_pending) q;
+        SELECT sum(queued) INTO n FROM async_dl_queue_shards;
         IF n >= p_max_pending THEN
             RETURN QUERY SELECT 'queue_full'::text, NULL::uuid, NULL::text;
             RETURN;
@@ -225,11 +224,9 @@ BEGIN
     END IF;
 
     IF p_max_active > 0 THEN
-        SELECT count(*) INTO n
-          FROM (SELECT 1 FROM async_dl_jobs
-                 WHERE owner = p_owner AND status IN ('queued', 'processing')
-                 LIMIT p_max_active) q;
-        IF n >= p_max_active THEN
+        SELECT active INTO n FROM async_dl_owner_active
+         WHERE owner = p_owner;
+        IF coalesce(n, 0) >= p_max_active THEN
             RETURN QUERY SELECT 'owner_limit'::text, NULL::uuid, NULL::text;
             RETURN;
         END IF;
