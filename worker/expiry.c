@@ -181,9 +181,10 @@ deleted(adl_s3_req_t *r)
         adl_log_info(e->jobs[d->job].id, -1, "expiry: deleted object %s",
                      d->key);
     } else {
-        adl_log_error(e->jobs[d->job].id, -1, "expiry: deleting object %s "
-                      "failed: %s; the job is kept for the next sweep",
-                      d->key, r->error);
+        /* retried by the next sweep: a warning, not an error */
+        adl_log_warn(e->jobs[d->job].id, -1, "expiry: deleting object %s "
+                     "failed: %s; the job is kept for the next sweep",
+                     d->key, r->error);
         e->jobs[d->job].failed = 1;
     }
     deletes_pump(e);

@@ -95,8 +95,9 @@ deleted(adl_s3_req_t *r)
     if (r->ok) {
         adl_log_info(d->job_id, -1, "deleted object %s", d->key);
     } else {
-        adl_log_error(d->job_id, -1, "deleting object %s failed: %s; will "
-                      "try again", d->key, r->error);
+        /* queued again: a warning, the error is when we give up */
+        adl_log_warn(d->job_id, -1, "deleting object %s failed: %s; will "
+                     "try again", d->key, r->error);
         p[0] = d->job_id;
         p[1] = d->key;
         adl_db_query(j->w->db, "INSERT INTO async_dl_deleted_objects "
