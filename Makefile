@@ -55,7 +55,9 @@ NGX_PREPARE = rm -rf $(NGX_TREE) && mkdir -p $(B) && \
 else
 NGX_TREE   := $(abspath $(NGINX_SRC))
 NGX_OBJS   := $(B)/nginx-upstream
-NGX_CONFIGURE = ./configure --with-compat \
+# a release tarball has ./configure, a git checkout auto/configure
+NGX_CONFIGURE = $$(test -x configure && echo ./configure || echo auto/configure) \
+    --with-compat \
     --with-cc-opt="-fPIC $(SAN_FLAGS)" --with-ld-opt="$(SAN_FLAGS)" \
     --add-dynamic-module=$(CURDIR) --builddir=$(NGX_OBJS)
 NGX_PREPARE = mkdir -p $(B)

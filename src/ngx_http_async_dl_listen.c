@@ -187,6 +187,7 @@ static void
 ngx_http_async_dl_listen_set_state(ngx_http_async_dl_listen_t *ls,
     ngx_http_async_dl_listen_state_e state)
 {
+#if (NGX_DEBUG)
     static const char  *names[] = {
         "down", "connecting", "subscribing", "ready"
     };
@@ -194,6 +195,7 @@ ngx_http_async_dl_listen_set_state(ngx_http_async_dl_listen_t *ls,
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, &ls->log, 0,
                    "async_dl listen: %s -> %s", names[ls->state],
                    names[state]);
+#endif
 
     ls->state = state;
 

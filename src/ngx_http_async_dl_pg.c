@@ -1025,6 +1025,7 @@ static void
 ngx_http_async_dl_pg_set_state(ngx_http_async_dl_pg_conn_t *pc,
     ngx_http_async_dl_pg_state_e state)
 {
+#if (NGX_DEBUG)
     static const char  *names[] = {
         "down", "connecting", "setup", "idle", "prepare", "query"
     };
@@ -1032,6 +1033,7 @@ ngx_http_async_dl_pg_set_state(ngx_http_async_dl_pg_conn_t *pc,
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pc->pg->log, 0,
                    "async_dl pg #%ui: %s -> %s", pc->n, names[pc->state],
                    names[state]);
+#endif
 
     if (pc->state == NGX_HTTP_ASYNC_DL_PG_DOWN
         && state != NGX_HTTP_ASYNC_DL_PG_DOWN)

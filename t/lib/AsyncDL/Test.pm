@@ -160,7 +160,8 @@ my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
 my $BUILD = $ENV{ADL_BUILD} || "$ROOT/build";
 my $MODULE = $ENV{ADL_MODULE} || "$BUILD/nginx/ngx_http_async_dl_module.so";
 my $WORKER = $ENV{ADL_WORKER} || "$BUILD/async-dl-worker";
-my $NGINX = $ENV{ADL_NGINX} || '/usr/sbin/nginx';
+my $NGINX = $ENV{ADL_NGINX} || '/usr/sbin/nginx';     # under test
+my $ORIGIN_NGINX = '/usr/sbin/nginx';                 # a fixture (sub_filter)
 my $PGBIN = $ENV{ADL_PGBIN} || '/usr/lib/postgresql/15/bin';
 my $SANITIZE = $BUILD =~ /-san\b/ ? 1 : ($ENV{ADL_SANITIZE} || 0);
 my $JSON = JSON::PP->new->canonical->allow_nonref;
@@ -395,7 +396,7 @@ http {
 }
 EOF
     write_file("$d/nginx.conf", $conf);
-    $S{origin_pid} = spawn("$d/logs/stderr.log", {}, $NGINX, '-p', "$d/",
+    $S{origin_pid} = spawn("$d/logs/stderr.log", {}, $ORIGIN_NGINX, '-p', "$d/",
                            '-c', "$d/nginx.conf");
     wait_port($S{origin_port}, 'the origin nginx', $S{origin_pid});
 }
