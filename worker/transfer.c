@@ -301,6 +301,7 @@ check_response(adl_xfer_t *x)
     long                   code = 0;
     curl_off_t             cl = -1;
     char                  *ct = NULL;
+    int                    n;
     long long              start, end, total;
 
     x->checked = 1;
@@ -308,8 +309,12 @@ check_response(adl_xfer_t *x)
     curl_easy_getinfo(x->dl.easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
 
     if (code == 206 && x->offset > 0) {
-        if (sscanf(x->h_content_range, "bytes %lld-%lld/%lld", &start, &end,
-                   &total) < 2 || start != x->offset)
+        /* the rest of the same file: same start, and the same total when
+         * the first answer announced one (else another version of it) */
+        n = sscanf(x->h_content_range, "bytes %lld-%lld/%lld", &start, &end,
+                   &total);
+        if (n < 2 || start != x->offset
+            || (x->size >= 0 && (n != 3 || total != x->size)))
         {
             return fail_in_callback(x, "DOWNLOAD_FAILED", 1, "resume at %lld"
                                     " answered with Content-Range \"%s\"",
@@ -633,7 +638,13 @@ download_done(adl_http_req_t *req, CURLcode rc)
         if (delay < 0) {
             delay = adl_backoff_ms(x->w->settings->retry_base, x->attempt);
         }
-        if (now + delay < x->job->deadline && !x->w->stopping) {
+        if (x->w->stopping) {
+            /* shutting down: another worker retries it, it has not failed */
+            xfer_end(x, OUT_HAND_BACK, code, "%s; handed back for a retry",
+                     msg);
+            return;
+        }
+        if (now + delay < x->job->deadline) {
             XLOG(ADL_LOG_WARN, x, "attempt %d failed: %s; retrying in "
                  "%lld ms", x->attempt, msg, (long long) delay);
             x->state = XF_BACKOFF;

@@ -152,7 +152,9 @@ sub serve {
         open my $log, '>>', "$state/reset-$key.ranges";
         print $log ($h{range} // 'none'), "\n";
         close $log;
-        return send_content($c, $key, $size, $h{range});
+        # resize=N: the file changed between the two requests
+        return send_content($c, $q{resize} ? "$key-v2" : $key,
+                            $q{resize} // $size, $h{range});
     }
     if ($path eq '/hang') {
         sleep 3600;

@@ -124,6 +124,8 @@ flaky origin ($ADL_FLAKY):
     /fail/<key>?n=N&size=S&code=C   C (500) N times, then 200 with S bytes
     /reset/<key>?size=S&at=A        first time: Content-Length S, A bytes,
                                     then a TCP reset; later: honours Range
+                                    (&resize=N: later it is another file,
+                                    flaky_bytes("<key>-v2", N))
     /retry-after/<key>?n=N&after=T  429 + Retry-After: T, N times, then 200
     /hang                           accepts, never answers
     /callback/<key>?fail=N          records POSTs; answers 500 N times first
