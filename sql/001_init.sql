@@ -473,6 +473,13 @@ BEGIN
     RETURN n;
 END $$;
 
+-- A job past its expires_at is gone for the API at once, whether or not
+-- the sweeper has removed it yet: every owner lookup of the API asks this.
+CREATE FUNCTION async_dl_job_live(p_expires timestamptz) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT p_expires IS NULL OR p_expires > now()
+$$;
+
 -- Locks a job of p_owner for a change from the API: its file rows first,
 -- then the job row.  Workers hold a file row and then update its job
 -- (progress, a file's end, claims), so taking the job first here could
@@ -481,7 +488,8 @@ CREATE FUNCTION async_dl_lock_job(p_job uuid, p_owner text)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM 1 FROM async_dl_jobs WHERE id = p_job AND owner = p_owner;
+    PERFORM 1 FROM async_dl_jobs
+     WHERE id = p_job AND owner = p_owner AND async_dl_job_live(expires_at);
     IF NOT FOUND THEN
         RETURN false;
     END IF;

@@ -147,7 +147,7 @@ DECLARE
 BEGIN
     SELECT * INTO j FROM async_dl_jobs
      WHERE id = p_job AND owner = p_owner
-       AND (expires_at IS NULL OR expires_at > now());
+       AND async_dl_job_live(expires_at);
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
@@ -297,12 +297,14 @@ BEGIN
     END IF;
 
     SELECT count(*) INTO total FROM async_dl_jobs
-     WHERE owner = p_owner AND (p_status IS NULL OR status = p_status);
+     WHERE owner = p_owner AND (p_status IS NULL OR status = p_status)
+       AND async_dl_job_live(expires_at);
 
     SELECT array_agg(p ORDER BY p.created_at DESC, p.id DESC) INTO js
       FROM (SELECT * FROM async_dl_jobs j
              WHERE j.owner = p_owner
                AND (p_status IS NULL OR j.status = p_status)
+               AND async_dl_job_live(j.expires_at)
                AND (c_at IS NULL OR (j.created_at, j.id) < (c_at, c_id))
              ORDER BY j.created_at DESC, j.id DESC
             OFFSET p_offset LIMIT p_limit + 1) p;
@@ -382,7 +384,7 @@ DECLARE
 BEGIN
     SELECT * INTO j FROM async_dl_jobs
      WHERE id = p_job AND owner = p_owner
-       AND (expires_at IS NULL OR expires_at > now());
+       AND async_dl_job_live(expires_at);
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'no_job'::text, NULL::text, NULL::text,
                             'no such job'::text, NULL::text;

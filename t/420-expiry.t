@@ -96,7 +96,7 @@ ok(wait_until(sub { psql("SELECT count(*) FROM async_dl_jobs WHERE id IN "
                          . "('$failed', '$canceled')") == 0 }, 20),
    'the failed and the canceled jobs are removed too');
 
-# a job past expires_at but not yet swept is already 404
+# a job before its expires_at is served (past it, even unswept: t/145)
 my $soon = initiate({ files => [{ url => "$o/f/keep.txt" }] })->{json}{jobId};
 wait_job($soon, qr/^completed$/);
 psql("UPDATE async_dl_jobs SET expires_at = now() + interval '1 hour' WHERE id = '$soon'");
