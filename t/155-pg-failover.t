@@ -10,17 +10,13 @@ use Time::HiRes qw(sleep time);
 my $s = adl();
 
 # nothing listens on 127.0.0.2 at that port: libpq moves on to 127.0.0.1
-my $http = <<"EOF2";
-    async_dl_postgres "host=127.0.0.2,127.0.0.1 port=$s->{pg_port} dbname=postgres user=postgres connect_timeout=2";
-    async_dl_postgres_pool 2;
-    async_dl_postgres_timeout 3s;
-    async_dl_s3_endpoint $s->{s3_endpoint};
-    async_dl_s3_bucket $s->{s3_bucket};
-    async_dl_s3_access_key S3RVER;
-    async_dl_s3_secret_key S3RVER;
-EOF2
+my %failover = (
+    pg_conninfo => 'host=127.0.0.2,127.0.0.1 port=$ADL_PG_PORT '
+                 . 'dbname=postgres user=postgres connect_timeout=2',
+    http_config => "async_dl_postgres_pool 2;\nasync_dl_postgres_timeout 3s;",
+);
 
-start_nginx("location /v1/download/ { async_dl; }", adl_http_config => $http);
+start_nginx("location /v1/download/ { async_dl; }", %failover);
 
 ok(wait_until(sub { request('GET', '/v1/download/health')->{status} == 200 },
               5, 'first health'), 'connected through the second host');

@@ -14,17 +14,13 @@ my $s = adl();
 my $P = '/v1/download/';
 
 # nothing listens on 127.0.0.2 at that port: libpq moves on to 127.0.0.1
-my $http = <<"EOF2";
-    async_dl_postgres "host=127.0.0.2,127.0.0.1 port=$s->{pg_port} dbname=postgres user=postgres connect_timeout=2";
-    async_dl_postgres_pool 2;
-    async_dl_postgres_timeout 3s;
-    async_dl_s3_endpoint $s->{s3_endpoint};
-    async_dl_s3_bucket $s->{s3_bucket};
-    async_dl_s3_access_key S3RVER;
-    async_dl_s3_secret_key S3RVER;
-EOF2
+my %failover = (
+    pg_conninfo => 'host=127.0.0.2,127.0.0.1 port=$ADL_PG_PORT '
+                 . 'dbname=postgres user=postgres connect_timeout=2',
+    http_config => "async_dl_postgres_pool 2;\nasync_dl_postgres_timeout 3s;",
+);
 
-start_nginx(<<'EOF2', adl_http_config => $http);
+start_nginx(<<'EOF2', %failover);
 location /v1/download/ {
     async_dl;
     async_dl_heartbeat 1s;

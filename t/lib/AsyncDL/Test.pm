@@ -103,6 +103,10 @@ where not given) and returns its id; C<job_status($id)>;
 C<wait_ended($id, $seconds)> waits (30 s by default) for the job to be
 completed, failed or canceled and returns its status.
 
+C<start_nginx($config, pg_conninfo =E<gt> $conninfo)> keeps the default
+async_dl_* http directives but with another libpq conninfo (placeholders
+such as C<$ADL_PG_PORT> are expanded).
+
 =head1 ORIGIN
 
     /files/<id>        generated files for ids 70000..70009
@@ -413,8 +417,10 @@ sub flaky_start {
 # --- the nginx under test ---------------------------------------------------
 
 sub default_http_config {
+    my ($conninfo) = @_;
+    $conninfo //= $S{pg_conninfo};
     return <<"EOF";
-    async_dl_postgres "$S{pg_conninfo}";
+    async_dl_postgres "$conninfo";
     async_dl_s3_endpoint $S{s3_endpoint};
     async_dl_s3_bucket $S{s3_bucket};
     async_dl_s3_region us-east-1;
@@ -426,7 +432,8 @@ EOF
 sub expand {
     my ($text) = @_;
     return '' unless defined $text;
-    my %v = (ADL_PG => $S{pg_conninfo}, ADL_S3_ENDPOINT => $S{s3_endpoint},
+    my %v = (ADL_PG => $S{pg_conninfo}, ADL_PG_PORT => $S{pg_port},
+             ADL_S3_ENDPOINT => $S{s3_endpoint},
              ADL_S3_BUCKET => $S{s3_bucket}, ADL_ORIGIN => $S{origin},
              ADL_FLAKY => $S{flaky}, ADL_PORT => $S{port},
              ADL_DIR => $S{dir});
@@ -437,8 +444,9 @@ sub expand {
 sub nginx_conf {
     my ($config, %opt) = @_;
     my $d = "$S{dir}/nginx";
-    my $http = defined $opt{adl_http_config} ? $opt{adl_http_config}
-                                             : default_http_config();
+    my $http = defined $opt{adl_http_config}
+             ? $opt{adl_http_config}
+             : default_http_config(expand($opt{pg_conninfo}) || undef);
     my $level = $ENV{ADL_DEBUG} ? 'debug' : 'info';
     return expand(<<"EOF");
 daemon off;
