@@ -31,7 +31,9 @@
  * fires on a running query, the query is detached from its connection and
  * answered TIMEOUT; PQcancel() is not used because it blocks (it opens a new
  * connection synchronously).  Instead every connection has statement_timeout
- * set to the same value, so the server cancels the statement itself; the
+ * set to the same value plus a small margin, so the server cancels the
+ * statement itself just after nginx gave up on it (nginx always decides the
+ * answer: with equal values the server's timer could win the race); the
  * connection keeps draining and is reused once the error arrives.  If
  * nothing arrives within the timeout plus a grace period (a dead network),
  * the connection is closed and reopened.
@@ -61,6 +63,7 @@
 #define NGX_HTTP_ASYNC_DL_PG_BACKOFF     100    /* first retry, ms */
 #define NGX_HTTP_ASYNC_DL_PG_BACKOFF_MAX 1000
 #define NGX_HTTP_ASYNC_DL_PG_GRACE       1000   /* drain beyond timeout, ms */
+#define NGX_HTTP_ASYNC_DL_PG_MARGIN      250    /* statement_timeout - timeout */
 
 
 typedef enum {
@@ -777,7 +780,8 @@ ngx_http_async_dl_pg_create(ngx_cycle_t *cycle,
     ngx_str_set(&pg->last_error, "not connected yet");
 
     ngx_snprintf((u_char *) pg->setup, sizeof(pg->setup),
-                 "SET statement_timeout = %M%Z", pgcf->timeout);
+                 "SET statement_timeout = %M%Z",
+                 pgcf->timeout + NGX_HTTP_ASYNC_DL_PG_MARGIN);
 
     for (i = 0; i < pgcf->size; i++) {
         pc = &pg->conns[i];
