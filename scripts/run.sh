@@ -81,7 +81,7 @@ pids+=($!)
 # a module built with sanitizers (make SANITIZE=1) needs their runtime
 # loaded first into the uninstrumented nginx
 san=()
-if ldd "$MODULE" | grep -q libasan; then
+if ldd "$MODULE" | grep libasan >/dev/null; then   # no -q: pipefail + SIGPIPE
     san=(env "LD_PRELOAD=$(gcc -print-file-name=libasan.so)"
          ASAN_OPTIONS=detect_leaks=0)
 fi

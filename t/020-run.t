@@ -61,7 +61,10 @@ if ($pid == 0) {
 my $base = "http://127.0.0.1:$port/v1/download";
 my %user = ('X-User' => 'demo');
 ok(wait_until(sub { request('GET', "$base/health")->{status} == 200 }, 60,
-              'health'), 'make run serves health with 200');
+              'health'), 'make run serves health with 200')
+    or diag(join "\n", map { "== $_\n" . (do { local $/; open my $fh, '<', $_;
+                                               <$fh> // '' }) }
+                      "$dir/run.out", glob("$dir/run/logs/*"));
 
 my $out = '';
 wait_until(sub {
