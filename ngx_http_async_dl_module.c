@@ -727,17 +727,24 @@ ngx_http_async_dl_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     amcf->used = 1;
 
     /*
-     * The initiate body is read into memory, never into a temporary file
-     * (reading that back would block): the buffer is made as large as the
-     * largest body this location accepts.
+     * The initiate body: bounded even when client_max_body_size is 0, and
+     * read into memory when it is not larger than 1m (the default
+     * client_max_body_size), so that usual bodies never go through a
+     * temporary file; a larger one does, and is read back from it.
      */
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
+    if (clcf->client_max_body_size == 0) {
+        clcf->client_max_body_size = NGX_HTTP_ASYNC_DL_MAX_BODY;
+    }
+
     if (clcf->client_body_buffer_size < (size_t) clcf->client_max_body_size
-        && clcf->client_max_body_size > 0)
+        && clcf->client_body_buffer_size < NGX_HTTP_ASYNC_DL_BODY_BUFFER)
     {
-        clcf->client_body_buffer_size = (size_t) clcf->client_max_body_size;
+        clcf->client_body_buffer_size =
+                         ngx_min((size_t) clcf->client_max_body_size,
+                                 NGX_HTTP_ASYNC_DL_BODY_BUFFER);
     }
 
     return NGX_CONF_OK;

@@ -26,6 +26,13 @@
 
 #define NGX_HTTP_ASYNC_DL_UUID_LEN          36
 
+/*
+ * The initiate body: the bound when client_max_body_size is 0, and the
+ * largest one read into memory (see merge_loc_conf).
+ */
+#define NGX_HTTP_ASYNC_DL_MAX_BODY          (16 * 1024 * 1024)
+#define NGX_HTTP_ASYNC_DL_BODY_BUFFER       (1024 * 1024)
+
 /* nginx 1.23 chains headers of the same name */
 #if (nginx_version >= 1023000)
 #define ngx_http_async_dl_header_init(h)    (h)->next = NULL
