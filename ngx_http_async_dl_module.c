@@ -369,10 +369,28 @@ ngx_http_async_dl_handler(ngx_http_request_t *r)
         }
 
         if (ctx->owner.len == 0) {
+            (void) ngx_http_discard_request_body(r);
+
             return ngx_http_async_dl_send_error(r, NGX_HTTP_UNAUTHORIZED,
                                                 "UNAUTHORIZED",
                                                 "the request has no owner "
                                                 "(async_dl_owner is empty)");
+        }
+
+        /* a value PostgreSQL would refuse is the client's error, never 500 */
+
+        if (ctx->owner.len > NGX_HTTP_ASYNC_DL_MAX_OWNER
+            || !ngx_http_async_dl_is_text(ctx->owner.data, ctx->owner.len))
+        {
+            (void) ngx_http_discard_request_body(r);
+
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                "INVALID_OWNER",
+                                                "the request's owner "
+                                                "(async_dl_owner) must be at "
+                                                "most %d bytes of UTF-8 "
+                                                "without NUL",
+                                                NGX_HTTP_ASYNC_DL_MAX_OWNER);
         }
     }
 

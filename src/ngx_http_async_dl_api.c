@@ -1024,6 +1024,21 @@ ngx_http_async_dl_db_error(ngx_http_request_t *r,
                       "async_dl: postgres error %s: %s", state, msg);
 
         /*
+         * Text the server refused (22021 invalid UTF-8, 22P05 not in the
+         * database's encoding) can only come from the client: every field
+         * is checked before, this keeps one that was missed a 400.
+         */
+
+        if (ngx_strcmp(state, "22021") == 0
+            || ngx_strcmp(state, "22P05") == 0)
+        {
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                "INVALID_REQUEST",
+                                                "a value of the request is "
+                                                "not valid UTF-8 text");
+        }
+
+        /*
          * Transient states of the server (shutting down, statement timeout,
          * connection or resource trouble, schema not installed yet) are
          * "unavailable"; anything else is a bug: 500.

@@ -157,7 +157,7 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
     ngx_http_async_dl_pg_conf_t *pgcf)
 {
     char                *err, *host, *hostaddr, *port;
-    ngx_uint_t           i, n, have_fallback, have_gss;
+    ngx_uint_t           i, n, have_fallback, have_gss, have_encoding;
     ngx_array_t          hosts, addrs, ports;
     PQconninfoOption    *opts, *o;
     const char         **kw, **val;
@@ -180,6 +180,7 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
     port = NULL;
     have_fallback = 0;
     have_gss = 0;
+    have_encoding = 0;
     n = 0;
 
     for (o = opts; o->keyword; o++) {
@@ -203,6 +204,9 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
 
         } else if (ngx_strcmp(o->keyword, "gssencmode") == 0) {
             have_gss = 1;
+
+        } else if (ngx_strcmp(o->keyword, "client_encoding") == 0) {
+            have_encoding = 1;
 
         } else if (ngx_strcmp(o->keyword, "service") == 0) {
             /* a service file may name a host: libpq would resolve it */
@@ -240,8 +244,8 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
         }
     }
 
-    kw = ngx_pcalloc(cf->pool, (n + 5) * sizeof(char *));
-    val = ngx_pcalloc(cf->pool, (n + 5) * sizeof(char *));
+    kw = ngx_pcalloc(cf->pool, (n + 6) * sizeof(char *));
+    val = ngx_pcalloc(cf->pool, (n + 6) * sizeof(char *));
     if (kw == NULL || val == NULL) {
         PQconninfoFree(opts);
         return NGX_CONF_ERROR;
@@ -297,6 +301,15 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
     if (!have_gss) {
         kw[i] = "gssencmode";
         val[i++] = "disable";
+    }
+
+    /*
+     * Parameters and answers are UTF-8 whatever the database's encoding:
+     * the API checks client text as UTF-8 and answers JSON.
+     */
+    if (!have_encoding) {
+        kw[i] = "client_encoding";
+        val[i++] = "UTF8";
     }
 
     for (n = 0; n < i; n++) {
