@@ -3,12 +3,12 @@
 -- What 001 got wrong, and the rules that replace it:
 --
 --   Counters of a job (completed_files, failed_files, sized_files,
---   bytes_done, bytes_total) were kept by increments in several places,
---   some of them computed on a snapshot older than the job's row lock, so
---   two files ending at once, a hand-back or a progress report without a
---   size left them wrong for good.  Now they are derived from the job's
---   files in one place, async_dl_job_recount(), called with the job's row
---   lock held and a snapshot taken after it was granted.
+--   bytes_done, bytes_total) were changed in several places, some of them
+--   recomputed on a snapshot older than the job's row lock, some with the
+--   wrong deltas, so two files ending at once, a hand-back or a progress
+--   report without a size left them wrong for good.  Now one function,
+--   async_dl_job_add(), changes them, by deltas taken from file rows its
+--   callers hold, applied to the latest version of the job's row.
 --
 --   The counts behind QUEUE_FULL and TOO_MANY_JOBS were kept by updating
 --   counter rows from a row trigger, in whatever order a statement touched
@@ -162,67 +162,75 @@ CREATE SEQUENCE async_dl_lease_seq;
 
 -- --- a job's counters: one place -----------------------------------------
 
--- Sets the job's counters from its files and ends it when its last file
--- ended: completed when at least one file was stored, else failed.  Takes
--- the job's row lock first; the counters are read by a later statement,
--- whose snapshot sees every change committed by whoever held the lock
--- before (in READ COMMITTED each statement of a function has its own).
--- Callers hold the job's file rows they changed (lock order: files, then
--- the job).  Also marks the job processing once one of its files started.
-CREATE FUNCTION async_dl_job_recount(p_job uuid) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    j          async_dl_jobs;
-    completed  integer;
-    ended      integer;
-    sized      integer;
-    done       bigint;
-    total      bigint;
-    started    boolean;
-    st         text;
-BEGIN
-    SELECT * INTO j FROM async_dl_jobs WHERE id = p_job FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-
-    SELECT count(*) FILTER (WHERE f.status = 'completed'),
-           count(*) FILTER (WHERE f.status IN ('completed', 'failed',
-                                               'canceled')),
-           count(f.size), coalesce(sum(f.bytes_done), 0),
-           coalesce(sum(f.size), 0),
-           coalesce(bool_or(f.status <> 'pending' OR f.attempts > 0), false)
-      INTO completed, ended, sized, done, total, started
-      FROM async_dl_files f WHERE f.job_id = p_job;
-
-    st := j.status;
-    IF st IN ('queued', 'processing') THEN
-        IF ended >= j.total_files THEN
-            st := CASE WHEN completed > 0 THEN 'completed' ELSE 'failed' END;
-        ELSIF started THEN
-            st := 'processing';
-        END IF;
-    END IF;
-
-    -- one UPDATE, so that the triggers of a job that ends here (events,
-    -- lifecycle) see its final counters
+-- Changes a job's counters by what its files' changes added (dc completed,
+-- df failed or canceled, ds sized, dd bytes done, dt bytes total) and ends
+-- the job when its last file ended: completed when at least one file was
+-- stored, else failed; p_cancel ends it canceled; p_started marks it
+-- processing.  The only function that writes a job's counters.
+--
+-- Callers hold the file rows whose change they report, so the deltas are
+-- exact; "x = x + d" applies them to the latest version of the job's row
+-- (READ COMMITTED re-reads it after waiting for its lock), and one UPDATE
+-- lets the triggers of a job ending here see its final counters.  Lock
+-- order: the job's file rows, then job rows in id order.
+CREATE FUNCTION async_dl_job_add(p_job uuid, dc integer, df integer,
+                                 ds integer, dd bigint, dt bigint,
+                                 p_started boolean, p_cancel boolean)
+RETURNS void
+LANGUAGE sql AS $$
     UPDATE async_dl_jobs
-       SET completed_files = completed, failed_files = ended - completed,
-           sized_files = sized, bytes_done = done, bytes_total = total,
-           status = st,
-           started_at = CASE WHEN started THEN coalesce(started_at, now())
+       SET completed_files = completed_files + dc,
+           failed_files = failed_files + df,
+           sized_files = sized_files + ds,
+           bytes_done = bytes_done + dd,
+           bytes_total = bytes_total + dt,
+           status = CASE
+               WHEN status NOT IN ('queued', 'processing') THEN status
+               WHEN p_cancel THEN 'canceled'
+               WHEN completed_files + dc + failed_files + df >= total_files
+                   THEN CASE WHEN completed_files + dc > 0 THEN 'completed'
+                             ELSE 'failed' END
+               WHEN p_started THEN 'processing'
+               ELSE status END,
+           started_at = CASE WHEN p_started THEN coalesce(started_at, now())
                              ELSE started_at END,
-           completed_at = CASE WHEN st <> j.status
-                                    AND st IN ('completed', 'failed')
-                               THEN now()
-                               ELSE completed_at END,
-           error_code = CASE WHEN st <> j.status AND st = 'failed'
-                             THEN 'ALL_FILES_FAILED' ELSE error_code END,
-           error_message = CASE WHEN st <> j.status AND st = 'failed'
-                                THEN 'no file could be downloaded'
-                                ELSE error_message END
-     WHERE id = p_job;
-END $$;
+           completed_at = CASE
+               WHEN status IN ('queued', 'processing')
+                    AND (p_cancel OR completed_files + dc + failed_files + df
+                                     >= total_files)
+                   THEN now()
+               ELSE completed_at END,
+           error_code = CASE
+               WHEN status NOT IN ('queued', 'processing') THEN error_code
+               WHEN p_cancel THEN 'CANCELED'
+               WHEN completed_files + dc + failed_files + df >= total_files
+                    AND completed_files + dc = 0 THEN 'ALL_FILES_FAILED'
+               ELSE error_code END,
+           error_message = CASE
+               WHEN status NOT IN ('queued', 'processing') THEN error_message
+               WHEN p_cancel THEN 'the job was canceled'
+               WHEN completed_files + dc + failed_files + df >= total_files
+                    AND completed_files + dc = 0
+                   THEN 'no file could be downloaded'
+               ELSE error_message END
+     WHERE id = p_job
+$$;
+
+-- One file's row changed from o to n (both read under its row lock).
+CREATE FUNCTION async_dl_job_file_changed(o async_dl_files, n async_dl_files)
+RETURNS void
+LANGUAGE sql AS $$
+    SELECT async_dl_job_add(n.job_id,
+        (n.status = 'completed')::integer - (o.status = 'completed')::integer,
+        (n.status IN ('failed', 'canceled'))::integer
+            - (o.status IN ('failed', 'canceled'))::integer,
+        (n.size IS NOT NULL)::integer - (o.size IS NOT NULL)::integer,
+        n.bytes_done - o.bytes_done,
+        coalesce(n.size, 0) - coalesce(o.size, 0),
+        false, false)
+     WHERE (o.status, o.size, o.bytes_done)
+           IS DISTINCT FROM (n.status, n.size, n.bytes_done)
+$$;
 
 -- 001's incremental accounting, kept under its name for nothing else: gone.
 DROP FUNCTION async_dl_job_account(uuid, async_dl_files, text);
@@ -250,26 +258,32 @@ DECLARE
     v_job   uuid[];
     v_idx   integer[];
     v_dead  boolean[];
+    v_done  bigint[];
     n       integer;
-    k       uuid;
+    r       record;
 BEGIN
     -- leases that ran out: few rows, found by the downloading index
-    SELECT coalesce(array_agg(p.job_id), '{}'), coalesce(array_agg(p.idx), '{}'),
-           coalesce(array_agg(p.attempts >= p_max_attempts), '{}')
-      INTO v_job, v_idx, v_dead
-      FROM (SELECT f.job_id, f.idx, f.attempts FROM async_dl_files f
+    SELECT coalesce(array_agg(p.job_id), '{}'),
+           coalesce(array_agg(p.idx), '{}'),
+           coalesce(array_agg(p.attempts >= p_max_attempts), '{}'),
+           coalesce(array_agg(p.bytes_done), '{}')
+      INTO v_job, v_idx, v_dead, v_done
+      FROM (SELECT f.job_id, f.idx, f.attempts, f.bytes_done
+              FROM async_dl_files f
              WHERE f.status = 'downloading' AND f.lease_until < now()
              ORDER BY f.lease_until
              LIMIT p_limit
                FOR UPDATE SKIP LOCKED) p;
 
-    n := p_limit - cardinality(v_job);
+    -- files that fail here take no room in the claim
+    n := p_limit - (SELECT count(*) FROM unnest(v_dead) d WHERE NOT d);
     IF n > 0 THEN
         SELECT v_job || coalesce(array_agg(p.job_id), '{}'),
                v_idx || coalesce(array_agg(p.idx), '{}'),
-               v_dead || coalesce(array_agg(false), '{}')
-          INTO v_job, v_idx, v_dead
-          FROM (SELECT f.job_id, f.idx FROM async_dl_files f
+               v_dead || coalesce(array_agg(false), '{}'),
+               v_done || coalesce(array_agg(p.bytes_done), '{}')
+          INTO v_job, v_idx, v_dead, v_done
+          FROM (SELECT f.job_id, f.idx, f.bytes_done FROM async_dl_files f
                  WHERE f.status = 'pending' AND f.next_attempt_at <= now()
                  ORDER BY f.next_attempt_at, f.job_id, f.idx
                  LIMIT n
@@ -283,7 +297,8 @@ BEGIN
        SET status = 'failed', lease_owner = NULL, lease_until = NULL,
            error_code = 'WORKER_LOST',
            error_message = 'gave up after ' || f.attempts || ' attempts: '
-                           || 'the worker holding the file stopped',
+                           || 'the last one''s worker stopped renewing '
+                           || 'its lease',
            completed_at = now(), updated_at = now()
       FROM unnest(v_job, v_idx, v_dead) AS u (j, i, dead)
      WHERE u.dead AND f.job_id = u.j AND f.idx = u.i;
@@ -298,9 +313,17 @@ BEGIN
       FROM unnest(v_job, v_idx, v_dead) AS u (j, i, dead)
      WHERE NOT u.dead AND f.job_id = u.j AND f.idx = u.i;
 
-    -- their jobs, in id order
-    FOR k IN SELECT DISTINCT u.j FROM unnest(v_job) AS u (j) ORDER BY 1 LOOP
-        PERFORM async_dl_job_recount(k);
+    -- their jobs, in id order: failed files, and the bytes of reclaimed
+    -- files, which start again from 0
+    FOR r IN
+        SELECT u.j, count(*) FILTER (WHERE u.dead) AS failed,
+               coalesce(sum(u.done) FILTER (WHERE NOT u.dead), 0) AS lost
+          FROM unnest(v_job, v_dead, v_done) AS u (j, dead, done)
+         GROUP BY u.j ORDER BY u.j
+    LOOP
+        PERFORM async_dl_job_add(r.j, 0, r.failed::integer, 0,
+                                 (-r.lost)::bigint, 0,
+                                 true, false);
     END LOOP;
 
     RETURN QUERY
@@ -326,6 +349,7 @@ RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     f async_dl_files;
+    n async_dl_files;
 BEGIN
     SELECT * INTO f FROM async_dl_files
      WHERE job_id = p_job AND idx = p_idx FOR UPDATE;
@@ -339,13 +363,10 @@ BEGIN
        SET bytes_done = p_bytes, size = coalesce(p_size, size),
            attempts = greatest(attempts, p_attempts),
            lease_until = now() + p_lease, updated_at = now()
-     WHERE job_id = p_job AND idx = p_idx;
+     WHERE job_id = p_job AND idx = p_idx
+    RETURNING * INTO n;
 
-    IF p_bytes IS DISTINCT FROM f.bytes_done
-       OR (p_size IS NOT NULL AND p_size IS DISTINCT FROM f.size)
-    THEN
-        PERFORM async_dl_job_recount(p_job);
-    END IF;
+    PERFORM async_dl_job_file_changed(f, n);
     RETURN true;
 END $$;
 
@@ -365,6 +386,7 @@ RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     f async_dl_files;
+    n async_dl_files;
 BEGIN
     IF p_status NOT IN ('completed', 'failed', 'pending') THEN
         RAISE EXCEPTION 'async_dl_file_finish: bad status %', p_status;
@@ -385,7 +407,8 @@ BEGIN
                next_attempt_at = coalesce(p_retry_at, now()),
                error_code = p_error_code, error_message = p_error_message,
                updated_at = now()
-         WHERE job_id = p_job AND idx = p_idx;
+         WHERE job_id = p_job AND idx = p_idx
+        RETURNING * INTO n;
     ELSE
         UPDATE async_dl_files
            SET status = p_status, lease_owner = NULL, lease_until = NULL,
@@ -398,10 +421,11 @@ BEGIN
                attempts = greatest(attempts, p_attempts),
                error_code = p_error_code, error_message = p_error_message,
                completed_at = now(), updated_at = now()
-         WHERE job_id = p_job AND idx = p_idx;
+         WHERE job_id = p_job AND idx = p_idx
+        RETURNING * INTO n;
     END IF;
 
-    PERFORM async_dl_job_recount(p_job);
+    PERFORM async_dl_job_file_changed(f, n);
     RETURN true;
 END $$;
 
@@ -438,7 +462,8 @@ BEGIN
             RETURNING 1)
         SELECT count(*) INTO m FROM u;
         IF m > 0 THEN
-            PERFORM async_dl_job_recount(k);
+            -- pending or downloading before: each one more failed file
+            PERFORM async_dl_job_add(k, 0, m, 0, 0, 0, false, false);
             n := n + m;
         END IF;
     END LOOP;
@@ -454,6 +479,7 @@ RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     j async_dl_jobs;
+    m integer;
 BEGIN
     IF NOT async_dl_lock_job(p_job, p_owner) THEN
         RETURN NULL;
@@ -469,13 +495,9 @@ BEGIN
            error_code = 'CANCELED', error_message = 'the job was canceled',
            completed_at = now(), updated_at = now()
      WHERE job_id = p_job AND status IN ('pending', 'downloading');
+    GET DIAGNOSTICS m = ROW_COUNT;
 
-    UPDATE async_dl_jobs
-       SET status = 'canceled',
-           error_code = 'CANCELED', error_message = 'the job was canceled',
-           completed_at = now()
-     WHERE id = p_job;
-    PERFORM async_dl_job_recount(p_job);
+    PERFORM async_dl_job_add(p_job, 0, m, 0, 0, 0, false, true);
     RETURN 'canceled';
 END $$;
 
@@ -540,7 +562,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     j  async_dl_jobs;
     n  bigint;
-    nd bigint;
 BEGIN
     PERFORM set_config('async_dl.api_prefix', coalesce(p_prefix, ''), true);
 
@@ -557,14 +578,14 @@ BEGIN
     END IF;
 
     IF p_max_pending > 0 THEN
-        SELECT count(*), coalesce(sum(queued), 0) INTO nd, n
-          FROM async_dl_count_deltas;
-        IF nd > 1000 THEN
+        IF (SELECT count(*) FROM (SELECT 1 FROM async_dl_count_deltas
+                                   LIMIT 1001) d) > 1000
+        THEN
             -- nobody folded them lately (no worker running?): fold now
             -- unless another session is at it
             PERFORM async_dl_counts_compact();
         END IF;
-        n := n + (SELECT queued FROM async_dl_queue_count);
+        n := async_dl_queued_count();   -- one snapshot: totals and deltas
         IF n >= p_max_pending THEN
             RETURN QUERY SELECT 'queue_full'::text, NULL::uuid, NULL::text;
             RETURN;

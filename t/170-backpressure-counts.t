@@ -81,4 +81,16 @@ check('after folding');
 is(psql("SELECT count(*) FROM async_dl_owner_active WHERE owner = 'bob'"), 0,
    'an owner without unfinished jobs has no row');
 
+# many deltas nobody folded: initiate folds them, and counts each job once
+psql("INSERT INTO async_dl_jobs (owner, total_files, timeout_ms, deadline) "
+     . "SELECT 'dave', 1, 60000, now() + interval '1 h' "
+     . "FROM generate_series(1, 1001)");
+my $q = psql('SELECT async_dl_queued_count()');
+is(psql("SELECT outcome FROM async_dl_job_create('erin', NULL, 'h', 60000, "
+        . "NULL, '[{\"url\":\"http://x/\"}]', " . ($q + 10) . ", 0, "
+        . "'/p/')"), 'created', "below the limit with $q queued");
+is(psql('SELECT count(*) < 10 FROM async_dl_count_deltas'), 't',
+   'and it folded the deltas');
+check('after initiate folded');
+
 done_testing();

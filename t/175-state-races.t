@@ -193,25 +193,30 @@ sub finish_sql {
          . "'/p/') FROM generate_series(1, 60) n) c");
     sleep 0.1;
 
+    # each call its own transaction, as the worker and the API make them
     my @bg;
     for my $w (1 .. 3) {
         push @bg, psql_bg(
-            "DO \$\$ BEGIN FOR n IN 1..25 LOOP "
+            "DO \$\$ DECLARE r record; BEGIN FOR n IN 1..25 LOOP "
           . "PERFORM async_dl_claim('w$w', 8, '1 min', 5); COMMIT; "
-          . "PERFORM async_dl_file_finish(job_id, idx, lease_owner, "
-          . "CASE WHEN idx = 0 THEN 'completed' ELSE 'failed' END, 10, "
-          . "NULL, NULL, 'k', 1, NULL, NULL, NULL) FROM async_dl_files "
-          . "WHERE lease_owner LIKE 'w$w/%' AND random() < 0.5; COMMIT; "
-          . "END LOOP; END \$\$");
+          . "FOR r IN SELECT job_id, idx, lease_owner FROM async_dl_files "
+          . "WHERE lease_owner LIKE 'w$w/%' AND random() < 0.5 LOOP "
+          . "PERFORM async_dl_file_progress(r.job_id, r.idx, r.lease_owner, "
+          . "'1 min', 5, 10, 1); COMMIT; "
+          . "PERFORM async_dl_file_finish(r.job_id, r.idx, r.lease_owner, "
+          . "CASE WHEN r.idx = 0 THEN 'completed' ELSE 'failed' END, 10, "
+          . "NULL, NULL, 'k', 1, NULL, NULL, NULL); COMMIT; "
+          . "END LOOP; END LOOP; END \$\$");
     }
     push @bg, psql_bg("DO \$\$ BEGIN FOR n IN 1..40 LOOP "
                       . "PERFORM async_dl_sweep_deadlines(); COMMIT; "
                       . "PERFORM async_dl_counts_compact(); COMMIT; "
                       . "END LOOP; END \$\$");
-    push @bg, psql_bg("DO \$\$ BEGIN FOR n IN 1..30 LOOP "
-                      . "PERFORM async_dl_job_cancel(id, owner) FROM "
-                      . "async_dl_jobs WHERE status = 'processing' AND "
-                      . "random() < 0.05; COMMIT; END LOOP; END \$\$");
+    push @bg, psql_bg("DO \$\$ DECLARE r record; BEGIN FOR n IN 1..30 LOOP "
+                      . "FOR r IN SELECT id, owner FROM async_dl_jobs WHERE "
+                      . "status = 'processing' AND random() < 0.05 LOOP "
+                      . "PERFORM async_dl_job_cancel(r.id, r.owner); COMMIT; "
+                      . "END LOOP; END LOOP; END \$\$");
     my @out = map { [psql_wait($_)] } @bg;
     is(join(' ', map { $_->[0] } @out), '0 0 0 0 0',
        'three claimers, the sweep and cancels all went through')
