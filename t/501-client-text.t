@@ -14,12 +14,14 @@ use MIME::Base64 qw(encode_base64);
 
 sub jobs { psql("SELECT count(*) FROM async_dl_jobs") }
 
-# strict UTF-8 (no overlong form, surrogate or stray byte), then JSON
+# valid UTF-8, then JSON
 sub strict_json {
     my ($bytes) = @_;
-    my $chars = eval { Encode::decode('UTF-8', $bytes,
+    # UTF-8 as RFC 3629 has it: no overlong form, surrogate or stray byte
+    my $chars = eval { Encode::decode('utf8', $bytes,
                                       Encode::FB_CROAK | Encode::LEAVE_SRC) };
-    return undef unless defined $chars;
+    return undef unless defined $chars
+                        && $chars !~ /[\x{D800}-\x{DFFF}]|[^\x{0}-\x{10FFFF}]/;
     return eval { JSON::PP->new->decode($chars) };
 }
 
