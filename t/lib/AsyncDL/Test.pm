@@ -105,7 +105,48 @@ completed, failed or canceled and returns its status.
 
 C<start_nginx($config, pg_conninfo =E<gt> $conninfo)> keeps the default
 async_dl_* http directives but with another libpq conninfo (placeholders
-such as C<$ADL_PG_PORT> are expanded).
+such as C<$ADL_PG_PORT> are expanded); C<s3_endpoint =E<gt> $url> likewise
+for the S3 endpoint (e.g. C<'$ADL_S3_PROXY'>, see L</S3 FAULT PROXY>).
+
+=head1 S3 FAULT PROXY
+
+C<s3_proxy()> starts C<t/tools/s3-fault-proxy.pl> (once) on a free port
+in front of the stack's s3rver and returns its endpoint
+(C<http://127.0.0.1:port>; C<$ADL_S3_PROXY> in configs).  Point a worker
+at it with C<start_worker(ASYNC_DL_S3_ENDPOINT =E<gt> s3_proxy())> and
+nginx with C<start_nginx($config, s3_endpoint =E<gt> '$ADL_S3_PROXY')>
+(presigned links then go through it too).  It forwards the bytes as sent,
+Host header included, so SigV4 signatures still verify; one process a
+connection, so a stalled connection never holds up another.
+
+C<s3_fault($fault, %opt)> switches what it does from now on, for new
+requests and kept-alive connections alike:
+
+    s3_fault('pass')                  forward everything (the default)
+    s3_fault('down')                  refuse connections, reset those open
+    s3_fault('slowdown', retry_after => 1)   503 <Code>SlowDown</Code>
+    s3_fault('error500')              500 <Code>InternalError</Code>
+    s3_fault('reset')                 forward, then reset mid-answer
+    s3_fault('reset', when => 'request')     reset before forwarding
+    s3_fault('delay', delay => 2)     wait 2 s, then forward
+
+Options: C<match =E<gt> 'partNumber'> only requests whose request line
+("PUT /bucket/key?partNumber=1&uploadId=... HTTP/1.1") contains that
+substring ("uploads", "PUT", "DELETE", a key...); C<count =E<gt> 5> only
+that many of them, then pass again; C<rate =E<gt> 0.3> that fraction of
+them.  C<down> with a match or a count resets the matching requests'
+connections instead of refusing all.  C<s3_faults(\%rule, ...)> sets
+several rules at once (the first that applies to a request decides; a
+C<pass> rule can carve out exceptions); C<s3_fault_rules()> returns them
+with C<used>, how many requests each hit; C<s3_fault_log()> every fault
+given as [epoch, fault, request line] (and down-start / down-end);
+C<s3_fault_counts()> a hash fault =E<gt> count.  C<s3_proxy_stop()>.
+
+    my $ep = s3_proxy();
+    start_worker(ASYNC_DL_S3_ENDPOINT => $ep);
+    s3_fault('slowdown', match => 'partNumber', count => 5);
+    ... # the next 5 UploadPart requests get 503 SlowDown
+    is(s3_fault_rules()->[0]{used}, 5, 'the parts were slowed down');
 
 =head1 ORIGIN
 
@@ -159,7 +200,9 @@ our @EXPORT = (
        stop_worker worker_log worker_pid pg_stop pg_start s3_object s3_keys
        origin_file sparse_file flaky_bytes sha256_hex file_sha256 wait_until
        error_log_mark error_log_since nginx_log origin_log initiate wait_job
-       add_job job_status wait_ended encode_json decode_json)
+       add_job job_status wait_ended encode_json decode_json
+       s3_proxy s3_proxy_start s3_proxy_stop s3_fault s3_faults s3_fault_rules
+       s3_fault_log s3_fault_counts)
 );
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
@@ -414,14 +457,94 @@ sub flaky_start {
     wait_port($S{flaky_port}, 'the flaky origin', $S{flaky_pid});
 }
 
+# --- the S3 fault proxy -----------------------------------------------------
+
+# s3_proxy_start(): starts t/tools/s3-fault-proxy.pl on a free port in front
+# of the stack's s3rver (once; later calls return the same) and returns its
+# endpoint, http://127.0.0.1:port.
+sub s3_proxy_start {
+    adl();
+    return $S{s3_proxy} if $S{s3_proxy_pid};
+    $S{s3_proxy_port} = free_port();
+    $S{s3_proxy} = "http://127.0.0.1:$S{s3_proxy_port}";
+    $S{s3_fault_control} = "$S{dir}/s3-faults.json";
+    $S{s3_fault_log} = "$S{dir}/logs/s3-faults.log";
+    write_file($S{s3_fault_control}, '{"rules":[]}');
+    $S{s3_proxy_pid} = spawn("$S{dir}/logs/s3-proxy.log", {}, $^X,
+                             "$ROOT/t/tools/s3-fault-proxy.pl",
+                             $S{s3_proxy_port}, $S{s3_port},
+                             $S{s3_fault_control}, $S{s3_fault_log});
+    wait_port($S{s3_proxy_port}, 'the S3 fault proxy', $S{s3_proxy_pid});
+    return $S{s3_proxy};
+}
+
+sub s3_proxy { return s3_proxy_start() }
+
+sub s3_proxy_stop {
+    return unless $S{s3_proxy_pid};
+    stop_pid($S{s3_proxy_pid}, 'TERM', 5);
+    delete $S{s3_proxy_pid};
+}
+
+# s3_faults(\%rule, ...): replaces the proxy's rules (none: pass all).
+sub s3_faults {
+    my (@rules) = @_;
+    s3_proxy_start();
+    for my $r (@rules) {
+        die "s3_fault: unknown fault $r->{fault}\n"
+            unless ($r->{fault} // '') =~ /^(pass|down|slowdown|error500|reset|delay)$/;
+        $r->{used} //= 0;
+    }
+    open my $fh, '>>', $S{s3_fault_control} or die "$S{s3_fault_control}: $!";
+    flock $fh, 2;                               # LOCK_EX
+    truncate $fh, 0;
+    print $fh $JSON->encode({ rules => \@rules });
+    close $fh or die "$S{s3_fault_control}: $!";
+    if (grep { $_->{fault} eq 'down' && !defined $_->{match}
+               && !defined $_->{count} } @rules) {
+        sleep 0.3;                  # the proxy closes its listener within 0.1 s
+    }
+}
+
+# s3_fault($fault, match => $substring, count => $n, rate => $fraction,
+#          retry_after => $seconds, delay => $seconds, when => 'request')
+sub s3_fault {
+    my ($fault, %o) = @_;
+    return s3_faults() if $fault eq 'pass' && !%o;
+    return s3_faults({ %o, fault => $fault });
+}
+
+# The rules as the proxy left them ("used" counts the requests they hit).
+sub s3_fault_rules {
+    open my $fh, '<', $S{s3_fault_control} or return [];
+    flock $fh, 1;                               # LOCK_SH
+    local $/;
+    my $c = eval { $JSON->decode(<$fh> // '') };
+    return $c ? $c->{rules} : [];
+}
+
+# [[epoch, fault, request line], ...] of every fault given so far
+sub s3_fault_log {
+    return [map { [split / /, $_, 3] } grep { length }
+            split /\n/, slurp($S{s3_fault_log} // '')];
+}
+
+# { fault => how many requests got it }
+sub s3_fault_counts {
+    my %n;
+    $n{$_->[1]}++ for @{ s3_fault_log() };
+    return \%n;
+}
+
 # --- the nginx under test ---------------------------------------------------
 
 sub default_http_config {
-    my ($conninfo) = @_;
+    my ($conninfo, $s3) = @_;
     $conninfo //= $S{pg_conninfo};
+    $s3 //= $S{s3_endpoint};
     return <<"EOF";
     async_dl_postgres "$conninfo";
-    async_dl_s3_endpoint $S{s3_endpoint};
+    async_dl_s3_endpoint $s3;
     async_dl_s3_bucket $S{s3_bucket};
     async_dl_s3_region us-east-1;
     async_dl_s3_access_key S3RVER;
@@ -436,7 +559,8 @@ sub expand {
              ADL_S3_ENDPOINT => $S{s3_endpoint},
              ADL_S3_BUCKET => $S{s3_bucket}, ADL_ORIGIN => $S{origin},
              ADL_FLAKY => $S{flaky}, ADL_PORT => $S{port},
-             ADL_DIR => $S{dir});
+             ADL_DIR => $S{dir},
+             ($S{s3_proxy} ? (ADL_S3_PROXY => $S{s3_proxy}) : ()));
     $text =~ s/\$(ADL_[A-Z0-9_]+)\b/exists $v{$1} ? $v{$1} : "\$$1"/ge;
     return $text;
 }
@@ -446,7 +570,8 @@ sub nginx_conf {
     my $d = "$S{dir}/nginx";
     my $http = defined $opt{adl_http_config}
              ? $opt{adl_http_config}
-             : default_http_config(expand($opt{pg_conninfo}) || undef);
+             : default_http_config(expand($opt{pg_conninfo}) || undef,
+                                   expand($opt{s3_endpoint}) || undef);
     my $level = $ENV{ADL_DEBUG} ? 'debug' : 'info';
     return expand(<<"EOF");
 daemon off;
@@ -1001,6 +1126,7 @@ sub stack_down {
     }
     stop_pid($S{origin_pid}, 'QUIT', 5);
     stop_pid($S{flaky_pid}, 'TERM', 5);
+    s3_proxy_stop();
     stop_pid($S{s3_pid}, 'TERM', 5);
     pg_stop();
     if ($ENV{ADL_KEEP}) { diag("kept $S{dir}") }
