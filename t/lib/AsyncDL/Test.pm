@@ -103,6 +103,16 @@ where not given) and returns its id; C<job_status($id)>;
 C<wait_ended($id, $seconds)> waits (30 s by default) for the job to be
 completed, failed or canceled and returns its status.
 
+Several instances: C<start_nginx($config, instance =E<gt> $n)> starts
+nginx instance C<$n> (0, the default, is the one blocks and C<request>
+use) with its own folder (C<$ADL_DIR/nginx-$n>) and port
+(C<nginx_port($n)>; C<request> takes a full URL);
+C<stop_nginx($n)>; C<nginx_log($n)> (all instances without C<$n>).
+C<restart_worker($n, %env)> starts worker C<$n> again with its settings
+(after C<stop_worker('KILL', $n)>, say), appending to its log.
+C<pg_stop('immediate')> crashes PostgreSQL (C<'fast'> by default);
+C<pg_log()> is its log.
+
 C<start_nginx($config, pg_conninfo =E<gt> $conninfo)> keeps the default
 async_dl_* http directives but with another libpq conninfo (placeholders
 such as C<$ADL_PG_PORT> are expanded); C<s3_endpoint =E<gt> $url> likewise
@@ -154,6 +164,7 @@ C<s3_fault_counts()> a hash fault =E<gt> count.  C<s3_proxy_stop()>.
     /f/<name>          files made with origin_file() / sparse_file()
     /slow/<name>?rate=N   the same, sent at N bytes/s (default 16k)
     /chunked/<name>    the same, without Content-Length
+    /slowchunked/<name>?rate=N   without Content-Length, at N bytes/s
     /noranges/<name>   the same, Range ignored
     /status/<code>     404 403 408 429 500 502 503 (429/503: Retry-After: 1)
     /redirect/1 .. /redirect/6   a chain of N redirects ending at /f/small.txt
@@ -202,7 +213,7 @@ our @EXPORT = (
        error_log_mark error_log_since nginx_log origin_log initiate wait_job
        add_job job_status wait_ended encode_json decode_json
        s3_proxy s3_proxy_start s3_proxy_stop s3_fault s3_faults s3_fault_rules
-       s3_fault_log s3_fault_counts)
+       s3_fault_log s3_fault_counts nginx_port restart_worker pg_log)
 );
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
@@ -340,13 +351,18 @@ sub pg_start {
     $S{pg_running} = 1;
 }
 
+# pg_stop($mode): 'fast' (the default), 'immediate' (a crash: no
+# checkpoint, recovery at the next start) or 'smart'.
 sub pg_stop {
+    my ($mode) = @_;
     return unless $S{pg_running};
     run_quiet("$S{dir}/logs/pg_ctl.log",
               as_postgres("$PGBIN/pg_ctl", '-D', "$S{dir}/pg/data", '-m',
-                          'fast', '-w', 'stop'));
+                          $mode // 'fast', '-w', 'stop'));
     $S{pg_running} = 0;
 }
+
+sub pg_log { return slurp("$S{dir}/logs/postgresql.log") }
 
 sub migrate {
     -x $WORKER or die "no worker binary at $WORKER: run make first\n";
@@ -417,6 +433,15 @@ http {
             sub_filter_once on;
         }
         location /noranges/ { alias $d/f/; max_ranges 0; }
+        location /slowchunked/ {
+            alias $d/f/;
+            set \$rate 16k;
+            if (\$arg_rate) { set \$rate \$arg_rate; }
+            limit_rate \$rate;
+            sub_filter_types *;
+            sub_filter '\\0' '\\0';
+            sub_filter_once on;
+        }
         location = /status/404 { return 404; }
         location = /status/403 { return 403; }
         location = /status/408 { return 408; }
@@ -565,9 +590,25 @@ sub expand {
     return $text;
 }
 
+# The folder and port of nginx instance $n (0: the one the blocks use).
+sub nginx_instance {
+    my ($n) = @_;
+    $n //= 0;
+    my $i = $S{ngx}[$n] ||= {};
+    $i->{dir} //= $n ? "$S{dir}/nginx-$n" : "$S{dir}/nginx";
+    $i->{port} //= $n ? free_port() : $S{port};
+    if (!-d "$i->{dir}/logs") {
+        make_path("$i->{dir}/logs", "$i->{dir}/tmp");
+    }
+    return $i;
+}
+
+sub nginx_port { adl(); return nginx_instance($_[0])->{port} }
+
 sub nginx_conf {
     my ($config, %opt) = @_;
-    my $d = "$S{dir}/nginx";
+    my $inst = nginx_instance($opt{instance});
+    my $d = $inst->{dir};
     my $http = defined $opt{adl_http_config}
              ? $opt{adl_http_config}
              : default_http_config(expand($opt{pg_conninfo}) || undef,
@@ -592,7 +633,7 @@ http {
 $http
 ${\ ($opt{http_config} // '')}
     server {
-        listen 127.0.0.1:$S{port};
+        listen 127.0.0.1:$inst->{port};
         server_name localhost;
 $config
     }
@@ -617,14 +658,17 @@ sub sanitizer_env {
 sub start_nginx {
     my ($config, %opt) = @_;
     adl();
-    stop_nginx();
+    my $n = $opt{instance} // 0;
+    stop_nginx($n);
 
-    my $d = "$S{dir}/nginx";
+    my $inst = nginx_instance($n);
+    my $d = $inst->{dir};
     my $conf = nginx_conf($config, %opt);
     write_file("$d/nginx.conf", $conf);
-    $S{nginx_conf} = $conf;
+    $inst->{conf} = $conf;
+    $S{nginx_conf} = $conf unless $n;
 
-    my $t = "$S{dir}/logs/nginx-t.log";
+    my $t = "$S{dir}/logs/nginx-t" . ($n ? "-$n" : '') . '.log';
     unlink $t;
     my $pid = spawn($t, {sanitizer_env()}, $NGINX, '-t', '-p', "$d/", '-c',
                     "$d/nginx.conf");
@@ -635,25 +679,38 @@ sub start_nginx {
     }
     $ok or die "nginx -t failed:\n" . slurp($t);
 
-    $S{nginx_pid} = spawn("$d/logs/stderr.log", {sanitizer_env()}, $NGINX,
-                          '-p', "$d/", '-c', "$d/nginx.conf");
-    wait_port($S{port}, 'nginx', $S{nginx_pid});
+    $inst->{pid} = spawn("$d/logs/stderr.log", {sanitizer_env()}, $NGINX,
+                         '-p', "$d/", '-c', "$d/nginx.conf");
+    $S{nginx_pid} = $inst->{pid} unless $n;
+    wait_port($inst->{port}, $n ? "nginx $n" : 'nginx', $inst->{pid});
     return undef;
 }
 
+# stop_nginx($n): instance $n (0 by default)
 sub stop_nginx {
-    return unless $S{nginx_pid};
-    stop_pid($S{nginx_pid}, 'QUIT', 10);
-    delete $S{nginx_pid};
+    my ($n) = @_;
+    $n //= 0;
+    my $inst = $S{ngx} && $S{ngx}[$n];
+    return unless $inst && $inst->{pid};
+    stop_pid($inst->{pid}, 'QUIT', 10);
+    delete $inst->{pid};
+    delete $S{nginx_pid} unless $n;
 }
 
 sub origin_log {
     return slurp("$S{dir}/origin/logs/access.log");
 }
 
+# nginx_log($n): the error log (and stderr) of instance $n; of every
+# instance started when $n is not given.
 sub nginx_log {
-    return slurp("$S{dir}/nginx/logs/error.log")
-         . slurp("$S{dir}/nginx/logs/stderr.log");
+    my ($n) = @_;
+    my @i = defined $n ? ($n) : (0 .. $#{ $S{ngx} || [] });
+    @i = (0) unless @i;
+    return join '', map {
+        my $d = $_ ? "$S{dir}/nginx-$_" : "$S{dir}/nginx";
+        slurp("$d/logs/error.log") . slurp("$d/logs/stderr.log")
+    } @i;
 }
 
 sub error_log_mark {
@@ -750,7 +807,33 @@ sub start_worker {
         %ENV = (%ENV, %e);
         exec $WORKER or die "exec $WORKER: $!";
     }
-    push @{ $S{workers} }, { pid => $pid, log => $log };
+    push @{ $S{workers} }, { pid => $pid, log => $log, env => \%env };
+    return $pid;
+}
+
+# restart_worker($n, %env): starts worker $n again (the same settings, plus
+# %env; the same log file), stopping it first with TERM if it still runs.
+# Returns the new pid.
+sub restart_worker {
+    my ($n, %env) = @_;
+    my $w = $S{workers}[$n] or die "no worker $n\n";
+    stop_worker('TERM', $n) if $w->{pid};
+    my %e = (worker_env(), %{ $w->{env} || {} }, %env);
+    my @unset = grep { !defined $e{$_} } keys %e;
+    delete @e{@unset};
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        delete @ENV{@unset};
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $w->{log} or die "$w->{log}: $!";
+        open STDERR, '>&', \*STDOUT;
+        %ENV = (%ENV, %e);
+        exec $WORKER or die "exec $WORKER: $!";
+    }
+    $w->{pid} = $pid;
+    $w->{env} = { %{ $w->{env} || {} }, %env };
+    $w->{starts}++;
     return $pid;
 }
 
@@ -1120,7 +1203,7 @@ sub run_tests {
 
 sub stack_down {
     return unless $$ == $OWNER_PID && $S{up};
-    stop_nginx();
+    stop_nginx($_) for reverse 0 .. $#{ $S{ngx} || [] };
     for my $w (@{ $S{workers} || [] }) {
         stop_pid($w->{pid}, 'TERM', 15) if $w->{pid};
     }
