@@ -30,7 +30,8 @@ told apart from one that expired or was deleted by the run.
 Load (a plan drawn from C<seed>): C<jobs> jobs initiated evenly over
 C<load> seconds by C<clients> client processes, each with an
 Idempotency-Key and retried on 5xx; owners C<owner-0..>; most one small
-file, C<multi_share> three files (a zip each), C<big_share> one file of
+file, C<multi_share> three files (a zip each), C<wide_share> 6 to 10
+files (spread over both workers, ending at once), C<big_share> one file of
 C<big_min>..C<big_max> MiB sent at C<big_rate> (two in three without
 Content-Length, so that they go up as multipart uploads that get killed
 and resumed; some with a short job timeout), C<fail_share> failing or
@@ -43,7 +44,8 @@ with Last-Event-ID like EventSource.  Expiry runs throughout
 (C<ttl_completed>, C<ttl_failed>).
 
 Faults: C<worker_kills> SIGKILLs of a worker (restarted after up to 2 s);
-C<pg_restarts> PostgreSQL restarts (immediate and fast stop, alternately),
+C<pg_restarts> PostgreSQL restarts (immediate and fast stop, alternately;
+the last one fast, so that the table statistics printed survive),
 C<pg_long> outages longer than the lease (C<lease> x 3 + 1 s); S3 down
 for C<s3_down> seconds (connections refused and reset); S3 answering 503
 SlowDown to half of the requests for C<s3_slowdown> seconds; and
@@ -63,9 +65,11 @@ to empty their queues (C<janitor_wait> s), and checks:
     duplicates  no file transferred twice at once by one worker process
                 (worker logs); no job ended twice (audit)
     orphans     no object in the bucket that no row references
-    counters    every ended job's completed_files, failed_files,
-                bytes_done, bytes_total, sized_files and the status
-                document's progress equal what its files say
+    counters    every job's completed_files, failed_files, bytes_done,
+                bytes_total, sized_files and progress equal what its files
+                say (sampled every 3 s while running, and at the end), and
+                so do the counters of the final status document each
+                poller and SSE subscriber got
     counts      the counts behind QUEUE_FULL / TOO_MANY_JOBS equal
                 recomputed values
     leases      no lease (file or bundle) held by a dead worker past its
@@ -125,10 +129,11 @@ sub chaos_defaults {
         s3_down => 30, s3_slowdown => 30, s3_noise => 0.003,
         big_share => 0.03, big_min => 20, big_max => 50, big_rate => '1m',
         big_timeout_share => 0.15,
-        multi_share => 0.12, fail_share => 0.12, callback => 0.05,
+        multi_share => 0.12, wide_share => 0.03, fail_share => 0.12,
+        callback => 0.05,
         cancel => 0.2, delete => 0.1, sse => 0.3,
         ttl_completed => 60, ttl_failed => 30,
-        lease => 3, poll_interval => 1, concurrency => 32,
+        lease => 3, poll_interval => 1, concurrency => 12,
         pg_timeout => 2, settle => 240, janitor_wait => 90,
         say => sub { print STDOUT @_, "\n" },
     );
@@ -203,6 +208,13 @@ sub slurp_file {
     open my $fh, '<:raw', $f or return '';
     local $/;
     return scalar(<$fh>) // '';
+}
+
+# the counters of a status document, as one string
+sub doc_counts {
+    my ($d) = @_;
+    return join ',', map { $d->{$_} // 'null' }
+        qw(completedFiles failedFiles bytesDone bytesTotal progress);
 }
 
 sub pct {
@@ -355,7 +367,12 @@ sub make_plan {
             $fs[2] = fail_file($n, 'x') if rand() < 0.2;
             $j{files} = \@fs;
             $j{kind} = 'multi';
-        } elsif ($r < $O{big_share} + $O{multi_share} + $O{fail_share}) {
+        } elsif ($r < $O{big_share} + $O{multi_share} + $O{wide_share}) {
+            # many files: the two workers share them and end them at once
+            $j{files} = [map { $small->() } 1 .. 6 + int rand 5];
+            $j{kind} = 'wide';
+        } elsif ($r < $O{big_share} + $O{multi_share} + $O{wide_share}
+                      + $O{fail_share}) {
             $j{files} = [fail_file($n, '')];
             $j{kind} = $j{files}[0]{kind};
         } else {
@@ -373,7 +390,7 @@ sub make_plan {
         } elsif ($a < $O{cancel} + $O{delete}) {
             my $d = rand;
             $j{action} = $d < 0.4 ? 'delete_after'
-                       : $d < 0.7 ? ($j{kind} eq 'multi' ? 'delete_bundle'
+                       : $d < 0.7 ? ($j{kind} =~ /^(multi|wide)$/ ? 'delete_bundle'
                                                          : 'delete_after')
                        : 'delete_mid';
             $j{delay} = $delay;
@@ -542,6 +559,7 @@ sub client_main {
             $st->{status} = $json->{status};
             if ($json->{status} =~ /^(completed|failed|canceled)$/) {
                 $st->{ended} //= time;
+                $st->{final_counts} = doc_counts($json);
                 my $b = $json->{bundle} ? $json->{bundle}{status} // '' : '';
                 my $del = $p->{action} eq 'delete_after'
                        || ($p->{action} eq 'delete_bundle'
@@ -652,8 +670,7 @@ sub sse_main {
             $sub->{final_at} = time;
             my $d = eval { $JSON->decode($ev{data}) };
             $sub->{final_status} = $d->{status} if $d;
-            $sub->{final_counts} = join ',', map { $d->{$_} // '' }
-                qw(completedFiles failedFiles bytesDone bytesTotal progress)
+            $sub->{final_counts} = doc_counts($d)
                 if $d && $ev{event} ne 'deleted';
             $close->($sub);
         }
@@ -924,7 +941,7 @@ sub check_leases {
     }
 }
 
-# Ended jobs whose counters disagree with their files (one statement, one
+# Jobs whose counters disagree with their files (one statement, one
 # snapshot).
 my $DRIFT_SQL = <<'EOF';
 SELECT j.id, j.status, j.total_files, a.n,
@@ -948,9 +965,37 @@ SELECT j.id, j.status, j.total_files, a.n,
               coalesce(sum(f.size), 0) AS bytes_total,
               count(f.size) AS sized
          FROM async_dl_files f WHERE f.job_id = j.id) a
- WHERE j.status IN ('completed', 'failed', 'canceled')
 EOF
 
+# What each job's status document should say, from its files.
+sub recomputed_counts {
+    my $r = rows(<<'EOF') or return {};
+SELECT j.id, a.completed, a.failed, a.bytes_done,
+       CASE WHEN a.sized = j.total_files THEN a.bytes_total::text
+            ELSE 'null' END,
+       CASE WHEN j.status IN ('completed', 'failed') THEN 100
+            WHEN j.status = 'canceled'
+                THEN (a.completed * 100 / j.total_files)::integer
+            WHEN a.sized = j.total_files AND a.bytes_total > 0
+                THEN least(99, a.bytes_done * 100 / a.bytes_total)::integer
+            ELSE least(99, (a.completed + a.failed) * 100
+                           / j.total_files)::integer END
+  FROM async_dl_jobs j
+ CROSS JOIN LATERAL (
+       SELECT count(*) FILTER (WHERE f.status = 'completed') AS completed,
+              count(*) FILTER (WHERE f.status IN ('failed', 'canceled'))
+                  AS failed,
+              coalesce(sum(f.bytes_done), 0) AS bytes_done,
+              coalesce(sum(f.size), 0) AS bytes_total,
+              count(f.size) AS sized
+         FROM async_dl_files f WHERE f.job_id = j.id) a
+ WHERE j.status IN ('completed', 'failed', 'canceled')
+EOF
+    return { map { my ($id, @v) = @$_; ($id => join ',', @v) } @$r };
+}
+
+# Every job, running or ended: a job's counters and its files change in one
+# transaction, so any snapshot must show them equal.
 sub check_counters {
     my $r = rows($DRIFT_SQL) or return;
     my @names = qw(total_files completed_files failed_files bytes_done
@@ -1007,6 +1052,13 @@ sub timeline {
     push @major, ['s3_down', $O{s3_down}] if $O{s3_down};
     push @major, ['s3_slowdown', $O{s3_slowdown}] if $O{s3_slowdown};
     @major = shuffle @major;
+    # the last stop is a fast one: an immediate stop discards the statistics
+    # (dead tuples) printed at the end
+    my @pg = grep { $_->[0] eq 'pg' } @major;
+    if (@pg && $pg[-1][1] eq 'immediate') {
+        my $fast = first { $_->[1] eq 'fast' && $_->[3] eq 'restart' } @pg;
+        ($fast->[1], $pg[-1][1]) = ('immediate', 'fast') if $fast;
+    }
     for my $i (0 .. $#major) {
         push @ev, [$O{load} * ($i + 0.5) / @major, @{ $major[$i] }];
     }
@@ -1170,8 +1222,11 @@ sub epoch_of {
 # Transfers as the worker logs tell them: per file, [process, claimed at,
 # ended at, how]; a process's transfers without an end line end when it
 # did (SIGKILL).
+my %OUTCOMES;
+
 sub worker_transfers {
     my (@logs) = @_;
+    %OUTCOMES = ();
     my (%xfer, @attempts);
     my $proc = 0;
     for my $log (@logs) {
@@ -1208,7 +1263,9 @@ sub worker_transfers {
                 $open{$k} = $x;
             } elsif ($rest =~ /^(stored|failed [A-Z_]+:|handed back|stopped|result not recorded|recording the result failed)/) {
                 my $how = $1;
-                $how =~ s/ [A-Z_]+:$//;
+                $how =~ s/:$//;
+                $OUTCOMES{$how}++;
+                $how =~ s/ [A-Z_]+$//;
                 if (my $x = delete $open{$k}) { @$x[2, 3] = ($t, $how) }
             }
         }
@@ -1334,8 +1391,26 @@ sub finish_checks {
         violation('orphans', $k, "object $k: no row references it; $why");
     }
 
-    # counters (ended jobs), and what the SSE final events said
+    # counters (ended jobs), and what the final documents said (the last
+    # status poll, the SSE final event)
     check_counters();
+    my $want = recomputed_counts();
+    my $fields = 'completedFiles,failedFiles,bytesDone,bytesTotal,progress';
+    for my $r (values %acc) {
+        next unless $r->{final_counts} && $want->{$r->{id}};
+        violation('counters', "doc $r->{id}", "job $r->{id}: its final status "
+                  . "document said $fields = $r->{final_counts}, its files "
+                  . "say $want->{$r->{id}}")
+            if $r->{final_counts} ne $want->{$r->{id}};
+    }
+    my $ssej = eval { local $/; open my $fh, '<', "$DIR/sse.json" or die;
+                      $JSON->decode(<$fh>) } || {};
+    for my $id (sort keys %$ssej) {
+        my $c = $ssej->{$id}{final_counts};
+        next unless $c && $want->{$id} && $c ne $want->{$id};
+        violation('counters', "sse $id", "job $id: its final SSE event said "
+                  . "$fields = $c, its files say $want->{$id}");
+    }
     check_counts();
 
     # leases: nothing may still be held now that the workers are stopped
@@ -1408,6 +1483,7 @@ sub finish_checks {
         '"not recorded" at exit' => scalar(() = join('', @wlogs)
                                             =~ /transfer\(s\) not recorded/g),
     };
+    $F{transfers} = { %OUTCOMES };
 
     # files by error
     my %err;
@@ -1453,7 +1529,8 @@ sub finish_checks {
 
     # the hot tables after the run
     $F{tables} = rows("SELECT relname, n_live_tup, n_dead_tup, "
-        . "pg_relation_size(relid), pg_indexes_size(relid) "
+        . "pg_relation_size(relid), pg_indexes_size(relid), n_tup_upd, "
+        . "n_tup_hot_upd "
         . "FROM pg_stat_user_tables WHERE relname LIKE 'async_dl_%' "
         . "ORDER BY relname") || [];
     $F{indexes} = rows("SELECT indexrelname, pg_relation_size(indexrelid) "
@@ -1507,6 +1584,8 @@ sub report {
         sort keys %{ $j->{kinds} };
     push @out, '  outcomes: ' . join ', ', map { "$_ $F->{outcomes}{$_}" }
         sort keys %{ $F->{outcomes} };
+    push @out, '  transfers ended (worker logs): ' . join ', ',
+        map { "$_ $F->{transfers}{$_}" } sort keys %{ $F->{transfers} };
     push @out, '  files still recorded, by status/error: ' . join ', ',
         map { "$_ $F->{files}{$_}" } sort keys %{ $F->{files} };
     push @out, "== faults";
@@ -1528,12 +1607,13 @@ sub report {
     push @out, '  worker: ' . join ', ', map { "$_ $F->{worker}{$_}" }
         sort keys %{ $F->{worker} };
     push @out, sprintf "  bucket objects at the end: %d", $F->{objects};
-    push @out, "== hot tables after the run (statistics restart at an "
+    push @out, "== hot tables after the run (statistics since the last "
              . "immediate stop)";
-    push @out, sprintf "  %-28s %8s %8s %10s %10s", 'table', 'live', 'dead',
-        'heap', 'indexes';
-    push @out, map { sprintf "  %-28s %8d %8d %10s %10s", $_->[0], $_->[1],
-                     $_->[2], human($_->[3]), human($_->[4]) }
+    push @out, sprintf "  %-28s %8s %8s %10s %10s %9s %9s", 'table', 'live',
+        'dead', 'heap', 'indexes', 'updates', 'HOT';
+    push @out, map { sprintf "  %-28s %8d %8d %10s %10s %9d %9d", $_->[0],
+                     $_->[1], $_->[2], human($_->[3]), human($_->[4]),
+                     $_->[5], $_->[6] }
         @{ $F->{tables} };
     push @out, map { sprintf "    %-40s %10s", $_->[0], human($_->[1]) }
         @{ $F->{indexes} };
