@@ -92,8 +92,11 @@ and C<subscribers> SSE subscribers for C<duration> seconds with both TTLs
 at C<ttl>; every C<every> seconds it prints the job rows, the expired rows
 not yet removed, the objects in the bucket and the janitor's queue.  They
 must plateau: the violations are an expiry lag (the oldest expired row
-still there) over C<max_lag> seconds, and rows or objects growing by more
-than C<max_growth> between the second and the last third of the run.
+still there) over C<max_lag> seconds, a pause of more than C<max_pause>
+seconds between two sweeps that found expired jobs (the workers' logs;
+they are due every poll interval, 1 s), and rows or objects growing by
+more than C<max_growth> between the second and the last third of the
+run.
 
 =cut
 
@@ -155,7 +158,7 @@ sub soak_defaults {
     return (
         duration => 300, rate => 15, polls => 140, subscribers => 40,
         ttl => 60, every => 15, seed => int(time) % 100000,
-        max_lag => 30, max_growth => 1.3, pg_timeout => 2,
+        max_lag => 30, max_growth => 1.3, max_pause => 10, pg_timeout => 2,
         say => sub { print STDOUT @_, "\n" },
     );
 }
@@ -961,8 +964,8 @@ SELECT j.id, j.status, j.total_files, a.n,
               count(*) FILTER (WHERE f.status = 'completed') AS completed,
               count(*) FILTER (WHERE f.status IN ('failed', 'canceled'))
                   AS failed,
-              coalesce(sum(f.bytes_done), 0) AS bytes_done,
-              coalesce(sum(f.size), 0) AS bytes_total,
+              coalesce(sum(f.bytes_done), 0)::bigint AS bytes_done,
+              coalesce(sum(f.size), 0)::bigint AS bytes_total,
               count(f.size) AS sized
          FROM async_dl_files f WHERE f.job_id = j.id) a
 EOF
@@ -985,8 +988,8 @@ SELECT j.id, a.completed, a.failed, a.bytes_done,
        SELECT count(*) FILTER (WHERE f.status = 'completed') AS completed,
               count(*) FILTER (WHERE f.status IN ('failed', 'canceled'))
                   AS failed,
-              coalesce(sum(f.bytes_done), 0) AS bytes_done,
-              coalesce(sum(f.size), 0) AS bytes_total,
+              coalesce(sum(f.bytes_done), 0)::bigint AS bytes_done,
+              coalesce(sum(f.size), 0)::bigint AS bytes_total,
               count(f.size) AS sized
          FROM async_dl_files f WHERE f.job_id = j.id) a
  WHERE j.status IN ('completed', 'failed', 'canceled')
@@ -1862,11 +1865,23 @@ sub soak_run {
     my $slow = $samples[-1]{slow} // 0;
     push @v, "$slow request(s) answered after more than "
              . ($O{pg_timeout} + 1) . " s" if $slow;
+    # the sweeps, once a poll interval while something is expired: the
+    # longest pauses between two (either worker; one sweeps at a time)
     my @wl = map { slurp_file($_->{log}) } @{ $s->{workers} || [] };
-    my $sweeps = () = join('', @wl) =~ /expiry: removed/g;
+    my @at = sort { $a <=> $b } grep { defined }
+             map { epoch_of($_) } join("\n", @wl)
+                 =~ /^(\S+Z) \[\w+\] expiry: (?:removed|\d+ expired)/mg;
+    my $from = $T0 + $O{ttl} + 5;
+    @at = grep { $_ >= $from && $_ <= $until } @at;
+    my @gaps = sort { $b->[0] <=> $a->[0] }
+               map { [$at[$_] - $at[$_ - 1], $at[$_ - 1] - $T0] } 1 .. $#at;
+    push @v, sprintf("expiry paused for %.1f s from %.0f s on (sweeps are "
+                     . "due every %g s)", $gaps[0][0], $gaps[0][1],
+                     $O{poll_interval})
+        if @gaps && $gaps[0][0] > $O{max_pause};
     return { violations => \@v, samples => \@samples, growth => \%growth,
-             worst_lag => $worst ? $worst->{lag} : 0, sweeps => $sweeps,
-             seed => $O{seed} };
+             worst_lag => $worst ? $worst->{lag} : 0, sweeps => scalar @at,
+             pauses => [@gaps[0 .. min(2, $#gaps)]], seed => $O{seed} };
 }
 
 sub soak_report {
@@ -1878,8 +1893,10 @@ sub soak_report {
         max(map { $_->{objects} } @$s), $s->[-1]{objects};
     push @out, sprintf "  growth last third / middle third: jobs x%.2f, "
         . "objects x%.2f", $r->{growth}{jobs} // 0, $r->{growth}{objects} // 0;
-    push @out, sprintf "  worst expiry lag %.1f s; \"expiry: removed\" lines "
-        . "in the worker logs: %d", $r->{worst_lag}, $r->{sweeps};
+    push @out, sprintf "  worst expiry lag %.1f s; sweeps that found expired "
+        . "jobs: %d; longest pauses between them: %s", $r->{worst_lag},
+        $r->{sweeps}, join(', ', map { sprintf '%.1f s (at %.0f s)', @$_ }
+                                 @{ $r->{pauses} || [] }) || 'none';
     push @out, '== soak verdict: ' . (@{ $r->{violations} }
         ? scalar(@{ $r->{violations} }) . ' problem(s)' : 'plateau, no stall');
     push @out, map { "  $_" } @{ $r->{violations} };

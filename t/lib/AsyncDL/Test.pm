@@ -158,6 +158,10 @@ C<s3_fault_counts()> a hash fault =E<gt> count.  C<s3_proxy_stop()>.
     ... # the next 5 UploadPart requests get 503 SlowDown
     is(s3_fault_rules()->[0]{used}, 5, 'the parts were slowed down');
 
+L<AsyncDL::Chaos> (bench/chaos, t/900-chaos-short.t) builds its
+fault-injection run on these: two nginx instances, two workers, the
+proxy, PostgreSQL crashes.
+
 =head1 ORIGIN
 
     /files/<id>        generated files for ids 70000..70009
