@@ -67,6 +67,8 @@ struct adl_xfer_s {
     int                    idx;
     char                  *url;
     char                  *key;
+    char                  *lease;            /* this claim's lease token */
+    int64_t                lease_until;      /* ours until then, at least */
     xfer_state_t           state;
     xfer_outcome_t         outcome;
     const char            *error_code;
@@ -119,6 +121,8 @@ struct adl_xfer_s {
     /* database */
     int                    db_refs;
     int                    progress_busy;
+    int64_t                progress_sent;    /* when the last one was sent */
+    int                    uncounted;        /* hand-back: attempt not made */
     int64_t                last_report;
     int64_t                reported;
 };
@@ -198,6 +202,12 @@ adl_job_t *
 adl_xfer_job(const adl_xfer_t *x)
 {
     return x->job;
+}
+
+int
+adl_xfer_idx(const adl_xfer_t *x)
+{
+    return x->idx;
 }
 
 adl_xfer_t *
@@ -1131,12 +1141,15 @@ write_result(adl_xfer_t *x)
 
     snprintf(idx, sizeof(idx), "%d", x->idx);
     snprintf(size, sizeof(size), "%lld", (long long) x->received);
+    /* a hand-back that interrupted an attempt (shutdown) does not count
+     * it: the claim counted it, the hand-back sets the number back */
     snprintf(attempts, sizeof(attempts), "%d",
-             x->outcome == OUT_HAND_BACK ? x->attempt - 1 : x->attempt);
+             x->outcome == OUT_HAND_BACK && x->uncounted ? x->attempt - 1
+                                                         : x->attempt);
 
     p[0] = x->job->id;
     p[1] = idx;
-    p[2] = x->w->settings->worker_id;
+    p[2] = x->lease;
     p[3] = status;
     p[4] = x->outcome == OUT_STORED ? size : NULL;
     p[5] = x->outcome == OUT_STORED ? x->content_type : NULL;
@@ -1197,6 +1210,7 @@ xfer_free(adl_xfer_t *x)
     free(x->upload_id);
     free(x->url);
     free(x->key);
+    free(x->lease);
     free(x);
 
     adl_worker_xfer_released(w, job);
@@ -1236,11 +1250,17 @@ progress_result(void *data, PGresult *res)
     x->progress_busy = 0;
 
     if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK
-        && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 'f')
+        && PQntuples(res) == 1)
     {
-        xfer_end(x, OUT_DROP, NULL, "the file is no longer ours (canceled, "
-                 "deleted or lease lost)");
-        return;
+        if (PQgetvalue(res, 0, 0)[0] == 'f') {
+            xfer_end(x, OUT_DROP, NULL, "the file is no longer ours "
+                     "(canceled, deleted or lease lost)");
+            maybe_release(x);
+            return;
+        }
+        /* renewed from before the query was sent: the lease runs until
+         * then at least, whatever the two clocks say */
+        x->lease_until = x->progress_sent + x->w->settings->lease;
     }
     if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
         XLOG(ADL_LOG_ERROR, x, "progress: %s", PQresultErrorMessage(res));
@@ -1263,7 +1283,7 @@ report_progress(adl_xfer_t *x, int64_t now)
     snprintf(attempts, sizeof(attempts), "%d", x->attempt);
     p[0] = x->job->id;
     p[1] = idx;
-    p[2] = s->worker_id;
+    p[2] = x->lease;
     p[3] = lease;
     p[4] = bytes;
     p[5] = x->size >= 0 ? size : NULL;
@@ -1277,6 +1297,7 @@ report_progress(adl_xfer_t *x, int64_t now)
     }
     x->db_refs++;
     x->progress_busy = 1;
+    x->progress_sent = now;
     x->last_report = now;
     x->reported = x->received;
     x->job->last_progress = now;
@@ -1295,6 +1316,14 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
     }
     if (now >= x->job->deadline) {
         xfer_end(x, OUT_FAILED, "TIMEOUT", "the job's deadline passed");
+        return;
+    }
+    if (now >= x->lease_until) {
+        /* not renewed in time (the database is unreachable or slow): the
+         * file may be claimed again, by this worker too; stop before a
+         * second transfer of it can start */
+        xfer_end(x, OUT_DROP, NULL, "lease lost: not renewed for %lld ms",
+                 (long long) (now - x->lease_until + s->lease));
         return;
     }
     if (x->state == XF_BACKOFF && now >= x->retry_at) {
@@ -1355,8 +1384,17 @@ adl_xfer_cancel(adl_xfer_t *x)
 }
 
 void
+adl_xfer_lease_lost(adl_xfer_t *x)
+{
+    xfer_end(x, OUT_DROP, NULL, "lease lost: the file was claimed again");
+}
+
+void
 adl_xfer_hand_back(adl_xfer_t *x)
 {
+    /* an attempt under way is interrupted, not made; one waiting for its
+     * retry has already been counted, failed */
+    x->uncounted = x->state != XF_BACKOFF;
     xfer_end(x, OUT_HAND_BACK, NULL, "shutting down");
 }
 
@@ -1375,10 +1413,12 @@ adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
     x->idx = c->idx;
     x->size = -1;
     x->next_part = 1;
-    x->attempt = c->attempts + 1;
+    x->attempt = c->attempts;
     x->last_report = adl_now_ms();
+    x->lease_until = c->claimed_at + w->settings->lease;
     x->url = strdup(c->url);
-    if (x->url == NULL
+    x->lease = strdup(c->lease);
+    if (x->url == NULL || x->lease == NULL
         || adl_s3_object_key(w->settings, c->job_id, c->idx, c->name, c->url,
                              key, sizeof(key)) != 0
         || (x->key = strdup(key)) == NULL
@@ -1387,6 +1427,7 @@ adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
         adl_sha256_free(&x->sha);
         free(x->url);
         free(x->key);
+        free(x->lease);
         free(x);
         return NULL;
     }
@@ -1401,6 +1442,13 @@ adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
 
     XLOG(ADL_LOG_INFO, x, "claimed (attempt %d) %s", x->attempt, x->url);
 
+    if (w->stopping) {
+        /* the claim answered after SIGTERM: not started, not counted */
+        x->state = XF_RUNNING;
+        x->uncounted = 1;
+        xfer_end(x, OUT_HAND_BACK, NULL, "shutting down: not started");
+        return x;
+    }
     if (adl_now_ms() >= job->deadline) {
         x->state = XF_RUNNING;
         xfer_end(x, OUT_FAILED, "TIMEOUT", "the job's deadline passed");

@@ -59,6 +59,7 @@ struct adl_worker_s {
     int                    kick;         /* some want unpausing */
 
     int                    claiming;     /* a claim query is running */
+    int64_t                claim_sent;   /* when it was sent */
     int                    claim_limit;
     int                    more_work;    /* a claim may find something */
     int64_t                next_poll;
