@@ -6,6 +6,8 @@
 #   make test             the suite (prove t/)
 #   make test-sanitize    the suite with -fsanitize=address,undefined
 #   make bench            the benchmarks in bench/
+#   make chaos            the fault-injection run and the expiry soak
+#                         (bench/chaos --both; CHAOS_ARGS= passes options)
 
 SANITIZE ?=
 PORT     ?= 8080
@@ -67,7 +69,7 @@ MODULE_SO := $(NGX_OBJS)/ngx_http_async_dl_module.so
 WORKER    := $(BUILD)/async-dl-worker
 TOOLS     := $(BUILD)/sigv4_tool
 
-.PHONY: all module worker tools deps run test test-sanitize bench clean
+.PHONY: all module worker tools deps run test test-sanitize bench chaos clean
 
 all: module worker tools
 
@@ -114,6 +116,10 @@ test-sanitize:
 bench: deps
 	$(MAKE) all
 	ADL_BUILD=$(B) ADL_MODULE=$(MODULE_SO) bench/run-all
+
+chaos: deps
+	$(MAKE) all
+	ADL_BUILD=$(B) ADL_MODULE=$(MODULE_SO) bench/chaos --both $(CHAOS_ARGS)
 
 clean:
 	rm -rf build build-san

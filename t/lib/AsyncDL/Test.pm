@@ -103,9 +103,60 @@ where not given) and returns its id; C<job_status($id)>;
 C<wait_ended($id, $seconds)> waits (30 s by default) for the job to be
 completed, failed or canceled and returns its status.
 
+Several instances: C<start_nginx($config, instance =E<gt> $n)> starts
+nginx instance C<$n> (0, the default, is the one blocks and C<request>
+use) with its own folder (C<$ADL_DIR/nginx-$n>) and port
+(C<nginx_port($n)>; C<request> takes a full URL);
+C<stop_nginx($n)>; C<nginx_log($n)> (all instances without C<$n>).
+C<restart_worker($n, %env)> starts worker C<$n> again with its settings
+(after C<stop_worker('KILL', $n)>, say), appending to its log.
+C<pg_stop('immediate')> crashes PostgreSQL (C<'fast'> by default);
+C<pg_log()> is its log.
+
 C<start_nginx($config, pg_conninfo =E<gt> $conninfo)> keeps the default
 async_dl_* http directives but with another libpq conninfo (placeholders
-such as C<$ADL_PG_PORT> are expanded).
+such as C<$ADL_PG_PORT> are expanded); C<s3_endpoint =E<gt> $url> likewise
+for the S3 endpoint (e.g. C<'$ADL_S3_PROXY'>, see L</S3 FAULT PROXY>).
+
+=head1 S3 FAULT PROXY
+
+C<s3_proxy()> starts C<t/tools/s3-fault-proxy.pl> (once) on a free port
+in front of the stack's s3rver and returns its endpoint
+(C<http://127.0.0.1:port>; C<$ADL_S3_PROXY> in configs).  Point a worker
+at it with C<start_worker(ASYNC_DL_S3_ENDPOINT =E<gt> s3_proxy())> and
+nginx with C<start_nginx($config, s3_endpoint =E<gt> '$ADL_S3_PROXY')>
+(presigned links then go through it too).  It forwards the bytes as sent,
+Host header included, so SigV4 signatures still verify; one process a
+connection, so a stalled connection never holds up another.
+
+C<s3_fault($fault, %opt)> switches what it does from now on, for new
+requests and kept-alive connections alike:
+
+    s3_fault('pass')                  forward everything (the default)
+    s3_fault('down')                  refuse connections, reset those open
+    s3_fault('slowdown', retry_after => 1)   503 <Code>SlowDown</Code>
+    s3_fault('error500')              500 <Code>InternalError</Code>
+    s3_fault('reset')                 forward, then reset mid-answer
+    s3_fault('reset', when => 'request')     reset before forwarding
+    s3_fault('delay', delay => 2)     wait 2 s, then forward
+
+Options: C<match =E<gt> 'partNumber'> only requests whose request line
+("PUT /bucket/key?partNumber=1&uploadId=... HTTP/1.1") contains that
+substring ("uploads", "PUT", "DELETE", a key...); C<count =E<gt> 5> only
+that many of them, then pass again; C<rate =E<gt> 0.3> that fraction of
+them.  C<down> with a match or a count resets the matching requests'
+connections instead of refusing all.  C<s3_faults(\%rule, ...)> sets
+several rules at once (the first that applies to a request decides; a
+C<pass> rule can carve out exceptions); C<s3_fault_rules()> returns them
+with C<used>, how many requests each hit; C<s3_fault_log()> every fault
+given as [epoch, fault, request line] (and down-start / down-end);
+C<s3_fault_counts()> a hash fault =E<gt> count.  C<s3_proxy_stop()>.
+
+    my $ep = s3_proxy();
+    start_worker(ASYNC_DL_S3_ENDPOINT => $ep);
+    s3_fault('slowdown', match => 'partNumber', count => 5);
+    ... # the next 5 UploadPart requests get 503 SlowDown
+    is(s3_fault_rules()->[0]{used}, 5, 'the parts were slowed down');
 
 =head1 ORIGIN
 
@@ -113,6 +164,7 @@ such as C<$ADL_PG_PORT> are expanded).
     /f/<name>          files made with origin_file() / sparse_file()
     /slow/<name>?rate=N   the same, sent at N bytes/s (default 16k)
     /chunked/<name>    the same, without Content-Length
+    /slowchunked/<name>?rate=N   without Content-Length, at N bytes/s
     /noranges/<name>   the same, Range ignored
     /status/<code>     404 403 408 429 500 502 503 (429/503: Retry-After: 1)
     /redirect/1 .. /redirect/6   a chain of N redirects ending at /f/small.txt
@@ -159,7 +211,9 @@ our @EXPORT = (
        stop_worker worker_log worker_pid pg_stop pg_start s3_object s3_keys
        origin_file sparse_file flaky_bytes sha256_hex file_sha256 wait_until
        error_log_mark error_log_since nginx_log origin_log initiate wait_job
-       add_job job_status wait_ended encode_json decode_json)
+       add_job job_status wait_ended encode_json decode_json
+       s3_proxy s3_proxy_start s3_proxy_stop s3_fault s3_faults s3_fault_rules
+       s3_fault_log s3_fault_counts nginx_port restart_worker pg_log)
 );
 
 my $ROOT = abs_path(dirname(__FILE__) . '/../../..');
@@ -297,13 +351,18 @@ sub pg_start {
     $S{pg_running} = 1;
 }
 
+# pg_stop($mode): 'fast' (the default), 'immediate' (a crash: no
+# checkpoint, recovery at the next start) or 'smart'.
 sub pg_stop {
+    my ($mode) = @_;
     return unless $S{pg_running};
     run_quiet("$S{dir}/logs/pg_ctl.log",
               as_postgres("$PGBIN/pg_ctl", '-D', "$S{dir}/pg/data", '-m',
-                          'fast', '-w', 'stop'));
+                          $mode // 'fast', '-w', 'stop'));
     $S{pg_running} = 0;
 }
+
+sub pg_log { return slurp("$S{dir}/logs/postgresql.log") }
 
 sub migrate {
     -x $WORKER or die "no worker binary at $WORKER: run make first\n";
@@ -374,6 +433,15 @@ http {
             sub_filter_once on;
         }
         location /noranges/ { alias $d/f/; max_ranges 0; }
+        location /slowchunked/ {
+            alias $d/f/;
+            set \$rate 16k;
+            if (\$arg_rate) { set \$rate \$arg_rate; }
+            limit_rate \$rate;
+            sub_filter_types *;
+            sub_filter '\\0' '\\0';
+            sub_filter_once on;
+        }
         location = /status/404 { return 404; }
         location = /status/403 { return 403; }
         location = /status/408 { return 408; }
@@ -414,14 +482,94 @@ sub flaky_start {
     wait_port($S{flaky_port}, 'the flaky origin', $S{flaky_pid});
 }
 
+# --- the S3 fault proxy -----------------------------------------------------
+
+# s3_proxy_start(): starts t/tools/s3-fault-proxy.pl on a free port in front
+# of the stack's s3rver (once; later calls return the same) and returns its
+# endpoint, http://127.0.0.1:port.
+sub s3_proxy_start {
+    adl();
+    return $S{s3_proxy} if $S{s3_proxy_pid};
+    $S{s3_proxy_port} = free_port();
+    $S{s3_proxy} = "http://127.0.0.1:$S{s3_proxy_port}";
+    $S{s3_fault_control} = "$S{dir}/s3-faults.json";
+    $S{s3_fault_log} = "$S{dir}/logs/s3-faults.log";
+    write_file($S{s3_fault_control}, '{"rules":[]}');
+    $S{s3_proxy_pid} = spawn("$S{dir}/logs/s3-proxy.log", {}, $^X,
+                             "$ROOT/t/tools/s3-fault-proxy.pl",
+                             $S{s3_proxy_port}, $S{s3_port},
+                             $S{s3_fault_control}, $S{s3_fault_log});
+    wait_port($S{s3_proxy_port}, 'the S3 fault proxy', $S{s3_proxy_pid});
+    return $S{s3_proxy};
+}
+
+sub s3_proxy { return s3_proxy_start() }
+
+sub s3_proxy_stop {
+    return unless $S{s3_proxy_pid};
+    stop_pid($S{s3_proxy_pid}, 'TERM', 5);
+    delete $S{s3_proxy_pid};
+}
+
+# s3_faults(\%rule, ...): replaces the proxy's rules (none: pass all).
+sub s3_faults {
+    my (@rules) = @_;
+    s3_proxy_start();
+    for my $r (@rules) {
+        die "s3_fault: unknown fault $r->{fault}\n"
+            unless ($r->{fault} // '') =~ /^(pass|down|slowdown|error500|reset|delay)$/;
+        $r->{used} //= 0;
+    }
+    open my $fh, '>>', $S{s3_fault_control} or die "$S{s3_fault_control}: $!";
+    flock $fh, 2;                               # LOCK_EX
+    truncate $fh, 0;
+    print $fh $JSON->encode({ rules => \@rules });
+    close $fh or die "$S{s3_fault_control}: $!";
+    if (grep { $_->{fault} eq 'down' && !defined $_->{match}
+               && !defined $_->{count} } @rules) {
+        sleep 0.3;                  # the proxy closes its listener within 0.1 s
+    }
+}
+
+# s3_fault($fault, match => $substring, count => $n, rate => $fraction,
+#          retry_after => $seconds, delay => $seconds, when => 'request')
+sub s3_fault {
+    my ($fault, %o) = @_;
+    return s3_faults() if $fault eq 'pass' && !%o;
+    return s3_faults({ %o, fault => $fault });
+}
+
+# The rules as the proxy left them ("used" counts the requests they hit).
+sub s3_fault_rules {
+    open my $fh, '<', $S{s3_fault_control} or return [];
+    flock $fh, 1;                               # LOCK_SH
+    local $/;
+    my $c = eval { $JSON->decode(<$fh> // '') };
+    return $c ? $c->{rules} : [];
+}
+
+# [[epoch, fault, request line], ...] of every fault given so far
+sub s3_fault_log {
+    return [map { [split / /, $_, 3] } grep { length }
+            split /\n/, slurp($S{s3_fault_log} // '')];
+}
+
+# { fault => how many requests got it }
+sub s3_fault_counts {
+    my %n;
+    $n{$_->[1]}++ for @{ s3_fault_log() };
+    return \%n;
+}
+
 # --- the nginx under test ---------------------------------------------------
 
 sub default_http_config {
-    my ($conninfo) = @_;
+    my ($conninfo, $s3) = @_;
     $conninfo //= $S{pg_conninfo};
+    $s3 //= $S{s3_endpoint};
     return <<"EOF";
     async_dl_postgres "$conninfo";
-    async_dl_s3_endpoint $S{s3_endpoint};
+    async_dl_s3_endpoint $s3;
     async_dl_s3_bucket $S{s3_bucket};
     async_dl_s3_region us-east-1;
     async_dl_s3_access_key S3RVER;
@@ -436,17 +584,35 @@ sub expand {
              ADL_S3_ENDPOINT => $S{s3_endpoint},
              ADL_S3_BUCKET => $S{s3_bucket}, ADL_ORIGIN => $S{origin},
              ADL_FLAKY => $S{flaky}, ADL_PORT => $S{port},
-             ADL_DIR => $S{dir});
+             ADL_DIR => $S{dir},
+             ($S{s3_proxy} ? (ADL_S3_PROXY => $S{s3_proxy}) : ()));
     $text =~ s/\$(ADL_[A-Z0-9_]+)\b/exists $v{$1} ? $v{$1} : "\$$1"/ge;
     return $text;
 }
 
+# The folder and port of nginx instance $n (0: the one the blocks use).
+sub nginx_instance {
+    my ($n) = @_;
+    $n //= 0;
+    my $i = $S{ngx}[$n] ||= {};
+    $i->{dir} //= $n ? "$S{dir}/nginx-$n" : "$S{dir}/nginx";
+    $i->{port} //= $n ? free_port() : $S{port};
+    if (!-d "$i->{dir}/logs") {
+        make_path("$i->{dir}/logs", "$i->{dir}/tmp");
+    }
+    return $i;
+}
+
+sub nginx_port { adl(); return nginx_instance($_[0])->{port} }
+
 sub nginx_conf {
     my ($config, %opt) = @_;
-    my $d = "$S{dir}/nginx";
+    my $inst = nginx_instance($opt{instance});
+    my $d = $inst->{dir};
     my $http = defined $opt{adl_http_config}
              ? $opt{adl_http_config}
-             : default_http_config(expand($opt{pg_conninfo}) || undef);
+             : default_http_config(expand($opt{pg_conninfo}) || undef,
+                                   expand($opt{s3_endpoint}) || undef);
     my $level = $ENV{ADL_DEBUG} ? 'debug' : 'info';
     return expand(<<"EOF");
 daemon off;
@@ -467,7 +633,7 @@ http {
 $http
 ${\ ($opt{http_config} // '')}
     server {
-        listen 127.0.0.1:$S{port};
+        listen 127.0.0.1:$inst->{port};
         server_name localhost;
 $config
     }
@@ -492,14 +658,17 @@ sub sanitizer_env {
 sub start_nginx {
     my ($config, %opt) = @_;
     adl();
-    stop_nginx();
+    my $n = $opt{instance} // 0;
+    stop_nginx($n);
 
-    my $d = "$S{dir}/nginx";
+    my $inst = nginx_instance($n);
+    my $d = $inst->{dir};
     my $conf = nginx_conf($config, %opt);
     write_file("$d/nginx.conf", $conf);
-    $S{nginx_conf} = $conf;
+    $inst->{conf} = $conf;
+    $S{nginx_conf} = $conf unless $n;
 
-    my $t = "$S{dir}/logs/nginx-t.log";
+    my $t = "$S{dir}/logs/nginx-t" . ($n ? "-$n" : '') . '.log';
     unlink $t;
     my $pid = spawn($t, {sanitizer_env()}, $NGINX, '-t', '-p', "$d/", '-c',
                     "$d/nginx.conf");
@@ -510,25 +679,38 @@ sub start_nginx {
     }
     $ok or die "nginx -t failed:\n" . slurp($t);
 
-    $S{nginx_pid} = spawn("$d/logs/stderr.log", {sanitizer_env()}, $NGINX,
-                          '-p', "$d/", '-c', "$d/nginx.conf");
-    wait_port($S{port}, 'nginx', $S{nginx_pid});
+    $inst->{pid} = spawn("$d/logs/stderr.log", {sanitizer_env()}, $NGINX,
+                         '-p', "$d/", '-c', "$d/nginx.conf");
+    $S{nginx_pid} = $inst->{pid} unless $n;
+    wait_port($inst->{port}, $n ? "nginx $n" : 'nginx', $inst->{pid});
     return undef;
 }
 
+# stop_nginx($n): instance $n (0 by default)
 sub stop_nginx {
-    return unless $S{nginx_pid};
-    stop_pid($S{nginx_pid}, 'QUIT', 10);
-    delete $S{nginx_pid};
+    my ($n) = @_;
+    $n //= 0;
+    my $inst = $S{ngx} && $S{ngx}[$n];
+    return unless $inst && $inst->{pid};
+    stop_pid($inst->{pid}, 'QUIT', 10);
+    delete $inst->{pid};
+    delete $S{nginx_pid} unless $n;
 }
 
 sub origin_log {
     return slurp("$S{dir}/origin/logs/access.log");
 }
 
+# nginx_log($n): the error log (and stderr) of instance $n; of every
+# instance started when $n is not given.
 sub nginx_log {
-    return slurp("$S{dir}/nginx/logs/error.log")
-         . slurp("$S{dir}/nginx/logs/stderr.log");
+    my ($n) = @_;
+    my @i = defined $n ? ($n) : (0 .. $#{ $S{ngx} || [] });
+    @i = (0) unless @i;
+    return join '', map {
+        my $d = $_ ? "$S{dir}/nginx-$_" : "$S{dir}/nginx";
+        slurp("$d/logs/error.log") . slurp("$d/logs/stderr.log")
+    } @i;
 }
 
 sub error_log_mark {
@@ -625,7 +807,33 @@ sub start_worker {
         %ENV = (%ENV, %e);
         exec $WORKER or die "exec $WORKER: $!";
     }
-    push @{ $S{workers} }, { pid => $pid, log => $log };
+    push @{ $S{workers} }, { pid => $pid, log => $log, env => \%env };
+    return $pid;
+}
+
+# restart_worker($n, %env): starts worker $n again (the same settings, plus
+# %env; the same log file), stopping it first with TERM if it still runs.
+# Returns the new pid.
+sub restart_worker {
+    my ($n, %env) = @_;
+    my $w = $S{workers}[$n] or die "no worker $n\n";
+    stop_worker('TERM', $n) if $w->{pid};
+    my %e = (worker_env(), %{ $w->{env} || {} }, %env);
+    my @unset = grep { !defined $e{$_} } keys %e;
+    delete @e{@unset};
+    my $pid = fork;
+    die "fork: $!" unless defined $pid;
+    if ($pid == 0) {
+        delete @ENV{@unset};
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $w->{log} or die "$w->{log}: $!";
+        open STDERR, '>&', \*STDOUT;
+        %ENV = (%ENV, %e);
+        exec $WORKER or die "exec $WORKER: $!";
+    }
+    $w->{pid} = $pid;
+    $w->{env} = { %{ $w->{env} || {} }, %env };
+    $w->{starts}++;
     return $pid;
 }
 
@@ -995,12 +1203,13 @@ sub run_tests {
 
 sub stack_down {
     return unless $$ == $OWNER_PID && $S{up};
-    stop_nginx();
+    stop_nginx($_) for reverse 0 .. $#{ $S{ngx} || [] };
     for my $w (@{ $S{workers} || [] }) {
         stop_pid($w->{pid}, 'TERM', 15) if $w->{pid};
     }
     stop_pid($S{origin_pid}, 'QUIT', 5);
     stop_pid($S{flaky_pid}, 'TERM', 5);
+    s3_proxy_stop();
     stop_pid($S{s3_pid}, 'TERM', 5);
     pg_stop();
     if ($ENV{ADL_KEEP}) { diag("kept $S{dir}") }
