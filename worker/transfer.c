@@ -1,14 +1,22 @@
 /*
  * transfer: the life of one claimed file.
  *
- *   RUNNING ---download ok---> FLUSHING --stored--> FINISHING -> DONE
+ *   RUNNING ---download ok---> FLUSHING --stored--+
  *      |  \--transient error--> BACKOFF --retry--> RUNNING
- *      \----- any end (failure, deadline, cancel, shutdown) ----
- *              -> ABORTING (abort the multipart upload, if any)
- *              -> FINISHING (database write; none on cancel) -> DONE
+ *      \----- any end (failure, deadline, cancel, lease, shutdown) --+
+ *                                                                   v
+ *   ENDING (outcome recorded) -> CLOSING -> DONE (freed by adl_xfer_reap)
  *
- * All ends go through xfer_end(); DONE transfers are freed by
- * adl_xfer_reap() once no database query refers to them any more.
+ * All ends go through xfer_end(), which only records the outcome: it may
+ * run inside a libcurl callback (a write callback that could not start an
+ * upload, an unpause that delivered data).  The loop then closes ended
+ * transfers in one place, adl_xfer_process_ends(), outside every callback:
+ * the download is stopped; a storage request that may store the object
+ * (PutObject, CompleteMultipartUpload) or create an upload is left to
+ * answer, others are stopped; then, at the same time, the multipart upload
+ * is aborted and the result written (none on cancel).  When an object may
+ * have been stored that no completed row of ours records, the file's row
+ * decides whether it is an orphan to delete (check_orphan).
  *
  * Storage, chosen at the first byte of a 200 response:
  * - the size is known and above a part (and at most 5 GiB): one PUT
@@ -41,8 +49,8 @@ typedef enum {
     XF_RUNNING = 0,
     XF_BACKOFF,
     XF_FLUSHING,
-    XF_ABORTING,
-    XF_FINISHING,
+    XF_ENDING,          /* outcome recorded; closed by the loop */
+    XF_CLOSING,         /* storage settling or aborting, result writing */
     XF_DONE
 } xfer_state_t;
 
@@ -125,6 +133,14 @@ struct adl_xfer_s {
     int                    uncounted;        /* hand-back: attempt not made */
     int64_t                last_report;
     int64_t                reported;
+
+    /* the end */
+    int                    abort_tried;      /* AbortMultipartUpload sent */
+    int                    abort_done;       /* ...and answered */
+    int                    object_maybe;     /* an object may be stored */
+    int                    recorded;         /* the result was answered */
+    int                    recorded_stored;  /* ...as completed, by us */
+    int                    orphan_checked;
 };
 
 static void xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
@@ -132,7 +148,8 @@ static void xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
 static void start_download(adl_xfer_t *x);
 static void storage_pump(adl_xfer_t *x);
 static void write_result(adl_xfer_t *x);
-static void maybe_release(adl_xfer_t *x);
+static void end_advance(adl_xfer_t *x);
+static int check_orphan(adl_xfer_t *x);
 static void stream_start(adl_xfer_t *x);
 static void stored(adl_xfer_t *x);
 static void storage_done(adl_s3_req_t *r);
@@ -299,6 +316,7 @@ restart_from_zero(adl_xfer_t *x)
         x->up_stale = 1;            /* its part number is reused later */
     } else {
         x->up.len = 0;
+        x->up_part = 0;
     }
     x->next_part = 1;
 }
@@ -550,6 +568,14 @@ download_done(adl_http_req_t *req, CURLcode rc)
     int          transient = 0;
     int64_t      delay = -1, now = adl_now_ms();
 
+    if (!adl_xfer_active(x)) {
+        /* ended meanwhile (its write callback refused the rest) */
+        curl_easy_cleanup(x->dl.easy);
+        x->dl.easy = NULL;
+        curl_slist_free_all(x->dl_headers);
+        x->dl_headers = NULL;
+        return;
+    }
     if (rc == CURLE_OK && x->fail_code == NULL && !x->checked) {
         check_response(x);         /* an empty body */
     }
@@ -758,7 +784,9 @@ stop_download(adl_xfer_t *x)
 
 static void storage_done(adl_s3_req_t *r);
 
-static void
+/* Starts a storage request; -1 when it could not start (a request of the
+ * transfer's storage then ends it: STORAGE_FAILED). */
+static int
 storage_start(adl_xfer_t *x, adl_s3_op_t op, const char *body, size_t len)
 {
     adl_s3_req_t  *r = &x->s3;
@@ -776,15 +804,12 @@ storage_start(adl_xfer_t *x, adl_s3_op_t op, const char *body, size_t len)
 
     if (adl_s3_start(x->w->s3, r) != 0) {
         r->op = S3_NONE;
-        if (op == S3_ABORT) {
-            write_result(x);
-            return;
+        if (op != S3_ABORT && op != S3_DELETE) {
+            xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
         }
-        if (op == S3_DELETE) {
-            return;                 /* the caller goes on to DONE */
-        }
-        xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
+        return -1;
     }
+    return 0;
 }
 
 static int
@@ -831,7 +856,9 @@ storage_pump(adl_xfer_t *x)
             storage_start(x, S3_CREATE, NULL, 0);
             return;
         }
-        x->up_part = x->next_part++;
+        if (x->up_part == 0) {      /* a new part; else the same again */
+            x->up_part = x->next_part++;
+        }
         x->up_busy = 1;
         storage_start(x, S3_PART, x->up.data, x->up.len);
         return;
@@ -890,9 +917,51 @@ static void
 stored(adl_xfer_t *x)
 {
     x->size = x->received;
+    x->object_maybe = 1;
     XLOG(ADL_LOG_INFO, x, "stored %s (%lld bytes, %s, sha256 %s)",
          x->key, (long long) x->received, x->content_type, x->sha256);
     xfer_end(x, OUT_STORED, NULL, "stored");
+}
+
+/* A storage request answered after its transfer ended: what the end needs
+ * to know of it. */
+static void
+storage_done_ending(adl_xfer_t *x, adl_s3_op_t op, adl_s3_req_t *r)
+{
+    switch (op) {
+    case S3_CREATE:
+        if (r->ok && x->upload_id == NULL) {
+            x->upload_id = strdup(r->new_upload_id);
+            if (x->upload_id == NULL) {
+                XLOG(ADL_LOG_WARN, x, "out of memory: multipart upload %s "
+                     "left unaborted", r->new_upload_id);
+            }
+        }
+        break;
+    case S3_PUT:
+    case S3_COMPLETE:
+        /* stored, or no answer at all: the object may exist */
+        if (r->ok || r->status == 0) {
+            x->object_maybe = 1;
+        }
+        break;
+    case S3_ABORT:
+        x->abort_done = 1;
+        if (!r->ok) {
+            XLOG(ADL_LOG_WARN, x, "could not abort the multipart upload %s: "
+                 "%s", x->upload_id, r->error);
+        }
+        break;
+    case S3_DELETE:
+        if (!r->ok) {
+            XLOG(ADL_LOG_WARN, x, "could not delete the orphan object: %s",
+                 r->error);
+        }
+        break;
+    default:
+        break;
+    }
+    end_advance(x);
 }
 
 static void
@@ -903,22 +972,8 @@ storage_done(adl_s3_req_t *r)
 
     r->op = S3_NONE;
 
-    if (op == S3_DELETE) {
-        if (!r->ok) {
-            XLOG(ADL_LOG_WARN, x, "could not delete the orphan object: %s",
-                 r->error);
-        }
-        x->state = XF_DONE;
-        maybe_release(x);
-        return;
-    }
-
-    if (op == S3_ABORT) {
-        if (!r->ok) {
-            XLOG(ADL_LOG_WARN, x, "could not abort the multipart upload: "
-                 "%s", r->error);
-        }
-        write_result(x);
+    if (!adl_xfer_active(x)) {
+        storage_done_ending(x, op, r);
         return;
     }
 
@@ -945,7 +1000,13 @@ storage_done(adl_s3_req_t *r)
     if (!r->ok) {
         if (op == S3_PART) {
             x->up_busy = 0;
-            x->next_part--;         /* the same part again */
+            if (x->up_stale) {
+                /* a part of what the origin sent before it started over:
+                 * dropped, its number is the new content's */
+                x->up_stale = 0;
+                x->up.len = 0;
+                x->up_part = 0;
+            }
         }
         if (r->transient && ++x->s3_tries < S3_TRIES) {
             int64_t  delay = adl_backoff_ms(200, x->s3_tries);
@@ -964,6 +1025,8 @@ storage_done(adl_s3_req_t *r)
     case S3_CREATE:
         x->upload_id = strdup(r->new_upload_id);
         if (x->upload_id == NULL) {
+            XLOG(ADL_LOG_WARN, x, "out of memory: multipart upload %s left "
+                 "unaborted", r->new_upload_id);
             xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "out of memory");
             return;
         }
@@ -977,9 +1040,13 @@ storage_done(adl_s3_req_t *r)
         x->up_busy = 0;
         x->up_stale = 0;
         x->up.len = 0;
-        if (x->paused && x->dl.easy != NULL) {
+        x->up_part = 0;
+        if (x->paused) {
+            /* room for the download again: unpaused from the loop, as an
+             * unpause may deliver data (and end the transfer) at once */
             x->paused = 0;
-            curl_easy_pause(x->dl.easy, CURLPAUSE_CONT);
+            x->kick_dl = 1;
+            x->w->kick = 1;
         }
         break;
 
@@ -1004,6 +1071,9 @@ storage_done(adl_s3_req_t *r)
 
 /* --- the end ------------------------------------------------------------- */
 
+/* Records how the transfer ends.  Safe anywhere, also inside a libcurl
+ * callback: nothing is stopped or freed here; the loop closes the
+ * transfer (adl_xfer_process_ends). */
 static void
 xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
     const char *fmt, ...)
@@ -1032,27 +1102,104 @@ xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
     default:
         break;
     }
+    x->state = XF_ENDING;
+    x->w->ending = 1;
+}
 
-    stop_download(x);
-    if (x->s3.http.easy != NULL) {
-        adl_s3_cancel(x->w->s3, &x->s3);
-        x->s3.op = S3_NONE;
+/* A storage request that may store the object (or has created an upload
+ * to abort) is left to answer; what it did decides what is left behind.
+ * A streamed PUT can store the object only once it has all of it. */
+static int
+storage_settles(const adl_xfer_t *x)
+{
+    switch (x->s3.op) {
+    case S3_CREATE:
+    case S3_COMPLETE:
+        return 1;
+    case S3_PUT:
+        return !x->stream || (x->size >= 0 && x->received >= x->size);
+    default:
+        return 0;
     }
-    x->s3_retry_at = 0;
-    x->state = XF_ABORTING;
+}
 
-    if (x->upload_id != NULL && out != OUT_STORED) {
-        storage_start(x, S3_ABORT, NULL, 0);
+/* From the loop, outside every callback. */
+static void
+end_begin(adl_xfer_t *x)
+{
+    x->state = XF_CLOSING;
+    stop_download(x);
+    x->s3_retry_at = 0;
+    x->kick_dl = x->kick_up = 0;
+
+    if (x->s3.op != S3_NONE) {
+        if (storage_settles(x)) {
+            XLOG(ADL_LOG_DEBUG, x, "waiting for the storage request under "
+                 "way to answer");
+        } else {
+            adl_s3_cancel(x->w->s3, &x->s3);
+            x->s3.op = S3_NONE;
+        }
+    }
+
+    /* the result at once, whatever the storage does meanwhile */
+    if (x->outcome == OUT_DROP) {
+        x->recorded = 1;
+    } else {
+        write_result(x);
+    }
+    end_advance(x);
+}
+
+/* The next step of a closing transfer, when the last one is over: abort
+ * the multipart upload; once the result is answered, delete an object
+ * nobody records; then DONE. */
+static void
+end_advance(adl_xfer_t *x)
+{
+    if (x->state != XF_CLOSING || x->s3.op != S3_NONE) {
         return;
     }
-    write_result(x);
+    if (x->upload_id != NULL && x->outcome != OUT_STORED && !x->abort_tried) {
+        x->abort_tried = 1;
+        if (storage_start(x, S3_ABORT, NULL, 0) == 0) {
+            return;
+        }
+        XLOG(ADL_LOG_WARN, x, "could not abort the multipart upload %s: %s",
+             x->upload_id, x->s3.error);
+    }
+    if (x->db_refs > 0) {
+        return;                     /* the result, progress, orphan check */
+    }
+    if (x->object_maybe && !x->recorded_stored && !x->orphan_checked) {
+        x->orphan_checked = 1;
+        if (check_orphan(x) == 0) {
+            return;
+        }
+    }
+    x->state = XF_DONE;
+    x->w->reap = 1;
+}
+
+void
+adl_xfer_process_ends(adl_worker_t *w)
+{
+    adl_xfer_t  *x;
+
+    w->ending = 0;
+    for (x = w->xfers; x != NULL; x = x->next) {
+        if (x->state == XF_ENDING) {
+            end_begin(x);
+        }
+    }
 }
 
 /*
- * We stored an object but the file is no longer ours.  When nobody will
- * store it again (the job or file is gone, canceled or failed) the object
- * is an orphan: delete it.  When another worker holds or completed the
- * file, the key is the same and the object is theirs: keep it.
+ * An object may be stored but no completed row of ours records it.  When
+ * nobody will store the file again (the job or file is gone, canceled or
+ * failed) the object is an orphan: delete it.  When the file is pending,
+ * or another worker holds or completed it, the key is the same and the
+ * object is theirs: keep it.
  */
 static void
 orphan_result(void *data, PGresult *res)
@@ -1061,20 +1208,27 @@ orphan_result(void *data, PGresult *res)
     const char  *st;
 
     x->db_refs--;
-    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK) {
+    if (res == NULL) {
+        /* the connection failed under the query: again on the next one */
+        if (check_orphan(x) == 0) {
+            return;
+        }
+    } else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        XLOG(ADL_LOG_ERROR, x, "checking the file for an orphan object "
+             "failed: %s", PQresultErrorMessage(res));
+    } else {
         st = PQntuples(res) == 0 ? "gone" : PQgetvalue(res, 0, 0);
         if (strcmp(st, "gone") == 0 || strcmp(st, "canceled") == 0
             || strcmp(st, "failed") == 0)
         {
             XLOG(ADL_LOG_INFO, x, "the file is %s: deleting %s", st, x->key);
-            storage_start(x, S3_DELETE, NULL, 0);
-            if (x->s3.op == S3_DELETE) {
-                return;
+            if (storage_start(x, S3_DELETE, NULL, 0) != 0) {
+                XLOG(ADL_LOG_WARN, x, "could not delete the orphan object: "
+                     "%s", x->s3.error);
             }
         }
     }
-    x->state = XF_DONE;
-    maybe_release(x);
+    end_advance(x);
 }
 
 static int
@@ -1106,20 +1260,20 @@ finish_result(void *data, PGresult *res)
         /* the connection failed under the query: try it again on the
          * next one (the function is safe to run twice) */
         write_result(x);
+        end_advance(x);
         return;
     }
+    x->recorded = 1;
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         XLOG(ADL_LOG_ERROR, x, "recording the result failed: %s",
              PQresultErrorMessage(res));
     } else if (PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] != 't') {
         XLOG(ADL_LOG_INFO, x, "result not recorded: the file is no longer "
              "ours (canceled, deleted or lease lost)");
-        if (x->outcome == OUT_STORED && check_orphan(x) == 0) {
-            return;
-        }
+    } else if (x->outcome == OUT_STORED) {
+        x->recorded_stored = 1;
     }
-    x->state = XF_DONE;
-    maybe_release(x);
+    end_advance(x);
 }
 
 static void
@@ -1129,13 +1283,6 @@ write_result(adl_xfer_t *x)
     const char  *p[12];
     const char  *status;
 
-    if (x->outcome == OUT_DROP) {
-        x->state = XF_DONE;
-        maybe_release(x);
-        return;
-    }
-
-    x->state = XF_FINISHING;
     status = x->outcome == OUT_STORED ? "completed"
              : x->outcome == OUT_HAND_BACK ? "pending" : "failed";
 
@@ -1165,20 +1312,11 @@ write_result(adl_xfer_t *x)
                      "$9::integer, $10, $11, $12::timestamptz)", 12, p,
                      finish_result, x) != 0)
     {
-        x->state = XF_DONE;         /* left to the lease */
-        maybe_release(x);
+        XLOG(ADL_LOG_ERROR, x, "result not recorded (out of memory): the "
+             "file is left to its lease");
         return;
     }
     x->db_refs++;
-}
-
-/* Freed later, by adl_xfer_reap(), never under a caller's feet. */
-static void
-maybe_release(adl_xfer_t *x)
-{
-    if (x->state == XF_DONE && x->db_refs == 0) {
-        x->w->reap = 1;
-    }
 }
 
 static void
@@ -1198,6 +1336,10 @@ xfer_free(adl_xfer_t *x)
     }
     w->nxfers--;
 
+    if (x->upload_id != NULL && !x->abort_done && x->outcome != OUT_STORED) {
+        XLOG(ADL_LOG_WARN, x, "exiting: multipart upload %s of %s left "
+             "unaborted", x->upload_id, x->key);
+    }
     stop_download(x);
     adl_s3_cancel(w->s3, &x->s3);
     adl_sha256_free(&x->sha);
@@ -1224,7 +1366,7 @@ adl_xfer_reap(adl_worker_t *w)
     w->reap = 0;
     for (x = w->xfers; x != NULL; x = next) {
         next = x->next;
-        if (x->state == XF_DONE && x->db_refs == 0) {
+        if (x->state == XF_DONE && x->db_refs == 0 && x->s3.op == S3_NONE) {
             xfer_free(x);
         }
     }
@@ -1238,6 +1380,20 @@ adl_xfer_free_all(adl_worker_t *w)
     }
 }
 
+int
+adl_xfer_unrecorded(const adl_worker_t *w)
+{
+    const adl_xfer_t  *x;
+    int                n = 0;
+
+    for (x = w->xfers; x != NULL; x = x->next) {
+        if (!x->recorded) {
+            n++;
+        }
+    }
+    return n;
+}
+
 
 /* --- progress and lease -------------------------------------------------- */
 
@@ -1249,13 +1405,16 @@ progress_result(void *data, PGresult *res)
     x->db_refs--;
     x->progress_busy = 0;
 
+    if (!adl_xfer_active(x)) {
+        end_advance(x);
+        return;
+    }
     if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK
         && PQntuples(res) == 1)
     {
         if (PQgetvalue(res, 0, 0)[0] == 'f') {
             xfer_end(x, OUT_DROP, NULL, "the file is no longer ours "
                      "(canceled, deleted or lease lost)");
-            maybe_release(x);
             return;
         }
         /* renewed from before the query was sent: the lease runs until
@@ -1265,7 +1424,6 @@ progress_result(void *data, PGresult *res)
     if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
         XLOG(ADL_LOG_ERROR, x, "progress: %s", PQresultErrorMessage(res));
     }
-    maybe_release(x);
 }
 
 static void
@@ -1361,6 +1519,9 @@ adl_xfer_kick(adl_worker_t *w)
     for (rounds = 0; w->kick && rounds < 8; rounds++) {
         w->kick = 0;
         for (x = w->xfers; x != NULL; x = x->next) {
+            if (!adl_xfer_active(x)) {
+                continue;
+            }
             if (x->kick_dl) {
                 x->kick_dl = 0;
                 if (x->dl.easy != NULL) {

@@ -45,8 +45,15 @@ void adl_xfer_lease_lost(adl_xfer_t *x);
 /* Shutting down: stop and hand the file back (pending). */
 void adl_xfer_hand_back(adl_xfer_t *x);
 
-/* Frees the transfers that ended (called by the loop between events). */
+/* Closes the transfers that ended (w->ending): from the loop, outside
+ * every libcurl callback. */
+void adl_xfer_process_ends(adl_worker_t *w);
+
+/* Frees the transfers that are done (called by the loop between events). */
 void adl_xfer_reap(adl_worker_t *w);
+
+/* Transfers whose result has not been written (yet). */
+int adl_xfer_unrecorded(const adl_worker_t *w);
 
 /* At exit: frees every transfer, whatever its state. */
 void adl_xfer_free_all(adl_worker_t *w);

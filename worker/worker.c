@@ -356,8 +356,9 @@ done_stopping(adl_worker_t *w)
         return 1;
     }
     if (adl_now_ms() >= w->stop_at + EXIT_HARD_LIMIT) {
-        adl_log_warn(NULL, -1, "exiting with %d transfer(s) not recorded: "
-                     "their leases will run out", w->nxfers);
+        adl_log_warn(NULL, -1, "exiting with %d transfer(s) still ending, "
+                     "%d not recorded (their leases will run out)",
+                     w->nxfers, adl_xfer_unrecorded(w));
         return 1;
     }
     return 0;
@@ -539,8 +540,15 @@ adl_worker_run(const adl_settings_t *s)
             }
         }
 
+        /* transfers end here, never inside a libcurl callback */
+        if (w.ending) {
+            adl_xfer_process_ends(&w);
+        }
         if (w.kick) {
             adl_xfer_kick(&w);
+        }
+        if (w.ending) {
+            adl_xfer_process_ends(&w);
         }
         if (w.reap) {
             adl_xfer_reap(&w);

@@ -55,6 +55,7 @@ struct adl_worker_s {
     adl_job_t             *jobs;
     adl_xfer_t            *xfers;        /* doubly linked */
     int                    nxfers;
+    int                    ending;       /* some transfers ended */
     int                    reap;         /* some transfers are done */
     int                    kick;         /* some want unpausing */
 
