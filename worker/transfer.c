@@ -41,7 +41,6 @@
 #include "log.h"
 #include "transfer.h"
 
-#define S3_TRIES          4       /* per storage request */
 #define PROGRESS_EVERY    300     /* ms between progress writes of a job */
 #define MAX_REDIRECTS     5L
 
@@ -964,11 +963,37 @@ storage_done_ending(adl_xfer_t *x, adl_s3_op_t op, adl_s3_req_t *r)
     end_advance(x);
 }
 
+/*
+ * Storage trouble backs off as origin trouble does: exponentially from
+ * ASYNC_DL_RETRY_BASE with jitter, or as the answer's Retry-After says
+ * (503 SlowDown), at most ASYNC_DL_MAX_ATTEMPTS tries of a request in a
+ * row, and never past the job's deadline.  -1: give up.
+ */
+static int64_t
+storage_retry_in(adl_xfer_t *x, const adl_s3_req_t *r)
+{
+    const adl_settings_t  *s = x->w->settings;
+    int64_t                delay;
+
+    if (!r->transient || ++x->s3_tries >= s->max_attempts) {
+        return -1;
+    }
+    delay = adl_retry_after_ms(r->retry_after);
+    if (delay < 0) {
+        delay = adl_backoff_ms(s->retry_base, x->s3_tries);
+    }
+    if (adl_now_ms() + delay >= x->job->deadline) {
+        return -1;
+    }
+    return delay;
+}
+
 static void
 storage_done(adl_s3_req_t *r)
 {
     adl_xfer_t  *x = r->data;
     adl_s3_op_t  op = r->op;
+    int64_t      delay;
 
     r->op = S3_NONE;
 
@@ -977,18 +1002,22 @@ storage_done(adl_s3_req_t *r)
         return;
     }
 
-    if (!r->ok && x->stream) {
-        int64_t  delay = adl_backoff_ms(x->w->settings->retry_base,
-                                        x->attempt);
+    if (!r->ok && (op == S3_PUT || op == S3_COMPLETE)
+        && (r->status == 0 || r->status >= 500))
+    {
+        x->object_maybe = 1;        /* it may have been stored all the same */
+    }
 
-        /* what was sent is gone: the file again from byte 0 */
+    if (!r->ok && x->stream) {
+        delay = storage_retry_in(x, r);
+
+        /* what was sent is gone: the file again from byte 0, a new
+         * transfer, so an attempt too */
         stop_download(x);
         restart_from_zero(x);
-        if (r->transient && ++x->s3_tries < S3_TRIES
-            && adl_now_ms() + delay < x->job->deadline)
-        {
-            XLOG(ADL_LOG_WARN, x, "storage: %s; starting again in %lld ms",
-                 r->error, (long long) delay);
+        if (delay >= 0 && x->attempt < x->w->settings->max_attempts) {
+            XLOG(ADL_LOG_WARN, x, "storage: %s; starting again from byte 0 "
+                 "in %lld ms", r->error, (long long) delay);
             x->state = XF_BACKOFF;
             x->retry_at = adl_now_ms() + delay;
             return;
@@ -1008,9 +1037,8 @@ storage_done(adl_s3_req_t *r)
                 x->up_part = 0;
             }
         }
-        if (r->transient && ++x->s3_tries < S3_TRIES) {
-            int64_t  delay = adl_backoff_ms(200, x->s3_tries);
-
+        delay = storage_retry_in(x, r);
+        if (delay >= 0) {
             XLOG(ADL_LOG_WARN, x, "storage: %s; retrying in %lld ms",
                  r->error, (long long) delay);
             x->s3_retry_at = adl_now_ms() + delay;
