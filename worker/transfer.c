@@ -1031,10 +1031,16 @@ storage_done(adl_s3_req_t *r)
             x->up_busy = 0;
             if (x->up_stale) {
                 /* a part of what the origin sent before it started over:
-                 * dropped, its number is the new content's */
+                 * dropped, its number is the new content's; room for the
+                 * download again */
                 x->up_stale = 0;
                 x->up.len = 0;
                 x->up_part = 0;
+                if (x->paused) {
+                    x->paused = 0;
+                    x->kick_dl = 1;
+                    x->w->kick = 1;
+                }
             }
         }
         delay = storage_retry_in(x, r);
