@@ -98,6 +98,8 @@ struct adl_xfer_s {
     char                   h_content_range[128];
     char                   h_etag[200];
     char                   h_last_modified[64];
+    char                   h_content_encoding[64];
+    int                    encoded;          /* decoded by curl: no Range */
     adl_http_guard_t       guard;            /* the SSRF check's refusal */
     const char            *fail_code;       /* set inside a callback */
     char                   fail_msg[256];
@@ -263,12 +265,14 @@ header_cb(char *data, size_t size, size_t nmemb, void *userp)
         x->h_content_range[0] = '\0';
         x->h_etag[0] = '\0';
         x->h_last_modified[0] = '\0';
+        x->h_content_encoding[0] = '\0';
         return n;
     }
     HDR("Retry-After:", h_retry_after)
     HDR("Content-Range:", h_content_range)
     HDR("ETag:", h_etag)
     HDR("Last-Modified:", h_last_modified)
+    HDR("Content-Encoding:", h_content_encoding)
 #undef HDR
     return n;
 }
@@ -330,12 +334,24 @@ check_response(adl_xfer_t *x)
     char                  *ct = NULL;
     int                    n;
     long long              start, end, total;
+    int                    enc;
 
     x->checked = 1;
+    enc = x->h_content_encoding[0] != '\0'
+          && strcasecmp(x->h_content_encoding, "identity") != 0;
     curl_easy_getinfo(x->dl.easy, CURLINFO_RESPONSE_CODE, &code);
     curl_easy_getinfo(x->dl.easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
 
     if (code == 206 && x->offset > 0) {
+        if (enc) {
+            /* a range of the encoded bytes: nothing to do with the
+             * decoded ones kept so far; the next attempt starts over */
+            x->encoded = 1;
+            return fail_in_callback(x, "DOWNLOAD_FAILED", 1, "resume at "
+                                    "%lld answered with Content-Encoding "
+                                    "%s", (long long) x->offset,
+                                    x->h_content_encoding);
+        }
         /* the rest of the same file: same start, and the same total when
          * the first answer announced one (else another version of it) */
         n = sscanf(x->h_content_range, "bytes %lld-%lld/%lld", &start, &end,
@@ -365,7 +381,12 @@ check_response(adl_xfer_t *x)
         restart_from_zero(x);
     }
 
-    x->size = cl >= 0 ? (int64_t) cl : -1;
+    /* a content-encoded answer is decoded (what users download is the
+     * file, not its encoding): its Content-Length is the encoded size,
+     * so the size is known at the end only, and a Range would count
+     * encoded bytes: a later attempt starts over from byte 0 */
+    x->encoded = enc;
+    x->size = cl >= 0 && !enc ? (int64_t) cl : -1;
     if (s->max_file_size > 0 && x->size > s->max_file_size) {
         return fail_in_callback(x, "TOO_LARGE", 0, "the file is %lld bytes,"
                                 " more than the %lld allowed",
@@ -704,6 +725,11 @@ start_download(adl_xfer_t *x)
     x->fail_msg[0] = '\0';
     x->dl_errbuf[0] = '\0';
     x->paused = 0;
+    if (x->encoded && x->received > 0) {
+        XLOG(ADL_LOG_INFO, x, "the answer was content-encoded (%s): "
+             "starting again from byte 0", x->h_content_encoding);
+        restart_from_zero(x);
+    }
     x->offset = x->received;
     x->state = XF_RUNNING;
 
@@ -743,7 +769,9 @@ start_download(adl_xfer_t *x)
                      (long) (s->idle_timeout / 1000));
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "async-dl-worker");
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
+    /* ask for the file as it is, and decode whatever encoding comes all
+     * the same (one curl cannot decode fails the file) */
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "identity");
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
