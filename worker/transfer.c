@@ -139,6 +139,7 @@ struct adl_xfer_s {
     int                    abort_tried;      /* AbortMultipartUpload sent */
     int                    abort_done;       /* ...and answered */
     int                    object_maybe;     /* an object may be stored */
+    int                    object_stored;    /* ...it was, after the end */
     int                    recorded;         /* the result was answered */
     int                    recorded_stored;  /* ...as completed, by us */
     int                    orphan_checked;
@@ -971,6 +972,7 @@ storage_done_ending(adl_xfer_t *x, adl_s3_op_t op, adl_s3_req_t *r)
         if (r->ok || r->status == 0) {
             x->object_maybe = 1;
         }
+        x->object_stored = r->ok;
         break;
     case S3_ABORT:
         x->abort_done = 1;
@@ -1221,6 +1223,17 @@ end_advance(adl_xfer_t *x)
 {
     if (x->state != XF_CLOSING || x->s3.op != S3_NONE) {
         return;
+    }
+    if (x->outcome == OUT_DROP && x->object_stored && x->sha256[0] != '\0') {
+        /* the whole file was stored after all: recorded if the file is
+         * still ours (its lease ran out while the database was away, and
+         * nobody claimed it since); if not, the orphan check decides */
+        x->outcome = OUT_STORED;
+        x->size = x->received;
+        x->recorded = 0;
+        XLOG(ADL_LOG_INFO, x, "stored %s as the transfer stopped: "
+             "recording it if the file is still ours", x->key);
+        write_result(x);
     }
     if (x->upload_id != NULL && x->outcome != OUT_STORED && !x->abort_tried) {
         x->abort_tried = 1;
