@@ -2,9 +2,11 @@
  * worker: the event loop and what it drives: claims (woken by NOTIFY and
  * a slow safety poll), cancels, the deadline sweep, shutdown.
  *
- * Everything runs on one thread.  Handlers never free a transfer: ended
- * transfers are reaped between two epoll_wait() batches, so no callback
- * ever finds its object gone.  The tick timer runs every 100 ms while
+ * Everything runs on one thread.  Handlers never close or free a
+ * transfer: they record that it ended, and the loop closes ended
+ * transfers after each epoll_wait() batch (outside every libcurl
+ * callback) and frees those done, so no callback ever finds its object
+ * gone.  The tick timer runs every 100 ms while
  * there is work (deadlines, retries, progress, leases) and every second
  * when idle.
  */
