@@ -159,6 +159,20 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
+static void
+trim_value(const char **v, size_t *vlen)
+{
+    while (*vlen > 0 && (**v == ' ' || **v == '\t')) {
+        (*v)++;
+        (*vlen)--;
+    }
+    while (*vlen > 0 && ((*v)[*vlen - 1] == '\r' || (*v)[*vlen - 1] == '\n'
+                         || (*v)[*vlen - 1] == ' ' || (*v)[*vlen - 1] == '\t'))
+    {
+        (*vlen)--;
+    }
+}
+
 static size_t
 header_cb(char *data, size_t size, size_t nmemb, void *userp)
 {
@@ -166,21 +180,25 @@ header_cb(char *data, size_t size, size_t nmemb, void *userp)
     size_t         n = size * nmemb, vlen;
     const char    *v;
 
+    if (n > 5 && strncasecmp(data, "HTTP/", 5) == 0) {
+        r->retry_after[0] = '\0';      /* a new answer (after a 100) */
+        return n;
+    }
     if (n > 5 && strncasecmp(data, "ETag:", 5) == 0) {
         v = data + 5;
         vlen = n - 5;
-        while (vlen > 0 && (*v == ' ' || *v == '\t')) {
-            v++;
-            vlen--;
-        }
-        while (vlen > 0 && (v[vlen - 1] == '\r' || v[vlen - 1] == '\n'
-                            || v[vlen - 1] == ' '))
-        {
-            vlen--;
-        }
+        trim_value(&v, &vlen);
         if (vlen < sizeof(r->etag)) {
             memcpy(r->etag, v, vlen);
             r->etag[vlen] = '\0';
+        }
+    } else if (n > 12 && strncasecmp(data, "Retry-After:", 12) == 0) {
+        v = data + 12;
+        vlen = n - 12;
+        trim_value(&v, &vlen);
+        if (vlen < sizeof(r->retry_after)) {
+            memcpy(r->retry_after, v, vlen);
+            r->retry_after[vlen] = '\0';
         }
     }
     return n;
@@ -389,6 +407,7 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
     r->transient = 0;
     r->status = 0;
     r->etag[0] = '\0';
+    r->retry_after[0] = '\0';
     r->new_upload_id[0] = '\0';
     r->error[0] = '\0';
     r->errbuf[0] = '\0';

@@ -46,8 +46,9 @@ struct adl_s3_req_s {
     /* out */
     int                 ok;
     int                 transient;     /* worth trying again */
-    long                status;
+    long                status;        /* 0: no answer */
     char                etag[128];
+    char                retry_after[64];   /* the answer's Retry-After */
     char                new_upload_id[512];
     char                error[512];
 

@@ -1,14 +1,22 @@
 /*
  * transfer: the life of one claimed file.
  *
- *   RUNNING ---download ok---> FLUSHING --stored--> FINISHING -> DONE
+ *   RUNNING ---download ok---> FLUSHING --stored--+
  *      |  \--transient error--> BACKOFF --retry--> RUNNING
- *      \----- any end (failure, deadline, cancel, shutdown) ----
- *              -> ABORTING (abort the multipart upload, if any)
- *              -> FINISHING (database write; none on cancel) -> DONE
+ *      \----- any end (failure, deadline, cancel, lease, shutdown) --+
+ *                                                                   v
+ *   ENDING (outcome recorded) -> CLOSING -> DONE (freed by adl_xfer_reap)
  *
- * All ends go through xfer_end(); DONE transfers are freed by
- * adl_xfer_reap() once no database query refers to them any more.
+ * All ends go through xfer_end(), which only records the outcome: it may
+ * run inside a libcurl callback (a write callback that could not start an
+ * upload, an unpause that delivered data).  The loop then closes ended
+ * transfers in one place, adl_xfer_process_ends(), outside every callback:
+ * the download is stopped; a storage request that may store the object
+ * (PutObject, CompleteMultipartUpload) or create an upload is left to
+ * answer, others are stopped; then, at the same time, the multipart upload
+ * is aborted and the result written (none on cancel).  When an object may
+ * have been stored that no completed row of ours records, the file's row
+ * decides whether it is an orphan to delete (check_orphan).
  *
  * Storage, chosen at the first byte of a 200 response:
  * - the size is known and above a part (and at most 5 GiB): one PUT
@@ -33,7 +41,6 @@
 #include "log.h"
 #include "transfer.h"
 
-#define S3_TRIES          4       /* per storage request */
 #define PROGRESS_EVERY    300     /* ms between progress writes of a job */
 #define MAX_REDIRECTS     5L
 
@@ -41,8 +48,8 @@ typedef enum {
     XF_RUNNING = 0,
     XF_BACKOFF,
     XF_FLUSHING,
-    XF_ABORTING,
-    XF_FINISHING,
+    XF_ENDING,          /* outcome recorded; closed by the loop */
+    XF_CLOSING,         /* storage settling or aborting, result writing */
     XF_DONE
 } xfer_state_t;
 
@@ -67,6 +74,8 @@ struct adl_xfer_s {
     int                    idx;
     char                  *url;
     char                  *key;
+    char                  *lease;            /* this claim's lease token */
+    int64_t                lease_until;      /* ours until then, at least */
     xfer_state_t           state;
     xfer_outcome_t         outcome;
     const char            *error_code;
@@ -89,6 +98,8 @@ struct adl_xfer_s {
     char                   h_content_range[128];
     char                   h_etag[200];
     char                   h_last_modified[64];
+    char                   h_content_encoding[64];
+    int                    encoded;          /* decoded by curl: no Range */
     adl_http_guard_t       guard;            /* the SSRF check's refusal */
     const char            *fail_code;       /* set inside a callback */
     char                   fail_msg[256];
@@ -119,8 +130,19 @@ struct adl_xfer_s {
     /* database */
     int                    db_refs;
     int                    progress_busy;
+    int64_t                progress_sent;    /* when the last one was sent */
+    int                    uncounted;        /* hand-back: attempt not made */
     int64_t                last_report;
     int64_t                reported;
+
+    /* the end */
+    int                    abort_tried;      /* AbortMultipartUpload sent */
+    int                    abort_done;       /* ...and answered */
+    int                    object_maybe;     /* an object may be stored */
+    int                    object_stored;    /* ...it was, after the end */
+    int                    recorded;         /* the result was answered */
+    int                    recorded_stored;  /* ...as completed, by us */
+    int                    orphan_checked;
 };
 
 static void xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
@@ -128,7 +150,8 @@ static void xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
 static void start_download(adl_xfer_t *x);
 static void storage_pump(adl_xfer_t *x);
 static void write_result(adl_xfer_t *x);
-static void maybe_release(adl_xfer_t *x);
+static void end_advance(adl_xfer_t *x);
+static int check_orphan(adl_xfer_t *x);
 static void stream_start(adl_xfer_t *x);
 static void stored(adl_xfer_t *x);
 static void storage_done(adl_s3_req_t *r);
@@ -200,6 +223,12 @@ adl_xfer_job(const adl_xfer_t *x)
     return x->job;
 }
 
+int
+adl_xfer_idx(const adl_xfer_t *x)
+{
+    return x->idx;
+}
+
 adl_xfer_t *
 adl_xfer_next(const adl_xfer_t *x)
 {
@@ -237,12 +266,14 @@ header_cb(char *data, size_t size, size_t nmemb, void *userp)
         x->h_content_range[0] = '\0';
         x->h_etag[0] = '\0';
         x->h_last_modified[0] = '\0';
+        x->h_content_encoding[0] = '\0';
         return n;
     }
     HDR("Retry-After:", h_retry_after)
     HDR("Content-Range:", h_content_range)
     HDR("ETag:", h_etag)
     HDR("Last-Modified:", h_last_modified)
+    HDR("Content-Encoding:", h_content_encoding)
 #undef HDR
     return n;
 }
@@ -289,6 +320,7 @@ restart_from_zero(adl_xfer_t *x)
         x->up_stale = 1;            /* its part number is reused later */
     } else {
         x->up.len = 0;
+        x->up_part = 0;
     }
     x->next_part = 1;
 }
@@ -303,12 +335,24 @@ check_response(adl_xfer_t *x)
     char                  *ct = NULL;
     int                    n;
     long long              start, end, total;
+    int                    enc;
 
     x->checked = 1;
+    enc = x->h_content_encoding[0] != '\0'
+          && strcasecmp(x->h_content_encoding, "identity") != 0;
     curl_easy_getinfo(x->dl.easy, CURLINFO_RESPONSE_CODE, &code);
     curl_easy_getinfo(x->dl.easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
 
     if (code == 206 && x->offset > 0) {
+        if (enc) {
+            /* a range of the encoded bytes: nothing to do with the
+             * decoded ones kept so far; the next attempt starts over */
+            x->encoded = 1;
+            return fail_in_callback(x, "DOWNLOAD_FAILED", 1, "resume at "
+                                    "%lld answered with Content-Encoding "
+                                    "%s", (long long) x->offset,
+                                    x->h_content_encoding);
+        }
         /* the rest of the same file: same start, and the same total when
          * the first answer announced one (else another version of it) */
         n = sscanf(x->h_content_range, "bytes %lld-%lld/%lld", &start, &end,
@@ -338,7 +382,12 @@ check_response(adl_xfer_t *x)
         restart_from_zero(x);
     }
 
-    x->size = cl >= 0 ? (int64_t) cl : -1;
+    /* a content-encoded answer is decoded (what users download is the
+     * file, not its encoding): its Content-Length is the encoded size,
+     * so the size is known at the end only, and a Range would count
+     * encoded bytes: a later attempt starts over from byte 0 */
+    x->encoded = enc;
+    x->size = cl >= 0 && !enc ? (int64_t) cl : -1;
     if (s->max_file_size > 0 && x->size > s->max_file_size) {
         return fail_in_callback(x, "TOO_LARGE", 0, "the file is %lld bytes,"
                                 " more than the %lld allowed",
@@ -540,6 +589,14 @@ download_done(adl_http_req_t *req, CURLcode rc)
     int          transient = 0;
     int64_t      delay = -1, now = adl_now_ms();
 
+    if (!adl_xfer_active(x)) {
+        /* ended meanwhile (its write callback refused the rest) */
+        curl_easy_cleanup(x->dl.easy);
+        x->dl.easy = NULL;
+        curl_slist_free_all(x->dl_headers);
+        x->dl_headers = NULL;
+        return;
+    }
     if (rc == CURLE_OK && x->fail_code == NULL && !x->checked) {
         check_response(x);         /* an empty body */
     }
@@ -669,6 +726,11 @@ start_download(adl_xfer_t *x)
     x->fail_msg[0] = '\0';
     x->dl_errbuf[0] = '\0';
     x->paused = 0;
+    if (x->encoded && x->received > 0) {
+        XLOG(ADL_LOG_INFO, x, "the answer was content-encoded (%s): "
+             "starting again from byte 0", x->h_content_encoding);
+        restart_from_zero(x);
+    }
     x->offset = x->received;
     x->state = XF_RUNNING;
 
@@ -708,7 +770,9 @@ start_download(adl_xfer_t *x)
                      (long) (s->idle_timeout / 1000));
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "async-dl-worker");
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, NULL);
+    /* ask for the file as it is, and decode whatever encoding comes all
+     * the same (one curl cannot decode fails the file) */
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "identity");
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
@@ -748,7 +812,9 @@ stop_download(adl_xfer_t *x)
 
 static void storage_done(adl_s3_req_t *r);
 
-static void
+/* Starts a storage request; -1 when it could not start (a request of the
+ * transfer's storage then ends it: STORAGE_FAILED). */
+static int
 storage_start(adl_xfer_t *x, adl_s3_op_t op, const char *body, size_t len)
 {
     adl_s3_req_t  *r = &x->s3;
@@ -766,15 +832,12 @@ storage_start(adl_xfer_t *x, adl_s3_op_t op, const char *body, size_t len)
 
     if (adl_s3_start(x->w->s3, r) != 0) {
         r->op = S3_NONE;
-        if (op == S3_ABORT) {
-            write_result(x);
-            return;
+        if (op != S3_ABORT && op != S3_DELETE) {
+            xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
         }
-        if (op == S3_DELETE) {
-            return;                 /* the caller goes on to DONE */
-        }
-        xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
+        return -1;
     }
+    return 0;
 }
 
 static int
@@ -821,7 +884,9 @@ storage_pump(adl_xfer_t *x)
             storage_start(x, S3_CREATE, NULL, 0);
             return;
         }
-        x->up_part = x->next_part++;
+        if (x->up_part == 0) {      /* a new part; else the same again */
+            x->up_part = x->next_part++;
+        }
         x->up_busy = 1;
         storage_start(x, S3_PART, x->up.data, x->up.len);
         return;
@@ -880,9 +945,77 @@ static void
 stored(adl_xfer_t *x)
 {
     x->size = x->received;
+    x->object_maybe = 1;
     XLOG(ADL_LOG_INFO, x, "stored %s (%lld bytes, %s, sha256 %s)",
          x->key, (long long) x->received, x->content_type, x->sha256);
     xfer_end(x, OUT_STORED, NULL, "stored");
+}
+
+/* A storage request answered after its transfer ended: what the end needs
+ * to know of it. */
+static void
+storage_done_ending(adl_xfer_t *x, adl_s3_op_t op, adl_s3_req_t *r)
+{
+    switch (op) {
+    case S3_CREATE:
+        if (r->ok && x->upload_id == NULL) {
+            x->upload_id = strdup(r->new_upload_id);
+            if (x->upload_id == NULL) {
+                XLOG(ADL_LOG_WARN, x, "out of memory: multipart upload %s "
+                     "left unaborted", r->new_upload_id);
+            }
+        }
+        break;
+    case S3_PUT:
+    case S3_COMPLETE:
+        /* stored, or no answer at all: the object may exist */
+        if (r->ok || r->status == 0) {
+            x->object_maybe = 1;
+        }
+        x->object_stored = r->ok;
+        break;
+    case S3_ABORT:
+        x->abort_done = 1;
+        if (!r->ok) {
+            XLOG(ADL_LOG_WARN, x, "could not abort the multipart upload %s: "
+                 "%s", x->upload_id, r->error);
+        }
+        break;
+    case S3_DELETE:
+        if (!r->ok) {
+            XLOG(ADL_LOG_WARN, x, "could not delete the orphan object: %s",
+                 r->error);
+        }
+        break;
+    default:
+        break;
+    }
+    end_advance(x);
+}
+
+/*
+ * Storage trouble backs off as origin trouble does: exponentially from
+ * ASYNC_DL_RETRY_BASE with jitter, or as the answer's Retry-After says
+ * (503 SlowDown), at most ASYNC_DL_MAX_ATTEMPTS tries of a request in a
+ * row, and never past the job's deadline.  -1: give up.
+ */
+static int64_t
+storage_retry_in(adl_xfer_t *x, const adl_s3_req_t *r)
+{
+    const adl_settings_t  *s = x->w->settings;
+    int64_t                delay;
+
+    if (!r->transient || ++x->s3_tries >= s->max_attempts) {
+        return -1;
+    }
+    delay = adl_retry_after_ms(r->retry_after);
+    if (delay < 0) {
+        delay = adl_backoff_ms(s->retry_base, x->s3_tries);
+    }
+    if (adl_now_ms() + delay >= x->job->deadline) {
+        return -1;
+    }
+    return delay;
 }
 
 static void
@@ -890,40 +1023,31 @@ storage_done(adl_s3_req_t *r)
 {
     adl_xfer_t  *x = r->data;
     adl_s3_op_t  op = r->op;
+    int64_t      delay;
 
     r->op = S3_NONE;
 
-    if (op == S3_DELETE) {
-        if (!r->ok) {
-            XLOG(ADL_LOG_WARN, x, "could not delete the orphan object: %s",
-                 r->error);
-        }
-        x->state = XF_DONE;
-        maybe_release(x);
+    if (!adl_xfer_active(x)) {
+        storage_done_ending(x, op, r);
         return;
     }
 
-    if (op == S3_ABORT) {
-        if (!r->ok) {
-            XLOG(ADL_LOG_WARN, x, "could not abort the multipart upload: "
-                 "%s", r->error);
-        }
-        write_result(x);
-        return;
+    if (!r->ok && (op == S3_PUT || op == S3_COMPLETE)
+        && (r->status == 0 || r->status >= 500))
+    {
+        x->object_maybe = 1;        /* it may have been stored all the same */
     }
 
     if (!r->ok && x->stream) {
-        int64_t  delay = adl_backoff_ms(x->w->settings->retry_base,
-                                        x->attempt);
+        delay = storage_retry_in(x, r);
 
-        /* what was sent is gone: the file again from byte 0 */
+        /* what was sent is gone: the file again from byte 0, a new
+         * transfer, so an attempt too */
         stop_download(x);
         restart_from_zero(x);
-        if (r->transient && ++x->s3_tries < S3_TRIES
-            && adl_now_ms() + delay < x->job->deadline)
-        {
-            XLOG(ADL_LOG_WARN, x, "storage: %s; starting again in %lld ms",
-                 r->error, (long long) delay);
+        if (delay >= 0 && x->attempt < x->w->settings->max_attempts) {
+            XLOG(ADL_LOG_WARN, x, "storage: %s; starting again from byte 0 "
+                 "in %lld ms", r->error, (long long) delay);
             x->state = XF_BACKOFF;
             x->retry_at = adl_now_ms() + delay;
             return;
@@ -935,11 +1059,22 @@ storage_done(adl_s3_req_t *r)
     if (!r->ok) {
         if (op == S3_PART) {
             x->up_busy = 0;
-            x->next_part--;         /* the same part again */
+            if (x->up_stale) {
+                /* a part of what the origin sent before it started over:
+                 * dropped, its number is the new content's; room for the
+                 * download again */
+                x->up_stale = 0;
+                x->up.len = 0;
+                x->up_part = 0;
+                if (x->paused) {
+                    x->paused = 0;
+                    x->kick_dl = 1;
+                    x->w->kick = 1;
+                }
+            }
         }
-        if (r->transient && ++x->s3_tries < S3_TRIES) {
-            int64_t  delay = adl_backoff_ms(200, x->s3_tries);
-
+        delay = storage_retry_in(x, r);
+        if (delay >= 0) {
             XLOG(ADL_LOG_WARN, x, "storage: %s; retrying in %lld ms",
                  r->error, (long long) delay);
             x->s3_retry_at = adl_now_ms() + delay;
@@ -954,6 +1089,8 @@ storage_done(adl_s3_req_t *r)
     case S3_CREATE:
         x->upload_id = strdup(r->new_upload_id);
         if (x->upload_id == NULL) {
+            XLOG(ADL_LOG_WARN, x, "out of memory: multipart upload %s left "
+                 "unaborted", r->new_upload_id);
             xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "out of memory");
             return;
         }
@@ -967,9 +1104,13 @@ storage_done(adl_s3_req_t *r)
         x->up_busy = 0;
         x->up_stale = 0;
         x->up.len = 0;
-        if (x->paused && x->dl.easy != NULL) {
+        x->up_part = 0;
+        if (x->paused) {
+            /* room for the download again: unpaused from the loop, as an
+             * unpause may deliver data (and end the transfer) at once */
             x->paused = 0;
-            curl_easy_pause(x->dl.easy, CURLPAUSE_CONT);
+            x->kick_dl = 1;
+            x->w->kick = 1;
         }
         break;
 
@@ -994,6 +1135,9 @@ storage_done(adl_s3_req_t *r)
 
 /* --- the end ------------------------------------------------------------- */
 
+/* Records how the transfer ends.  Safe anywhere, also inside a libcurl
+ * callback: nothing is stopped or freed here; the loop closes the
+ * transfer (adl_xfer_process_ends). */
 static void
 xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
     const char *fmt, ...)
@@ -1022,27 +1166,115 @@ xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
     default:
         break;
     }
+    x->state = XF_ENDING;
+    x->w->ending = 1;
+}
 
-    stop_download(x);
-    if (x->s3.http.easy != NULL) {
-        adl_s3_cancel(x->w->s3, &x->s3);
-        x->s3.op = S3_NONE;
+/* A storage request that may store the object (or has created an upload
+ * to abort) is left to answer; what it did decides what is left behind.
+ * A streamed PUT can store the object only once it has all of it. */
+static int
+storage_settles(const adl_xfer_t *x)
+{
+    switch (x->s3.op) {
+    case S3_CREATE:
+    case S3_COMPLETE:
+        return 1;
+    case S3_PUT:
+        return !x->stream || (x->size >= 0 && x->received >= x->size);
+    default:
+        return 0;
     }
-    x->s3_retry_at = 0;
-    x->state = XF_ABORTING;
+}
 
-    if (x->upload_id != NULL && out != OUT_STORED) {
-        storage_start(x, S3_ABORT, NULL, 0);
+/* From the loop, outside every callback. */
+static void
+end_begin(adl_xfer_t *x)
+{
+    x->state = XF_CLOSING;
+    stop_download(x);
+    x->s3_retry_at = 0;
+    x->kick_dl = x->kick_up = 0;
+
+    if (x->s3.op != S3_NONE) {
+        if (storage_settles(x)) {
+            XLOG(ADL_LOG_DEBUG, x, "waiting for the storage request under "
+                 "way to answer");
+        } else {
+            adl_s3_cancel(x->w->s3, &x->s3);
+            x->s3.op = S3_NONE;
+        }
+    }
+
+    /* the result at once, whatever the storage does meanwhile */
+    if (x->outcome == OUT_DROP) {
+        x->recorded = 1;
+    } else {
+        write_result(x);
+    }
+    end_advance(x);
+}
+
+/* The next step of a closing transfer, when the last one is over: abort
+ * the multipart upload; once the result is answered, delete an object
+ * nobody records; then DONE. */
+static void
+end_advance(adl_xfer_t *x)
+{
+    if (x->state != XF_CLOSING || x->s3.op != S3_NONE) {
         return;
     }
-    write_result(x);
+    if (x->outcome == OUT_DROP && x->object_stored && x->sha256[0] != '\0') {
+        /* the whole file was stored after all: recorded if the file is
+         * still ours (its lease ran out while the database was away, and
+         * nobody claimed it since); if not, the orphan check decides */
+        x->outcome = OUT_STORED;
+        x->size = x->received;
+        x->recorded = 0;
+        XLOG(ADL_LOG_INFO, x, "stored %s as the transfer stopped: "
+             "recording it if the file is still ours", x->key);
+        write_result(x);
+    }
+    if (x->upload_id != NULL && x->outcome != OUT_STORED && !x->abort_tried) {
+        x->abort_tried = 1;
+        if (storage_start(x, S3_ABORT, NULL, 0) == 0) {
+            return;
+        }
+        XLOG(ADL_LOG_WARN, x, "could not abort the multipart upload %s: %s",
+             x->upload_id, x->s3.error);
+    }
+    if (x->db_refs > 0) {
+        return;                     /* the result, progress, orphan check */
+    }
+    if (x->object_maybe && !x->recorded_stored && !x->orphan_checked) {
+        x->orphan_checked = 1;
+        if (check_orphan(x) == 0) {
+            return;
+        }
+    }
+    x->state = XF_DONE;
+    x->w->reap = 1;
+}
+
+void
+adl_xfer_process_ends(adl_worker_t *w)
+{
+    adl_xfer_t  *x;
+
+    w->ending = 0;
+    for (x = w->xfers; x != NULL; x = x->next) {
+        if (x->state == XF_ENDING) {
+            end_begin(x);
+        }
+    }
 }
 
 /*
- * We stored an object but the file is no longer ours.  When nobody will
- * store it again (the job or file is gone, canceled or failed) the object
- * is an orphan: delete it.  When another worker holds or completed the
- * file, the key is the same and the object is theirs: keep it.
+ * An object may be stored but no completed row of ours records it.  When
+ * nobody will store the file again (the job or file is gone, canceled or
+ * failed) the object is an orphan: delete it.  When the file is pending,
+ * or another worker holds or completed it, the key is the same and the
+ * object is theirs: keep it.
  */
 static void
 orphan_result(void *data, PGresult *res)
@@ -1051,20 +1283,27 @@ orphan_result(void *data, PGresult *res)
     const char  *st;
 
     x->db_refs--;
-    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK) {
+    if (res == NULL) {
+        /* the connection failed under the query: again on the next one */
+        if (check_orphan(x) == 0) {
+            return;
+        }
+    } else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        XLOG(ADL_LOG_ERROR, x, "checking the file for an orphan object "
+             "failed: %s", PQresultErrorMessage(res));
+    } else {
         st = PQntuples(res) == 0 ? "gone" : PQgetvalue(res, 0, 0);
         if (strcmp(st, "gone") == 0 || strcmp(st, "canceled") == 0
             || strcmp(st, "failed") == 0)
         {
             XLOG(ADL_LOG_INFO, x, "the file is %s: deleting %s", st, x->key);
-            storage_start(x, S3_DELETE, NULL, 0);
-            if (x->s3.op == S3_DELETE) {
-                return;
+            if (storage_start(x, S3_DELETE, NULL, 0) != 0) {
+                XLOG(ADL_LOG_WARN, x, "could not delete the orphan object: "
+                     "%s", x->s3.error);
             }
         }
     }
-    x->state = XF_DONE;
-    maybe_release(x);
+    end_advance(x);
 }
 
 static int
@@ -1096,20 +1335,20 @@ finish_result(void *data, PGresult *res)
         /* the connection failed under the query: try it again on the
          * next one (the function is safe to run twice) */
         write_result(x);
+        end_advance(x);
         return;
     }
+    x->recorded = 1;
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         XLOG(ADL_LOG_ERROR, x, "recording the result failed: %s",
              PQresultErrorMessage(res));
     } else if (PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] != 't') {
         XLOG(ADL_LOG_INFO, x, "result not recorded: the file is no longer "
              "ours (canceled, deleted or lease lost)");
-        if (x->outcome == OUT_STORED && check_orphan(x) == 0) {
-            return;
-        }
+    } else if (x->outcome == OUT_STORED) {
+        x->recorded_stored = 1;
     }
-    x->state = XF_DONE;
-    maybe_release(x);
+    end_advance(x);
 }
 
 static void
@@ -1119,24 +1358,20 @@ write_result(adl_xfer_t *x)
     const char  *p[12];
     const char  *status;
 
-    if (x->outcome == OUT_DROP) {
-        x->state = XF_DONE;
-        maybe_release(x);
-        return;
-    }
-
-    x->state = XF_FINISHING;
     status = x->outcome == OUT_STORED ? "completed"
              : x->outcome == OUT_HAND_BACK ? "pending" : "failed";
 
     snprintf(idx, sizeof(idx), "%d", x->idx);
     snprintf(size, sizeof(size), "%lld", (long long) x->received);
+    /* a hand-back that interrupted an attempt (shutdown) does not count
+     * it: the claim counted it, the hand-back sets the number back */
     snprintf(attempts, sizeof(attempts), "%d",
-             x->outcome == OUT_HAND_BACK ? x->attempt - 1 : x->attempt);
+             x->outcome == OUT_HAND_BACK && x->uncounted ? x->attempt - 1
+                                                         : x->attempt);
 
     p[0] = x->job->id;
     p[1] = idx;
-    p[2] = x->w->settings->worker_id;
+    p[2] = x->lease;
     p[3] = status;
     p[4] = x->outcome == OUT_STORED ? size : NULL;
     p[5] = x->outcome == OUT_STORED ? x->content_type : NULL;
@@ -1152,20 +1387,11 @@ write_result(adl_xfer_t *x)
                      "$9::integer, $10, $11, $12::timestamptz)", 12, p,
                      finish_result, x) != 0)
     {
-        x->state = XF_DONE;         /* left to the lease */
-        maybe_release(x);
+        XLOG(ADL_LOG_ERROR, x, "result not recorded (out of memory): the "
+             "file is left to its lease");
         return;
     }
     x->db_refs++;
-}
-
-/* Freed later, by adl_xfer_reap(), never under a caller's feet. */
-static void
-maybe_release(adl_xfer_t *x)
-{
-    if (x->state == XF_DONE && x->db_refs == 0) {
-        x->w->reap = 1;
-    }
 }
 
 static void
@@ -1185,6 +1411,10 @@ xfer_free(adl_xfer_t *x)
     }
     w->nxfers--;
 
+    if (x->upload_id != NULL && !x->abort_done && x->outcome != OUT_STORED) {
+        XLOG(ADL_LOG_WARN, x, "exiting: multipart upload %s of %s left "
+             "unaborted", x->upload_id, x->key);
+    }
     stop_download(x);
     adl_s3_cancel(w->s3, &x->s3);
     adl_sha256_free(&x->sha);
@@ -1197,6 +1427,7 @@ xfer_free(adl_xfer_t *x)
     free(x->upload_id);
     free(x->url);
     free(x->key);
+    free(x->lease);
     free(x);
 
     adl_worker_xfer_released(w, job);
@@ -1210,7 +1441,7 @@ adl_xfer_reap(adl_worker_t *w)
     w->reap = 0;
     for (x = w->xfers; x != NULL; x = next) {
         next = x->next;
-        if (x->state == XF_DONE && x->db_refs == 0) {
+        if (x->state == XF_DONE && x->db_refs == 0 && x->s3.op == S3_NONE) {
             xfer_free(x);
         }
     }
@@ -1224,6 +1455,20 @@ adl_xfer_free_all(adl_worker_t *w)
     }
 }
 
+int
+adl_xfer_unrecorded(const adl_worker_t *w)
+{
+    const adl_xfer_t  *x;
+    int                n = 0;
+
+    for (x = w->xfers; x != NULL; x = x->next) {
+        if (!x->recorded) {
+            n++;
+        }
+    }
+    return n;
+}
+
 
 /* --- progress and lease -------------------------------------------------- */
 
@@ -1235,17 +1480,25 @@ progress_result(void *data, PGresult *res)
     x->db_refs--;
     x->progress_busy = 0;
 
-    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK
-        && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 'f')
-    {
-        xfer_end(x, OUT_DROP, NULL, "the file is no longer ours (canceled, "
-                 "deleted or lease lost)");
+    if (!adl_xfer_active(x)) {
+        end_advance(x);
         return;
+    }
+    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK
+        && PQntuples(res) == 1)
+    {
+        if (PQgetvalue(res, 0, 0)[0] == 'f') {
+            xfer_end(x, OUT_DROP, NULL, "the file is no longer ours "
+                     "(canceled, deleted or lease lost)");
+            return;
+        }
+        /* renewed from before the query was sent: the lease runs until
+         * then at least, whatever the two clocks say */
+        x->lease_until = x->progress_sent + x->w->settings->lease;
     }
     if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
         XLOG(ADL_LOG_ERROR, x, "progress: %s", PQresultErrorMessage(res));
     }
-    maybe_release(x);
 }
 
 static void
@@ -1263,7 +1516,7 @@ report_progress(adl_xfer_t *x, int64_t now)
     snprintf(attempts, sizeof(attempts), "%d", x->attempt);
     p[0] = x->job->id;
     p[1] = idx;
-    p[2] = s->worker_id;
+    p[2] = x->lease;
     p[3] = lease;
     p[4] = bytes;
     p[5] = x->size >= 0 ? size : NULL;
@@ -1277,6 +1530,7 @@ report_progress(adl_xfer_t *x, int64_t now)
     }
     x->db_refs++;
     x->progress_busy = 1;
+    x->progress_sent = now;
     x->last_report = now;
     x->reported = x->received;
     x->job->last_progress = now;
@@ -1295,6 +1549,14 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
     }
     if (now >= x->job->deadline) {
         xfer_end(x, OUT_FAILED, "TIMEOUT", "the job's deadline passed");
+        return;
+    }
+    if (now >= x->lease_until) {
+        /* not renewed in time (the database is unreachable or slow): the
+         * file may be claimed again, by this worker too; stop before a
+         * second transfer of it can start */
+        xfer_end(x, OUT_DROP, NULL, "lease lost: not renewed for %lld ms",
+                 (long long) (now - x->lease_until + s->lease));
         return;
     }
     if (x->state == XF_BACKOFF && now >= x->retry_at) {
@@ -1332,6 +1594,9 @@ adl_xfer_kick(adl_worker_t *w)
     for (rounds = 0; w->kick && rounds < 8; rounds++) {
         w->kick = 0;
         for (x = w->xfers; x != NULL; x = x->next) {
+            if (!adl_xfer_active(x)) {
+                continue;
+            }
             if (x->kick_dl) {
                 x->kick_dl = 0;
                 if (x->dl.easy != NULL) {
@@ -1355,8 +1620,17 @@ adl_xfer_cancel(adl_xfer_t *x)
 }
 
 void
+adl_xfer_lease_lost(adl_xfer_t *x)
+{
+    xfer_end(x, OUT_DROP, NULL, "lease lost: the file was claimed again");
+}
+
+void
 adl_xfer_hand_back(adl_xfer_t *x)
 {
+    /* an attempt under way is interrupted, not made; one waiting for its
+     * retry has already been counted, failed */
+    x->uncounted = x->state != XF_BACKOFF;
     xfer_end(x, OUT_HAND_BACK, NULL, "shutting down");
 }
 
@@ -1375,10 +1649,12 @@ adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
     x->idx = c->idx;
     x->size = -1;
     x->next_part = 1;
-    x->attempt = c->attempts + 1;
+    x->attempt = c->attempts;
     x->last_report = adl_now_ms();
+    x->lease_until = c->claimed_at + w->settings->lease;
     x->url = strdup(c->url);
-    if (x->url == NULL
+    x->lease = strdup(c->lease);
+    if (x->url == NULL || x->lease == NULL
         || adl_s3_object_key(w->settings, c->job_id, c->idx, c->name, c->url,
                              key, sizeof(key)) != 0
         || (x->key = strdup(key)) == NULL
@@ -1387,6 +1663,7 @@ adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
         adl_sha256_free(&x->sha);
         free(x->url);
         free(x->key);
+        free(x->lease);
         free(x);
         return NULL;
     }
@@ -1401,6 +1678,13 @@ adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
 
     XLOG(ADL_LOG_INFO, x, "claimed (attempt %d) %s", x->attempt, x->url);
 
+    if (w->stopping) {
+        /* the claim answered after SIGTERM: not started, not counted */
+        x->state = XF_RUNNING;
+        x->uncounted = 1;
+        xfer_end(x, OUT_HAND_BACK, NULL, "shutting down: not started");
+        return x;
+    }
     if (adl_now_ms() >= job->deadline) {
         x->state = XF_RUNNING;
         xfer_end(x, OUT_FAILED, "TIMEOUT", "the job's deadline passed");

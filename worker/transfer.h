@@ -19,11 +19,14 @@ typedef struct {
     int          idx;
     const char  *url;
     const char  *name;          /* NULL: from the URL */
-    int          attempts;      /* already made by earlier claims */
+    int          attempts;      /* transfers started, this claim included */
+    const char  *lease;         /* this claim's lease token */
+    int64_t      claimed_at;    /* adl_now_ms() when the claim was sent */
 } adl_claim_t;
 
 /* Starts a claimed file; NULL on allocation failure (the file is then
- * left to its lease). */
+ * left to its lease).  While the worker is stopping, the file is handed
+ * back at once instead (its claim not counted as an attempt). */
 adl_xfer_t *adl_xfer_start(adl_worker_t *w, adl_job_t *job,
     const adl_claim_t *c);
 
@@ -36,17 +39,28 @@ void adl_xfer_kick(adl_worker_t *w);
 /* The job was canceled or deleted: stop, write nothing. */
 void adl_xfer_cancel(adl_xfer_t *x);
 
+/* Claimed again by this worker: the lease ran out; stop, write nothing. */
+void adl_xfer_lease_lost(adl_xfer_t *x);
+
 /* Shutting down: stop and hand the file back (pending). */
 void adl_xfer_hand_back(adl_xfer_t *x);
 
-/* Frees the transfers that ended (called by the loop between events). */
+/* Closes the transfers that ended (w->ending): from the loop, outside
+ * every libcurl callback. */
+void adl_xfer_process_ends(adl_worker_t *w);
+
+/* Frees the transfers that are done (called by the loop between events). */
 void adl_xfer_reap(adl_worker_t *w);
+
+/* Transfers whose result has not been written (yet). */
+int adl_xfer_unrecorded(const adl_worker_t *w);
 
 /* At exit: frees every transfer, whatever its state. */
 void adl_xfer_free_all(adl_worker_t *w);
 
 /* Job the transfer belongs to, and the list link (worker.c). */
 adl_job_t *adl_xfer_job(const adl_xfer_t *x);
+int adl_xfer_idx(const adl_xfer_t *x);
 adl_xfer_t *adl_xfer_next(const adl_xfer_t *x);
 int adl_xfer_active(const adl_xfer_t *x);   /* not ending already */
 

@@ -2,9 +2,11 @@
  * worker: the event loop and what it drives: claims (woken by NOTIFY and
  * a slow safety poll), cancels, the deadline sweep, shutdown.
  *
- * Everything runs on one thread.  Handlers never free a transfer: ended
- * transfers are reaped between two epoll_wait() batches, so no callback
- * ever finds its object gone.  The tick timer runs every 100 ms while
+ * Everything runs on one thread.  Handlers never close or free a
+ * transfer: they record that it ended, and the loop closes ended
+ * transfers after each epoll_wait() batch (outside every libcurl
+ * callback) and frees those done, so no callback ever finds its object
+ * gone.  The tick timer runs every 100 ms while
  * there is work (deadlines, retries, progress, leases) and every second
  * when idle.
  */
@@ -98,6 +100,7 @@ claim_result(void *data, PGresult *res)
     adl_worker_t  *w = data;
     adl_claim_t    c;
     adl_job_t     *job;
+    adl_xfer_t    *x;
     int            i, n;
 
     w->claiming = 0;
@@ -118,6 +121,19 @@ claim_result(void *data, PGresult *res)
         c.url = PQgetvalue(res, i, 2);
         c.name = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3);
         c.attempts = atoi(PQgetvalue(res, i, 4));
+        c.lease = PQgetvalue(res, i, 6);
+        c.claimed_at = w->claim_sent;
+
+        /* ours again: the lease ran out while the database was away.  The
+         * old transfer stops at its lease's end, before this answer can
+         * arrive; if it has not, it stops now, before the new one starts */
+        for (x = w->xfers; x != NULL; x = adl_xfer_next(x)) {
+            if (adl_xfer_active(x) && adl_xfer_idx(x) == c.idx
+                && strcmp(adl_xfer_job(x)->id, c.job_id) == 0)
+            {
+                adl_xfer_lease_lost(x);
+            }
+        }
 
         job = job_get(w, c.job_id, strtoll(PQgetvalue(res, i, 5), NULL, 10));
         if (job == NULL) {
@@ -141,8 +157,8 @@ static void
 maybe_claim(adl_worker_t *w)
 {
     const adl_settings_t  *s = w->settings;
-    char                   limit[16], lease[32];
-    const char            *p[3];
+    char                   limit[16], lease[32], max[16];
+    const char            *p[4];
     int                    room = (int) s->concurrency - w->nxfers;
     int                    batch = (int) s->concurrency / 4;
 
@@ -158,16 +174,19 @@ maybe_claim(adl_worker_t *w)
 
     snprintf(limit, sizeof(limit), "%d", room);
     snprintf(lease, sizeof(lease), "%lld milliseconds", (long long) s->lease);
+    snprintf(max, sizeof(max), "%lld", (long long) s->max_attempts);
     p[0] = s->worker_id;
     p[1] = limit;
     p[2] = lease;
+    p[3] = max;
     if (adl_db_query(w->db, "SELECT job_id, idx, url, name, attempts, "
                      "greatest(0, extract(epoch FROM deadline - "
-                     "clock_timestamp()) * 1000)::bigint "
-                     "FROM async_dl_claim($1, $2::integer, $3::interval)",
-                     3, p, claim_result, w) == 0)
+                     "clock_timestamp()) * 1000)::bigint, lease "
+                     "FROM async_dl_claim($1, $2::integer, $3::interval, "
+                     "$4::integer)", 4, p, claim_result, w) == 0)
     {
         w->claiming = 1;
+        w->claim_sent = adl_now_ms();
         w->claim_limit = room;
         w->more_work = 0;
     }
@@ -187,6 +206,17 @@ sweep_result(void *data, PGresult *res)
     } else if (PQntuples(res) == 1 && atoi(PQgetvalue(res, 0, 0)) > 0) {
         adl_log_info(NULL, -1, "deadline sweep: %s file(s) timed out",
                      PQgetvalue(res, 0, 0));
+    }
+}
+
+static void
+compact_result(void *data, PGresult *res)
+{
+    (void) data;
+
+    if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        adl_log_error(NULL, -1, "compacting the queue counts failed: %s",
+                      PQresultErrorMessage(res));
     }
 }
 
@@ -295,6 +325,8 @@ on_tick(adl_worker_t *w)
         adl_callbacks_kick(w->callbacks);
         adl_db_query(w->db, "SELECT async_dl_sweep_deadlines()", 0, NULL,
                      sweep_result, w);
+        adl_db_query(w->db, "SELECT async_dl_counts_compact()", 0, NULL,
+                     compact_result, w);
     }
     adl_bundler_tick(w->bundler, now);
     adl_callbacks_tick(w->callbacks, now);
@@ -326,8 +358,9 @@ done_stopping(adl_worker_t *w)
         return 1;
     }
     if (adl_now_ms() >= w->stop_at + EXIT_HARD_LIMIT) {
-        adl_log_warn(NULL, -1, "exiting with %d transfer(s) not recorded: "
-                     "their leases will run out", w->nxfers);
+        adl_log_warn(NULL, -1, "exiting with %d transfer(s) still ending, "
+                     "%d not recorded (their leases will run out)",
+                     w->nxfers, adl_xfer_unrecorded(w));
         return 1;
     }
     return 0;
@@ -509,8 +542,15 @@ adl_worker_run(const adl_settings_t *s)
             }
         }
 
+        /* transfers end here, never inside a libcurl callback */
+        if (w.ending) {
+            adl_xfer_process_ends(&w);
+        }
         if (w.kick) {
             adl_xfer_kick(&w);
+        }
+        if (w.ending) {
+            adl_xfer_process_ends(&w);
         }
         if (w.reap) {
             adl_xfer_reap(&w);

@@ -55,10 +55,12 @@ struct adl_worker_s {
     adl_job_t             *jobs;
     adl_xfer_t            *xfers;        /* doubly linked */
     int                    nxfers;
+    int                    ending;       /* some transfers ended */
     int                    reap;         /* some transfers are done */
     int                    kick;         /* some want unpausing */
 
     int                    claiming;     /* a claim query is running */
+    int64_t                claim_sent;   /* when it was sent */
     int                    claim_limit;
     int                    more_work;    /* a claim may find something */
     int64_t                next_poll;
