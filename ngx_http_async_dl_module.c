@@ -369,10 +369,28 @@ ngx_http_async_dl_handler(ngx_http_request_t *r)
         }
 
         if (ctx->owner.len == 0) {
+            (void) ngx_http_discard_request_body(r);
+
             return ngx_http_async_dl_send_error(r, NGX_HTTP_UNAUTHORIZED,
                                                 "UNAUTHORIZED",
                                                 "the request has no owner "
                                                 "(async_dl_owner is empty)");
+        }
+
+        /* a value PostgreSQL would refuse is the client's error, never 500 */
+
+        if (ctx->owner.len > NGX_HTTP_ASYNC_DL_MAX_OWNER
+            || !ngx_http_async_dl_is_text(ctx->owner.data, ctx->owner.len))
+        {
+            (void) ngx_http_discard_request_body(r);
+
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                "INVALID_OWNER",
+                                                "the request's owner "
+                                                "(async_dl_owner) must be at "
+                                                "most %d bytes of UTF-8 "
+                                                "without NUL",
+                                                NGX_HTTP_ASYNC_DL_MAX_OWNER);
         }
     }
 
@@ -727,17 +745,24 @@ ngx_http_async_dl_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     amcf->used = 1;
 
     /*
-     * The initiate body is read into memory, never into a temporary file
-     * (reading that back would block): the buffer is made as large as the
-     * largest body this location accepts.
+     * The initiate body: bounded even when client_max_body_size is 0, and
+     * read into memory when it is not larger than 1m (the default
+     * client_max_body_size), so that usual bodies never go through a
+     * temporary file; a larger one does, and is read back from it.
      */
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
 
+    if (clcf->client_max_body_size == 0) {
+        clcf->client_max_body_size = NGX_HTTP_ASYNC_DL_MAX_BODY;
+    }
+
     if (clcf->client_body_buffer_size < (size_t) clcf->client_max_body_size
-        && clcf->client_max_body_size > 0)
+        && clcf->client_body_buffer_size < NGX_HTTP_ASYNC_DL_BODY_BUFFER)
     {
-        clcf->client_body_buffer_size = (size_t) clcf->client_max_body_size;
+        clcf->client_body_buffer_size =
+                         ngx_min((size_t) clcf->client_max_body_size,
+                                 NGX_HTTP_ASYNC_DL_BODY_BUFFER);
     }
 
     return NGX_CONF_OK;

@@ -26,6 +26,16 @@
 
 #define NGX_HTTP_ASYNC_DL_UUID_LEN          36
 
+/*
+ * The initiate body: the bound when client_max_body_size is 0, and the
+ * largest one read into memory (see merge_loc_conf).
+ */
+#define NGX_HTTP_ASYNC_DL_MAX_BODY          (16 * 1024 * 1024)
+#define NGX_HTTP_ASYNC_DL_BODY_BUFFER       (1024 * 1024)
+
+/* async_dl_owner's value: at most this many bytes (it is indexed) */
+#define NGX_HTTP_ASYNC_DL_MAX_OWNER         1024
+
 /* nginx 1.23 chains headers of the same name */
 #if (nginx_version >= 1023000)
 #define ngx_http_async_dl_header_init(h)    (h)->next = NULL
@@ -144,6 +154,8 @@ ngx_int_t ngx_http_async_dl_parse_initiate(ngx_http_request_t *r,
     ngx_http_async_dl_loc_conf_t *alcf, u_char *body, size_t len,
     ngx_http_async_dl_input_t *in);
 ngx_int_t ngx_http_async_dl_is_uuid(u_char *p, size_t len);
+size_t ngx_http_async_dl_utf8_char(u_char *p, u_char *last);
+ngx_int_t ngx_http_async_dl_is_text(u_char *p, size_t len);
 
 /* reply.c */
 ngx_int_t ngx_http_async_dl_send_json(ngx_http_request_t *r,

@@ -49,6 +49,8 @@ static ngx_int_t ngx_http_async_dl_health_done(ngx_http_request_t *r,
     PGresult *res);
 static void ngx_http_async_dl_initiate_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_async_dl_initiate_start(ngx_http_request_t *r);
+static ngx_int_t ngx_http_async_dl_body(ngx_http_request_t *r,
+    ngx_str_t *body);
 static ngx_int_t ngx_http_async_dl_initiate_done(ngx_http_request_t *r,
     PGresult *res);
 static ngx_int_t ngx_http_async_dl_status_done(ngx_http_request_t *r,
@@ -153,7 +155,7 @@ ngx_http_async_dl_initiate(ngx_http_request_t *r)
                                             "application/json");
     }
 
-    /* in memory (see merge_loc_conf), in one buffer when it can be */
+    /* in one buffer when it can be (see ngx_http_async_dl_body) */
     r->request_body_in_single_buf = 1;
 
     rc = ngx_http_read_client_request_body(r,
@@ -177,11 +179,8 @@ ngx_http_async_dl_initiate_body(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_async_dl_initiate_start(ngx_http_request_t *r)
 {
-    u_char                         *body, *p;
-    size_t                          len;
-    ngx_str_t                       key, hash;
+    ngx_str_t                       body, key, hash;
     ngx_uint_t                      i;
-    ngx_chain_t                    *cl;
     const char                    **params;
     ngx_http_async_dl_ctx_t        *ctx;
     ngx_http_async_dl_input_t       in;
@@ -190,52 +189,23 @@ ngx_http_async_dl_initiate_start(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
 
-    if (r->request_body == NULL || r->request_body->bufs == NULL) {
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                            "INVALID_REQUEST",
-                                            "body: is empty");
-    }
+    switch (ngx_http_async_dl_body(r, &body)) {
 
-    if (r->request_body->temp_file) {
-        /* only when client_body_buffer_size was made smaller again */
+    case NGX_OK:
+        break;
+
+    case NGX_DECLINED:
         return ngx_http_async_dl_send_error(r,
                                             NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
                                             "PAYLOAD_TOO_LARGE",
                                             "body: larger than "
-                                            "client_body_buffer_size");
+                                            "client_max_body_size");
+
+    default:
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    len = 0;
-
-    for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        if (cl->buf->in_file) {
-            return ngx_http_async_dl_send_error(r,
-                                          NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
-                                          "PAYLOAD_TOO_LARGE",
-                                          "body: larger than "
-                                          "client_body_buffer_size");
-        }
-
-        len += cl->buf->last - cl->buf->pos;
-    }
-
-    if (r->request_body->bufs->next == NULL) {
-        body = r->request_body->bufs->buf->pos;
-
-    } else {
-        body = ngx_pnalloc(r->pool, len);
-        if (body == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        p = body;
-
-        for (cl = r->request_body->bufs; cl; cl = cl->next) {
-            p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
-        }
-    }
-
-    if (len == 0) {
+    if (body.len == 0) {
         return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
                                             "INVALID_REQUEST",
                                             "body: is empty");
@@ -243,7 +213,9 @@ ngx_http_async_dl_initiate_start(ngx_http_request_t *r)
 
     ngx_memzero(&in, sizeof(ngx_http_async_dl_input_t));
 
-    switch (ngx_http_async_dl_parse_initiate(r, alcf, body, len, &in)) {
+    switch (ngx_http_async_dl_parse_initiate(r, alcf, body.data, body.len,
+                                             &in))
+    {
 
     case NGX_OK:
         break;
@@ -303,6 +275,106 @@ ngx_http_async_dl_initiate_start(ngx_http_request_t *r)
 
     return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_CREATE, params,
                                  ngx_http_async_dl_initiate_done);
+}
+
+
+/*
+ * The initiate body as one piece of memory.  nginx hands it over as a
+ * chain: one buffer for a small body sent with a length; one buffer per
+ * chunk and an empty last one for a chunked body; one buffer in a temporary
+ * file for a body larger than client_body_buffer_size (see merge_loc_conf)
+ * or with client_body_in_file_only.  That file, which nginx has just
+ * written, is read back with ngx_read_file() as nginx's own modules do.
+ * NGX_DECLINED: larger than client_max_body_size (nginx checks it while
+ * reading: only a configuration that changed since would get here).
+ */
+
+static ngx_int_t
+ngx_http_async_dl_body(ngx_http_request_t *r, ngx_str_t *body)
+{
+    off_t                      size, n;
+    u_char                    *p;
+    ssize_t                    got;
+    ngx_buf_t                 *b;
+    ngx_chain_t               *cl;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    ngx_str_null(body);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        return NGX_OK;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    size = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        size += ngx_buf_size(cl->buf);
+
+        if (clcf->client_max_body_size
+            && size > clcf->client_max_body_size)
+        {
+            return NGX_DECLINED;
+        }
+    }
+
+    if (size == 0) {
+        return NGX_OK;
+    }
+
+    b = r->request_body->bufs->buf;
+
+    if (ngx_buf_in_memory(b) && b->last - b->pos == size) {
+        body->data = b->pos;
+        body->len = (size_t) size;
+        return NGX_OK;
+    }
+
+    body->data = ngx_pnalloc(r->pool, (size_t) size);
+    if (body->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = body->data;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (ngx_buf_in_memory(b)) {
+            n = b->last - b->pos;
+
+            if (n) {
+                p = ngx_cpymem(p, b->pos, n);
+            }
+
+            continue;
+        }
+
+        if (!b->in_file || b->file_last == b->file_pos) {
+            continue;                   /* the last, empty, buffer */
+        }
+
+        n = b->file_last - b->file_pos;
+
+        got = ngx_read_file(b->file, p, (size_t) n, b->file_pos);
+
+        if (got != (ssize_t) n) {
+            if (got != NGX_ERROR) {     /* ngx_read_file() logged errors */
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "async_dl: read %z of %O bytes of the request "
+                              "body from \"%V\"", got, n, &b->file->name);
+            }
+
+            return NGX_ERROR;
+        }
+
+        p += n;
+    }
+
+    body->len = p - body->data;
+
+    return NGX_OK;
 }
 
 
@@ -950,6 +1022,21 @@ ngx_http_async_dl_db_error(ngx_http_request_t *r,
 
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "async_dl: postgres error %s: %s", state, msg);
+
+        /*
+         * Text the server refused (22021 invalid UTF-8, 22P05 not in the
+         * database's encoding) can only come from the client: every field
+         * is checked before, this keeps one that was missed a 400.
+         */
+
+        if (ngx_strcmp(state, "22021") == 0
+            || ngx_strcmp(state, "22P05") == 0)
+        {
+            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                "INVALID_REQUEST",
+                                                "a value of the request is "
+                                                "not valid UTF-8 text");
+        }
 
         /*
          * Transient states of the server (shutting down, statement timeout,

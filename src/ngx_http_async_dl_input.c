@@ -561,6 +561,93 @@ ngx_http_async_dl_is_uuid(u_char *p, size_t len)
 }
 
 
+/*
+ * The length of the UTF-8 character at p, or 0 when the bytes there are
+ * not one (RFC 3629: no overlong form, no surrogate, nothing above
+ * U+10FFFF, nothing cut short by last): what PostgreSQL accepts.
+ */
+
+size_t
+ngx_http_async_dl_utf8_char(u_char *p, u_char *last)
+{
+    u_char  lo, hi;
+    size_t  i, n;
+
+    if (*p < 0x80) {
+        return 1;
+    }
+
+    lo = 0x80;
+    hi = 0xbf;
+
+    if (*p >= 0xc2 && *p <= 0xdf) {
+        n = 2;
+
+    } else if (*p >= 0xe0 && *p <= 0xef) {
+        n = 3;
+
+        if (*p == 0xe0) {
+            lo = 0xa0;                  /* overlong */
+
+        } else if (*p == 0xed) {
+            hi = 0x9f;                  /* surrogates */
+        }
+
+    } else if (*p >= 0xf0 && *p <= 0xf4) {
+        n = 4;
+
+        if (*p == 0xf0) {
+            lo = 0x90;                  /* overlong */
+
+        } else if (*p == 0xf4) {
+            hi = 0x8f;                  /* above U+10FFFF */
+        }
+
+    } else {
+        return 0;
+    }
+
+    if ((size_t) (last - p) < n || p[1] < lo || p[1] > hi) {
+        return 0;
+    }
+
+    for (i = 2; i < n; i++) {
+        if (p[i] < 0x80 || p[i] > 0xbf) {
+            return 0;
+        }
+    }
+
+    return n;
+}
+
+
+/* what PostgreSQL takes as text: valid UTF-8 without NUL */
+
+ngx_int_t
+ngx_http_async_dl_is_text(u_char *p, size_t len)
+{
+    size_t   n;
+    u_char  *last;
+
+    last = p + len;
+
+    while (p < last) {
+        if (*p == '\0') {
+            return 0;
+        }
+
+        n = ngx_http_async_dl_utf8_char(p, last);
+        if (n == 0) {
+            return 0;
+        }
+
+        p += n;
+    }
+
+    return 1;
+}
+
+
 static ngx_int_t
 ngx_http_async_dl_refuse(ngx_http_request_t *r, ngx_http_async_dl_input_t *in,
     const char *fmt, ...)

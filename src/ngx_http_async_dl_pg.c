@@ -7,8 +7,12 @@
  * changed only by ngx_http_async_dl_pg_set_state(), driven by the read and
  * write events of its socket and by one timer:
  *
- *   DOWN -> CONNECTING -> SETUP -> IDLE <-> PREPARE -> QUERY -> IDLE
- *     ^________________________________________________|  (any failure)
+ *   DOWN -> CONNECTING -> SETUP -> IDLE -> [DEALLOCATE ->] [PREPARE ->] QUERY
+ *     ^                             ^_____________________________________|
+ *     |_______________________________________________________|
+ *                                                        (any failure)
+ *   and QUERY -> DEALLOCATE or PREPARE for a statement that a schema change
+ *   made unfit (below).
  *
  * - CONNECTING: PQconnectStartParams + PQconnectPoll; the timer is the
  *   connect timeout (async_dl_postgres_timeout).
@@ -17,6 +21,13 @@
  * - PREPARE: a statement is prepared lazily, the first time a connection
  *   runs it (the schema may be created after nginx starts: the worker
  *   migrates it), then QUERY: PQsendQueryPrepared.
+ * - DEALLOCATE: a schema change under a running nginx (a function
+ *   recreated with another result type) makes the server refuse a prepared
+ *   statement that it still has (0A000 "cached plan must not change result
+ *   type"): the statement is deallocated, prepared again and the query run
+ *   again, on the same connection.  A query is run again once at most, and
+ *   only after errors that ran nothing: 0A000, 26000 (the statement is gone)
+ *   or 42P05 (one of that name exists) while preparing.
  * - DOWN: closed; the timer is the reconnect backoff (0, then 100 ms
  *   doubling up to 1 s, so a database that comes back is used again within
  *   about a second, without a reload).
@@ -71,6 +82,7 @@ typedef enum {
     NGX_HTTP_ASYNC_DL_PG_CONNECTING,
     NGX_HTTP_ASYNC_DL_PG_SETUP,
     NGX_HTTP_ASYNC_DL_PG_IDLE,
+    NGX_HTTP_ASYNC_DL_PG_DEALLOCATE,
     NGX_HTTP_ASYNC_DL_PG_PREPARE,
     NGX_HTTP_ASYNC_DL_PG_QUERY
 } ngx_http_async_dl_pg_state_e;
@@ -88,6 +100,7 @@ struct ngx_http_async_dl_pg_conn_s {
     ngx_uint_t                          stmt;      /* being prepared/run */
     PGresult                           *result;    /* being collected */
     uint64_t                            prepared;  /* bit per statement */
+    uint64_t                            stale;     /* on the server, unfit */
 
     ngx_event_t                         timer;
     ngx_msec_t                          backoff;
@@ -136,6 +149,7 @@ static void ngx_http_async_dl_pg_query_timer_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_async_dl_pg_send(ngx_http_async_dl_pg_conn_t *pc,
     ngx_http_async_dl_pg_query_t *q);
 static void ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc);
+static ngx_int_t ngx_http_async_dl_pg_is(PGresult *res, const char *sqlstate);
 static void ngx_http_async_dl_pg_release(ngx_http_async_dl_pg_conn_t *pc);
 static void ngx_http_async_dl_pg_dispatch(ngx_http_async_dl_pg_t *pg);
 static void ngx_http_async_dl_pg_close(ngx_http_async_dl_pg_conn_t *pc,
@@ -157,7 +171,7 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
     ngx_http_async_dl_pg_conf_t *pgcf)
 {
     char                *err, *host, *hostaddr, *port;
-    ngx_uint_t           i, n, have_fallback, have_gss;
+    ngx_uint_t           i, n, have_fallback, have_gss, have_encoding;
     ngx_array_t          hosts, addrs, ports;
     PQconninfoOption    *opts, *o;
     const char         **kw, **val;
@@ -180,6 +194,7 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
     port = NULL;
     have_fallback = 0;
     have_gss = 0;
+    have_encoding = 0;
     n = 0;
 
     for (o = opts; o->keyword; o++) {
@@ -203,6 +218,9 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
 
         } else if (ngx_strcmp(o->keyword, "gssencmode") == 0) {
             have_gss = 1;
+
+        } else if (ngx_strcmp(o->keyword, "client_encoding") == 0) {
+            have_encoding = 1;
 
         } else if (ngx_strcmp(o->keyword, "service") == 0) {
             /* a service file may name a host: libpq would resolve it */
@@ -240,8 +258,8 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
         }
     }
 
-    kw = ngx_pcalloc(cf->pool, (n + 5) * sizeof(char *));
-    val = ngx_pcalloc(cf->pool, (n + 5) * sizeof(char *));
+    kw = ngx_pcalloc(cf->pool, (n + 6) * sizeof(char *));
+    val = ngx_pcalloc(cf->pool, (n + 6) * sizeof(char *));
     if (kw == NULL || val == NULL) {
         PQconninfoFree(opts);
         return NGX_CONF_ERROR;
@@ -297,6 +315,15 @@ ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
     if (!have_gss) {
         kw[i] = "gssencmode";
         val[i++] = "disable";
+    }
+
+    /*
+     * Parameters and answers are UTF-8 whatever the database's encoding:
+     * the API checks client text as UTF-8 and answers JSON.
+     */
+    if (!have_encoding) {
+        kw[i] = "client_encoding";
+        val[i++] = "UTF8";
     }
 
     for (n = 0; n < i; n++) {
@@ -1031,7 +1058,8 @@ ngx_http_async_dl_pg_set_state(ngx_http_async_dl_pg_conn_t *pc,
 {
 #if (NGX_DEBUG)
     static const char  *names[] = {
-        "down", "connecting", "setup", "idle", "prepare", "query"
+        "down", "connecting", "setup", "idle", "deallocate", "prepare",
+        "query"
     };
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, pc->pg->log, 0,
@@ -1079,6 +1107,7 @@ ngx_http_async_dl_pg_connect(ngx_http_async_dl_pg_conn_t *pc)
     PQsetNoticeProcessor(pc->sock.pgconn, ngx_http_async_dl_pg_notice, pg);
 
     pc->prepared = 0;
+    pc->stale = 0;
     ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_CONNECTING);
 
     if (ngx_http_async_dl_pg_sock_start(&pc->sock) != NGX_OK) {
@@ -1253,14 +1282,24 @@ ngx_http_async_dl_pg_send(ngx_http_async_dl_pg_conn_t *pc,
     ngx_http_async_dl_pg_query_t *q)
 {
     int                           rc;
+    u_char                        sql[NGX_HTTP_ASYNC_DL_PG_NAME_LEN + 16];
+    uint64_t                      bit;
     ngx_http_async_dl_pg_stmt_t  *st;
 
     st = &pc->pg->conf->stmts[q->stmt];
+    bit = (uint64_t) 1 << q->stmt;
 
-    if (pc->prepared & ((uint64_t) 1 << q->stmt)) {
+    if (pc->prepared & bit) {
         rc = PQsendQueryPrepared(pc->sock.pgconn, st->name,
                                  st->nparams, q->params, NULL, NULL, 0);
         ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_QUERY);
+
+    } else if (pc->stale & bit) {
+        /* the server still has the statement that no longer fits */
+        *ngx_snprintf(sql, sizeof(sql) - 1, "DEALLOCATE \"%s\"", st->name)
+                                                                        = '\0';
+        rc = PQsendQuery(pc->sock.pgconn, (char *) sql);
+        ngx_http_async_dl_pg_set_state(pc, NGX_HTTP_ASYNC_DL_PG_DEALLOCATE);
 
     } else {
         rc = PQsendPrepare(pc->sock.pgconn, st->name, st->sql, st->nparams,
@@ -1276,8 +1315,9 @@ ngx_http_async_dl_pg_send(ngx_http_async_dl_pg_conn_t *pc,
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, q->log, 0,
                    "async_dl pg #%ui: %s \"%s\"", pc->n,
-                   pc->state == NGX_HTTP_ASYNC_DL_PG_QUERY ? "run" : "prepare",
-                   st->name);
+                   pc->state == NGX_HTTP_ASYNC_DL_PG_QUERY ? "run"
+                   : pc->state == NGX_HTTP_ASYNC_DL_PG_PREPARE ? "prepare"
+                   : "deallocate", st->name);
 
     pc->query = q;
     pc->stmt = q->stmt;
@@ -1294,7 +1334,8 @@ static void
 ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc)
 {
     PGresult                       *res;
-    const char                     *sqlstate;
+    uint64_t                        bit;
+    ngx_uint_t                      again;
     ExecStatusType                  st;
     ngx_http_async_dl_pg_query_t   *q;
     ngx_http_async_dl_pg_status_e   status;
@@ -1308,6 +1349,8 @@ ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc)
     }
 
     st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    bit = (uint64_t) 1 << pc->stmt;
+    again = 0;                      /* send q on this connection again */
 
     switch (pc->state) {
 
@@ -1337,47 +1380,64 @@ ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc)
         ngx_http_async_dl_pg_release(pc);
         return;
 
+    case NGX_HTTP_ASYNC_DL_PG_DEALLOCATE:
+
+        /* the old statement is gone (26000: it already was): prepare it */
+
+        if (st == PGRES_COMMAND_OK
+            || ngx_http_async_dl_pg_is(res, "26000"))
+        {
+            pc->stale &= ~bit;
+            again = 1;
+        }
+
+        break;
+
     case NGX_HTTP_ASYNC_DL_PG_PREPARE:
 
         if (st == PGRES_COMMAND_OK) {
-            PQclear(res);
-            pc->prepared |= (uint64_t) 1 << pc->stmt;
+            pc->prepared |= bit;
+            again = 1;
 
-            if (q == NULL) {
-                /* detached while preparing: nothing to run */
-                ngx_http_async_dl_pg_release(pc);
-                return;
+        } else if (ngx_http_async_dl_pg_is(res, "42P05")) {
+            /* the server has one of that name: replace it */
+            pc->stale |= bit;
+
+            if (q && !q->retried) {
+                q->retried = 1;
+                again = 1;
             }
-
-            pc->query = NULL;
-            q->conn = NULL;
-
-            if (ngx_http_async_dl_pg_send(pc, q) != NGX_OK) {
-                ngx_http_async_dl_pg_complete(q,
-                                              NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE,
-                                              NULL);
-            }
-
-            return;
         }
 
         break;
 
     default: /* NGX_HTTP_ASYNC_DL_PG_QUERY */
 
-        if (st == PGRES_FATAL_ERROR) {
-            sqlstate = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        /*
+         * 0A000 "cached plan must not change result type" after a schema
+         * change: the statement is still on the server, it is replaced;
+         * 26000: it is gone, it is prepared.  Neither ran anything: the
+         * query is run again, once.
+         */
 
-            /*
-             * 0A000 "cached plan must not change result type" after a
-             * schema upgrade, 26000 the statement is gone: prepare it
-             * again the next time rather than failing on every use
-             */
-            if (sqlstate != NULL
-                && (ngx_strcmp(sqlstate, "0A000") == 0
-                    || ngx_strcmp(sqlstate, "26000") == 0))
-            {
-                pc->prepared &= ~((uint64_t) 1 << pc->stmt);
+        if (ngx_http_async_dl_pg_is(res, "0A000")
+            || ngx_http_async_dl_pg_is(res, "26000"))
+        {
+            pc->prepared &= ~bit;
+
+            if (ngx_http_async_dl_pg_is(res, "0A000")) {
+                pc->stale |= bit;
+            }
+
+            ngx_log_error(NGX_LOG_NOTICE, q ? q->log : pc->pg->log, 0,
+                          "async_dl: postgres statement \"%s\" on "
+                          "connection #%ui is prepared again: %s",
+                          pc->pg->conf->stmts[pc->stmt].name, pc->n,
+                          ngx_http_async_dl_pg_message(res));
+
+            if (q && !q->retried) {
+                q->retried = 1;
+                again = 1;
             }
         }
 
@@ -1395,6 +1455,27 @@ ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc)
     }
 
     pc->query = NULL;
+
+    if (again) {
+        if (res) {
+            PQclear(res);
+        }
+
+        if (q == NULL) {
+            /* detached: nothing to run */
+            ngx_http_async_dl_pg_release(pc);
+            return;
+        }
+
+        q->conn = NULL;
+
+        if (ngx_http_async_dl_pg_send(pc, q) != NGX_OK) {
+            ngx_http_async_dl_pg_complete(q, NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE,
+                                          NULL);
+        }
+
+        return;
+    }
 
     if (q == NULL) {
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pc->pg->log, 0,
@@ -1415,6 +1496,21 @@ ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc)
     ngx_http_async_dl_pg_release(pc);
 
     ngx_http_async_dl_pg_complete(q, status, res);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_pg_is(PGresult *res, const char *sqlstate)
+{
+    const char  *state;
+
+    if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR) {
+        return 0;
+    }
+
+    state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+    return state != NULL && ngx_strcmp(state, sqlstate) == 0;
 }
 
 

@@ -20,6 +20,7 @@
 
 
 #define NGX_HTTP_ASYNC_DL_PG_MAX_STMTS  64
+#define NGX_HTTP_ASYNC_DL_PG_NAME_LEN   63      /* NAMEDATALEN - 1 */
 
 
 typedef struct ngx_http_async_dl_pg_s        ngx_http_async_dl_pg_t;
@@ -77,6 +78,7 @@ struct ngx_http_async_dl_pg_query_s {
     ngx_queue_t                         queue;     /* in pg->waiting */
     ngx_event_t                         timer;     /* wait + run deadline */
     unsigned                            waiting:1;
+    unsigned                            retried:1; /* run again once */
 };
 
 

@@ -21,6 +21,7 @@ static ngx_int_t ngx_http_async_dl_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 static ngx_str_t *ngx_http_async_dl_error_body(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, u_char *msg, size_t len);
+static size_t ngx_http_async_dl_escape(u_char *dst, u_char *src, size_t len);
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
@@ -190,7 +191,7 @@ ngx_http_async_dl_error_body(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     size = sizeof("{\"error\":{\"code\":\"\",\"message\":\"\"}}") - 1
-           + ngx_strlen(code) + len + ngx_escape_json(NULL, msg, len);
+           + ngx_strlen(code) + ngx_http_async_dl_escape(NULL, msg, len);
 
     /* one more byte: the filter appends a newline */
     body->data = ngx_pnalloc(r->pool, size + 1);
@@ -200,12 +201,81 @@ ngx_http_async_dl_error_body(ngx_http_request_t *r, ngx_uint_t status,
 
     p = ngx_sprintf(body->data, "{\"error\":{\"code\":\"%s\",\"message\":\"",
                     code);
-    p = (u_char *) ngx_escape_json(p, msg, len);
+    p += ngx_http_async_dl_escape(p, msg, len);
     p = ngx_cpymem(p, "\"}}", 3);
 
     body->len = p - body->data;
 
     return body;
+}
+
+
+/*
+ * The inside of a JSON string, from any bytes: a message may quote what
+ * the client sent (a URI, a JSON key) and may have been cut short, yet the
+ * answer must be valid JSON.  Quotes, backslashes and control characters
+ * are escaped, UTF-8 characters kept, and every other byte becomes U+FFFD.
+ * Returns the length written; with dst NULL, only computes it.
+ */
+
+static size_t
+ngx_http_async_dl_escape(u_char *dst, u_char *src, size_t len)
+{
+    u_char   c, *last, *out, esc[6];
+    size_t   n, size;
+
+    static u_char  hex[] = "0123456789abcdef";
+
+    size = 0;
+    last = src + len;
+
+    while (src < last) {
+        c = *src;
+        out = esc;
+
+        if (c >= 0x80) {
+            n = ngx_http_async_dl_utf8_char(src, last);
+
+            if (n) {
+                out = src;                      /* a character: as it is */
+                src += n;
+
+            } else {
+                out = (u_char *) "\\ufffd";     /* a stray byte */
+                n = 6;
+                src++;
+            }
+
+        } else if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = c;
+            n = 2;
+            src++;
+
+        } else if (c < 0x20) {
+            esc[0] = '\\';
+            esc[1] = 'u';
+            esc[2] = '0';
+            esc[3] = '0';
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 0xf];
+            n = 6;
+            src++;
+
+        } else {
+            esc[0] = c;
+            n = 1;
+            src++;
+        }
+
+        if (dst) {
+            ngx_memcpy(dst + size, out, n);
+        }
+
+        size += n;
+    }
+
+    return size;
 }
 
 

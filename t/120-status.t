@@ -62,8 +62,8 @@ $r = request('GET', "/v1/download/status/$id", { %alice, 'If-None-Match' => '"ot
 is($r->{status}, 200, 'another ETag: 200');
 
 # a worker claims one file and reports bytes: the document changes
-psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute')");
-psql("SELECT async_dl_file_progress('$id', 0, 'w1', '1 minute', 512, 1024, 1)");
+psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5)");
+psql("SELECT async_dl_file_progress('$id', 0, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$id' AND idx = 0), '1 minute', 512, 1024, 1)");
 $r = request('GET', "/v1/download/status/$id", { %alice, 'If-None-Match' => $etag });
 is($r->{status}, 200, 'after a change the old ETag no longer matches');
 isnt($r->{headers}{etag}, $etag, 'new ETag');
@@ -72,15 +72,15 @@ ok(defined $r->{json}{startedAt}, 'startedAt set');
 is($r->{json}{files}[0]{status}, 'downloading', 'file downloading');
 is($r->{json}{progress}, 0, 'progress by files while a size is unknown');
 
-psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute')");
-psql("SELECT async_dl_file_progress('$id', 1, 'w1', '1 minute', 0, 1024, 1)");
+psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5)");
+psql("SELECT async_dl_file_progress('$id', 1, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$id' AND idx = 1), '1 minute', 0, 1024, 1)");
 $r = request('GET', "/v1/download/status/$id", \%alice);
 is($r->{json}{bytesTotal}, 2048, 'bytesTotal once all sizes are known');
 is($r->{json}{progress}, 25, 'progress by bytes: 512 of 2048');
 
-psql("SELECT async_dl_file_finish('$id', 0, 'w1', 'completed', 1024, 'application/octet-stream', "
+psql("SELECT async_dl_file_finish('$id', 0, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$id' AND idx = 0), 'completed', 1024, 'application/octet-stream', "
      . "'ab', 'k/0', 1, NULL, NULL, NULL)");
-psql("SELECT async_dl_file_finish('$id', 1, 'w1', 'failed', NULL, NULL, NULL, NULL, 3, "
+psql("SELECT async_dl_file_finish('$id', 1, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$id' AND idx = 1), 'failed', NULL, NULL, NULL, NULL, 3, "
      . "'HTTP_STATUS', 'the origin answered 404', NULL)");
 $r = request('GET', "/v1/download/status/$id", \%alice);
 $j = $r->{json};

@@ -30,18 +30,18 @@ sub stored_job {
     my $r = initiate(ref $files ? { files => $files } : qq({"files":$files}),
                      \%alice);
     my $id = $r->{json}{jobId};
-    psql("SELECT count(*) FROM async_dl_claim('w', 100, '1 minute')");
+    psql("SELECT count(*) FROM async_dl_claim('w', 100, '1 minute', 5)");
     for my $i (0 .. $#$contents) {
         my $c = $contents->[$i];
         if (!defined $c) {
-            psql("SELECT async_dl_file_finish('$id', $i, 'w', 'failed', NULL, NULL, NULL, "
+            psql("SELECT async_dl_file_finish('$id', $i, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$id' AND idx = $i), 'failed', NULL, NULL, NULL, "
                  . "NULL, 2, 'HTTP_STATUS', 'the origin answered 404', NULL)");
             next;
         }
         my $key = "jobs/$id/$i";
         my $put = request('PUT', "$s->{s3_endpoint}/$s->{s3_bucket}/$key", {}, $c);
         die "put: $put->{status}" unless $put->{status} == 200;
-        psql("SELECT async_dl_file_finish('$id', $i, 'w', 'completed', " . length($c)
+        psql("SELECT async_dl_file_finish('$id', $i, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$id' AND idx = $i), 'completed', " . length($c)
              . ", 'text/plain', NULL, '$key', 1, NULL, NULL, NULL)");
     }
     return $id;

@@ -41,8 +41,8 @@ is(request('POST', '/v1/download/00000000-0000-4000-8000-000000000000/cancel',
            \%alice)->{json}{error}{code}, 'JOB_NOT_FOUND', 'unknown job: 404');
 
 my $done = initiate({ files => [{ url => 'https://example.com/c' }] }, \%alice)->{json}{jobId};
-psql("SELECT count(*) FROM async_dl_claim('w', 10, '1 minute')");
-psql("SELECT async_dl_file_finish('$done', 0, 'w', 'completed', 1, 'x/y', NULL, 'jobs/$done/0', 1, NULL, NULL, NULL)");
+psql("SELECT count(*) FROM async_dl_claim('w', 10, '1 minute', 5)");
+psql("SELECT async_dl_file_finish('$done', 0, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$done' AND idx = 0), 'completed', 1, 'x/y', NULL, 'jobs/$done/0', 1, NULL, NULL, NULL)");
 $r = request('POST', "/v1/download/$done/cancel", \%alice);
 is($r->{status}, 409, 'canceling a finished job: 409');
 is($r->{json}{error}{code}, 'JOB_FINISHED', 'JOB_FINISHED');

@@ -50,13 +50,13 @@ sub new_job {
 
 sub claim {
     my ($job) = @_;
-    psql("SELECT count(*) FROM async_dl_claim('w', 1000, '1 hour') "
+    psql("SELECT count(*) FROM async_dl_claim('w', 1000, '1 hour', 5) "
          . "WHERE job_id = '$job'");
 }
 
 sub progress {
     my ($job, $idx, $bytes, $size) = @_;
-    psql("SELECT async_dl_file_progress('$job', $idx, 'w', '1 hour', "
+    psql("SELECT async_dl_file_progress('$job', $idx, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$job' AND idx = $idx), '1 hour', "
          . "$bytes, $size, 1)");
 }
 
@@ -64,7 +64,7 @@ sub finish {
     my ($job, $idx, $status, $size) = @_;
     my $err = $status eq 'failed' ? "'HTTP_STATUS', 'origin answered 404'"
                                   : 'NULL, NULL';
-    psql("SELECT async_dl_file_finish('$job', $idx, 'w', '$status', "
+    psql("SELECT async_dl_file_finish('$job', $idx, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$job' AND idx = $idx), '$status', "
          . "$size, 'text/plain', " . q_('ab' x 32) . ", 'k/$job/$idx', 1, "
          . "$err, NULL)");
 }
@@ -193,10 +193,10 @@ my @streams = map { sse_open("${P}stream/$job") } 1 .. 5;
 $_->next_event(5) for @streams;
 my $q0 = counters()->[2];
 my $t0 = time;
-psql("SELECT async_dl_file_progress('$job', 0, 'w', '1 hour', n * 10, "
+psql("SELECT async_dl_file_progress('$job', 0, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$job' AND idx = 0), '1 hour', n * 10, "
      . "100000, 1) FROM generate_series(1, 400) n");
 psql("DO \$\$ BEGIN FOR n IN 1..300 LOOP PERFORM "
-     . "async_dl_file_progress('$job', 0, 'w', '1 hour', 4000 + n, 100000, 1);"
+     . "async_dl_file_progress('$job', 0, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$job' AND idx = 0), '1 hour', 4000 + n, 100000, 1);"
      . " PERFORM pg_sleep(0.005); COMMIT; END LOOP; END \$\$");
 my $storm = time - $t0;
 sleep 0.6;

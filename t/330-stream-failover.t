@@ -59,8 +59,8 @@ for my $round (1 .. 3) {
 
 # LISTEN is back and the streams fetched the job again: the final event
 # can only come from a notification now
-psql("SELECT count(*) FROM async_dl_claim('w', 1000, '1 hour')");
-psql("SELECT async_dl_file_finish('$job', 0, 'w', 'completed', 10, "
+psql("SELECT count(*) FROM async_dl_claim('w', 1000, '1 hour', 5)");
+psql("SELECT async_dl_file_finish('$job', 0, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$job' AND idx = 0), 'completed', 10, "
      . "'text/plain', NULL, 'k/$job', 1, NULL, NULL, NULL)");
 for my $c (@subs) {
     my @evs = $c->until_event(qr/^(completed|failed|canceled)$/, 10);
