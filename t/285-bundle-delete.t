@@ -40,7 +40,7 @@ sub three_files {
 }
 
 # Deletes the job ($how: the API's function, or the row alone) as soon as
-# its bundle is being built; returns the bundle's status then.
+# its bundle is being built.
 sub delete_while_building {
     my ($id, $how) = @_;
     my $del = $how eq 'api' ? "PERFORM async_dl_job_delete('$id', '')"
@@ -55,7 +55,6 @@ BEGIN
         PERFORM pg_sleep(0.01);
     END LOOP;
     $del;
-    RAISE NOTICE 'bundle %', st;
 END \$\$;
 SELECT 'ok';
 SQL
