@@ -10,6 +10,16 @@
  * pump() is the one place that decides what comes next; ends go through
  * build_end().  Memory: the range being read (READ_CHUNK), the part being
  * filled and the part being uploaded, each at most a part plus a range.
+ *
+ * Each claim holds the bundle under a lease token of its own (worker id,
+ * start, claim number), so a build whose lease ran out and was claimed
+ * again, even by this worker, can neither renew nor finish it.  A build
+ * that may have stored its zip (a PUT or CompleteMultipartUpload was sent)
+ * and then learns that the bundle is not its own any more (the job was
+ * deleted meanwhile: renew or finish answer false) queues the zip's key
+ * for the janitor when no other build can write that key again: the job
+ * is gone, or its bundle failed for good.  Storage trouble is retried with
+ * backoff (about a minute) before the attempt fails.
  */
 #include <archive.h>
 #include <archive_entry.h>
@@ -24,18 +34,22 @@
 #include "adl_sigv4.h"
 #include "backoff.h"
 #include "bundle.h"
+#include "janitor.h"
 #include "log.h"
 
 #define BUNDLES_AT_ONCE   2         /* per worker process */
 #define MAX_ATTEMPTS      3
 #define READ_CHUNK        (1024 * 1024)
-#define S3_TRIES          4
+#define S3_TRIES          8         /* storage: 0.5 s doubled, ~1 min */
+#define S3_RETRY_BASE     500
 #define NAME_MAX_BYTES    200
+#define LEASE_MAX         96
 
 typedef enum {
     BD_BUILDING = 0,
     BD_ABORTING,
     BD_FINISHING,
+    BD_CLEANING,        /* may have stored a zip no job will record */
     BD_DONE
 } bundle_state_t;
 
@@ -75,8 +89,11 @@ struct bundle_s {
     bundle_t          *next;
     adl_bundler_t     *owner;
     char               job[40];
+    char               lease[LEASE_MAX];   /* this claim's token */
     char              *key;
     int                attempt;
+    int                maybe_stored;       /* a PUT or Complete was sent */
+    int                retrying;           /* failed, to be built again */
     bundle_state_t     state;
     bundle_outcome_t   outcome;
     int                transient;
@@ -124,12 +141,16 @@ struct adl_bundler_s {
     int                 claiming;
     int                 pending;        /* a claim may find something */
     int                 stopping;
+    long long           started;        /* ms since the epoch */
+    unsigned            claims;
+    char                lease[LEASE_MAX];   /* of the claim running */
 };
 
 static void pump(bundle_t *b);
 static void build_end(bundle_t *b, bundle_outcome_t out, int transient,
     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void write_result(bundle_t *b);
+static void cleanup(bundle_t *b);
 
 #define BLOG(level, b, ...)  adl_log(level, (b)->job, -1, __VA_ARGS__)
 
@@ -439,7 +460,7 @@ get_done(adl_http_req_t *http, CURLcode rc)
 
         b->chunk.len = 0;
         if (transient && ++b->get_tries < S3_TRIES) {
-            int64_t  delay = adl_backoff_ms(200, b->get_tries);
+            int64_t  delay = adl_backoff_ms(S3_RETRY_BASE, b->get_tries);
 
             BLOG(ADL_LOG_WARN, b, "bundle: %s; retrying in %lld ms", msg,
                  (long long) delay);
@@ -532,6 +553,9 @@ s3_start(bundle_t *b, adl_s3_op_t op, const char *body, size_t len)
     r->body_len = len;
     r->done = s3_done;
     r->data = b;
+    if (op == S3_PUT || op == S3_COMPLETE) {
+        b->maybe_stored = 1;        /* from now on, maybe in the bucket */
+    }
     if (adl_s3_start(b->owner->w->s3, r) != 0) {
         r->op = S3_NONE;
         if (op == S3_ABORT) {
@@ -600,7 +624,7 @@ s3_done(adl_s3_req_t *r)
     if (!r->ok) {
         b->up_busy = 0;                 /* the same request again */
         if (r->transient && ++b->s3_tries < S3_TRIES) {
-            int64_t  delay = adl_backoff_ms(200, b->s3_tries);
+            int64_t  delay = adl_backoff_ms(S3_RETRY_BASE, b->s3_tries);
 
             BLOG(ADL_LOG_WARN, b, "bundle: storage: %s; retrying in %lld ms",
                  r->error, (long long) delay);
@@ -793,9 +817,18 @@ finish_result(void *data, PGresult *res)
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         BLOG(ADL_LOG_ERROR, b, "bundle: recording the result failed: %s",
              PQresultErrorMessage(res));
-    } else if (PQgetvalue(res, 0, 0)[0] != 't') {
+        b->state = BD_DONE;         /* left to the lease */
+        return;
+    }
+    if (PQgetvalue(res, 0, 0)[0] != 't') {
         BLOG(ADL_LOG_INFO, b, "bundle: result not recorded: no longer "
              "ours (job deleted or lease lost)");
+        cleanup(b);
+        return;
+    }
+    if (b->outcome == BO_FAILED && !b->retrying) {
+        cleanup(b);                 /* failed for good: nobody records it */
+        return;
     }
     b->state = BD_DONE;
 }
@@ -807,7 +840,7 @@ write_result(bundle_t *b)
     const char  *p[9];
 
     if (b->outcome == BO_DROP) {
-        b->state = BD_DONE;
+        cleanup(b);
         return;
     }
     b->state = BD_FINISHING;
@@ -815,7 +848,7 @@ write_result(bundle_t *b)
     snprintf(size, sizeof(size), "%lld", (long long) b->size);
     snprintf(files, sizeof(files), "%zu", b->nentries);
     p[0] = b->job;
-    p[1] = b->owner->w->settings->worker_id;
+    p[1] = b->lease;
     p[2] = b->outcome == BO_STORED ? "completed"
            : b->outcome == BO_HAND_BACK ? "pending" : "failed";
     p[3] = b->outcome == BO_STORED ? b->key : NULL;
@@ -830,6 +863,7 @@ write_result(bundle_t *b)
                  adl_backoff_ms(b->owner->w->settings->retry_base,
                                 b->attempt));
         p[8] = retry;
+        b->retrying = 1;            /* the retry writes the same key */
     }
 
     if (adl_db_query(b->owner->w->db, "SELECT async_dl_bundle_finish("
@@ -838,6 +872,60 @@ write_result(bundle_t *b)
                      9, p, finish_result, b) != 0)
     {
         b->state = BD_DONE;         /* left to the lease */
+        return;
+    }
+    b->db_refs++;
+}
+
+static void
+cleanup_result(void *data, PGresult *res)
+{
+    bundle_t  *b = data;
+
+    b->db_refs--;
+    if (res == NULL) {
+        cleanup(b);                 /* again on the next connection */
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        BLOG(ADL_LOG_ERROR, b, "bundle: queuing %s for deletion failed: %s",
+             b->key, PQresultErrorMessage(res));
+    } else if (atoi(PQgetvalue(res, 0, 0)) > 0) {
+        BLOG(ADL_LOG_INFO, b, "bundle: the job is gone or its bundle failed: "
+             "%s queued for deletion", b->key);
+        adl_janitor_kick(b->owner->w->janitor);
+    }
+    b->state = BD_DONE;
+}
+
+/*
+ * The build may have stored its zip, which no job records: the key goes
+ * to the janitor's queue when no build can write it again (the job is
+ * gone, or its bundle failed for good); else (the lease passed to another
+ * build, which writes the same key) it stays.
+ */
+static void
+cleanup(bundle_t *b)
+{
+    const char  *p[2];
+
+    if (!b->maybe_stored) {
+        b->state = BD_DONE;
+        return;
+    }
+    b->state = BD_CLEANING;
+    p[0] = b->job;
+    p[1] = b->key;
+    if (adl_db_query(b->owner->w->db, "WITH q AS (INSERT INTO "
+                     "async_dl_deleted_objects (job_id, object_key) SELECT "
+                     "$1::uuid, $2 WHERE NOT EXISTS (SELECT 1 FROM "
+                     "async_dl_jobs WHERE id = $1::uuid AND "
+                     "coalesce(bundle_status, '') <> 'failed') RETURNING 1) "
+                     "SELECT count(*) FROM q", 2, p, cleanup_result, b) != 0)
+    {
+        BLOG(ADL_LOG_ERROR, b, "bundle: out of memory: %s may be left in "
+             "the storage", b->key);
+        b->state = BD_DONE;
         return;
     }
     b->db_refs++;
@@ -892,6 +980,7 @@ build_new(adl_bundler_t *o, PGresult *res)
     }
     b->owner = o;
     snprintf(b->job, sizeof(b->job), "%s", PQgetvalue(res, 0, 0));
+    memcpy(b->lease, o->lease, sizeof(b->lease));
     b->attempt = atoi(PQgetvalue(res, 0, 1));
     b->next_part = 1;
     b->renewed_at = adl_now_ms();
@@ -1001,7 +1090,8 @@ renew_result(void *data, PGresult *res)
 adl_bundler_t *
 adl_bundler_create(adl_worker_t *w, int force_zip64)
 {
-    adl_bundler_t  *o = calloc(1, sizeof(adl_bundler_t));
+    adl_bundler_t    *o = calloc(1, sizeof(adl_bundler_t));
+    struct timespec   ts;
 
     if (o == NULL) {
         return NULL;
@@ -1009,6 +1099,8 @@ adl_bundler_create(adl_worker_t *w, int force_zip64)
     o->w = w;
     o->force_zip64 = force_zip64;
     o->pending = 1;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    o->started = (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     return o;
 }
 
@@ -1085,7 +1177,7 @@ adl_bundler_tick(adl_bundler_t *o, int64_t now)
             snprintf(lease, sizeof(lease), "%lld milliseconds",
                      (long long) s->lease);
             p[0] = b->job;
-            p[1] = s->worker_id;
+            p[1] = b->lease;
             p[2] = lease;
             if (adl_db_query(o->w->db, "SELECT async_dl_bundle_renew("
                              "$1::uuid, $2, $3::interval)", 3, p,
@@ -1105,7 +1197,9 @@ adl_bundler_tick(adl_bundler_t *o, int64_t now)
     }
     snprintf(lease, sizeof(lease), "%lld milliseconds", (long long) s->lease);
     snprintf(max, sizeof(max), "%d", MAX_ATTEMPTS);
-    p[0] = s->worker_id;
+    snprintf(o->lease, sizeof(o->lease), "%.48s/b%lld.%u", s->worker_id,
+             o->started, ++o->claims);
+    p[0] = o->lease;
     p[1] = lease;
     p[2] = max;
     if (adl_db_query(o->w->db, "SELECT job_id, attempts, idx, name, "

@@ -1,6 +1,14 @@
 /*
  * callback: one delivery = one claimed callback: POST -> record the
  * outcome (delivered, retry later, failed) -> freed.
+ *
+ * Each claim holds its callbacks under a token of its own (worker id,
+ * start, claim number), so the outcome of a delivery whose lease ran out
+ * and was claimed again, even by this worker, is not recorded over the
+ * new claim.  An outcome whose answer was lost is sent again on the next
+ * connection (recording twice is harmless: the second finds the callback
+ * no longer this claim's), so a delivered callback is not delivered again
+ * for want of its record.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +23,7 @@
 #define DELIVERIES_AT_ONCE  8
 #define DELIVERY_TIMEOUT    15000           /* ms, one POST */
 #define CLAIM_LEASE         "60 seconds"    /* > DELIVERY_TIMEOUT */
+#define LEASE_MAX           96
 
 typedef enum {
     CB_POSTING = 0,
@@ -30,6 +39,7 @@ struct delivery_s {
     adl_callbacks_t    *owner;
     delivery_state_t    state;
     char                job[40];
+    char                lease[LEASE_MAX];   /* its claim's token */
     char               *url;
     char               *body;
     int                 attempt;
@@ -37,6 +47,9 @@ struct delivery_s {
     char                errbuf[CURL_ERROR_SIZE];
     adl_http_guard_t    guard;
     int                 db_refs;
+    int                 ok;             /* the outcome, once known */
+    char               *error;
+    char                delay[24];
 };
 
 struct adl_callbacks_s {
@@ -47,11 +60,15 @@ struct adl_callbacks_s {
     int            pending;
     int64_t        next_due;        /* a retry of ours is due then */
     int            stopping;
+    long long      started;         /* ms since the epoch */
+    unsigned       claims;
+    char           lease[LEASE_MAX];    /* of the claim running */
 };
 
 #define CLOG(level, d, ...)  adl_log(level, (d)->job, -1, __VA_ARGS__)
 
 static void record(delivery_t *d, int ok, const char *error, int retry);
+static void record_send(delivery_t *d);
 
 
 /* --- the POST ------------------------------------------------------------- */
@@ -176,55 +193,76 @@ record_result(void *data, PGresult *res)
 
     d->db_refs--;
     if (res == NULL) {
-        d->state = CB_DONE;         /* left to the claim's lease */
+        record_send(d);             /* again on the next connection */
         return;
     }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         CLOG(ADL_LOG_ERROR, d, "callback: recording the outcome failed: %s",
              PQresultErrorMessage(res));
+    } else if (PQgetvalue(res, 0, 0)[0] != 't') {
+        CLOG(ADL_LOG_INFO, d, "callback: outcome not recorded: the "
+             "callback is no longer this claim's");
     }
     d->state = CB_DONE;
+}
+
+static void
+record_send(delivery_t *d)
+{
+    const char  *p[5];
+
+    p[0] = d->job;
+    p[1] = d->lease;
+    p[2] = d->ok ? "true" : "false";
+    p[3] = d->error;
+    p[4] = d->delay[0] ? d->delay : NULL;
+    if (adl_db_query(d->owner->w->db, "SELECT async_dl_callback_finish("
+                     "$1::uuid, $2, $3::boolean, $4, now() + $5::bigint * "
+                     "interval '1 millisecond')", 5, p, record_result, d)
+        != 0)
+    {
+        CLOG(ADL_LOG_ERROR, d, "callback: out of memory: the outcome is "
+             "left to the claim's lease");
+        d->state = CB_DONE;
+        return;
+    }
+    d->db_refs++;
 }
 
 static void
 record(delivery_t *d, int ok, const char *error, int retry)
 {
     const adl_settings_t  *s = d->owner->w->settings;
-    char                   delay[24];
-    const char            *p[5];
+    int64_t                delay;
 
     d->state = CB_RECORDING;
-    p[0] = d->job;
-    p[1] = s->worker_id;
-    p[2] = ok ? "true" : "false";
-    p[3] = error;
-    p[4] = NULL;
+    d->ok = ok;
+    if (error != NULL) {
+        d->error = strdup(error);
+        if (d->error == NULL) {
+            CLOG(ADL_LOG_ERROR, d, "callback: out of memory: the outcome "
+                 "is left to the claim's lease");
+            d->state = CB_DONE;
+            return;
+        }
+    }
     if (!ok) {
         if (retry && d->attempt < ADL_CALLBACK_ATTEMPTS) {
-            snprintf(delay, sizeof(delay), "%lld",
-                     (long long) adl_backoff_ms(s->retry_base, d->attempt));
-            p[4] = delay;
+            delay = adl_backoff_ms(s->retry_base, d->attempt);
+            snprintf(d->delay, sizeof(d->delay), "%lld", (long long) delay);
             if (d->owner->next_due == 0
-                || adl_now_ms() + atoll(delay) < d->owner->next_due)
+                || adl_now_ms() + delay < d->owner->next_due)
             {
-                d->owner->next_due = adl_now_ms() + atoll(delay);
+                d->owner->next_due = adl_now_ms() + delay;
             }
             CLOG(ADL_LOG_WARN, d, "callback to %s failed (attempt %d): %s; "
-                 "retrying in %s ms", d->url, d->attempt, error, delay);
+                 "retrying in %s ms", d->url, d->attempt, error, d->delay);
         } else {
             CLOG(ADL_LOG_WARN, d, "callback to %s failed for good (attempt "
                  "%d): %s", d->url, d->attempt, error);
         }
     }
-    if (adl_db_query(d->owner->w->db, "SELECT async_dl_callback_finish("
-                     "$1::uuid, $2, $3::boolean, $4, now() + $5::bigint * "
-                     "interval '1 millisecond')", 5, p, record_result, d)
-        != 0)
-    {
-        d->state = CB_DONE;
-        return;
-    }
-    d->db_refs++;
+    record_send(d);
 }
 
 
@@ -240,6 +278,7 @@ delivery_free(delivery_t *d)
     curl_slist_free_all(d->headers);
     free(d->url);
     free(d->body);
+    free(d->error);
     free(d);
 }
 
@@ -280,6 +319,7 @@ claim_result(void *data, PGresult *res)
         }
         d->owner = c;
         snprintf(d->job, sizeof(d->job), "%s", PQgetvalue(res, i, 0));
+        memcpy(d->lease, c->lease, sizeof(d->lease));
         d->attempt = atoi(PQgetvalue(res, i, 2));
         d->next = c->list;
         c->list = d;
@@ -296,10 +336,13 @@ adl_callbacks_t *
 adl_callbacks_create(adl_worker_t *w)
 {
     adl_callbacks_t  *c = calloc(1, sizeof(adl_callbacks_t));
+    struct timespec   ts;
 
     if (c != NULL) {
         c->w = w;
         c->pending = 1;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        c->started = (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
     }
     return c;
 }
@@ -376,7 +419,9 @@ adl_callbacks_tick(adl_callbacks_t *c, int64_t now)
         return;
     }
     snprintf(limit, sizeof(limit), "%d", DELIVERIES_AT_ONCE - c->n);
-    p[0] = c->w->settings->worker_id;
+    snprintf(c->lease, sizeof(c->lease), "%.48s/c%lld.%u",
+             c->w->settings->worker_id, c->started, ++c->claims);
+    p[0] = c->lease;
     p[1] = limit;
     p[2] = CLAIM_LEASE;
     if (adl_db_query(c->w->db, "SELECT job_id, url, attempts, body FROM "

@@ -33,7 +33,8 @@ adl_db_t *adl_db_create(const adl_settings_t *s, int epfd,
     const adl_db_handlers_t *h);
 void adl_db_destroy(adl_db_t *db);
 
-/* Starts connecting (again); the loop calls it from adl_db_tick. */
+/* Starts connecting (again): looks the host names up on a thread first,
+ * never on the loop.  The loop calls it from adl_db_tick. */
 void adl_db_tick(adl_db_t *db, int64_t now);
 
 /* epoll readiness on the connection's socket. */
@@ -41,6 +42,10 @@ void adl_db_event(adl_db_t *db, uint32_t events);
 
 int adl_db_connected(const adl_db_t *db);
 int adl_db_idle(const adl_db_t *db);    /* nothing queued or running */
+
+/* Which connection this is: changes with every new one, so that session
+ * state (an advisory lock) is known to be gone when it changed. */
+uint64_t adl_db_session(const adl_db_t *db);
 
 /* Queues a query: copies sql and params.  -1 on allocation failure
  * (then cb is not called). */

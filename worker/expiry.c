@@ -8,20 +8,39 @@
  *                     are all gone)
  *        -> UNLOCKING -> IDLE (at once again when the batch was full)
  *
- * A lost connection releases the lock with the session: the sweep then
- * ends without removing rows (its deletes were harmless) and the next one
- * starts over.
+ * Every step ends: each query gets its one answer from db.c (or NULL when
+ * the connection went, which also released the lock: the sweep then ends
+ * and the next one starts over), each delete its outcome or, past
+ * DELETE_TIMEOUT, is stopped and counts as failed.  A job with an object
+ * that could not be deleted keeps its row and is tried again later, with
+ * backoff, without holding back the jobs behind it.
+ *
+ * What it does is logged: each sweep that removed or kept something, a
+ * lock held elsewhere for long, a sweep running long, a tick that came
+ * late (all rate-limited).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backoff.h"
 #include "expiry.h"
 #include "log.h"
 
-#define EXPIRY_LOCK      "7021786468426065272"   /* "async-ex" */
+#define EXPIRY_LOCK      "7021786468426065272"
+
 #define JOBS_PER_SWEEP   50
 #define DELETES_AT_ONCE  16
+#define RETRY_SLOTS      64         /* jobs whose deletes failed, waiting */
+#define RETRY_BASE       1000       /* ms, doubled per failed sweep */
+#define TICK_LATE        5000       /* ms without a tick */
+
+/* A sweep running longer, or none won for as long, is said, at most that
+ * often (50 s with the default poll interval). */
+#define REPORT_EVERY(s)    ((s)->poll_interval * 10)
+/* A DeleteObject is bounded by curl (connect timeout, nothing received
+ * for the idle timeout): past both, it is stopped all the same. */
+#define DELETE_TIMEOUT(s)  ((s)->connect_timeout + (s)->idle_timeout + 5000)
 
 typedef enum {
     EX_IDLE = 0,
@@ -31,6 +50,9 @@ typedef enum {
     EX_REMOVING,
     EX_UNLOCKING
 } expiry_state_t;
+
+static const char  *state_names[] = { "idle", "locking", "listing",
+    "deleting", "removing", "unlocking" };
 
 typedef struct {
     char   id[40];
@@ -43,14 +65,26 @@ typedef struct {
     int            job;         /* index in jobs */
     char          *key;
     int            running;
+    int64_t        started;
 } ex_del_t;
+
+/* A job kept because a delete failed: not tried again before retry_at. */
+typedef struct {
+    char      id[40];
+    int       fails;
+    int64_t   retry_at;
+    int64_t   seen_at;
+} ex_retry_t;
 
 struct adl_expiry_s {
     adl_worker_t    *w;
     expiry_state_t   state;
     int64_t          next_at;
+    int64_t          started;       /* this sweep */
+    int64_t          last_tick;
     int              again;         /* the batch was full */
-    int              lost;          /* the connection went away */
+    int              held;          /* the lock, on session `session` */
+    uint64_t         session;
 
     ex_job_t        *jobs;
     int              njobs;
@@ -58,9 +92,21 @@ struct adl_expiry_s {
     int              ndels;
     int              next_del;
     int              running;
+    int              deleted;       /* objects, this sweep */
+    int              skipped;       /* jobs waiting for their retry */
+
+    ex_retry_t       retries[RETRY_SLOTS];
+    int              nretries;
+
+    int64_t          busy_since;    /* lock held elsewhere since, or 0 */
+    int              busy_count;
+    char             holder[160];
+    int64_t          busy_said;
+    int64_t          slow_said;
 };
 
 static void deletes_pump(adl_expiry_t *e);
+static void unlock(adl_expiry_t *e);
 
 static void
 sweep_reset(adl_expiry_t *e)
@@ -78,33 +124,133 @@ sweep_reset(adl_expiry_t *e)
     e->dels = NULL;
     e->jobs = NULL;
     e->ndels = e->njobs = e->next_del = e->running = 0;
+    e->deleted = e->skipped = 0;
     e->state = EX_IDLE;
-    e->lost = 0;
+}
+
+/* The lock went with its connection: nothing to unlock any more. */
+static int
+lock_lost(adl_expiry_t *e)
+{
+    if (e->held && adl_db_session(e->w->db) != e->session) {
+        e->held = 0;
+    }
+    return !e->held;
+}
+
+
+/* --- jobs waiting for a retry --------------------------------------------- */
+
+static ex_retry_t *
+retry_find(adl_expiry_t *e, const char *id)
+{
+    int  i;
+
+    for (i = 0; i < e->nretries; i++) {
+        if (strcmp(e->retries[i].id, id) == 0) {
+            return &e->retries[i];
+        }
+    }
+    return NULL;
+}
+
+static void
+retry_forget(adl_expiry_t *e, const char *id)
+{
+    ex_retry_t  *r = retry_find(e, id);
+
+    if (r != NULL) {
+        *r = e->retries[--e->nretries];
+    }
+}
+
+/* A job whose objects could not all be deleted: later, with backoff. */
+static void
+retry_later(adl_expiry_t *e, const char *id, int64_t now)
+{
+    ex_retry_t  *r = retry_find(e, id);
+    int          i;
+
+    if (r == NULL) {
+        if (e->nretries < RETRY_SLOTS) {
+            r = &e->retries[e->nretries++];
+        } else {
+            r = &e->retries[0];     /* the one seen longest ago goes */
+            for (i = 1; i < RETRY_SLOTS; i++) {
+                if (e->retries[i].seen_at < r->seen_at) {
+                    r = &e->retries[i];
+                }
+            }
+        }
+        memset(r, 0, sizeof(*r));
+        snprintf(r->id, sizeof(r->id), "%s", id);
+    }
+    r->fails++;
+    r->seen_at = now;
+    r->retry_at = now + adl_backoff_ms(RETRY_BASE, r->fails);
+}
+
+/* Jobs that would be listed first but wait: listed beyond the batch. */
+static int
+retries_waiting(adl_expiry_t *e, int64_t now)
+{
+    int  i, n = 0;
+
+    for (i = 0; i < e->nretries; i++) {
+        n += e->retries[i].retry_at > now;
+    }
+    return n;
 }
 
 
 /* --- unlock, remove ------------------------------------------------------- */
 
 static void
+sweep_done(adl_expiry_t *e)
+{
+    int  i, kept = 0;
+
+    for (i = 0; i < e->njobs; i++) {
+        kept += e->jobs[i].failed;
+    }
+    if (kept > 0) {
+        adl_log_warn(NULL, -1, "expiry: %d expired job(s) kept for a later "
+                     "sweep: deleting their objects failed (%d job(s) "
+                     "waiting to be tried again)", kept, e->nretries);
+    }
+    if (e->again) {
+        e->next_at = 0;
+    }
+    sweep_reset(e);
+}
+
+static void
 unlocked(void *data, PGresult *res)
 {
     adl_expiry_t  *e = data;
 
-    (void) res;
-    sweep_reset(e);
-    if (e->again) {
-        e->next_at = 0;
+    if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        adl_log_error(NULL, -1, "expiry: releasing the lock failed: %s",
+                      PQresultErrorMessage(res));
     }
+    /* answered or not, it is gone: with the query or with the session */
+    e->held = 0;
+    sweep_done(e);
 }
 
 static void
 unlock(adl_expiry_t *e)
 {
     e->state = EX_UNLOCKING;
-    if (e->lost || adl_db_query(e->w->db, "SELECT pg_advisory_unlock("
-                                EXPIRY_LOCK ")", 0, NULL, unlocked, e) != 0)
+    if (lock_lost(e)) {
+        sweep_done(e);
+        return;
+    }
+    if (adl_db_query(e->w->db, "SELECT pg_advisory_unlock(" EXPIRY_LOCK ")",
+                     0, NULL, unlocked, e) != 0)
     {
-        sweep_reset(e);
+        /* still held: adl_expiry_tick() unlocks before the next sweep */
+        sweep_done(e);
     }
 }
 
@@ -112,15 +258,22 @@ static void
 removed(void *data, PGresult *res)
 {
     adl_expiry_t  *e = data;
+    int            n;
 
     if (res == NULL) {
-        e->lost = 1;
+        /* the connection went: the rows may or may not be gone, a later
+         * sweep finds those that are not */
+        adl_log_warn(NULL, -1, "expiry: the database connection was lost "
+                     "while removing %d expired job(s)", e->njobs);
     } else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         adl_log_error(NULL, -1, "expiry: removing rows failed: %s",
                       PQresultErrorMessage(res));
-    } else if (atoi(PQgetvalue(res, 0, 0)) > 0) {
-        adl_log_info(NULL, -1, "expiry: removed %s expired job(s)",
-                     PQgetvalue(res, 0, 0));
+    } else {
+        n = atoi(PQgetvalue(res, 0, 0));
+        adl_log_info(NULL, -1, "expiry: removed %d expired job(s), deleted "
+                     "%d object(s) in %lld ms%s", n, e->deleted,
+                     (long long) (adl_now_ms() - e->started),
+                     e->again ? "; more to do" : "");
     }
     unlock(e);
 }
@@ -130,14 +283,12 @@ remove_rows(adl_expiry_t *e)
 {
     char        *ids, *p;
     const char  *param[1];
+    int64_t      now = adl_now_ms();
     int          i, n = 0;
 
-    if (e->lost) {
-        unlock(e);
-        return;
-    }
     ids = malloc((size_t) e->njobs * 40 + 3);
     if (ids == NULL) {
+        adl_log_error(NULL, -1, "expiry: out of memory");
         unlock(e);
         return;
     }
@@ -145,8 +296,10 @@ remove_rows(adl_expiry_t *e)
     *p++ = '{';
     for (i = 0; i < e->njobs; i++) {
         if (e->jobs[i].failed) {
+            retry_later(e, e->jobs[i].id, now);
             continue;
         }
+        retry_forget(e, e->jobs[i].id);
         p += sprintf(p, "%s%s", n++ ? "," : "", e->jobs[i].id);
     }
     *p++ = '}';
@@ -161,6 +314,7 @@ remove_rows(adl_expiry_t *e)
     if (adl_db_query(e->w->db, "SELECT async_dl_expired_delete($1::uuid[])",
                      1, param, removed, e) != 0)
     {
+        adl_log_error(NULL, -1, "expiry: out of memory");
         unlock(e);
     }
     free(ids);
@@ -178,12 +332,13 @@ deleted(adl_s3_req_t *r)
     d->running = 0;
     e->running--;
     if (r->ok) {
-        adl_log_info(e->jobs[d->job].id, -1, "expiry: deleted object %s",
-                     d->key);
+        e->deleted++;
+        adl_log_debug(e->jobs[d->job].id, -1, "expiry: deleted object %s",
+                      d->key);
     } else {
-        /* retried by the next sweep: a warning, not an error */
+        /* retried by a later sweep: a warning, not an error */
         adl_log_warn(e->jobs[d->job].id, -1, "expiry: deleting object %s "
-                     "failed: %s; the job is kept for the next sweep",
+                     "failed: %s; the job is kept for a later sweep",
                      d->key, r->error);
         e->jobs[d->job].failed = 1;
     }
@@ -197,6 +352,9 @@ deletes_pump(adl_expiry_t *e)
 
     while (e->running < DELETES_AT_ONCE && e->next_del < e->ndels) {
         d = &e->dels[e->next_del++];
+        if (e->jobs[d->job].failed) {
+            continue;               /* kept anyway: spare the storage */
+        }
         d->e = e;
         d->r.op = S3_DELETE;
         d->r.key = d->key;
@@ -209,12 +367,40 @@ deletes_pump(adl_expiry_t *e)
             continue;
         }
         d->running = 1;
+        d->started = adl_now_ms();
         e->running++;
     }
     if (e->running == 0 && e->next_del == e->ndels
         && e->state == EX_DELETING)
     {
         remove_rows(e);
+    }
+}
+
+/* Deletes that take too long are stopped: their jobs are kept. */
+static void
+deletes_check(adl_expiry_t *e, int64_t now)
+{
+    const adl_settings_t  *s = e->w->settings;
+    ex_del_t              *d;
+    int                    i, n = 0;
+
+    for (i = 0; i < e->next_del; i++) {
+        d = &e->dels[i];
+        if (!d->running || now - d->started < DELETE_TIMEOUT(s)) {
+            continue;
+        }
+        adl_s3_cancel(e->w->s3, &d->r);
+        d->running = 0;
+        e->running--;
+        e->jobs[d->job].failed = 1;
+        adl_log_warn(e->jobs[d->job].id, -1, "expiry: deleting object %s "
+                     "took more than %lld ms: stopped; the job is kept for a "
+                     "later sweep", d->key, (long long) DELETE_TIMEOUT(s));
+        n++;
+    }
+    if (n > 0) {
+        deletes_pump(e);
     }
 }
 
@@ -225,10 +411,15 @@ static void
 listed(void *data, PGresult *res)
 {
     adl_expiry_t  *e = data;
-    int            i, n;
+    ex_retry_t    *r;
+    int64_t        now = adl_now_ms();
+    int            i, n, take = 0;
+    const char    *id, *last = NULL;
 
     if (res == NULL) {
-        sweep_reset(e);             /* the lock went with the session */
+        adl_log_warn(NULL, -1, "expiry: the database connection was lost "
+                     "while listing expired jobs");
+        unlock(e);                  /* (the lock went with the session) */
         return;
     }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -241,15 +432,28 @@ listed(void *data, PGresult *res)
     e->jobs = calloc((size_t) n + 1, sizeof(ex_job_t));
     e->dels = calloc((size_t) n + 1, sizeof(ex_del_t));
     if (e->jobs == NULL || e->dels == NULL) {
+        adl_log_error(NULL, -1, "expiry: out of memory");
         unlock(e);
         return;
     }
     for (i = 0; i < n; i++) {
-        const char  *id = PQgetvalue(res, i, 0);
-
-        if (e->njobs == 0 || strcmp(e->jobs[e->njobs - 1].id, id) != 0) {
+        id = PQgetvalue(res, i, 0);
+        if (last == NULL || strcmp(last, id) != 0) {
+            last = id;
+            r = retry_find(e, id);
+            if (r != NULL) {
+                r->seen_at = now;
+            }
+            take = e->njobs < JOBS_PER_SWEEP
+                   && (r == NULL || r->retry_at <= now);
+            if (!take) {
+                e->skipped++;
+                continue;
+            }
             snprintf(e->jobs[e->njobs].id, sizeof(e->jobs[0].id), "%s", id);
             e->njobs++;
+        } else if (!take) {
+            continue;
         }
         if (PQgetisnull(res, i, 1)) {
             continue;
@@ -262,42 +466,78 @@ listed(void *data, PGresult *res)
         }
         e->ndels++;
     }
+    /* a full list: more are expired (those waiting for a retry aside) */
     e->again = e->njobs >= JOBS_PER_SWEEP;
     if (e->njobs == 0) {
+        adl_log_debug(NULL, -1, "expiry: nothing to remove (%d job(s) "
+                      "waiting to be tried again)", e->skipped);
         unlock(e);
         return;
     }
-    adl_log_info(NULL, -1, "expiry: %d expired job(s), %d object(s) to "
-                 "delete", e->njobs, e->ndels);
+    adl_log_debug(NULL, -1, "expiry: %d expired job(s), %d object(s) to "
+                  "delete", e->njobs, e->ndels);
     e->state = EX_DELETING;
     deletes_pump(e);
+}
+
+static void
+lock_busy(adl_expiry_t *e, const char *holder, int64_t now)
+{
+    if (e->busy_since == 0) {
+        e->busy_since = now;
+        e->busy_count = 0;
+    }
+    e->busy_count++;
+    snprintf(e->holder, sizeof(e->holder), "%s",
+             holder != NULL && holder[0] ? holder : "another session");
+    adl_log_debug(NULL, -1, "expiry: skipped: the sweep lock is held by %s",
+                  e->holder);
+    if (now - e->busy_since >= REPORT_EVERY(e->w->settings)
+        && now - e->busy_said >= REPORT_EVERY(e->w->settings))
+    {
+        e->busy_said = now;
+        adl_log_info(NULL, -1, "expiry: no sweep here for %lld ms (%d "
+                     "skipped): the sweep lock is held by %s",
+                     (long long) (now - e->busy_since), e->busy_count,
+                     e->holder);
+    }
 }
 
 static void
 locked(void *data, PGresult *res)
 {
     adl_expiry_t  *e = data;
+    int64_t        now = adl_now_ms();
     char           limit[16];
     const char    *p[1];
 
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        if (res != NULL) {
-            adl_log_error(NULL, -1, "expiry: %s",
-                          PQresultErrorMessage(res));
-        }
+    if (res == NULL) {
+        sweep_reset(e);             /* with its session, the lock is gone */
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        adl_log_error(NULL, -1, "expiry: %s", PQresultErrorMessage(res));
         sweep_reset(e);
         return;
     }
     if (PQgetvalue(res, 0, 0)[0] != 't') {
-        sweep_reset(e);             /* another worker is sweeping */
+        lock_busy(e, PQgetisnull(res, 0, 1) ? NULL : PQgetvalue(res, 0, 1),
+                  now);
+        sweep_reset(e);
         return;
     }
-    snprintf(limit, sizeof(limit), "%d", JOBS_PER_SWEEP);
+    e->held = 1;
+    e->session = adl_db_session(e->w->db);
+    e->busy_since = 0;
+
+    snprintf(limit, sizeof(limit), "%d",
+             JOBS_PER_SWEEP + retries_waiting(e, now));
     p[0] = limit;
     e->state = EX_LISTING;
     if (adl_db_query(e->w->db, "SELECT job_id, object_key FROM "
                      "async_dl_expired($1::integer)", 1, p, listed, e) != 0)
     {
+        adl_log_error(NULL, -1, "expiry: out of memory");
         unlock(e);
     }
 }
@@ -364,17 +604,63 @@ adl_expiry_busy(const adl_expiry_t *e)
 void
 adl_expiry_tick(adl_expiry_t *e, int64_t now)
 {
+    int64_t  gap = e->last_tick ? now - e->last_tick : 0;
+
+    e->last_tick = now;
+    if (gap > TICK_LATE) {
+        adl_log_warn(NULL, -1, "expiry: not run for %lld ms: the worker "
+                     "loop's tick came late", (long long) gap);
+    }
+
+    if (e->state != EX_IDLE) {
+        if (e->state == EX_DELETING) {
+            deletes_check(e, now);
+        }
+        if (e->state != EX_IDLE
+            && now - e->started > REPORT_EVERY(e->w->settings)
+            && now - e->slow_said >= REPORT_EVERY(e->w->settings))
+        {
+            e->slow_said = now;
+            adl_log_warn(NULL, -1, "expiry: a sweep has been running for "
+                         "%lld ms (%s; %d job(s), %d of %d object(s) "
+                         "deleted, %d delete(s) running)",
+                         (long long) (now - e->started),
+                         state_names[e->state], e->njobs, e->deleted,
+                         e->ndels, e->running);
+        }
+        return;
+    }
     if (!adl_db_connected(e->w->db)) {
         return;
     }
-    if (e->state != EX_IDLE || e->w->stopping || now < e->next_at) {
+    if (!lock_lost(e)) {
+        /* a lock that could not be released with its sweep */
+        e->state = EX_UNLOCKING;
+        e->started = now;
+        if (adl_db_query(e->w->db, "SELECT pg_advisory_unlock("
+                         EXPIRY_LOCK ")", 0, NULL, unlocked, e) != 0)
+        {
+            e->state = EX_IDLE;
+        }
+        return;
+    }
+    if (e->w->stopping || now < e->next_at) {
         return;
     }
     e->next_at = now + e->w->settings->poll_interval;
     e->again = 0;
+    e->started = now;
     e->state = EX_LOCKING;
-    if (adl_db_query(e->w->db, "SELECT pg_try_advisory_lock(" EXPIRY_LOCK
-                     ")", 0, NULL, locked, e) != 0)
+    /* who holds the lock, when it is not granted: said in the log */
+    if (adl_db_query(e->w->db, "SELECT ok, CASE WHEN NOT ok THEN (SELECT "
+                     "'pid ' || l.pid || coalesce(' (' || a.application_name "
+                     "|| ')', '') FROM pg_locks l LEFT JOIN pg_stat_activity "
+                     "a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND "
+                     "l.classid = (" EXPIRY_LOCK " >> 32)::oid AND l.objid = "
+                     "(" EXPIRY_LOCK " & 4294967295)::oid AND l.objsubid = 1 "
+                     "AND l.granted LIMIT 1) END FROM "
+                     "(SELECT pg_try_advisory_lock(" EXPIRY_LOCK ") AS ok) t",
+                     0, NULL, locked, e) != 0)
     {
         e->state = EX_IDLE;
     }

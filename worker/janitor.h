@@ -1,10 +1,15 @@
 /*
  * janitor: periodic maintenance beside the transfers.  Today: removing
  * from storage the objects of deleted jobs, which the API queues in
- * async_dl_deleted_objects (sql/002_api.sql) and announces on
- * async_dl_deleted.  Rows are taken with DELETE ... RETURNING under SKIP
- * LOCKED, so each is handled by one worker; a failed storage delete puts
- * its row back for a later pass.
+ * async_dl_deleted_objects (sql/002_api.sql; bundle.c too, for a zip
+ * stored after its job went) and announces on async_dl_deleted.
+ *
+ * A row's deleted_at is when it is due: rows are taken under SKIP LOCKED
+ * and held for a lease (ASYNC_DL_LEASE) by moving deleted_at past it, so
+ * each is handled by one worker at a time; a row is removed only once its
+ * object is gone.  A failed storage delete makes its row due again after
+ * a backoff (ASYNC_DL_RETRY_BASE, doubled for each pass in a row that
+ * failed); a lost answer or a dead worker leaves it to its lease.
  */
 #ifndef ADL_JANITOR_H
 #define ADL_JANITOR_H
