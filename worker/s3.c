@@ -252,6 +252,8 @@ done(adl_http_req_t *http, CURLcode rc)
     const char    *op = op_names[r->op];
 
     curl_easy_getinfo(r->http.easy, CURLINFO_RESPONSE_CODE, &r->status);
+    r->reached = rc != CURLE_COULDNT_CONNECT && rc != CURLE_COULDNT_RESOLVE_HOST
+                 && rc != CURLE_COULDNT_RESOLVE_PROXY;
 
     if (rc != CURLE_OK) {
         snprintf(r->error, sizeof(r->error), "%s: %s", op,
@@ -405,6 +407,7 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
 
     r->ok = 0;
     r->transient = 0;
+    r->reached = 0;
     r->status = 0;
     r->etag[0] = '\0';
     r->retry_after[0] = '\0';

@@ -46,6 +46,7 @@ struct adl_s3_req_s {
     /* out */
     int                 ok;
     int                 transient;     /* worth trying again */
+    int                 reached;       /* it may have reached the storage */
     long                status;        /* 0: no answer */
     char                etag[128];
     char                retry_after[64];   /* the answer's Retry-After */

@@ -969,7 +969,7 @@ storage_done_ending(adl_xfer_t *x, adl_s3_op_t op, adl_s3_req_t *r)
     case S3_PUT:
     case S3_COMPLETE:
         /* stored, or no answer at all: the object may exist */
-        if (r->ok || r->status == 0) {
+        if (r->ok || (r->status == 0 && r->reached)) {
             x->object_maybe = 1;
         }
         x->object_stored = r->ok;
@@ -1032,7 +1032,7 @@ storage_done(adl_s3_req_t *r)
         return;
     }
 
-    if (!r->ok && (op == S3_PUT || op == S3_COMPLETE)
+    if (!r->ok && (op == S3_PUT || op == S3_COMPLETE) && r->reached
         && (r->status == 0 || r->status >= 500))
     {
         x->object_maybe = 1;        /* it may have been stored all the same */
