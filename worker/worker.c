@@ -274,15 +274,26 @@ on_notify(void *data, const char *channel, const char *payload)
 static void
 set_tick(adl_worker_t *w, int64_t ms)
 {
-    struct itimerspec  its;
+    struct itimerspec  its, cur;
 
     if (w->tick_ms == ms) {
         return;
     }
     memset(&its, 0, sizeof(its));
-    its.it_value.tv_sec = ms / 1000;
-    its.it_value.tv_nsec = (ms % 1000) * 1000000;
-    its.it_interval = its.it_value;
+    its.it_interval.tv_sec = ms / 1000;
+    its.it_interval.tv_nsec = (ms % 1000) * 1000000;
+    its.it_value = its.it_interval;
+    /* never push the next tick back: a loop that turns busy and idle
+     * more often than a tick would otherwise never tick at all (no
+     * lease renewal, no expiry, no query timeout while under load) */
+    if (timerfd_gettime(w->tickfd, &cur) == 0
+        && (cur.it_value.tv_sec != 0 || cur.it_value.tv_nsec != 0)
+        && (cur.it_value.tv_sec < its.it_value.tv_sec
+            || (cur.it_value.tv_sec == its.it_value.tv_sec
+                && cur.it_value.tv_nsec < its.it_value.tv_nsec)))
+    {
+        its.it_value = cur.it_value;
+    }
     timerfd_settime(w->tickfd, 0, &its, NULL);
     w->tick_ms = ms;
 }
