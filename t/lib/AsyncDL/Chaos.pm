@@ -172,13 +172,18 @@ my $T0;           # when the load started (epoch)
 sub say_ { $O{say}->(sprintf('[%6.1f] ', time - ($T0 // time)) . join '', @_) }
 
 # rows of a query, tab-separated columns; undef when PostgreSQL is away
+# (while running), a die at the end ($MUST: a check that cannot run must
+# not pass silently)
+our $MUST = 0;
+
 sub rows {
     my ($sql) = @_;
     my $s = adl();
+    my $err = "$DIR/psql.err";
     my $pid = open my $fh, '-|';
     die "fork: $!" unless defined $pid;
     if (!$pid) {
-        open STDERR, '>', '/dev/null';
+        open STDERR, '>', $err;
         { exec 'psql', '-X', '-q', '-At', '-F', "\t", '-v', 'ON_ERROR_STOP=1',
                '-h', '127.0.0.1', '-p', $s->{pg_port}, '-U', 'postgres',
                '-d', 'postgres', '-c', $sql }
@@ -186,7 +191,11 @@ sub rows {
     }
     local $/;
     my $out = <$fh>;
-    close $fh or return undef;
+    if (!close $fh) {
+        die "chaos: a check's query failed: " . slurp_file($err) . "on: $sql\n"
+            if $MUST;
+        return undef;
+    }
     return [map { [split /\t/, $_, -1] } grep { length } split /\n/, $out // ''];
 }
 
@@ -1327,6 +1336,7 @@ sub fmt_t { return sprintf '%.1f s', $_[0] - $T0 }
 sub finish_checks {
     my ($plan, $open) = @_;
     my $s = adl();
+    local $MUST = 1;
     my %F;                                   # figures
     my %plan = map { $_->{n} => $_ } @$plan;
 
