@@ -44,7 +44,7 @@ sub raw_http {
     my ($h, $content) = split /\r\n\r\n/, $resp, 2;
     my ($status) = ($h // '') =~ m{^HTTP/1\.[01] (\d+)};
     return { status => $status // 0, content => $content // '',
-             json => strict_json($content // '') };
+             json => scalar strict_json($content // '') };
 }
 
 # a 4xx with that code and a message like $re, in valid JSON

@@ -39,7 +39,7 @@ sub raw_http {
     my ($status) = ($h // '') =~ m{^HTTP/1\.[01] (\d+)};
     my ($ct) = ($h // '') =~ m{^Content-Type:\s*(\S+)}mi;
     return { status => $status // 0, content => $content // '',
-             type => $ct // '', json => strict_json($content // '') };
+             type => $ct // '', json => scalar strict_json($content // '') };
 }
 
 # a 4xx in valid JSON with that code; returns its message

@@ -20,8 +20,16 @@ my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $port,
                                 Listen => 128, ReuseAddr => 1, Proto => 'tcp')
     or die "listen 127.0.0.1:$port: $!\n";
 
-$SIG{CHLD} = sub { 1 while waitpid(-1, WNOHANG) > 0 };
-$SIG{TERM} = sub { exit 0 };
+# children serving /hang sleep for an hour: they go when the server does
+my %kids;
+my $parent = $$;
+$SIG{CHLD} = sub {
+    while ((my $k = waitpid(-1, WNOHANG)) > 0) { delete $kids{$k} }
+};
+$SIG{TERM} = sub {
+    kill 'KILL', keys %kids if $$ == $parent;
+    exit 0;
+};
 
 while (1) {
     my $c = $srv->accept or next;
@@ -29,9 +37,12 @@ while (1) {
     if (!defined $pid) { close $c; next }
     if ($pid == 0) {
         close $srv;
+        %kids = ();
+        $SIG{TERM} = 'DEFAULT';
         serve($c);
         exit 0;
     }
+    $kids{$pid} = 1;
     close $c;
 }
 

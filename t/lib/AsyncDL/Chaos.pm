@@ -172,13 +172,18 @@ my $T0;           # when the load started (epoch)
 sub say_ { $O{say}->(sprintf('[%6.1f] ', time - ($T0 // time)) . join '', @_) }
 
 # rows of a query, tab-separated columns; undef when PostgreSQL is away
+# (while running), a die at the end ($MUST: a check that cannot run must
+# not pass silently)
+our $MUST = 0;
+
 sub rows {
     my ($sql) = @_;
     my $s = adl();
+    my $err = "$DIR/psql.err";
     my $pid = open my $fh, '-|';
     die "fork: $!" unless defined $pid;
     if (!$pid) {
-        open STDERR, '>', '/dev/null';
+        open STDERR, '>', $err;
         { exec 'psql', '-X', '-q', '-At', '-F', "\t", '-v', 'ON_ERROR_STOP=1',
                '-h', '127.0.0.1', '-p', $s->{pg_port}, '-U', 'postgres',
                '-d', 'postgres', '-c', $sql }
@@ -186,7 +191,11 @@ sub rows {
     }
     local $/;
     my $out = <$fh>;
-    close $fh or return undef;
+    if (!close $fh) {
+        die "chaos: a check's query failed: " . slurp_file($err) . "on: $sql\n"
+            if $MUST;
+        return undef;
+    }
     return [map { [split /\t/, $_, -1] } grep { length } split /\n/, $out // ''];
 }
 
@@ -873,6 +882,38 @@ sub obj_sha {
     return ($d->hexdigest, -s $p);
 }
 
+# Where an object differs from the origin's file (kept in
+# $DIR/evidence/ for a look).
+sub diff_object {
+    my ($key, $url, $id) = @_;
+    my $s = adl();
+    my $obj = obj_path($key);
+    make_path("$DIR/evidence");
+    (my $copy = $id) =~ s{/}{_}g;
+    system('cp', $obj, "$DIR/evidence/$copy") == 0
+        or return 'could not keep a copy';
+    my $want;
+    if ($url =~ m{/(?:f|slow|slowchunked|chunked)/([^/?]+)}) {
+        $want = slurp_file("$s->{dir}/origin/f/$1");
+    } elsif ($url =~ m{/(?:reset|fail)/([\w.-]+)\?.*\bsize=(\d+)}) {
+        $want = flaky_bytes($1, $2);
+    }
+    return "kept in $DIR/evidence/$copy" unless defined $want;
+    my $got = slurp_file("$DIR/evidence/$copy");
+    my $at = 0;
+    my $n = min(length $got, length $want);
+    # first differing byte, 64 KiB at a time then byte by byte
+    $at += 65536 while $at + 65536 <= $n
+                       && substr($got, $at, 65536) eq substr($want, $at, 65536);
+    $at++ while $at < $n && substr($got, $at, 1) eq substr($want, $at, 1);
+    my $same_at = index($want, substr($got, $at, 64));
+    return sprintf("object %d bytes, origin %d; first difference at byte %d "
+                   . "(part size 5 MiB: part %d, +%d); the object's bytes "
+                   . "there are the origin's from byte %s; kept in %s",
+                   length $got, length $want, $at, int($at / (5 * $MIB)) + 1,
+                   $at % (5 * $MIB), $same_at, "$DIR/evidence/$copy");
+}
+
 # Every stored file and bundle not checked yet: its object against the
 # origin (files) or the recorded sha256 (bundles).
 sub verify_objects {
@@ -899,7 +940,8 @@ sub verify_objects {
                       . "origin serves no file there");
         } elsif ($got ne $want) {
             violation('wrong_bytes', $id, "file $id: object $key has sha256 "
-                      . "$got, the origin's is $want ($url)");
+                      . "$got, the origin's is $want ($url); "
+                      . diff_object($key, $url, $id));
         } elsif ($sha ne $want) {
             violation('wrong_bytes', $id, "file $id: recorded sha256 $sha, the "
                       . "origin's is $want");
@@ -1294,6 +1336,7 @@ sub fmt_t { return sprintf '%.1f s', $_[0] - $T0 }
 sub finish_checks {
     my ($plan, $open) = @_;
     my $s = adl();
+    local $MUST = 1;
     my %F;                                   # figures
     my %plan = map { $_->{n} => $_ } @$plan;
 
