@@ -116,6 +116,8 @@ struct adl_xfer_s {
     int                    kick_dl, kick_up; /* unpause from the loop */
     buf_t                  fill;             /* downloading into */
     buf_t                  up;               /* a full part to upload */
+    buf_t                  xml;              /* CompleteMultipartUpload's
+                                              * body, kept for its retries */
     int                    up_busy;          /* up is being uploaded */
     int                    up_stale;         /* ...but for old content */
     adl_s3_req_t           s3;
@@ -910,11 +912,13 @@ storage_pump(adl_xfer_t *x)
         storage_start(x, S3_PART, x->up.data, x->up.len);
         return;
     }
-    if (complete_body(x, &x->fill) != 0) {
+    /* its own buffer: after a failed Complete, fill must still be empty,
+     * or the retry would upload the XML as one more part */
+    if (complete_body(x, &x->xml) != 0) {
         xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "out of memory");
         return;
     }
-    storage_start(x, S3_COMPLETE, x->fill.data, x->fill.len);
+    storage_start(x, S3_COMPLETE, x->xml.data, x->xml.len);
 }
 
 static int
@@ -1420,6 +1424,7 @@ xfer_free(adl_xfer_t *x)
     adl_sha256_free(&x->sha);
     buf_free(&x->fill);
     buf_free(&x->up);
+    buf_free(&x->xml);
     for (i = 0; i < x->netags; i++) {
         free(x->etags[i]);
     }
