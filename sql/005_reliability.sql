@@ -371,7 +371,9 @@ BEGIN
 END $$;
 
 -- A claimed file ended.  p_worker is the claim's lease token.  p_status is
--- 'completed' or 'failed' (with an error code), or 'pending' to hand it
+-- 'completed' (p_object_key: where it is stored) or 'failed' (with an error
+-- code; p_object_key: where it would have been, removed by the janitor in
+-- case an earlier attempt stored something), or 'pending' to hand it
 -- back: retry at p_retry_at, with attempts set to p_attempts (a worker
 -- shutting down passes the attempts before its claim: not the file's
 -- fault).  Returns false when the file was not held by that claim.
@@ -417,12 +419,22 @@ BEGIN
                bytes_done = CASE WHEN p_status = 'completed' THEN p_size
                                  ELSE bytes_done END,
                content_type = p_content_type, sha256 = p_sha256,
-               object_key = p_object_key,
+               object_key = CASE WHEN p_status = 'completed'
+                                 THEN p_object_key END,
                attempts = greatest(attempts, p_attempts),
                error_code = p_error_code, error_message = p_error_message,
                completed_at = now(), updated_at = now()
          WHERE job_id = p_job AND idx = p_idx
         RETURNING * INTO n;
+    END IF;
+
+    -- a file that failed names the key its transfers wrote to: an earlier
+    -- attempt (a worker killed after the storage had committed) may have
+    -- left an object there that no row records
+    IF p_status = 'failed' AND p_object_key IS NOT NULL THEN
+        INSERT INTO async_dl_deleted_objects (job_id, object_key)
+        VALUES (p_job, p_object_key);
+        PERFORM pg_notify('async_dl_deleted', p_job::text);
     END IF;
 
     PERFORM async_dl_job_file_changed(f, n);

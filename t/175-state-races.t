@@ -179,6 +179,22 @@ sub finish_sql {
        'a hand-back that is not the file\'s fault costs no attempt');
 }
 
+# --- a failed file names its key: what an earlier attempt stored goes -------
+
+{
+    my $job = add_job(['http://x/0']);
+    psql("SELECT count(*) FROM async_dl_claim('w', 10, '1 min', 5) "
+         . "WHERE job_id = '$job'");
+    psql("SELECT async_dl_file_finish('$job', 0, " . lease_of($job, 0)
+         . ", 'failed', NULL, NULL, NULL, '$job/0/f.bin', 2, 'HTTP_STATUS', "
+         . "'404', NULL)");
+    is(psql("SELECT coalesce(object_key, 'none') FROM async_dl_files "
+            . "WHERE job_id = '$job'"), 'none', 'a failed file records no key');
+    is(psql("SELECT object_key FROM async_dl_deleted_objects "
+            . "WHERE job_id = '$job'"), "$job/0/f.bin",
+       'its key is queued for the janitor');
+}
+
 # --- defect 1: concurrent claims, ends and the sweep do not deadlock ---------
 
 {

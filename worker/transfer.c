@@ -1380,7 +1380,9 @@ write_result(adl_xfer_t *x)
     p[4] = x->outcome == OUT_STORED ? size : NULL;
     p[5] = x->outcome == OUT_STORED ? x->content_type : NULL;
     p[6] = x->outcome == OUT_STORED ? x->sha256 : NULL;
-    p[7] = x->outcome == OUT_STORED ? x->key : NULL;
+    /* failed: the key too, for the janitor to remove what an earlier
+     * attempt may have stored there */
+    p[7] = x->outcome != OUT_HAND_BACK ? x->key : NULL;
     p[8] = attempts;
     p[9] = x->outcome == OUT_FAILED ? x->error_code : NULL;
     p[10] = x->outcome == OUT_FAILED ? x->error : NULL;
