@@ -14,7 +14,7 @@ use Time::HiRes qw(sleep);
 
 my $s = adl();
 my $o = $s->{origin};
-start_worker(ASYNC_DL_TTL_COMPLETED => '2s', ASYNC_DL_TTL_FAILED => '2s',
+start_worker(ASYNC_DL_TTL_COMPLETED => '6s', ASYNC_DL_TTL_FAILED => '6s',
              ASYNC_DL_POLL_INTERVAL => '300ms',
              ASYNC_DL_IDLE_TIMEOUT => '4s', ASYNC_DL_CONNECT_TIMEOUT => '2s');
 origin_file('x.bin', 3000);
@@ -51,7 +51,10 @@ ok(wait_until(sub { rows($a) == 0 }, 20), 'removed once the lock is free');
 # --- the storage not answering --------------------------------------------
 
 my @jobs = map { add_job(["$o/f/x.bin"]) } 1 .. 3;
-is(wait_ended($_), 'completed', 'a job completes') for @jobs;
+my $in = join(',', map { "'$_'" } @jobs);
+ok(wait_until(sub { psql("SELECT count(*) FROM async_dl_jobs WHERE id IN "
+                         . "($in) AND status = 'completed'") == 3 }, 30),
+   'three jobs complete');
 my @keys = grep { my $k = $_; grep { index($k, $_) == 0 } @jobs } s3_keys();
 is(scalar(@keys), 3, 'their objects are stored');
 
