@@ -11,6 +11,7 @@ use strict;
 use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
+use AsyncDL::HTTPMsg;
 use IO::Socket::INET;
 use POSIX ();
 use Time::HiRes qw(time sleep);
@@ -22,28 +23,6 @@ my $o = $s->{origin};
 # and, for a PUT, holds the answer back $HOLD seconds after s3rver gave it.
 # One process a client connection, a new upstream connection a request.
 my $HOLD = 0.4;
-
-sub read_message {
-    my ($fh) = @_;
-    my $head = '';
-    while ($head !~ /\r\n\r\n\z/) {
-        sysread($fh, my $b, 1) or return;
-        $head .= $b;
-    }
-    my $body = '';
-    if ($head =~ /^Transfer-Encoding:\s*chunked/mi) {
-        while ($body !~ /(?:^|\r\n)0\r\n\r\n\z/) {
-            sysread($fh, my $b, 1) or return;
-            $body .= $b;
-        }
-    } elsif (my ($len) = $head =~ /^Content-Length:\s*(\d+)/mi) {
-        while (length $body < $len) {
-            sysread($fh, my $b, $len - length $body) or return;
-            $body .= $b;
-        }
-    }
-    return ($head, $body);
-}
 
 sub serve_client {
     my ($c) = @_;

@@ -13,6 +13,7 @@ use strict;
 use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
+use AsyncDL::HTTPMsg;
 use IO::Socket::INET;
 use POSIX ();
 use Socket qw(SOL_SOCKET SO_LINGER);
@@ -65,28 +66,6 @@ END { kill 'KILL', $pid if $pid }
 # answered 500 InternalError.
 my $fail_now = "$s->{dir}/stale-part.fail";
 my $held = "$s->{dir}/stale-part.held";
-
-sub read_message {
-    my ($fh) = @_;
-    my $head = '';
-    while ($head !~ /\r\n\r\n\z/) {
-        sysread($fh, my $b, 1) or return;
-        $head .= $b;
-    }
-    my $data = '';
-    if ($head =~ /^Transfer-Encoding:\s*chunked/mi) {
-        while ($data !~ /(?:^|\r\n)0\r\n\r\n\z/) {
-            sysread($fh, my $b, 1) or return;
-            $data .= $b;
-        }
-    } elsif (my ($len) = $head =~ /^Content-Length:\s*(\d+)/mi) {
-        while (length $data < $len) {
-            sysread($fh, my $b, $len - length $data) or return;
-            $data .= $b;
-        }
-    }
-    return ($head, $data);
-}
 
 my $px = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
                                Listen => 16, ReuseAddr => 1, Proto => 'tcp')

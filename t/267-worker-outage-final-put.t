@@ -8,6 +8,7 @@ use strict;
 use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
+use AsyncDL::HTTPMsg;
 use IO::Socket::INET;
 use POSIX ();
 use Time::HiRes qw(time sleep);
@@ -18,28 +19,6 @@ my $o = $s->{origin};
 # In front of s3rver: forwards each request as sent (SigV4 still holds)
 # and holds a PutObject's answer back $HOLD seconds after s3rver stored it.
 my $HOLD = 6;
-
-sub read_message {
-    my ($fh) = @_;
-    my $head = '';
-    while ($head !~ /\r\n\r\n\z/) {
-        sysread($fh, my $b, 1) or return;
-        $head .= $b;
-    }
-    my $data = '';
-    if ($head =~ /^Transfer-Encoding:\s*chunked/mi) {
-        while ($data !~ /(?:^|\r\n)0\r\n\r\n\z/) {
-            sysread($fh, my $b, 1) or return;
-            $data .= $b;
-        }
-    } elsif (my ($len) = $head =~ /^Content-Length:\s*(\d+)/mi) {
-        while (length $data < $len) {
-            sysread($fh, my $b, $len - length $data) or return;
-            $data .= $b;
-        }
-    }
-    return ($head, $data);
-}
 
 my $px = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
                                Listen => 16, ReuseAddr => 1, Proto => 'tcp')
