@@ -235,13 +235,26 @@ my $OWNER_PID = $$;
 
 # --- processes ------------------------------------------------------------
 
+# A port below the kernel's ephemeral range (32768-60999 by default): the
+# tests' own outbound connections take their local ports from that range, so
+# a port chosen there can be taken between this check and the server's bind
+# (PostgreSQL "did not start" under prove -j).  Random, so that test files
+# starting stacks at once rarely try the same one; bound to check it is free.
 sub free_port {
-    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                                  LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
-        or die "no free port: $!";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
+    my ($lo, $hi) = (20000, 32000);
+    if (open my $fh, '<', '/proc/sys/net/ipv4/ip_local_port_range') {
+        my ($elo) = split ' ', scalar <$fh>;
+        $hi = $elo - 1 if $elo && $elo - 1 < $hi && $elo - 1 > $lo + 1000;
+    }
+    for (1 .. 200) {
+        my $port = $lo + int rand($hi - $lo);
+        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                                      LocalPort => $port, Proto => 'tcp')
+            or next;
+        close $s;
+        return $port;
+    }
+    die "no free port in $lo-$hi\n";
 }
 
 sub wait_port {
