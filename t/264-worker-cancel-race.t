@@ -1,8 +1,10 @@
 # A cancel racing the end of a transfer (issue 9, defect 14): when a job
 # is canceled while its file's upload (PutObject) is under way or has just
 # answered, the storage may have stored the object all the same.  The
-# worker lets such a request answer, then asks the file's row, and deletes
-# the object when the file is canceled, failed or gone.  Many small
+# claim recorded the key (write_key); the cancel queues it for the janitor;
+# the worker lets such a request answer, then asks the file's row, which
+# queues the key again when the file is canceled, failed or gone (the
+# upload may have committed after the janitor's delete).  Many small
 # transfers, each canceled at a different moment around its end; the
 # storage holds each PutObject's answer back for a while after it stored
 # the object, so that cancels land between the two.  At the end the bucket
@@ -11,51 +13,15 @@ use strict;
 use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
-use AsyncDL::HTTPMsg;
-use IO::Socket::INET;
-use POSIX ();
 use Time::HiRes qw(time sleep);
 
 my $s = adl();
 my $o = $s->{origin};
 
-# In front of s3rver: forwards each request as sent (SigV4 still holds)
-# and, for a PUT, holds the answer back $HOLD seconds after s3rver gave it.
-# One process a client connection, a new upstream connection a request.
-my $HOLD = 0.4;
-
-sub serve_client {
-    my ($c) = @_;
-    while (my ($head, $body) = read_message($c)) {
-        my $up = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                       PeerPort => $s->{s3_port},
-                                       Proto => 'tcp') or return;
-        syswrite($up, $head . $body) or return;
-        my ($rhead, $rbody) = read_message($up) or return;
-        close $up;
-        sleep $HOLD if $head =~ /^PUT /;
-        syswrite($c, $rhead . $rbody) or return;
-    }
-}
-
-my $hold = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                 Listen => 64, ReuseAddr => 1, Proto => 'tcp')
-    or die "listen: $!";
-my $ep = 'http://127.0.0.1:' . $hold->sockport;
-my $hold_pid = fork // die "fork: $!";
-if ($hold_pid == 0) {
-    $SIG{CHLD} = 'IGNORE';
-    while (1) {
-        my $c = $hold->accept or next;
-        my $k = fork;
-        if (!defined $k || $k) { close $c; next }
-        close $hold;
-        serve_client($c);
-        POSIX::_exit(0);
-    }
-}
-close $hold;
-END { kill 'KILL', $hold_pid if $hold_pid }
+# The fault proxy in front of s3rver holds each PUT's answer back 0.4 s
+# after s3rver gave it (the object is stored; the worker does not know yet).
+my $ep = s3_proxy();
+s3_fault('delay', match => 'PUT ', delay => 0.4, when => 'response');
 
 origin_file('race.bin', 48 * 1024);
 start_worker(ASYNC_DL_S3_ENDPOINT => $ep, ASYNC_DL_POLL_INTERVAL => '500ms');
@@ -101,7 +67,12 @@ ok(wait_until(sub {
          . "NOT IN ('completed', 'failed', 'canceled')") == 0
 }, 60, 'every job to end'), 'every job ended');
 
-# the worker is done with them: nothing in flight, nothing left to delete
+# the worker is done with them: nothing in flight; its janitor has
+# deleted what the cancels and the orphan checks queued
+ok(wait_until(sub {
+    psql("SELECT count(*) FROM async_dl_deleted_objects WHERE job_id IN "
+         . "($list)") == 0
+}, 30, 'the janitor to delete what was queued'), 'nothing left to delete');
 stop_worker('TERM');
 my %job = map { $_ => 1 } @jobs;
 my %recorded = map { $_ => 1 } split /\n/, psql(
@@ -115,7 +86,7 @@ is("@orphans", '', 'no object in the bucket that no completed file '
 
 my $canceled = psql("SELECT count(*) FROM async_dl_files WHERE job_id IN "
                     . "($list) AND status = 'canceled'");
-my $deleted = () = worker_log() =~ /the file is canceled: deleting/g;
+my $deleted = () = worker_log() =~ /the file is canceled: \S+ queued/g;
 diag("$canceled of " . scalar(@jobs) . " files canceled; $deleted objects "
      . "stored by a raced upload deleted");
 cmp_ok($canceled, '>', 0, 'some cancels came before the end');

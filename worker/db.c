@@ -92,6 +92,8 @@ struct query_s {
     void              *data;
     int                nparams;
     int                internal;     /* LISTEN, SELECT 1: ours */
+    int                live;         /* answered NULL, not kept, when the
+                                        connection fails before it ran */
     char              *sql;
     char              *params[];
 };
@@ -298,9 +300,9 @@ enqueue(adl_db_t *db, query_t *q, int front)
     db->tail = q;
 }
 
-int
-adl_db_query(adl_db_t *db, const char *sql, int nparams,
-    const char *const *params, adl_db_result_pt cb, void *data)
+static int
+query_add(adl_db_t *db, const char *sql, int nparams,
+    const char *const *params, adl_db_result_pt cb, void *data, int live)
 {
     query_t  *q = query_new(sql, nparams, params);
 
@@ -310,9 +312,24 @@ adl_db_query(adl_db_t *db, const char *sql, int nparams,
     }
     q->cb = cb;
     q->data = data;
+    q->live = live;
     enqueue(db, q, 0);
     db_send_next(db);
     return 0;
+}
+
+int
+adl_db_query(adl_db_t *db, const char *sql, int nparams,
+    const char *const *params, adl_db_result_pt cb, void *data)
+{
+    return query_add(db, sql, nparams, params, cb, data, 0);
+}
+
+int
+adl_db_query_live(adl_db_t *db, const char *sql, int nparams,
+    const char *const *params, adl_db_result_pt cb, void *data)
+{
+    return query_add(db, sql, nparams, params, cb, data, 1);
 }
 
 static void
@@ -942,27 +959,41 @@ db_fail(adl_db_t *db, const char *why)
     db->result = NULL;
 
     /* drop our own queries; those of the worker wait for the next
-     * connection, except the one that was running: it learns of the
-     * failure */
-    q = db->running;
-    db->running = NULL;
-    if (q != NULL) {
-        q->cb(q->data, NULL);
-        query_free(q);
-    }
+     * connection, except the one that was running and the live ones:
+     * they learn of the failure */
     {
-        query_t  **pp = &db->head;
+        query_t  **pp = &db->head, *gone = NULL, **gp = &gone;
 
         db->tail = NULL;
         while (*pp != NULL) {
             q = *pp;
-            if (q->internal) {
+            if (q->internal || q->live) {
                 *pp = q->next;
-                query_free(q);
+                q->next = NULL;
+                if (q->internal) {
+                    query_free(q);
+                } else {
+                    *gp = q;
+                    gp = &q->next;
+                }
                 continue;
             }
             db->tail = q;
             pp = &q->next;
+        }
+
+        /* the callbacks last: they may queue queries again */
+        q = db->running;
+        db->running = NULL;
+        if (q != NULL) {
+            q->next = gone;
+            gone = q;
+        }
+        while (gone != NULL) {
+            q = gone;
+            gone = q->next;
+            q->cb(q->data, NULL);
+            query_free(q);
         }
     }
 

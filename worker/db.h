@@ -52,4 +52,11 @@ uint64_t adl_db_session(const adl_db_t *db);
 int adl_db_query(adl_db_t *db, const char *sql, int nparams,
     const char *const *params, adl_db_result_pt cb, void *data);
 
+/* The same for a query that must not outlive its connection: when the
+ * connection fails before it ran, its callback gets NULL at once instead
+ * of it waiting for the next connection.  A claim is one: queued before
+ * an outage, it would run after the results queued during it. */
+int adl_db_query_live(adl_db_t *db, const char *sql, int nparams,
+    const char *const *params, adl_db_result_pt cb, void *data);
+
 #endif /* ADL_DB_H */

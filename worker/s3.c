@@ -2,7 +2,6 @@
  * s3: builds, signs and starts one storage request on the "storage" multi
  * handle, and reads its outcome (status, ETag, UploadId, S3 <Error>).
  */
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,66 +44,6 @@ void
 adl_s3_destroy(adl_s3_t *s3)
 {
     free(s3);
-}
-
-
-/* --- object keys ------------------------------------------------------ */
-
-int
-adl_s3_object_key(const adl_settings_t *s, const char *job, int idx,
-    const char *name, const char *url, char *out, size_t len)
-{
-    char         clean[161];
-    const char  *src = name, *end;
-    size_t       n = 0, srclen;
-    int          rc;
-
-    if (src == NULL || src[0] == '\0') {
-        /* the last segment of the URL's path, without query or fragment */
-        const char  *p = strstr(url, "://");
-
-        p = p ? p + 3 : url;
-        end = p + strcspn(p, "?#");
-        src = end;
-        while (src > p && src[-1] != '/') {
-            src--;
-        }
-        if (src == p) {             /* no path at all: only a host */
-            src = end;
-        }
-        srclen = (size_t) (end - src);
-    } else {
-        /* a name is a file name: no folders */
-        const char  *slash;
-
-        while ((slash = strpbrk(src, "/\\")) != NULL && slash[1] != '\0') {
-            src = slash + 1;
-        }
-        srclen = strcspn(src, "/\\");
-    }
-
-    /* keep what is safe in a key and a URL; anything else becomes '_',
-     * runs of '_' collapse; no leading dots (no "." or "..") */
-    for (; srclen > 0 && n < sizeof(clean) - 1; src++, srclen--) {
-        unsigned char  c = (unsigned char) *src;
-        char           o = (isalnum(c) || c == '.' || c == '-' || c == '_')
-                           ? (char) c : '_';
-
-        if (o == '.' && n == 0) {
-            continue;
-        }
-        if (o == '_' && n > 0 && clean[n - 1] == '_') {
-            continue;
-        }
-        clean[n++] = o;
-    }
-    clean[n] = '\0';
-    if (n == 0 || strcmp(clean, "_") == 0) {
-        strcpy(clean, "download");
-    }
-
-    rc = snprintf(out, len, "%s%s/%d/%s", s->s3_prefix, job, idx, clean);
-    return rc < 0 || (size_t) rc >= len ? -1 : 0;
 }
 
 

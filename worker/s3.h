@@ -93,8 +93,4 @@ int adl_s3_sign(adl_s3_t *s3, const char *method, const char *key,
 CURL *adl_s3_easy(adl_s3_t *s3, const char *url, struct curl_slist *headers,
     char *errbuf);
 
-/* The object key of a file: PREFIX<job>/<idx>/<sanitised name>. */
-int adl_s3_object_key(const adl_settings_t *s, const char *job, int idx,
-    const char *name, const char *url, char *out, size_t len);
-
 #endif /* ADL_S3_H */

@@ -16,7 +16,7 @@
  * answer, others are stopped; then, at the same time, the multipart upload
  * is aborted and the result written (none on cancel).  When an object may
  * have been stored that no completed row of ours records, the file's row
- * decides whether it is an orphan to delete (check_orphan).
+ * decides whether it is an orphan for the janitor (check_orphan).
  *
  * Storage, chosen at the first byte of a 200 response:
  * - the size is known and above a part (and at most 5 GiB): one PUT
@@ -834,7 +834,7 @@ storage_start(adl_xfer_t *x, adl_s3_op_t op, const char *body, size_t len)
 
     if (adl_s3_start(x->w->s3, r) != 0) {
         r->op = S3_NONE;
-        if (op != S3_ABORT && op != S3_DELETE) {
+        if (op != S3_ABORT) {
             xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
         }
         return -1;
@@ -983,12 +983,6 @@ storage_done_ending(adl_xfer_t *x, adl_s3_op_t op, adl_s3_req_t *r)
         if (!r->ok) {
             XLOG(ADL_LOG_WARN, x, "could not abort the multipart upload %s: "
                  "%s", x->upload_id, r->error);
-        }
-        break;
-    case S3_DELETE:
-        if (!r->ok) {
-            XLOG(ADL_LOG_WARN, x, "could not delete the orphan object: %s",
-                 r->error);
         }
         break;
     default:
@@ -1274,11 +1268,12 @@ adl_xfer_process_ends(adl_worker_t *w)
 }
 
 /*
- * An object may be stored but no completed row of ours records it.  When
- * nobody will store the file again (the job or file is gone, canceled or
- * failed) the object is an orphan: delete it.  When the file is pending,
- * or another worker holds or completed it, the key is the same and the
- * object is theirs: keep it.
+ * An object may be stored but no completed row of ours records it.  The
+ * database decides (async_dl_file_orphan): when nobody will store the file
+ * again (the job or file is gone, canceled or failed) it queues the key
+ * for the janitor, which deletes it with retries; when the file is
+ * pending, or another claim holds or completed it, the key is the same and
+ * the object is theirs.
  */
 static void
 orphan_result(void *data, PGresult *res)
@@ -1296,15 +1291,12 @@ orphan_result(void *data, PGresult *res)
         XLOG(ADL_LOG_ERROR, x, "checking the file for an orphan object "
              "failed: %s", PQresultErrorMessage(res));
     } else {
-        st = PQntuples(res) == 0 ? "gone" : PQgetvalue(res, 0, 0);
+        st = PQgetvalue(res, 0, 0);
         if (strcmp(st, "gone") == 0 || strcmp(st, "canceled") == 0
             || strcmp(st, "failed") == 0)
         {
-            XLOG(ADL_LOG_INFO, x, "the file is %s: deleting %s", st, x->key);
-            if (storage_start(x, S3_DELETE, NULL, 0) != 0) {
-                XLOG(ADL_LOG_WARN, x, "could not delete the orphan object: "
-                     "%s", x->s3.error);
-            }
+            XLOG(ADL_LOG_INFO, x, "the file is %s: %s queued for deletion",
+                 st, x->key);
         }
     }
     end_advance(x);
@@ -1314,14 +1306,14 @@ static int
 check_orphan(adl_xfer_t *x)
 {
     char         idx[16];
-    const char  *p[2];
+    const char  *p[3];
 
     snprintf(idx, sizeof(idx), "%d", x->idx);
     p[0] = x->job->id;
     p[1] = idx;
-    if (adl_db_query(x->w->db, "SELECT status FROM async_dl_files WHERE "
-                     "job_id = $1::uuid AND idx = $2::integer", 2, p,
-                     orphan_result, x) != 0)
+    p[2] = x->key;
+    if (adl_db_query(x->w->db, "SELECT async_dl_file_orphan($1::uuid, "
+                     "$2::integer, $3)", 3, p, orphan_result, x) != 0)
     {
         return -1;
     }
@@ -1380,9 +1372,9 @@ write_result(adl_xfer_t *x)
     p[4] = x->outcome == OUT_STORED ? size : NULL;
     p[5] = x->outcome == OUT_STORED ? x->content_type : NULL;
     p[6] = x->outcome == OUT_STORED ? x->sha256 : NULL;
-    /* failed: the key too, for the janitor to remove what an earlier
-     * attempt may have stored there */
-    p[7] = x->outcome != OUT_HAND_BACK ? x->key : NULL;
+    /* (a failed file's key is queued for the janitor by the database,
+     * which recorded it at the claim) */
+    p[7] = x->outcome == OUT_STORED ? x->key : NULL;
     p[8] = attempts;
     p[9] = x->outcome == OUT_FAILED ? x->error_code : NULL;
     p[10] = x->outcome == OUT_FAILED ? x->error : NULL;
@@ -1645,7 +1637,6 @@ adl_xfer_t *
 adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
 {
     adl_xfer_t  *x;
-    char         key[1024];
 
     x = calloc(1, sizeof(adl_xfer_t));
     if (x == NULL) {
@@ -1661,10 +1652,8 @@ adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
     x->lease_until = c->claimed_at + w->settings->lease;
     x->url = strdup(c->url);
     x->lease = strdup(c->lease);
-    if (x->url == NULL || x->lease == NULL
-        || adl_s3_object_key(w->settings, c->job_id, c->idx, c->name, c->url,
-                             key, sizeof(key)) != 0
-        || (x->key = strdup(key)) == NULL
+    x->key = strdup(c->key);
+    if (x->url == NULL || x->lease == NULL || x->key == NULL
         || adl_sha256_init(&x->sha) != 0)
     {
         adl_sha256_free(&x->sha);

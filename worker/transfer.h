@@ -18,9 +18,9 @@ typedef struct {
     const char  *job_id;
     int          idx;
     const char  *url;
-    const char  *name;          /* NULL: from the URL */
     int          attempts;      /* transfers started, this claim included */
     const char  *lease;         /* this claim's lease token */
+    const char  *key;           /* the object key, recorded by the claim */
     int64_t      claimed_at;    /* adl_now_ms() when the claim was sent */
 } adl_claim_t;
 

@@ -119,9 +119,9 @@ claim_result(void *data, PGresult *res)
         c.job_id = PQgetvalue(res, i, 0);
         c.idx = atoi(PQgetvalue(res, i, 1));
         c.url = PQgetvalue(res, i, 2);
-        c.name = PQgetisnull(res, i, 3) ? NULL : PQgetvalue(res, i, 3);
         c.attempts = atoi(PQgetvalue(res, i, 4));
         c.lease = PQgetvalue(res, i, 6);
+        c.key = PQgetvalue(res, i, 3);
         c.claimed_at = w->claim_sent;
 
         /* ours again: the lease ran out while the database was away.  The
@@ -158,7 +158,7 @@ maybe_claim(adl_worker_t *w)
 {
     const adl_settings_t  *s = w->settings;
     char                   limit[16], lease[32], max[16];
-    const char            *p[4];
+    const char            *p[5];
     int                    room = (int) s->concurrency - w->nxfers;
     int                    batch = (int) s->concurrency / 4;
 
@@ -179,11 +179,17 @@ maybe_claim(adl_worker_t *w)
     p[1] = limit;
     p[2] = lease;
     p[3] = max;
-    if (adl_db_query(w->db, "SELECT job_id, idx, url, name, attempts, "
-                     "greatest(0, extract(epoch FROM deadline - "
-                     "clock_timestamp()) * 1000)::bigint, lease "
-                     "FROM async_dl_claim($1, $2::integer, $3::interval, "
-                     "$4::integer)", 4, p, claim_result, w) == 0)
+    p[4] = s->s3_prefix;
+    /* the claim names and records the key each transfer writes to; it
+     * dies with its connection, so that on the next one the results
+     * queued meanwhile (an object stored after its lease ran out) are
+     * written before any claim can take those files again */
+    if (adl_db_query_live(w->db, "SELECT job_id, idx, url, write_key, "
+                          "attempts, greatest(0, extract(epoch FROM "
+                          "deadline - clock_timestamp()) * 1000)::bigint, "
+                          "lease FROM async_dl_claim($1, $2::integer, "
+                          "$3::interval, $4::integer, $5)", 5, p,
+                          claim_result, w) == 0)
     {
         w->claiming = 1;
         w->claim_sent = adl_now_ms();

@@ -27,7 +27,10 @@
 #                "used" counts them (the proxy updates it under flock)
 #   rate         fraction of the matching requests that get the fault (1)
 #   retry_after  slowdown/error500: a Retry-After header with these seconds
-#   delay        delay: seconds to wait before forwarding
+#   delay        delay: seconds to wait before forwarding (when "request",
+#                the default), or to hold the answer once the storage has
+#                given it (when "response": the request is done upstream,
+#                the client waits, and can be killed meanwhile)
 #   when         reset: "response" (default; forward the request, send half
 #                of the answer's first bytes, then a TCP reset) or "request"
 #                (reset after the request head, before anything is forwarded)
@@ -284,7 +287,7 @@ sub upstream_connect {
 # whether the connection may carry another request.  $reset: send only half
 # of the answer's first bytes, then reset both sides.
 sub relay {
-    my ($head, $method, $req_f, $req_h, $reset) = @_;
+    my ($head, $method, $req_f, $req_h, $reset, $hold) = @_;
     upstream_connect() or bye('reset');
     write_all($upstream, $head) or bye('reset');
 
@@ -336,6 +339,7 @@ sub relay {
                 next;
             }
             # relay as is; parse to find the end of the answer
+            if ($hold) { sleep $hold; $hold = 0 }
             write_all($client, $got) or bye();
             $resp .= $got;
             while (length $resp && !$resp_done) {
@@ -404,8 +408,15 @@ sub serve {
             write_all($client, $a) or bye();
             next;
         }
-        sleep $rule->{delay} // 1 if $fault eq 'delay';
-        relay($head, $method, $req_f, \%h, $fault eq 'reset') or bye();
+        my $hold = 0;
+        if ($fault eq 'delay') {
+            if (($rule->{when} // '') eq 'response') {
+                $hold = $rule->{delay} // 1;
+            } else {
+                sleep $rule->{delay} // 1;
+            }
+        }
+        relay($head, $method, $req_f, \%h, $fault eq 'reset', $hold) or bye();
     }
 }
 

@@ -13,8 +13,8 @@ schema's state changes
 
 Each session is its own psql process (its own connection) against the
 stack's PostgreSQL; C<psql_wait> returns its exit code and its output
-(stdout and stderr).  C<pg_log> is the server's log so far, to look for
-"deadlock detected".
+(stdout and stderr).  AsyncDL::Test's C<pg_log> is the server's log so
+far, to look for "deadlock detected".
 
 =cut
 
@@ -23,7 +23,7 @@ use warnings;
 use Exporter 'import';
 use AsyncDL::Test;
 
-our @EXPORT = qw(psql_bg psql_wait pg_log);
+our @EXPORT = qw(psql_bg psql_wait);
 
 sub psql_bg {
     my ($sql) = @_;
@@ -51,11 +51,5 @@ sub psql_wait {
     return ($rc, <$fh> // '');
 }
 
-sub pg_log {
-    my $s = adl();
-    open my $fh, '<', "$s->{dir}/logs/postgresql.log" or return '';
-    local $/;
-    return <$fh> // '';
-}
 
 1;

@@ -139,6 +139,8 @@ requests and kept-alive connections alike:
     s3_fault('reset')                 forward, then reset mid-answer
     s3_fault('reset', when => 'request')     reset before forwarding
     s3_fault('delay', delay => 2)     wait 2 s, then forward
+    s3_fault('delay', delay => 2, when => 'response')
+                                      forward, hold the answer 2 s
 
 Options: C<match =E<gt> 'partNumber'> only requests whose request line
 ("PUT /bucket/key?partNumber=1&uploadId=... HTTP/1.1") contains that
