@@ -12,6 +12,40 @@
 #include <openssl/hmac.h>
 #include "adl_sigv4.h"
 
+/* SHA-256, fetched once by adl_crypto_init() where OpenSSL 3 fetches
+ * algorithms: an implicit fetch that fails (out of memory) at the first
+ * digest is not tried again, and would leave the process without SHA-256
+ * for good.  Without the init (the nginx module), EVP_sha256(). */
+static EVP_MD  *adl_md_sha256;
+
+static const EVP_MD *
+sha256_md(void)
+{
+    return adl_md_sha256 != NULL ? adl_md_sha256 : EVP_sha256();
+}
+
+int
+adl_crypto_init(void)
+{
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    if (adl_md_sha256 == NULL) {
+        adl_md_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    }
+    return adl_md_sha256 != NULL ? 0 : -1;
+#else
+    return 0;
+#endif
+}
+
+void
+adl_crypto_cleanup(void)
+{
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    EVP_MD_free(adl_md_sha256);
+#endif
+    adl_md_sha256 = NULL;
+}
+
 #define ADL_ALGO      "AWS4-HMAC-SHA256"
 #define ADL_STR(s)    ((s) != NULL ? (s) : "")
 #define ADL_LC(c)     (((c) >= 'A' && (c) <= 'Z') ? (c) + ('a' - 'A') : (c))
@@ -370,7 +404,7 @@ adl_sign(const adl_sigv4_creds_t *c, const adl_sigv4_req_t *r,
     }
     memset(&s, 0, sizeof(s));
     s.md = md;
-    s.err = (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1);
+    s.err = (EVP_DigestInit_ex(md, sha256_md(), NULL) != 1);
 
     adl_puts(&s, r->method);
     adl_put(&s, "\n", 1);
@@ -683,7 +717,7 @@ adl_sha256_hex(const void *data, size_t len, char out[65])
     unsigned char  md[EVP_MAX_MD_SIZE];
     unsigned int   n = 0;
 
-    if (EVP_Digest(data, len, md, &n, EVP_sha256(), NULL) != 1 || n != 32) {
+    if (EVP_Digest(data, len, md, &n, sha256_md(), NULL) != 1 || n != 32) {
         return -1;
     }
     adl_hex(md, 32, out);
@@ -697,7 +731,7 @@ adl_hmac_sha256(const void *key, size_t keylen, const void *data,
     unsigned int  n = 0;
 
     if (keylen > INT_MAX
-        || HMAC(EVP_sha256(), key, (int) keylen, data, len, out, &n) == NULL
+        || HMAC(sha256_md(), key, (int) keylen, data, len, out, &n) == NULL
         || n != 32)
     {
         return -1;
@@ -710,7 +744,7 @@ adl_sha256_init(adl_sha256_t *ctx)
 {
     ctx->md = EVP_MD_CTX_new();
     return (ctx->md != NULL
-            && EVP_DigestInit_ex(ctx->md, EVP_sha256(), NULL) == 1) ? 0 : -1;
+            && EVP_DigestInit_ex(ctx->md, sha256_md(), NULL) == 1) ? 0 : -1;
 }
 
 int

@@ -93,6 +93,11 @@ int adl_s3_locate(const char *endpoint, const char *bucket,
 ssize_t adl_uri_encode(const char *in, size_t inlen, char *out, size_t len,
     int keep_slash);
 
+/* Fetches SHA-256 once for the process (OpenSSL 3); -1 when it cannot.
+ * Optional: without it each digest uses EVP_sha256(). */
+int adl_crypto_init(void);
+void adl_crypto_cleanup(void);
+
 int adl_sha256_hex(const void *data, size_t len, char out[65]);
 int adl_hmac_sha256(const void *key, size_t keylen, const void *data,
     size_t len, unsigned char out[32]);

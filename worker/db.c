@@ -118,6 +118,9 @@ struct adl_db_s {
     int64_t                retry_at;
     int                    backoff;
     uint64_t               session;      /* connections lost so far */
+    char                   fail_why[256];  /* failed sending: db_fail
+                                              from the loop, not the
+                                              caller of adl_db_query */
 
     /* where to connect; NULL targets: the URL as it is (no lookup) */
     target_t              *targets;
@@ -369,13 +372,29 @@ queue_internal(adl_db_t *db, const char *sql, int front)
     return 0;
 }
 
+/* Sending failed: the connection is given up from the loop (the next
+ * event or tick), never inside db_send_next's caller, which may be
+ * adl_db_query's: a callback run from there (NULL, connection lost) would
+ * run before its caller had noted the query as sent. */
+static void
+fail_soon(adl_db_t *db, const char *why)
+{
+    snprintf(db->fail_why, sizeof(db->fail_why), "%s",
+             why[0] != '\0' ? why : "sending a query failed");
+    if (db->fd >= 0) {
+        watch(db, db->fd, EPOLLIN | EPOLLOUT);      /* wakes the loop */
+    }
+}
+
 static void
 db_send_next(adl_db_t *db)
 {
     query_t  *q;
     int       rc;
 
-    if (db->state != DB_READY || db->running != NULL || db->head == NULL) {
+    if (db->state != DB_READY || db->running != NULL || db->head == NULL
+        || db->fail_why[0] != '\0')
+    {
         return;
     }
     q = db->head;
@@ -394,14 +413,13 @@ db_send_next(adl_db_t *db)
                                (const char *const *) q->params, NULL, NULL,
                                0);
     }
-    if (!rc) {
-        db_fail(db, PQerrorMessage(db->conn));
-        return;
+    if (rc) {
+        rc = PQflush(db->conn);
+    } else {
+        rc = -1;
     }
-
-    rc = PQflush(db->conn);
     if (rc < 0) {
-        db_fail(db, PQerrorMessage(db->conn));
+        fail_soon(db, PQerrorMessage(db->conn));
         return;
     }
     watch(db, db->fd, EPOLLIN | (rc == 1 ? EPOLLOUT : 0));
@@ -945,6 +963,7 @@ db_fail(adl_db_t *db, const char *why)
     }
     adl_log_error(NULL, -1, "database: connection lost: %.*s", (int) len,
                   why);
+    db->fail_why[0] = '\0';
 
     db->session++;                  /* its session state is gone */
     watch(db, -1, 0);
@@ -1159,6 +1178,10 @@ adl_db_event(adl_db_t *db, uint32_t events)
 {
     int  rc;
 
+    if (db->fail_why[0] != '\0') {
+        db_fail(db, db->fail_why);
+        return;
+    }
     switch (db->state) {
     case DB_RESOLVING:
         lookup_end(db, 0);
@@ -1192,6 +1215,10 @@ adl_db_event(adl_db_t *db, uint32_t events)
 void
 adl_db_tick(adl_db_t *db, int64_t now)
 {
+    if (db->fail_why[0] != '\0') {
+        db_fail(db, db->fail_why);
+        return;
+    }
     switch (db->state) {
     case DB_DOWN:
         if (now >= db->retry_at) {

@@ -24,6 +24,9 @@ struct adl_http_s {
     int        in_callback;     /* inside socket_action: no re-entry */
 };
 
+/* after libcurl failed in socket_action (out of memory) */
+#define RETRY_MS  100
+
 static void check_multi_info(adl_http_t *h);
 
 static int
@@ -189,10 +192,29 @@ check_multi_info(adl_http_t *h)
     }
 }
 
+/* libcurl's state machines for a socket event or the timer.  When it
+ * fails (out of memory in the middle of a transfer) it may not have armed
+ * its timer again, and a transfer with no socket event coming would stall
+ * until its deadline: the timer is armed here, to drive them again soon. */
+static void
+socket_action(adl_http_t *h, curl_socket_t fd, int action)
+{
+    int        running;
+    CURLMcode  mc;
+
+    mc = curl_multi_socket_action(h->multi, fd, action, &running);
+    if (mc != CURLM_OK) {
+        adl_log_warn(NULL, -1, "curl_multi_socket_action: %s; again in "
+                     "%d ms", curl_multi_strerror(mc), RETRY_MS);
+        timer_cb(h->multi, RETRY_MS, h);
+    }
+    check_multi_info(h);
+}
+
 void
 adl_http_socket_event(adl_http_t *h, int fd, uint32_t events)
 {
-    int  running, action = 0;
+    int  action = 0;
 
     if (events & EPOLLIN) {
         action |= CURL_CSELECT_IN;
@@ -203,21 +225,18 @@ adl_http_socket_event(adl_http_t *h, int fd, uint32_t events)
     if (events & (EPOLLERR | EPOLLHUP)) {
         action |= CURL_CSELECT_ERR;
     }
-    curl_multi_socket_action(h->multi, fd, action, &running);
-    check_multi_info(h);
+    socket_action(h, fd, action);
 }
 
 void
 adl_http_timer_event(adl_http_t *h)
 {
     uint64_t  count;
-    int       running;
     ssize_t   n;
 
     n = read(h->timerfd, &count, sizeof(count));
     (void) n;
-    curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
-    check_multi_info(h);
+    socket_action(h, CURL_SOCKET_TIMEOUT, 0);
 }
 
 

@@ -13,6 +13,7 @@
 
 #include <curl/curl.h>
 
+#include "adl_sigv4.h"
 #include "db.h"
 #include "expiry.h"
 #include "log.h"
@@ -75,11 +76,19 @@ main(int argc, char **argv)
         return 1;
     }
 
+    if (adl_crypto_init() != 0) {
+        adl_log_error(NULL, -1, "OpenSSL has no SHA-256");
+        curl_global_cleanup();
+        adl_settings_free(&s);
+        return 1;
+    }
+
     rc = migrate_at_start(&s, 1);
     if (rc == 0) {
         rc = adl_worker_run(&s);
     }
 
+    adl_crypto_cleanup();
     curl_global_cleanup();
     adl_settings_free(&s);
     return rc == 0 ? 0 : 1;

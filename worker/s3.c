@@ -476,6 +476,7 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
     if (adl_http_start(s3->http, &r->http) != 0) {
         snprintf(r->error, sizeof(r->error), "%s: cannot start",
                  op_names[r->op]);
+        r->transient = 1;           /* out of memory in libcurl */
         release(r);
         return -1;
     }
@@ -484,6 +485,7 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
 
 nomem:
     snprintf(r->error, sizeof(r->error), "out of memory");
+    r->transient = 1;
     release(r);
     return -1;
 }

@@ -157,6 +157,7 @@ static int check_orphan(adl_xfer_t *x);
 static void stream_start(adl_xfer_t *x);
 static void stored(adl_xfer_t *x);
 static void storage_done(adl_s3_req_t *r);
+static void storage_later(adl_xfer_t *x, adl_s3_req_t *r);
 static void stop_download(adl_xfer_t *x);
 
 #define MAX_SINGLE_PUT    (5LL * 1024 * 1024 * 1024)
@@ -547,14 +548,19 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
         return CURL_WRITEFUNC_PAUSE;
     }
 
-    if (adl_sha256_update(&x->sha, data, n) != 0) {
-        fail_in_callback(x, "DOWNLOAD_FAILED", 0, "SHA-256 failed");
+    /* room first, for this part and (when the data completes it) the
+     * next one, which is the empty upload buffer: a failure then changes
+     * nothing, neither the buffers nor the SHA-256, and the retry resumes
+     * from x->received with both right */
+    first = x->fill.len + n > part ? part - x->fill.len : n;
+    if (buf_reserve(&x->fill, x->fill.len + first, part) != 0
+        || (n > first && buf_reserve(&x->up, n - first, part) != 0))
+    {
+        fail_in_callback(x, "DOWNLOAD_FAILED", 1, "out of memory");
         return 0;
     }
-
-    first = x->fill.len + n > part ? part - x->fill.len : n;
-    if (buf_reserve(&x->fill, x->fill.len + first, part) != 0) {
-        fail_in_callback(x, "DOWNLOAD_FAILED", 1, "out of memory");
+    if (adl_sha256_update(&x->sha, data, n) != 0) {
+        fail_in_callback(x, "DOWNLOAD_FAILED", 0, "SHA-256 failed");
         return 0;
     }
     memcpy(x->fill.data + x->fill.len, data, first);
@@ -567,10 +573,6 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
         x->fill = tmp;
         x->fill.len = 0;
         if (n > first) {
-            if (buf_reserve(&x->fill, n - first, part) != 0) {
-                fail_in_callback(x, "DOWNLOAD_FAILED", 1, "out of memory");
-                return 0;
-            }
             memcpy(x->fill.data, data + first, n - first);
             x->fill.len = n - first;
         }
@@ -834,8 +836,11 @@ storage_start(adl_xfer_t *x, adl_s3_op_t op, const char *body, size_t len)
 
     if (adl_s3_start(x->w->s3, r) != 0) {
         r->op = S3_NONE;
+        if (op == S3_PART) {
+            x->up_busy = 0;         /* the same part again */
+        }
         if (op != S3_ABORT) {
-            xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
+            storage_later(x, r);
         }
         return -1;
     }
@@ -915,7 +920,9 @@ storage_pump(adl_xfer_t *x)
     /* its own buffer: after a failed Complete, fill must still be empty,
      * or the retry would upload the XML as one more part */
     if (complete_body(x, &x->xml) != 0) {
-        xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "out of memory");
+        snprintf(x->s3.error, sizeof(x->s3.error), "out of memory");
+        x->s3.transient = 1;
+        storage_later(x, &x->s3);
         return;
     }
     storage_start(x, S3_COMPLETE, x->xml.data, x->xml.len);
@@ -1016,6 +1023,23 @@ storage_retry_in(adl_xfer_t *x, const adl_s3_req_t *r)
     return delay;
 }
 
+/* A storage request that failed, could not start or could not be
+ * recorded (out of memory): the same step again after a backoff, within
+ * storage_retry_in's bounds; else the file fails. */
+static void
+storage_later(adl_xfer_t *x, adl_s3_req_t *r)
+{
+    int64_t  delay = storage_retry_in(x, r);
+
+    if (delay >= 0) {
+        XLOG(ADL_LOG_WARN, x, "storage: %s; retrying in %lld ms", r->error,
+             (long long) delay);
+        x->s3_retry_at = adl_now_ms() + delay;
+        return;
+    }
+    xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
+}
+
 static void
 storage_done(adl_s3_req_t *r)
 {
@@ -1071,14 +1095,7 @@ storage_done(adl_s3_req_t *r)
                 }
             }
         }
-        delay = storage_retry_in(x, r);
-        if (delay >= 0) {
-            XLOG(ADL_LOG_WARN, x, "storage: %s; retrying in %lld ms",
-                 r->error, (long long) delay);
-            x->s3_retry_at = adl_now_ms() + delay;
-            return;
-        }
-        xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
+        storage_later(x, r);
         return;
     }
     x->s3_tries = 0;
@@ -1089,14 +1106,19 @@ storage_done(adl_s3_req_t *r)
         if (x->upload_id == NULL) {
             XLOG(ADL_LOG_WARN, x, "out of memory: multipart upload %s left "
                  "unaborted", r->new_upload_id);
-            xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "out of memory");
+            snprintf(r->error, sizeof(r->error), "out of memory");
+            r->transient = 1;
+            storage_later(x, r);    /* a new upload then */
             return;
         }
         break;
 
     case S3_PART:
         if (!x->up_stale && record_etag(x, x->up_part, r->etag) != 0) {
-            xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "out of memory");
+            snprintf(r->error, sizeof(r->error), "out of memory");
+            r->transient = 1;
+            x->up_busy = 0;         /* the same part again */
+            storage_later(x, r);
             return;
         }
         x->up_busy = 0;

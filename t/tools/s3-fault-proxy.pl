@@ -274,7 +274,15 @@ sub drain_body {
     }
 }
 
+# The kept-alive upstream connection, or a new one.  s3rver (Node) closes
+# a connection idle for 5 s: one that is readable between answers has been
+# closed (or sent something unasked) and is not used again, as a proxy
+# would not, or the next request would be answered with a reset.
 sub upstream_connect {
+    if ($upstream && IO::Select->new($upstream)->can_read(0)) {
+        close $upstream;
+        undef $upstream;
+    }
     return $upstream if $upstream;
     $upstream = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
                                       PeerPort => $up_port, Proto => 'tcp',
