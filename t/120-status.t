@@ -84,12 +84,24 @@ psql("SELECT async_dl_file_finish('$id', 1, (SELECT lease_owner FROM async_dl_fi
      . "'HTTP_STATUS', 'the origin answered 404', NULL)");
 $r = request('GET', "/v1/download/status/$id", \%alice);
 $j = $r->{json};
+is($j->{status}, 'processing', 'files ended, one stored: processing, its zip first');
+is($j->{progress}, 99, 'progress 99');
+is($j->{bundle}{status}, 'pending', 'the zip is pending');
+ok(!defined $j->{completedAt}, 'no completedAt yet');
+
+# a builder (played here) fails to make the zip: the job completes
+psql("SELECT count(*) FROM async_dl_bundle_claim('b', '1 minute', 3)");
+psql("SELECT async_dl_bundle_finish('$id', 'b', 'failed', NULL, NULL, NULL, "
+     . "NULL, 'reading k/0: HTTP 404', NULL)");
+$r = request('GET', "/v1/download/status/$id", \%alice);
+$j = $r->{json};
 is($j->{status}, 'completed', 'completed: one file stored');
 is($j->{progress}, 100, 'progress 100');
 is($j->{completedFiles}, 1, 'completedFiles');
 is($j->{failedFiles}, 1, 'failedFiles');
 ok(defined $j->{completedAt}, 'completedAt');
-ok(!defined $j->{downloadUrl}, 'a multi-file job has no bundle link yet');
+ok(!defined $j->{downloadUrl}, 'a zip that failed: no bundle link');
+is($j->{bundle}{status}, 'failed', 'the zip failed');
 is($j->{files}[0]{downloadUrl}, "/v1/download/$id/files/0", 'file link');
 is($j->{files}[0]{contentType}, 'application/octet-stream', 'contentType');
 is($j->{files}[0]{size}, 1024, 'size');

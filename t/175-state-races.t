@@ -87,8 +87,42 @@ sub finish_sql {
 
     psql(finish_sql($job, 2, 1000));
     is(psql("SELECT status || ' ' || completed_files || ' ' || bytes_done "
-            . "FROM async_dl_jobs WHERE id = '$job'"), 'completed 3 3000',
-       'the last file ends the job with the right figures');
+            . "|| ' ' || bundle_status FROM async_dl_jobs WHERE id = '$job'"),
+       'processing 3 3000 pending',
+       'the last file ends the files with the right figures; the zip next');
+}
+
+# --- issue 10: the zip's end completes the job; a cancel races it ------------------
+
+for my $first (qw(finish cancel)) {
+    my $job = add_job(['http://x/0', 'http://x/1']);
+    psql("SELECT count(*) FROM async_dl_claim('w', 10, '1 min', 5)");
+    psql(finish_sql($job, $_, 10)) for 0, 1;
+    # its zip claimed by builder b (played: other jobs' zips wait too)
+    psql("UPDATE async_dl_jobs SET bundle_status = 'building', "
+         . "bundle_lease_owner = 'b', bundle_lease_until = now() + "
+         . "interval '1 min', bundle_attempts = 1 WHERE id = '$job'");
+    my $finish = "SELECT async_dl_bundle_finish('$job', 'b', 'completed', "
+               . "'k/$job/$job.zip', 20, 'x', 2, NULL, NULL)";
+    my $cancel = "SELECT async_dl_job_cancel('$job', '')";
+    # the first holds the job's row a while; the other comes meanwhile
+    my $a = psql_bg("BEGIN; " . ($first eq 'finish' ? $finish : $cancel)
+                    . "; SELECT pg_sleep(0.8); COMMIT;");
+    sleep 0.3;
+    my $b = psql_bg($first eq 'finish' ? $cancel : $finish);
+    my ($arc, $aout) = psql_wait($a);
+    my ($brc, $bout) = psql_wait($b);
+    is("$arc $brc", '0 0', "$first first: both went through")
+        or diag("$aout $bout");
+    is(psql("SELECT status || ' ' || coalesce(bundle_status, '-') || ' ' || "
+            . "(completed_at IS NOT NULL) FROM async_dl_jobs WHERE id = '$job'"),
+       $first eq 'finish' ? 'completed completed true' : 'canceled - true',
+       "$first first: " . ($first eq 'finish'
+                           ? 'completed with its zip, the cancel too late'
+                           : 'canceled, the zip dropped, its finish refused'));
+    like($bout, $first eq 'finish' ? qr/completed/ : qr/\bf\b/,
+         "$first first: the other learnt it");
+    is(counts_drift(), 'queued 0 owners 0', "$first first: the limits' counts");
 }
 
 # --- defect 5: a hand-back, then the next claim ------------------------------
@@ -242,10 +276,10 @@ sub finish_sql {
     is(counts_drift(), 'queued 0 owners 0', 'the limits\' counts are right');
     is(counters_drift(), '', 'no job\'s counters drifted');
     is(psql("SELECT count(*) FROM async_dl_jobs j WHERE status IN "
-            . "('queued', 'processing') AND NOT EXISTS (SELECT 1 FROM "
-            . "async_dl_files f WHERE f.job_id = j.id AND f.status IN "
-            . "('pending', 'downloading'))"), 0,
-       'no unfinished job without unfinished files');
+            . "('queued', 'processing') AND bundle_status IS NULL AND NOT "
+            . "EXISTS (SELECT 1 FROM async_dl_files f WHERE f.job_id = j.id "
+            . "AND f.status IN ('pending', 'downloading'))"), 0,
+       'no unfinished job without unfinished files or a zip to build');
 }
 
 # --- defect 9: the deadline sweep has an index -------------------------------

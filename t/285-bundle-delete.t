@@ -39,12 +39,13 @@ sub three_files {
     return $r->{json}{jobId};
 }
 
-# Deletes the job ($how: the API's function, or the row alone) as soon as
-# its bundle is being built.
+# Deletes or cancels the job ($how: the API's DELETE, a cancel, or the row
+# alone) as soon as its bundle is being built.
 sub delete_while_building {
     my ($id, $how) = @_;
     my $del = $how eq 'api' ? "PERFORM async_dl_job_delete('$id', '')"
-                            : "DELETE FROM async_dl_jobs WHERE id = '$id'";
+            : $how eq 'cancel' ? "PERFORM async_dl_job_cancel('$id', '')"
+            : "DELETE FROM async_dl_jobs WHERE id = '$id'";
     return psql(<<"SQL");
 DO \$\$
 DECLARE st text;
@@ -75,7 +76,7 @@ my $id = three_files();
 delete_while_building($id, 'row');
 ok(wait_until(sub { worker_log() =~ /job=\Q$id\E bundle: (result not recorded|stopped)|job=\Q$id\E bundle stopped/ }, 60),
    'the build learnt that the job is gone');
-ok(wait_until(sub { worker_log() =~ /job=\Q$id\E bundle: the job is gone or its bundle failed: \S+ queued for deletion/ }, 30),
+ok(wait_until(sub { worker_log() =~ /job=\Q$id\E bundle: the job is gone or canceled, or its bundle failed: \S+ queued for deletion/ }, 30),
    'the zip it stored is queued for deletion');
 gone('a zip finished after its job went', zip_key($id));
 is(psql("SELECT count(*) FROM async_dl_deleted_objects WHERE job_id = '$id'"),
@@ -88,6 +89,16 @@ delete_while_building($id, 'api');
 ok(wait_until(sub { job_keys($id) == 0 }, 30, "$id to leave the bucket"),
    'DELETE during the build: no object of the job is left')
     or diag(join "\n", job_keys($id));
+
+# --- a cancel while the zip is built (the job is still processing) ----------------
+
+$id = three_files();
+delete_while_building($id, 'cancel');
+is(job_status($id), 'canceled', 'cancel during the build: the job is canceled');
+is(psql("SELECT coalesce(bundle_status, 'none') FROM async_dl_jobs WHERE "
+        . "id = '$id'"), 'none', 'its zip is dropped');
+gone('cancel during the build: the zip', zip_key($id));
+is(scalar(grep { !/\.zip$/ } job_keys($id)), 3, 'its stored files stay');
 
 # --- DELETE after the zip was stored ------------------------------------------
 

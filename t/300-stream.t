@@ -118,14 +118,27 @@ is(names(@evs), 'file progress', 'file 1 failed: file, then progress');
 is($evs[0]{json}{error}{code}, 'HTTP_STATUS', 'file event: its error');
 
 finish($job, 2, 'completed', 2000);
-@evs = $st->until_event(qr/^(completed|failed|canceled)$/, 5);
-is(names(@evs), 'file completed', 'last file: file, then completed');
+@evs = $st->until_event(qr/^progress$/, 5);
+is(names(@evs), 'file progress', 'last file: file, then progress');
 is($evs[0]{json}{index}, 2, 'file event: index 2');
-is($evs[1]{json}{status}, 'completed', 'completed: full status');
-is(scalar @{ $evs[1]{json}{files} }, 3, 'with its files');
+is($evs[1]{json}{status}, 'processing', 'still processing: its zip first');
+is($evs[1]{json}{progress}, 99, 'at 99%');
+
+# a builder (played here) stores the zip: then, and only then, completed
+psql("SELECT count(*) FROM async_dl_bundle_claim('b', '30 seconds', 3)");
+psql("SELECT async_dl_bundle_finish('$job', 'b', 'completed', "
+     . "'k/$job/$job.zip', 3000, " . q_('cd' x 32) . ", 2, NULL, NULL)");
+@evs = $st->until_event(qr/^(completed|failed|canceled)$/, 5);
+like(names(@evs), qr/^(progress )?completed$/,
+     'zip stored: completed (after a progress for "building", or not)');
+my $fin = $evs[-1];
+is($fin->{json}{status}, 'completed', 'completed: full status');
+is(scalar @{ $fin->{json}{files} }, 3, 'with its files');
+is($fin->{json}{bundle}{status}, 'completed', 'and its zip, stored');
+is($fin->{json}{progress}, 100, 'at 100%');
 ok($st->wait_closed(2), 'the server ends the stream after completed');
 ok(!grep({ !defined $_->{id} } @{ $st->{events} }), 'every event had an id');
-my $final_id = $evs[1]{id};
+my $final_id = $fin->{id};
 
 # --- reconnects and an ended job --------------------------------------------
 

@@ -891,7 +891,8 @@ cleanup_result(void *data, PGresult *res)
         BLOG(ADL_LOG_ERROR, b, "bundle: queuing %s for deletion failed: %s",
              b->key, PQresultErrorMessage(res));
     } else if (atoi(PQgetvalue(res, 0, 0)) > 0) {
-        BLOG(ADL_LOG_INFO, b, "bundle: the job is gone or its bundle failed: "
+        BLOG(ADL_LOG_INFO, b, "bundle: the job is gone or canceled, or its "
+             "bundle failed: "
              "%s queued for deletion", b->key);
         adl_janitor_kick(b->owner->w->janitor);
     }
@@ -901,8 +902,8 @@ cleanup_result(void *data, PGresult *res)
 /*
  * The build may have stored its zip, which no job records: the key goes
  * to the janitor's queue when no build can write it again (the job is
- * gone, or its bundle failed for good); else (the lease passed to another
- * build, which writes the same key) it stays.
+ * gone or canceled, or its bundle failed for good); else (the lease passed
+ * to another build, which writes the same key, or stored it) it stays.
  */
 static void
 cleanup(bundle_t *b)
@@ -919,8 +920,8 @@ cleanup(bundle_t *b)
     if (adl_db_query(b->owner->w->db, "WITH q AS (INSERT INTO "
                      "async_dl_deleted_objects (job_id, object_key) SELECT "
                      "$1::uuid, $2 WHERE NOT EXISTS (SELECT 1 FROM "
-                     "async_dl_jobs WHERE id = $1::uuid AND "
-                     "coalesce(bundle_status, '') <> 'failed') RETURNING 1) "
+                     "async_dl_jobs WHERE id = $1::uuid AND bundle_status "
+                     "IN ('pending', 'building', 'completed')) RETURNING 1) "
                      "SELECT count(*) FROM q", 2, p, cleanup_result, b) != 0)
     {
         BLOG(ADL_LOG_ERROR, b, "bundle: out of memory: %s may be left in "
