@@ -39,7 +39,7 @@
 
 #define BUNDLES_AT_ONCE   2         /* per worker process */
 #define MAX_ATTEMPTS      3
-#define READ_CHUNK        (1024 * 1024)
+#define READ_CHUNK        (8 * 1024 * 1024)
 #define S3_TRIES          8         /* storage: 0.5 s doubled, ~1 min */
 #define S3_RETRY_BASE     500
 #define NAME_MAX_BYTES    200
