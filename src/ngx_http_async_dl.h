@@ -115,6 +115,8 @@ typedef struct {
     ngx_http_async_dl_done_pt       done;          /* the query's result */
     ngx_str_t                       error_body;    /* json_error */
     void                           *stream;        /* ROUTE_STREAM: sse.c */
+    ngx_uint_t                      stream_status; /* an initiate answered
+                                                      as its job's stream */
 
     unsigned                        replied:1;     /* our own answer */
     unsigned                        revalidate:1;  /* no-cache, not no-store */

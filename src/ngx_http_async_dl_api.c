@@ -17,6 +17,7 @@
 #include <ngx_md5.h>
 
 #include "ngx_http_async_dl.h"
+#include "ngx_http_async_dl_sse.h"
 
 
 enum {
@@ -51,6 +52,7 @@ static void ngx_http_async_dl_initiate_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_async_dl_initiate_start(ngx_http_request_t *r);
 static ngx_int_t ngx_http_async_dl_body(ngx_http_request_t *r,
     ngx_str_t *body);
+static ngx_uint_t ngx_http_async_dl_accepts_stream(ngx_http_request_t *r);
 static ngx_int_t ngx_http_async_dl_initiate_done(ngx_http_request_t *r,
     PGresult *res);
 static ngx_int_t ngx_http_async_dl_status_done(ngx_http_request_t *r,
@@ -468,9 +470,63 @@ ngx_http_async_dl_initiate_done(ngx_http_request_t *r, PGresult *res)
         status = NGX_HTTP_ACCEPTED;
     }
 
+    if (ngx_http_async_dl_accepts_stream(r)) {
+
+        /* answered as the job's event stream; the id outlives the result */
+
+        ctx->job_id.data = ngx_pnalloc(r->pool, len);
+        if (ctx->job_id.data == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_memcpy(ctx->job_id.data, id, len);
+        ctx->stream_status = status;
+
+        return ngx_http_async_dl_stream(r);
+    }
+
     return ngx_http_async_dl_send_json(r, status,
                                        (u_char *) PQgetvalue(res, 0, 2),
                                        PQgetlength(res, 0, 2));
+}
+
+
+/* Accept: text/event-stream (a client that wants the stream, seed 004) */
+
+static ngx_uint_t
+ngx_http_async_dl_accepts_stream(ngx_http_request_t *r)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return 0;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof("Accept") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Accept",
+                               sizeof("Accept") - 1) == 0
+            && ngx_strlcasestrn(h[i].value.data,
+                                h[i].value.data + h[i].value.len,
+                                (u_char *) "text/event-stream",
+                                sizeof("text/event-stream") - 1 - 1)
+               != NULL)
+        {
+            return 1;
+        }
+    }
 }
 
 

@@ -1370,7 +1370,9 @@ ngx_http_async_dl_sse_start(ngx_http_async_dl_sse_sub_t *sub)
 
     ctx->replied = 1;
 
-    r->headers_out.status = NGX_HTTP_OK;
+    /* 202 (or 200, replayed) for an initiate that asked for the stream */
+    r->headers_out.status = ctx->stream_status ? ctx->stream_status
+                                               : NGX_HTTP_OK;
     r->headers_out.content_length_n = -1;
     ngx_str_set(&r->headers_out.content_type, "text/event-stream");
     r->headers_out.content_type_len = r->headers_out.content_type.len;

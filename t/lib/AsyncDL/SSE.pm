@@ -16,9 +16,11 @@ events read one at a time, with deadlines
     ok($s->wait_closed(2), 'the server ended the stream');
 
 C<sse_open($path_or_url, \%headers, %opt)> connects (to the harness's
-nginx unless given a full URL), sends a GET, reads the status line and the
+nginx unless given a full URL), sends a GET (or C<$opt{method}> with
+C<$opt{body}>: a streaming initiate), reads the status line and the
 headers (chunked bodies are decoded).  C<$opt{port}> overrides the port.
-A non-200 answer keeps its body in C<{body}> (and C<{json}>).
+An answer other than 200 or 202 keeps its body in C<{body}> (and
+C<{json}>).
 Heartbeat events are skipped unless C<< $s->{heartbeats} >> is set (they
 are still kept in C<< $s->{events} >>).
 
@@ -48,10 +50,13 @@ sub sse_open {
                                      Proto => 'tcp', Timeout => 5)
         or die "connect $host:$port: $!";
     $sock->blocking(0);
-    my $req = "GET $path HTTP/1.1\r\nHost: localhost\r\n"
+    my $method = $opt{method} // 'GET';
+    my $req = "$method $path HTTP/1.1\r\nHost: localhost\r\n"
             . "Accept: text/event-stream\r\n";
     $req .= "$_: $headers->{$_}\r\n" for sort keys %{ $headers || {} };
-    $req .= "\r\n";
+    $req .= "Content-Length: " . length($opt{body}) . "\r\n"
+        if defined $opt{body};
+    $req .= "\r\n" . ($opt{body} // '');
     syswrite($sock, $req) == length $req or die "write: $!";
 
     my $self = bless { sock => $sock, raw => '', body_buf => '',
@@ -76,7 +81,7 @@ sub sse_open {
                        =~ /chunked/i;
     $self->_decode;
 
-    if ($self->{status} != 200) {
+    if ($self->{status} !~ /^20[02]$/) {
         $self->wait_closed($opt{timeout} // 5)
             if !defined $self->{headers}{'content-length'}
                || length($self->{body_buf}) < $self->{headers}{'content-length'};
