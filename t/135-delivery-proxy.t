@@ -9,6 +9,7 @@ use strict;
 use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
+use AsyncDL::Transfer qw(child_pids watch_download);
 use IO::Socket::INET;
 use Time::HiRes qw(sleep time);
 
@@ -33,7 +34,6 @@ location \@async_dl_storage {
     proxy_max_temp_file_size 0;
     proxy_connect_timeout 2s;
 }
-location = /disk/big.bin { alias \$ADL_DIR/origin/f/big.bin; }
 EOF
 }
 
@@ -237,27 +237,6 @@ is($r->{content}, "second\n", 'a file of it, through nginx');
 
 # --- a large file: nginx's memory stays flat ---------------------------------
 
-sub worker_pids {
-    my ($master) = @_;
-    opendir my $d, '/proc' or die $!;
-    my @pids;
-    for my $pid (grep { /^\d+$/ } readdir $d) {
-        open my $fh, '<', "/proc/$pid/stat" or next;
-        my ($ppid) = (<$fh> // '') =~ /^\d+ \(.*\) \S (\d+)/;
-        push @pids, $pid if ($ppid // 0) == $master;
-    }
-    return @pids;
-}
-
-sub rss_kib {
-    my $sum = 0;
-    for my $pid (@_) {
-        open my $fh, '<', "/proc/$pid/status" or next;
-        while (<$fh>) { $sum += $1 if /^VmRSS:\s+(\d+)/ }
-    }
-    return $sum;
-}
-
 {
     my $size = 200 * 1024 * 1024;
     my $big = sparse_file('big.bin', $size);
@@ -268,28 +247,21 @@ sub rss_kib {
     my $bsha = file_sha256($big);
     my ($bid) = stored([{ url => "$o/f/big.bin", name => 'big.bin' }]);
 
-    my @workers = grep { $_ != $s->{nginx_pid} } worker_pids($s->{nginx_pid});
-    ok(@workers, 'the nginx worker processes found') or diag("master $s->{nginx_pid}");
-    my $before = rss_kib(@workers);
+    my @workers = child_pids($s->{nginx_pid});
+    ok(@workers, 'the nginx worker processes found');
     my $out = "$s->{dir}/big.out";
-    my $pid = fork // die;
-    if (!$pid) {
-        exec 'curl', '-sS', '-o', $out, '-H', 'X-User: alice',
-             '--limit-rate', '100m',
-             "http://127.0.0.1:$s->{port}/v1/download/$bid";
-    }
-    my $peak = $before;
-    while (waitpid($pid, 1) == 0) {    # WNOHANG
-        my $now = rss_kib(@workers);
-        $peak = $now if $now > $peak;
-        sleep 0.05;
-    }
-    is($?, 0, 'curl fetched it');
+    my $t = watch_download("http://127.0.0.1:$s->{port}/v1/download/$bid",
+                           \@workers, headers => ['X-User: alice'],
+                           out => $out, rate => '200m');
+    is($t->{status}, 0, 'curl fetched it');
     is(-s $out, $size, 'all 200 MiB');
     is(file_sha256($out), $bsha, 'the right SHA-256');
-    my $growth = ($peak - $before) / 1024;
-    cmp_ok($growth, '<', 64, sprintf('nginx workers grew by %.1f MiB (< 64)', $growth));
-    diag(sprintf('RSS of the nginx workers: %d KiB before, %d KiB at most', $before, $peak));
+    my $growth = ($t->{rss_peak} - $t->{rss_before}) / 1024;
+    cmp_ok($growth, '<', 64,
+           sprintf('nginx workers grew by %.1f MiB (< 64)', $growth));
+    diag(sprintf('RSS of the nginx workers: %d KiB before, %d KiB at most; '
+                 . '%.0f MiB/s', $t->{rss_before}, $t->{rss_peak},
+                 $size / 1048576 / $t->{seconds}));
     unlink $out;
 }
 
