@@ -32,7 +32,9 @@ location \@async_dl_storage {
     proxy_pass_request_body off;
     proxy_set_header Range \$async_dl_storage_range;
     proxy_max_temp_file_size 0;
+    add_header Cache-Control "private, no-cache";
     proxy_connect_timeout 2s;
+    proxy_read_timeout 2s;
 }
 EOF
 }
@@ -83,6 +85,7 @@ is($r->{headers}{'accept-ranges'}, 'bytes', 'Accept-Ranges');
 ok(!(grep { /^x-amz-/i } keys %{ $r->{headers} }), 'no x-amz-* header')
     or diag(explain($r->{headers}));
 ok(!exists $r->{headers}{location}, 'no Location');
+is($r->{headers}{'cache-control'}, 'private, no-cache', 'Cache-Control');
 
 $r = request('GET', "/v1/download/$id/files/0", \%alice);
 ok($r->{status} == 200 && $r->{content} eq $bytes, 'files/0: the same bytes');
@@ -232,6 +235,24 @@ is($r->{content}, "second\n", 'a file of it, through nginx');
     is($r->{status}, 502, 'the storage unreachable: 502');
     is($r->{json}{error}{code}, 'STORAGE_UNAVAILABLE', 'STORAGE_UNAVAILABLE');
     like($r->{headers}{'content-type'}, qr{application/json}, 'JSON');
+
+    # through the S3 fault proxy: late, then cut short
+    s3_proxy();
+    start_nginx(config(), s3_endpoint => '$ADL_S3_PROXY');
+    is(request('GET', "/v1/download/$id", \%alice)->{content}, $bytes,
+       'through the fault proxy: the bytes');
+    s3_fault('delay', delay => 4);
+    $r = request('GET', "/v1/download/$id", \%alice);
+    is($r->{status}, 504, 'the storage late (proxy_read_timeout): 504');
+    is($r->{json}{error}{code}, 'STORAGE_TIMEOUT', 'STORAGE_TIMEOUT');
+    s3_fault('reset');
+    $r = request('GET', "/v1/download/$id", \%alice);
+    ok(!($r->{status} == 200 && $r->{content} eq $bytes),
+       "the storage cut mid-answer: no whole answer ($r->{status})");
+    s3_fault('pass');
+    sleep 0.2;
+    is(request('GET', "/v1/download/$id", \%alice)->{content}, $bytes,
+       'then the bytes again');
     start_nginx(config());
 }
 
