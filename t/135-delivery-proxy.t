@@ -133,6 +133,22 @@ $r = request('GET', "/v1/download/$id",
                'If-Range' => 'Thu, 01 Jan 2015 00:00:00 GMT' });
 is($r->{status}, 200, 'If-Range with a date: the whole file');
 
+# --- hostile ranges: whatever the storage makes of them, nginx stays up -----
+
+for my $h ({ Range => 'bytes=abc' }, { Range => 'bytes=5-1' },
+           { Range => 'bytes=0-1,5-6' }, { Range => 'bytes=' . ('9' x 4000) },
+           { Range => 'bytes=0-1', 'If-Range' => '"' . ('x' x 6000) . '"' },
+           { Range => "bytes=0-1", 'If-Range' => "W/\"$sha\"" }) {
+    my $what = join ' ', map { "$_: " . substr($h->{$_}, 0, 20) } sort keys %$h;
+    $r = request('GET', "/v1/download/$id", { %alice, %$h });
+    ok($r->{status} =~ /^(200|206|416|502)$/, "$what: $r->{status}")
+        or diag(substr($r->{content}, 0, 300));
+    ok($r->{status} < 400 || $r->{json}{error}{code}, '  JSON when an error');
+    ok($r->{status} != 206 || !$h->{'If-Range'}, '  a weak If-Range never ranges');
+}
+is(request('GET', "/v1/download/$id", \%alice)->{content}, $bytes,
+   'then a download as usual');
+
 # --- conditional requests, answered by nginx against the ETag ----------------
 
 $r = request('GET', "/v1/download/$id", { %alice, 'If-None-Match' => "\"$sha\"" });
