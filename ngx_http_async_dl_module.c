@@ -242,6 +242,13 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
       offsetof(ngx_http_async_dl_loc_conf_t, max_timeout),
       &ngx_http_async_dl_job_timeout_bounds },
 
+    { ngx_string("async_dl_delivery"),
+      NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_async_dl_delivery_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("async_dl_heartbeat"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -431,6 +438,9 @@ ngx_http_async_dl_handler(ngx_http_request_t *r)
         }
         return ngx_http_async_dl_download(r);
 
+    case NGX_HTTP_ASYNC_DL_ROUTE_LINKS:
+        return ngx_http_async_dl_links(r);
+
     default: /* NGX_HTTP_ASYNC_DL_ROUTE_FILE */
         if (ctx->index < 0) {
             return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
@@ -445,7 +455,7 @@ ngx_http_async_dl_handler(ngx_http_request_t *r)
 /*
  * The part of the URI after {p}:
  *   health | initiate | jobs | status/{id} | stream/{id}
- *   {id} | {id}/cancel | {id}/files/{index}
+ *   {id} | {id}/cancel | {id}/links | {id}/files/{index}
  * A well-formed id is kept in ctx->job_id (lowercase); a malformed one
  * leaves it empty, which the job routes answer with JOB_NOT_FOUND.
  */
@@ -514,6 +524,9 @@ ngx_http_async_dl_route(ngx_http_request_t *r,
 
             if (ngx_http_async_dl_is("/cancel")) {
                 route = NGX_HTTP_ASYNC_DL_ROUTE_CANCEL;
+
+            } else if (ngx_http_async_dl_is("/links")) {
+                route = NGX_HTTP_ASYNC_DL_ROUTE_LINKS;
 
             } else if (last - p > 7 && ngx_strncmp(p, "/files/", 7) == 0) {
                 route = NGX_HTTP_ASYNC_DL_ROUTE_FILE;
@@ -586,6 +599,10 @@ ngx_http_async_dl_preconfiguration(ngx_conf_t *cf)
 
     var->get_handler = ngx_http_async_dl_job_id_variable;
 
+    if (ngx_http_async_dl_delivery_add_variables(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_async_dl_sse_add_variables(cf);
 }
 
@@ -593,6 +610,10 @@ ngx_http_async_dl_preconfiguration(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_async_dl_postconfiguration(ngx_conf_t *cf)
 {
+    if (ngx_http_async_dl_delivery_init(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_async_dl_filter_init(cf);
 }
 
@@ -621,6 +642,16 @@ ngx_http_async_dl_create_main_conf(ngx_conf_t *cf)
     amcf->pg_timeout = NGX_CONF_UNSET_MSEC;
     amcf->s3_addressing = NGX_CONF_UNSET_UINT;
     amcf->presign_expires = NGX_CONF_UNSET_MSEC;
+    amcf->storage_url_index = NGX_ERROR;
+    amcf->storage_range_index = NGX_ERROR;
+    amcf->etag_index = NGX_ERROR;
+
+    if (ngx_array_init(&amcf->deliveries, cf->pool, 1,
+                       sizeof(ngx_http_async_dl_delivery_check_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
 
     return amcf;
 }
@@ -672,6 +703,7 @@ ngx_http_async_dl_create_loc_conf(ngx_conf_t *cf)
      *
      *     alcf->prefix = { 0, NULL };
      *     alcf->source_url = { 0, NULL };
+     *     alcf->delivery_location = { 0, NULL };
      */
 
     alcf->enable = NGX_CONF_UNSET;
@@ -683,6 +715,7 @@ ngx_http_async_dl_create_loc_conf(ngx_conf_t *cf)
     alcf->default_timeout = NGX_CONF_UNSET_MSEC;
     alcf->max_timeout = NGX_CONF_UNSET_MSEC;
     alcf->heartbeat = NGX_CONF_UNSET_MSEC;
+    alcf->delivery = NGX_CONF_UNSET_UINT;
 
     return alcf;
 }
@@ -711,6 +744,10 @@ ngx_http_async_dl_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->max_timeout, prev->max_timeout,
                               60 * 60 * 1000);
     ngx_conf_merge_msec_value(conf->heartbeat, prev->heartbeat, 15 * 1000);
+
+    if (ngx_http_async_dl_delivery_merge(cf, prev, conf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (conf->default_timeout > conf->max_timeout) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

@@ -7,6 +7,9 @@
  *   src/ngx_http_async_dl_input.c   the initiate body (jansson)
  *   src/ngx_http_async_dl_reply.c   JSON answers, errors, the error filter
  *   src/ngx_http_async_dl_presign.c presigned storage links (adl_sigv4)
+ *   src/ngx_http_async_dl_delivery.c async_dl_delivery proxy: the object
+ *                                   streamed through nginx
+ *   src/ngx_http_async_dl_links.c   {id}/links: the presigned links as JSON
  *   src/ngx_http_async_dl_pg.c      the non-blocking PostgreSQL pool
  *   src/ngx_http_async_dl_sse.c     the event stream (Server-Sent Events)
  *   src/ngx_http_async_dl_listen.c  its LISTEN connection
@@ -59,12 +62,25 @@ typedef enum {
     NGX_HTTP_ASYNC_DL_ROUTE_JOBS,           /* jobs */
     NGX_HTTP_ASYNC_DL_ROUTE_JOB,            /* {id}: download, DELETE */
     NGX_HTTP_ASYNC_DL_ROUTE_CANCEL,         /* {id}/cancel */
-    NGX_HTTP_ASYNC_DL_ROUTE_FILE            /* {id}/files/{index} */
+    NGX_HTTP_ASYNC_DL_ROUTE_FILE,           /* {id}/files/{index} */
+    NGX_HTTP_ASYNC_DL_ROUTE_LINKS           /* {id}/links */
 } ngx_http_async_dl_route_e;
 
 
 #define NGX_HTTP_ASYNC_DL_S3_PATH      0
 #define NGX_HTTP_ASYNC_DL_S3_VIRTUAL   1
+
+/* async_dl_delivery */
+#define NGX_HTTP_ASYNC_DL_REDIRECT     0
+#define NGX_HTTP_ASYNC_DL_PROXY        1
+
+
+/* a named location that async_dl_delivery proxy uses, checked in time */
+typedef struct {
+    ngx_http_core_srv_conf_t       *cscf;
+    ngx_str_t                       name;          /* "@name" */
+    ngx_str_t                       prefix;        /* the async_dl location */
+} ngx_http_async_dl_delivery_check_t;
 
 
 typedef struct {
@@ -81,6 +97,12 @@ typedef struct {
     ngx_str_t                       s3_secret_key;
     ngx_uint_t                      s3_addressing;
     ngx_msec_t                      presign_expires;
+
+    /* the variables of a delivery through nginx (delivery.c) */
+    ngx_int_t                       storage_url_index;
+    ngx_int_t                       storage_range_index;
+    ngx_int_t                       etag_index;
+    ngx_array_t                     deliveries;    /* named locations */
 
     ngx_uint_t                      used;          /* a location has it */
     ngx_http_async_dl_pg_t         *pool;          /* this worker's */
@@ -99,6 +121,8 @@ typedef struct {
     ngx_msec_t                      default_timeout;
     ngx_msec_t                      max_timeout;
     ngx_msec_t                      heartbeat;
+    ngx_uint_t                      delivery;      /* REDIRECT, PROXY */
+    ngx_str_t                       delivery_location; /* "@name" */
 } ngx_http_async_dl_loc_conf_t;
 
 
@@ -123,6 +147,16 @@ typedef struct {
     unsigned                        json_error:1;  /* nginx's, as JSON */
     unsigned                        json_sent:1;
 } ngx_http_async_dl_ctx_t;
+
+
+/* a presigned link to an object */
+typedef struct {
+    const char                     *key;
+    const char                     *name;          /* Content-Disposition */
+    const char                     *method;        /* "GET", "HEAD" */
+    time_t                          now;
+    unsigned                        internal:1;    /* async_dl_s3_endpoint */
+} ngx_http_async_dl_link_t;
 
 
 /* the initiate body, checked */
@@ -150,6 +184,8 @@ ngx_int_t ngx_http_async_dl_jobs(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_cancel(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_delete(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_download(ngx_http_request_t *r);
+ngx_int_t ngx_http_async_dl_links(ngx_http_request_t *r);
+char *ngx_http_async_dl_url_name(ngx_http_request_t *r, char *url);
 
 /* input.c */
 ngx_int_t ngx_http_async_dl_parse_initiate(ngx_http_request_t *r,
@@ -170,13 +206,31 @@ ngx_int_t ngx_http_async_dl_retry_after(ngx_http_request_t *r,
     time_t seconds);
 ngx_int_t ngx_http_async_dl_filter_init(ngx_conf_t *cf);
 size_t ngx_http_async_dl_compact(u_char *dst, u_char *src, size_t len);
+size_t ngx_http_async_dl_escape(u_char *dst, u_char *src, size_t len);
 
 /* presign.c */
 char *ngx_http_async_dl_presign_check(ngx_conf_t *cf,
     ngx_http_async_dl_main_conf_t *amcf);
 ngx_int_t ngx_http_async_dl_presign(ngx_http_request_t *r,
-    ngx_http_async_dl_main_conf_t *amcf, const char *key, const char *name,
+    ngx_http_async_dl_main_conf_t *amcf, ngx_http_async_dl_link_t *link,
     ngx_str_t *url);
+
+/* delivery.c */
+char *ngx_http_async_dl_delivery_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_async_dl_delivery_merge(ngx_conf_t *cf,
+    ngx_http_async_dl_loc_conf_t *prev, ngx_http_async_dl_loc_conf_t *conf);
+ngx_int_t ngx_http_async_dl_delivery_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_async_dl_delivery_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_async_dl_deliver(ngx_http_request_t *r,
+    const char *key, const char *name, const char *sha256);
+ngx_uint_t ngx_http_async_dl_delivered(ngx_http_request_t *r);
+ngx_int_t ngx_http_async_dl_delivery_headers(ngx_http_request_t *r,
+    const char **code, ngx_str_t *message);
+
+/* links.c */
+ngx_int_t ngx_http_async_dl_links_done(ngx_http_request_t *r,
+    PGresult *res);
 
 
 #endif /* _NGX_HTTP_ASYNC_DL_H_INCLUDED_ */

@@ -27,7 +27,9 @@ enum {
     NGX_HTTP_ASYNC_DL_STMT_LIST,
     NGX_HTTP_ASYNC_DL_STMT_CANCEL,
     NGX_HTTP_ASYNC_DL_STMT_DELETE,
-    NGX_HTTP_ASYNC_DL_STMT_FILE
+    NGX_HTTP_ASYNC_DL_STMT_FILE,
+    NGX_HTTP_ASYNC_DL_STMT_OBJECT,
+    NGX_HTTP_ASYNC_DL_STMT_LINKS
 };
 
 
@@ -35,14 +37,14 @@ static ngx_int_t ngx_http_async_dl_run(ngx_http_request_t *r,
     ngx_uint_t stmt, const char **params, ngx_http_async_dl_done_pt done);
 static ngx_int_t ngx_http_async_dl_run_job(ngx_http_request_t *r,
     ngx_uint_t stmt, ngx_http_async_dl_done_pt done);
+static const char **ngx_http_async_dl_job_params(ngx_http_request_t *r,
+    ngx_uint_t n);
 static void ngx_http_async_dl_result(ngx_http_async_dl_pg_query_t *q);
 static void ngx_http_async_dl_cleanup(void *data);
 static ngx_int_t ngx_http_async_dl_db_error(ngx_http_request_t *r,
     ngx_http_async_dl_pg_status_e status, PGresult *res);
 static char *ngx_http_async_dl_cstr(ngx_pool_t *pool, ngx_str_t *s);
 static const char *ngx_http_async_dl_num(ngx_pool_t *pool, int64_t n);
-static char *ngx_http_async_dl_url_name(ngx_http_request_t *r,
-    char *url);
 static ngx_int_t ngx_http_async_dl_header_in(ngx_http_request_t *r,
     const char *name, ngx_str_t *value);
 
@@ -91,7 +93,16 @@ ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmts[] = {
 
     { "async_dl_file",
       "SELECT o_outcome, o_key, o_name, o_message, o_url"
-      " FROM async_dl_job_file($1, $2, $3)", 3 }
+      " FROM async_dl_job_file($1, $2, $3)", 3 },
+
+    /* async_dl_delivery proxy (sql/008) */
+    { "async_dl_object",
+      "SELECT o_outcome, o_key, o_name, o_message, o_url, o_sha256"
+      " FROM async_dl_job_object($1, $2, $3)", 3 },
+
+    { "async_dl_links",
+      "SELECT o_kind, o_index, o_key, o_name, o_url, o_size"
+      " FROM async_dl_job_links($1, $2)", 2 }
 };
 
 ngx_uint_t  ngx_http_async_dl_nstmts =
@@ -761,20 +772,10 @@ ngx_http_async_dl_cancel_done(ngx_http_request_t *r, PGresult *res)
 ngx_int_t
 ngx_http_async_dl_delete(ngx_http_request_t *r)
 {
-    const char               **params;
-    ngx_http_async_dl_ctx_t   *ctx;
+    const char  **params;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-
-    params = ngx_pcalloc(r->pool, 2 * sizeof(char *));
+    params = ngx_http_async_dl_job_params(r, 2);
     if (params == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    params[0] = (char *) ctx->job_id.data;
-    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
-
-    if (params[1] == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -804,25 +805,25 @@ ngx_http_async_dl_delete_done(ngx_http_request_t *r, PGresult *res)
 }
 
 
-/* GET {p}{id} and {p}{id}/files/{index}: 302 to a presigned link */
+/*
+ * GET {p}{id} and {p}{id}/files/{index}: 302 to a presigned link, or with
+ * async_dl_delivery proxy the object itself, through nginx (delivery.c),
+ * which also needs the object's SHA-256 (its ETag).
+ */
 
 ngx_int_t
 ngx_http_async_dl_download(ngx_http_request_t *r)
 {
-    const char               **params;
-    ngx_http_async_dl_ctx_t   *ctx;
+    ngx_uint_t                     stmt;
+    const char                   **params;
+    ngx_http_async_dl_ctx_t       *ctx;
+    ngx_http_async_dl_loc_conf_t  *alcf;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
 
-    params = ngx_pcalloc(r->pool, 3 * sizeof(char *));
+    params = ngx_http_async_dl_job_params(r, 3);
     if (params == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    params[0] = (char *) ctx->job_id.data;
-    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
-
-    if (params[1] == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -833,7 +834,10 @@ ngx_http_async_dl_download(ngx_http_request_t *r)
         }
     }
 
-    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_FILE, params,
+    stmt = (alcf->delivery == NGX_HTTP_ASYNC_DL_PROXY)
+           ? NGX_HTTP_ASYNC_DL_STMT_OBJECT : NGX_HTTP_ASYNC_DL_STMT_FILE;
+
+    return ngx_http_async_dl_run(r, stmt, params,
                                  ngx_http_async_dl_download_done);
 }
 
@@ -845,9 +849,16 @@ ngx_http_async_dl_download_done(ngx_http_request_t *r, PGresult *res)
     ngx_int_t                       rc;
     ngx_str_t                       url;
     ngx_table_elt_t                *h;
+    ngx_http_async_dl_link_t        link;
+    ngx_http_async_dl_loc_conf_t   *alcf;
     ngx_http_async_dl_main_conf_t  *amcf;
 
-    if (PQntuples(res) != 1 || PQnfields(res) != 5) {
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+
+    if (PQntuples(res) != 1
+        || PQnfields(res)
+           != (alcf->delivery == NGX_HTTP_ASYNC_DL_PROXY ? 6 : 5))
+    {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -898,11 +909,23 @@ ngx_http_async_dl_download_done(ngx_http_request_t *r, PGresult *res)
            ? ngx_http_async_dl_url_name(r, PQgetvalue(res, 0, 4))
            : PQgetvalue(res, 0, 2);
 
-    if (name == NULL
-        || ngx_http_async_dl_presign(r, amcf, PQgetvalue(res, 0, 1), name,
-                                     &url)
-           != NGX_OK)
-    {
+    if (name == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (alcf->delivery == NGX_HTTP_ASYNC_DL_PROXY) {
+        return ngx_http_async_dl_deliver(r, PQgetvalue(res, 0, 1), name,
+                                         PQgetisnull(res, 0, 5)
+                                         ? NULL : PQgetvalue(res, 0, 5));
+    }
+
+    link.key = PQgetvalue(res, 0, 1);
+    link.name = name;
+    link.method = "GET";
+    link.now = ngx_time();
+    link.internal = 0;
+
+    if (ngx_http_async_dl_presign(r, amcf, &link, &url) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
@@ -941,6 +964,23 @@ ngx_http_async_dl_download_done(ngx_http_request_t *r, PGresult *res)
 }
 
 
+/* GET {p}{id}/links: the presigned links of what is stored (links.c) */
+
+ngx_int_t
+ngx_http_async_dl_links(ngx_http_request_t *r)
+{
+    const char  **params;
+
+    params = ngx_http_async_dl_job_params(r, 2);
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_LINKS, params,
+                                 ngx_http_async_dl_links_done);
+}
+
+
 /* running a statement for a request */
 
 
@@ -951,26 +991,40 @@ ngx_http_async_dl_run_job(ngx_http_request_t *r, ngx_uint_t stmt,
     ngx_http_async_dl_done_pt done)
 {
     const char                    **params;
-    ngx_http_async_dl_ctx_t        *ctx;
     ngx_http_async_dl_loc_conf_t   *alcf;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
 
-    params = ngx_pcalloc(r->pool, 3 * sizeof(char *));
+    params = ngx_http_async_dl_job_params(r, 3);
     if (params == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    params[0] = (char *) ctx->job_id.data;
-    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
     params[2] = (char *) alcf->prefix.data;
 
-    if (params[1] == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    return ngx_http_async_dl_run(r, stmt, params, done);
+}
+
+
+/* n statement parameters, the first two the request's job id and owner */
+
+static const char **
+ngx_http_async_dl_job_params(ngx_http_request_t *r, ngx_uint_t n)
+{
+    const char               **params;
+    ngx_http_async_dl_ctx_t   *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    params = ngx_pcalloc(r->pool, n * sizeof(char *));
+    if (params == NULL) {
+        return NULL;
     }
 
-    return ngx_http_async_dl_run(r, stmt, params, done);
+    params[0] = (char *) ctx->job_id.data;
+    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
+
+    return params[1] ? params : NULL;
 }
 
 
@@ -1207,7 +1261,7 @@ ngx_http_async_dl_num(ngx_pool_t *pool, int64_t n)
 
 /* a file without a name is named after its URL's last path segment */
 
-static char *
+char *
 ngx_http_async_dl_url_name(ngx_http_request_t *r, char *url)
 {
     u_char  *p, *last, *start, *dst, *name;

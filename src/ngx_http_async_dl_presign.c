@@ -3,8 +3,11 @@
  * Presigned storage links: AWS SigV4 query signing with the shared code in
  * common/adl_sigv4.c (the worker signs its requests with the same code).
  * The host is async_dl_s3_public_endpoint's (the address clients reach),
- * X-Amz-Expires is async_dl_presign_expires, and the object is served as
- * an attachment named after the file (response-content-disposition).
+ * or async_dl_s3_endpoint's for a link nginx itself follows (delivery
+ * through nginx); X-Amz-Expires is async_dl_presign_expires, and the object
+ * is served as an attachment named after the file
+ * (response-content-disposition).  SigV4 signs the method: a HEAD needs a
+ * link signed for HEAD.
  */
 
 
@@ -75,10 +78,12 @@ ngx_http_async_dl_presign_endpoint(ngx_conf_t *cf, const char *directive,
 
 ngx_int_t
 ngx_http_async_dl_presign(ngx_http_request_t *r,
-    ngx_http_async_dl_main_conf_t *amcf, const char *key, const char *name,
+    ngx_http_async_dl_main_conf_t *amcf, ngx_http_async_dl_link_t *link,
     ngx_str_t *url)
 {
     char               scheme[8], host[512], *path, *epath, *cd, *qs;
+    const char        *key;
+    ngx_str_t         *endpoint;
     u_char            *p;
     size_t             klen, nlen, plen, cdlen, qslen;
     ssize_t            n, en, qn;
@@ -86,10 +91,13 @@ ngx_http_async_dl_presign(ngx_http_request_t *r,
     adl_sigv4_req_t    req;
     adl_sigv4_creds_t  creds;
 
-    klen = ngx_strlen(key);
-    nlen = ngx_strlen(name);
+    key = link->key;
+    endpoint = link->internal ? &amcf->s3_endpoint : &amcf->s3_public_endpoint;
 
-    plen = amcf->s3_public_endpoint.len + amcf->s3_bucket.len + klen + 8;
+    klen = ngx_strlen(key);
+    nlen = ngx_strlen(link->name);
+
+    plen = endpoint->len + amcf->s3_bucket.len + klen + 8;
     cdlen = 64 + nlen * 4;
     qslen = 1024 + cdlen * 3 + amcf->s3_access_key.len * 3
             + amcf->s3_region.len * 3;
@@ -103,7 +111,7 @@ ngx_http_async_dl_presign(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (adl_s3_locate((char *) amcf->s3_public_endpoint.data,
+    if (adl_s3_locate((char *) endpoint->data,
                       (char *) amcf->s3_bucket.data,
                       amcf->s3_addressing == NGX_HTTP_ASYNC_DL_S3_VIRTUAL,
                       key, scheme, sizeof(scheme), host, sizeof(host),
@@ -115,7 +123,7 @@ ngx_http_async_dl_presign(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    n = adl_content_disposition(name, nlen, cd, cdlen);
+    n = adl_content_disposition(link->name, nlen, cd, cdlen);
     if (n < 0) {
         return NGX_ERROR;
     }
@@ -130,13 +138,13 @@ ngx_http_async_dl_presign(ngx_http_request_t *r,
     creds.service = "s3";
 
     ngx_memzero(&req, sizeof(adl_sigv4_req_t));
-    req.method = "GET";
+    req.method = link->method;
     req.host = host;
     req.path = path;
     req.query = query;
     req.nquery = 1;
     req.payload_hash = ADL_UNSIGNED_PAYLOAD;
-    req.now = ngx_time();
+    req.now = link->now;
 
     qn = adl_sigv4_presign_query(&creds, &req,
                                  (unsigned) (amcf->presign_expires / 1000),

@@ -21,7 +21,6 @@ static ngx_int_t ngx_http_async_dl_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 static ngx_str_t *ngx_http_async_dl_error_body(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, u_char *msg, size_t len);
-static size_t ngx_http_async_dl_escape(u_char *dst, u_char *src, size_t len);
 
 
 static ngx_http_output_header_filter_pt  ngx_http_next_header_filter;
@@ -218,7 +217,7 @@ ngx_http_async_dl_error_body(ngx_http_request_t *r, ngx_uint_t status,
  * Returns the length written; with dst NULL, only computes it.
  */
 
-static size_t
+size_t
 ngx_http_async_dl_escape(u_char *dst, u_char *src, size_t len)
 {
     u_char   c, *last, *out, esc[6];
@@ -336,18 +335,43 @@ static ngx_int_t
 ngx_http_async_dl_header_filter(ngx_http_request_t *r)
 {
     const char                    *code, *msg;
-    ngx_str_t                     *body;
+    ngx_str_t                     *body, message;
     ngx_http_async_dl_ctx_t       *ctx;
     ngx_http_async_dl_loc_conf_t  *alcf;
 
-    if (r != r->main || r->headers_out.status < NGX_HTTP_BAD_REQUEST) {
+    if (r != r->main) {
         return ngx_http_next_header_filter(r);
     }
 
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+    /* the storage's answer to a delivery through nginx (delivery.c) */
+
+    code = NULL;
+    ngx_str_null(&message);
+
+    if (ngx_http_async_dl_delivered(r)) {
+        if (ngx_http_async_dl_delivery_headers(r, &code, &message) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        if (r->headers_out.status < NGX_HTTP_BAD_REQUEST) {
+            return ngx_http_next_header_filter(r);
+        }
+
+    } else {
+        if (r->headers_out.status < NGX_HTTP_BAD_REQUEST) {
+            return ngx_http_next_header_filter(r);
+        }
+
+        alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+
+        if (!alcf->enable) {
+            return ngx_http_next_header_filter(r);
+        }
+    }
+
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
 
-    if (!alcf->enable || (ctx && ctx->replied)) {
+    if (ctx && ctx->replied) {
         return ngx_http_next_header_filter(r);
     }
 
@@ -360,7 +384,11 @@ ngx_http_async_dl_header_filter(ngx_http_request_t *r)
         ngx_http_set_ctx(r, ctx, ngx_http_async_dl_module);
     }
 
-    switch (r->headers_out.status) {
+    switch (code ? 0 : r->headers_out.status) {
+
+    case 0:
+        msg = NULL;
+        break;
 
     case NGX_HTTP_BAD_REQUEST:
         code = "BAD_REQUEST";
@@ -418,8 +446,13 @@ ngx_http_async_dl_header_filter(ngx_http_request_t *r)
         break;
     }
 
+    if (msg) {
+        message.data = (u_char *) msg;
+        message.len = ngx_strlen(msg);
+    }
+
     body = ngx_http_async_dl_error_body(r, r->headers_out.status, code,
-                                        (u_char *) msg, ngx_strlen(msg));
+                                        message.data, message.len);
     if (body == NULL) {
         return NGX_ERROR;
     }
@@ -453,7 +486,7 @@ static ngx_int_t
 ngx_http_async_dl_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
 {
     ngx_buf_t                *b;
-    ngx_chain_t               out;
+    ngx_chain_t               out, *cl;
     ngx_http_async_dl_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
@@ -462,8 +495,17 @@ ngx_http_async_dl_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
         return ngx_http_next_body_filter(r, in);
     }
 
+    /*
+     * nginx's HTML page, or the storage's XML error: dropped, and marked as
+     * sent, for an upstream's buffers are reused only once they are
+     */
+
+    for (cl = in; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+        cl->buf->file_pos = cl->buf->file_last;
+    }
+
     if (ctx->json_sent) {
-        /* the rest of nginx's HTML page is dropped */
         return NGX_OK;
     }
 
