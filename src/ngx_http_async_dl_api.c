@@ -919,9 +919,11 @@ ngx_http_async_dl_download_done(ngx_http_request_t *r, PGresult *res)
                                          ? NULL : PQgetvalue(res, 0, 5));
     }
 
+    /* signed for the method the client will follow the 302 with: SigV4
+     * signs it, so a HEAD followed with HEAD needs a link for HEAD */
     link.key = PQgetvalue(res, 0, 1);
     link.name = name;
-    link.method = "GET";
+    link.method = r->method == NGX_HTTP_HEAD ? "HEAD" : "GET";
     link.now = ngx_time();
     link.internal = 0;
 

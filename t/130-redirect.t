@@ -88,7 +88,13 @@ $r = request('GET', "/v1/download/$id/files/0", \%alice);
 is($r->{status}, 302, 'the file link redirects too');
 is(request('GET', $r->{headers}{location})->{content}, "hello, world\n",
    'to the same object');
-is(request('HEAD', "/v1/download/$id", \%alice)->{status}, 302, 'HEAD: 302');
+my $h = request('HEAD', "/v1/download/$id", \%alice);
+is($h->{status}, 302, 'HEAD: 302');
+my $hl = request('HEAD', $h->{headers}{location});
+is($hl->{status}, 200, 'followed with HEAD: the link is signed for HEAD');
+is($hl->{headers}{'content-length'}, 13, 'with the length');
+is(request('GET', $h->{headers}{location})->{status}, 403,
+   'and for HEAD only (SigV4 signs the method)');
 is(request('GET', "/v1/download/$id", { 'X-User' => 'bob' })->{status}, 404,
    "another owner's job: 404");
 is(request('GET', "/v1/download/$id/files/1", \%alice)->{json}{error}{code},
