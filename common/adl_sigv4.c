@@ -28,10 +28,15 @@ int
 adl_crypto_init(void)
 {
 #if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    unsigned char  mac[32];
+
     if (adl_md_sha256 == NULL) {
         adl_md_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
     }
-    return adl_md_sha256 != NULL ? 0 : -1;
+    /* HMAC's own algorithm is built at its first use too: here, where a
+     * failure stops the start, not at the first request signed */
+    return adl_md_sha256 != NULL
+           && adl_hmac_sha256("k", 1, "d", 1, mac) == 0 ? 0 : -1;
 #else
     return 0;
 #endif

@@ -7,7 +7,8 @@
 -- object in the bucket that no row named: nobody could ever delete it.
 --
 -- Now the key is named here (async_dl_object_key) and the claim records it
--- in write_key before any byte is sent to the storage.  Whenever a file
+-- in write_key before any byte is sent to the storage; a zip's key is
+-- recorded by its bundle claim (bundle_write_key) the same way.  Whenever a file
 -- ends without its object (canceled or failed, by any path) a trigger
 -- queues write_key for the workers' janitor, and DELETE queues it along
 -- with the stored objects.  A transfer still running when that happens
@@ -15,6 +16,9 @@
 -- may commit after the janitor has deleted the key.
 
 ALTER TABLE async_dl_files ADD COLUMN write_key text;
+
+-- The same for a job's zip: its key, recorded by the bundle claim.
+ALTER TABLE async_dl_jobs ADD COLUMN bundle_write_key text;
 
 -- The object key of a job's file: <prefix><job>/<idx>/<name>.  The name
 -- is the file's name without folders, else the last segment of the URL's
@@ -180,6 +184,61 @@ BEGIN
      WHERE NOT u.dead;
 END $$;
 
+-- The bundle claim of version 4, recording the zip's key (zip_key).
+-- p_prefix is the claiming worker's key prefix; a worker of version 5
+-- calls without it and names the key itself.
+DROP FUNCTION async_dl_bundle_claim(text, interval, integer);
+CREATE FUNCTION async_dl_bundle_claim(p_worker text, p_lease interval,
+                                      p_max_attempts integer,
+                                      p_prefix text DEFAULT NULL)
+RETURNS TABLE (job_id uuid, attempts integer, idx integer, name text,
+               object_key text, size bigint, mtime bigint, zip_key text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    j async_dl_jobs;
+BEGIN
+    LOOP
+        SELECT * INTO j FROM async_dl_jobs jb
+         WHERE jb.bundle_status IN ('pending', 'building')
+           AND coalesce(jb.bundle_lease_until, '-infinity') < now()
+         ORDER BY jb.bundle_lease_until NULLS FIRST
+         LIMIT 1
+           FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+        EXIT WHEN j.bundle_attempts < p_max_attempts;
+        UPDATE async_dl_jobs
+           SET bundle_status = 'failed', bundle_lease_owner = NULL,
+               bundle_lease_until = NULL,
+               bundle_error = coalesce(bundle_error || ' (gave up after '
+                                       || bundle_attempts || ' attempts)',
+                                       'gave up after ' || bundle_attempts
+                                       || ' attempts')
+         WHERE id = j.id;
+    END LOOP;
+
+    UPDATE async_dl_jobs
+       SET bundle_status = 'building', bundle_lease_owner = p_worker,
+           bundle_lease_until = now() + p_lease,
+           bundle_attempts = bundle_attempts + 1,
+           bundle_write_key = coalesce(p_prefix || j.id::text || '/'
+                                       || j.id::text || '.zip',
+                                       bundle_write_key)
+     WHERE id = j.id
+    RETURNING * INTO j;
+
+    RETURN QUERY
+    SELECT j.id, j.bundle_attempts, f.idx, async_dl_file_display_name(f),
+           f.object_key, f.size,
+           extract(epoch FROM coalesce(f.completed_at, now()))::bigint,
+           j.bundle_write_key
+      FROM async_dl_files f
+     WHERE f.job_id = j.id AND f.status = 'completed'
+       AND f.object_key IS NOT NULL
+     ORDER BY f.idx;
+END $$;
+
 -- DELETE: every object the job may have in the bucket, its zip and the
 -- keys of transfers that have not recorded theirs included.
 CREATE OR REPLACE FUNCTION async_dl_job_delete(p_job uuid, p_owner text)
@@ -201,7 +260,10 @@ BEGIN
            AND f.status NOT IN ('canceled', 'failed')   -- queued then
         UNION
         SELECT j.bundle_key FROM async_dl_jobs j
-         WHERE j.id = p_job AND j.bundle_key IS NOT NULL) k;
+         WHERE j.id = p_job AND j.bundle_key IS NOT NULL
+        UNION
+        SELECT j.bundle_write_key FROM async_dl_jobs j
+         WHERE j.id = p_job AND j.bundle_write_key IS NOT NULL) k;
     IF FOUND THEN
         PERFORM pg_notify('async_dl_deleted', p_job::text);
     END IF;
@@ -213,20 +275,27 @@ END $$;
 -- A transfer that stopped without recording its object (canceled,
 -- deleted, lease lost, storage answer lost) and may have stored it after
 -- all: when nobody will store the file again (its job is gone, or it
--- ended canceled or failed) the key is queued for the janitor.  When the
--- file is pending, or held or completed by a claim, the key is the same
--- and the object is theirs.  Returns what it found: the file's status,
--- or 'gone'.
+-- ended canceled or failed), or the key is not the one the file's claim
+-- writes or its row records (a worker with another key prefix claimed it
+-- since), the key is queued for the janitor.  When the file is pending,
+-- or held or completed by a claim writing that key, the object is theirs.
+-- Returns what it found: the file's status, or 'gone'.
 CREATE FUNCTION async_dl_file_orphan(p_job uuid, p_idx integer, p_key text)
 RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
-    st text;
+    st  text;
+    wk  text;
+    ok  text;
 BEGIN
-    SELECT f.status INTO st FROM async_dl_files f
+    SELECT f.status, f.write_key, f.object_key INTO st, wk, ok
+      FROM async_dl_files f
      WHERE f.job_id = p_job AND f.idx = p_idx;
     st := coalesce(st, 'gone');
-    IF st IN ('gone', 'canceled', 'failed') THEN
+    IF st IN ('gone', 'canceled', 'failed')
+       OR (wk IS NOT NULL AND p_key IS DISTINCT FROM wk
+           AND p_key IS DISTINCT FROM ok)
+    THEN
         INSERT INTO async_dl_deleted_objects (job_id, object_key)
         VALUES (p_job, p_key);
         PERFORM pg_notify('async_dl_deleted', p_job::text);

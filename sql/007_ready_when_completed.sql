@@ -92,6 +92,17 @@ BEGIN
         NEW.status := 'completed';
         NEW.completed_at := now();
     END IF;
+    -- a zip that will not be built again (failed for good, or dropped by
+    -- a cancel) may have been stored by a build whose worker died before
+    -- recording it: its key goes to the janitor
+    IF (NEW.bundle_status IS NULL OR NEW.bundle_status = 'failed')
+       AND OLD.bundle_status IN ('pending', 'building')
+       AND NEW.bundle_write_key IS NOT NULL
+    THEN
+        INSERT INTO async_dl_deleted_objects (job_id, object_key)
+        VALUES (NEW.id, NEW.bundle_write_key);
+        PERFORM pg_notify('async_dl_deleted', NEW.id::text);
+    END IF;
     RETURN NEW;
 END $$;
 

@@ -141,6 +141,9 @@ typedef struct {
     void                           *stream;        /* ROUTE_STREAM: sse.c */
     ngx_uint_t                      stream_status; /* an initiate answered
                                                       as its job's stream */
+    ngx_str_t                       created;       /* its JSON answer, for
+                                                      a stream that cannot
+                                                      start */
 
     unsigned                        replied:1;     /* our own answer */
     unsigned                        revalidate:1;  /* no-cache, not no-store */

@@ -483,15 +483,17 @@ ngx_http_async_dl_initiate_done(ngx_http_request_t *r, PGresult *res)
 
     if (ngx_http_async_dl_accepts_stream(r)) {
 
-        /* answered as the job's event stream; the id outlives the result */
+        /*
+         * Answered as the job's event stream.  The job exists now: if the
+         * stream cannot start (the database, the pool), the answer is the
+         * JSON one, never a refusal that a client would retry with a new
+         * job.  The result lives as long as the request (its query's pool
+         * cleanup clears it).
+         */
 
-        ctx->job_id.data = ngx_pnalloc(r->pool, len);
-        if (ctx->job_id.data == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        ngx_memcpy(ctx->job_id.data, id, len);
         ctx->stream_status = status;
+        ctx->created.data = (u_char *) PQgetvalue(res, 0, 2);
+        ctx->created.len = PQgetlength(res, 0, 2);
 
         return ngx_http_async_dl_stream(r);
     }

@@ -204,6 +204,8 @@ static void ngx_http_async_dl_sse_job_free(ngx_http_async_dl_sse_job_t *job);
 static void ngx_http_async_dl_sse_start(ngx_http_async_dl_sse_sub_t *sub);
 static void ngx_http_async_dl_sse_refuse(ngx_http_async_dl_sse_sub_t *sub,
     ngx_uint_t status, const char *code, const char *msg);
+static ngx_int_t ngx_http_async_dl_sse_created(ngx_http_request_t *r,
+    ngx_http_async_dl_ctx_t *ctx);
 static void ngx_http_async_dl_sse_send(ngx_http_async_dl_sse_sub_t *sub);
 static ngx_int_t ngx_http_async_dl_sse_emit(ngx_http_async_dl_sse_sub_t *sub,
     const char *name, ngx_http_async_dl_sse_data_t *d, ngx_uint_t last);
@@ -409,6 +411,10 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
     hub = ngx_http_async_dl_sse_hub;
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+
+    if (hub == NULL && ctx->stream_status) {
+        return ngx_http_async_dl_sse_created(r, ctx);
+    }
 
     if (hub == NULL) {
         if (ngx_http_async_dl_retry_after(r, NGX_HTTP_ASYNC_DL_RETRY_DATABASE)
@@ -1440,12 +1446,20 @@ static void
 ngx_http_async_dl_sse_refuse(ngx_http_async_dl_sse_sub_t *sub,
     ngx_uint_t status, const char *code, const char *msg)
 {
-    ngx_int_t            rc;
-    ngx_http_request_t  *r;
+    ngx_int_t                 rc;
+    ngx_http_request_t       *r;
+    ngx_http_async_dl_ctx_t  *ctx;
 
     r = sub->r;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
 
     ngx_http_async_dl_sse_leave(sub);
+
+    if (ctx->stream_status) {
+        /* an initiate whose job exists: its answer without the stream */
+        ngx_http_finalize_request(r, ngx_http_async_dl_sse_created(r, ctx));
+        return;
+    }
 
     if (status == NGX_HTTP_SERVICE_UNAVAILABLE
         && ngx_http_async_dl_retry_after(r, NGX_HTTP_ASYNC_DL_RETRY_DATABASE)
@@ -1458,6 +1472,21 @@ ngx_http_async_dl_sse_refuse(ngx_http_async_dl_sse_sub_t *sub,
     rc = ngx_http_async_dl_send_error(r, status, code, "%s", msg);
 
     ngx_http_finalize_request(r, rc);
+}
+
+
+/* An initiate asked for the stream, which cannot start: its JSON answer. */
+
+static ngx_int_t
+ngx_http_async_dl_sse_created(ngx_http_request_t *r,
+    ngx_http_async_dl_ctx_t *ctx)
+{
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "async_dl: job %V created, its stream could not start: "
+                  "answered as JSON", &ctx->job_id);
+
+    return ngx_http_async_dl_send_json(r, ctx->stream_status,
+                                       ctx->created.data, ctx->created.len);
 }
 
 

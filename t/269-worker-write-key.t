@@ -3,7 +3,8 @@
 # (write_key), so whatever ends the file without its object (a cancel, a
 # DELETE, WORKER_LOST after the last attempt, the deadline sweep) queues
 # that key, and the next worker's janitor deletes it.  Before, no row named
-# such an object and it stayed in the bucket for good.
+# such an object and it stayed in the bucket for good.  The same for a
+# zip: its claim records its key, and a cancel during the build queues it.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -74,5 +75,27 @@ my %gone = map { $_ => 1 } values %j;
 is(join(' ', grep { $gone{(split m{/})[0]} } s3_keys()), '',
    'no object of the four jobs is left in the bucket');
 unlike(worker_log(), qr/\[error\]/, 'no [error] in the worker log');
+stop_worker('TERM');
+
+# --- a zip stored, its builder killed before recording it, then a cancel ---------
+
+s3_fault('delay', match => '.zip ', delay => 30, when => 'response');
+start_worker(ASYNC_DL_S3_ENDPOINT => $ep, ASYNC_DL_LEASE => '3s');
+my $zj = add_job(["$o/f/small.txt", "$o/f/small.txt"]);
+my $zip = "$zj/$zj.zip";
+ok(wait_until(sub { grep { $_ eq $zip } s3_keys() }, 30, 'the zip to be stored'),
+   'the zip is stored, its answer held');
+stop_worker('KILL');
+s3_fault('pass');
+is(psql("SELECT status || ' ' || bundle_status || ' ' || bundle_write_key "
+        . "FROM async_dl_jobs WHERE id = '$zj'"), "processing building $zip",
+   'the job waits for its zip; the claim recorded the zip\'s key');
+is(psql("SELECT async_dl_job_cancel('$zj', '')"), 'canceled',
+   'a cancel while the zip is being built');
+start_worker();
+ok(wait_until(sub { !grep { $_ eq $zip } s3_keys() }, 20, 'the zip to go'),
+   'the zip nobody will record is deleted');
+is(scalar(grep { m{^\Q$zj\E/} && !/\.zip$/ } s3_keys()), 2,
+   'the stored files stay');
 stop_worker('TERM');
 done_testing();

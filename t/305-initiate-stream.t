@@ -82,6 +82,27 @@ is($r->{json}{error}{code}, 'TOO_MANY_JOBS', 'TOO_MANY_JOBS, as JSON');
 my $b = sse_open("${P}stream/$id", { 'X-User' => 'bob' });
 is($b->{status}, 404, "another owner: 404 on alice's job");
 
+# the job is created but its stream cannot start (its state cannot be
+# read): the answer is the JSON one, never a refusal a client would retry
+# with a second job
+my $def = psql("SELECT pg_get_functiondef('async_dl_job_events_state'::regproc)");
+psql("CREATE OR REPLACE FUNCTION async_dl_job_events_state(p_job uuid, "
+     . "p_prefix text) RETURNS TABLE (o_owner text, o_seq bigint, o_status "
+     . "text, o_states text, o_summary text, o_files text, o_full text) "
+     . "LANGUAGE plpgsql STABLE AS \$\$ BEGIN RAISE EXCEPTION 'unreadable'; "
+     . "END \$\$");
+my $before = psql("SELECT count(*) FROM async_dl_jobs WHERE owner = 'dave'");
+$r = sse_open("${P}initiate", { 'X-User' => 'dave',
+                                'Content-Type' => 'application/json' },
+              method => 'POST',
+              body => $J->encode({ files => [{ url => "$o/f/s0.bin" }] }));
+psql($def);
+is($r->{status}, 202, 'a stream that cannot start: still 202');
+like($r->{headers}{'content-type'}, qr{^application/json}, 'as JSON');
+like($r->{json}{jobId} // '', qr/^[0-9a-f-]{36}$/, 'naming the job');
+is(psql("SELECT count(*) FROM async_dl_jobs WHERE owner = 'dave'"),
+   $before + 1, 'one job created');
+
 # a plain initiate still answers JSON
 my $plain = initiate({ files => [{ url => "$o/f/s0.bin" }] },
                      { 'X-User' => 'carol' });

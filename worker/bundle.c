@@ -970,9 +970,7 @@ build_free(bundle_t *b)
 static bundle_t *
 build_new(adl_bundler_t *o, PGresult *res)
 {
-    const adl_settings_t  *s = o->w->settings;
     bundle_t              *b;
-    char                   key[1024];
     int                    i, n = PQntuples(res);
 
     b = calloc(1, sizeof(bundle_t));
@@ -986,8 +984,7 @@ build_new(adl_bundler_t *o, PGresult *res)
     b->next_part = 1;
     b->renewed_at = adl_now_ms();
     b->entries = calloc((size_t) n, sizeof(entry_t));
-    snprintf(key, sizeof(key), "%s%s/%s.zip", s->s3_prefix, b->job, b->job);
-    b->key = strdup(key);
+    b->key = strdup(PQgetvalue(res, 0, 7));     /* recorded by the claim */
     if (b->entries == NULL || b->key == NULL) {
         goto failed;
     }
@@ -1149,7 +1146,7 @@ adl_bundler_tick(adl_bundler_t *o, int64_t now)
     const adl_settings_t  *s = o->w->settings;
     bundle_t             **pp, *b;
     char                   lease[32], max[16];
-    const char            *p[3];
+    const char            *p[4];
 
     for (pp = &o->builds; (b = *pp) != NULL; ) {
         if (b->state == BD_DONE && b->db_refs == 0) {
@@ -1203,10 +1200,13 @@ adl_bundler_tick(adl_bundler_t *o, int64_t now)
     p[0] = o->lease;
     p[1] = lease;
     p[2] = max;
-    if (adl_db_query(o->w->db, "SELECT job_id, attempts, idx, name, "
-                     "object_key, size, mtime FROM async_dl_bundle_claim($1, "
-                     "$2::interval, $3::integer)", 3, p, claim_result, o)
-        == 0)
+    p[3] = s->s3_prefix;            /* the claim names the zip's key */
+    /* a claim dies with its connection: on the next one, the finishes
+     * queued meanwhile go first (a stored zip is not built again) */
+    if (adl_db_query_live(o->w->db, "SELECT job_id, attempts, idx, name, "
+                          "object_key, size, mtime, zip_key FROM "
+                          "async_dl_bundle_claim($1, $2::interval, "
+                          "$3::integer, $4)", 4, p, claim_result, o) == 0)
     {
         o->claiming = 1;
         o->pending = 0;

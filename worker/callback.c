@@ -424,9 +424,10 @@ adl_callbacks_tick(adl_callbacks_t *c, int64_t now)
     p[0] = c->lease;
     p[1] = limit;
     p[2] = CLAIM_LEASE;
-    if (adl_db_query(c->w->db, "SELECT job_id, url, attempts, body FROM "
-                     "async_dl_callback_claim($1, $2::integer, "
-                     "$3::interval)", 3, p, claim_result, c) == 0)
+    /* a claim dies with its connection (see the file claim) */
+    if (adl_db_query_live(c->w->db, "SELECT job_id, url, attempts, body "
+                          "FROM async_dl_callback_claim($1, $2::integer, "
+                          "$3::interval)", 3, p, claim_result, c) == 0)
     {
         c->claiming = 1;
         c->pending = 0;

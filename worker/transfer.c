@@ -426,8 +426,9 @@ check_response(adl_xfer_t *x)
         }
         stream_start(x);
         if (!x->stream) {
-            return fail_in_callback(x, "STORAGE_FAILED", 0, "%s",
-                                    x->s3.error);
+            /* could not start (out of memory): from byte 0 again later */
+            return fail_in_callback(x, "STORAGE_FAILED", x->s3.transient,
+                                    "%s", x->s3.error);
         }
     }
     return 0;
@@ -816,8 +817,8 @@ stop_download(adl_xfer_t *x)
 
 static void storage_done(adl_s3_req_t *r);
 
-/* Starts a storage request; -1 when it could not start (a request of the
- * transfer's storage then ends it: STORAGE_FAILED). */
+/* Starts a storage request; -1 when it could not start (then retried
+ * after a backoff, storage_later, or the file fails: STORAGE_FAILED). */
 static int
 storage_start(adl_xfer_t *x, adl_s3_op_t op, const char *body, size_t len)
 {

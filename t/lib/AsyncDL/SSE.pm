@@ -19,7 +19,7 @@ C<sse_open($path_or_url, \%headers, %opt)> connects (to the harness's
 nginx unless given a full URL), sends a GET (or C<$opt{method}> with
 C<$opt{body}>: a streaming initiate), reads the status line and the
 headers (chunked bodies are decoded).  C<$opt{port}> overrides the port.
-An answer other than 200 or 202 keeps its body in C<{body}> (and
+An answer that is not an event stream keeps its body in C<{body}> (and
 C<{json}>).
 Heartbeat events are skipped unless C<< $s->{heartbeats} >> is set (they
 are still kept in C<< $s->{events} >>).
@@ -81,7 +81,9 @@ sub sse_open {
                        =~ /chunked/i;
     $self->_decode;
 
-    if ($self->{status} !~ /^20[02]$/) {
+    if ($self->{status} !~ /^20[02]$/
+        || ($self->{headers}{'content-type'} // '') !~ m{^text/event-stream})
+    {
         $self->wait_closed($opt{timeout} // 5)
             if !defined $self->{headers}{'content-length'}
                || length($self->{body_buf}) < $self->{headers}{'content-length'};
