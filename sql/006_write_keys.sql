@@ -279,7 +279,7 @@ END $$;
 -- writes or its row records (a worker with another key prefix claimed it
 -- since), the key is queued for the janitor.  When the file is pending,
 -- or held or completed by a claim writing that key, the object is theirs.
--- Returns what it found: the file's status, or 'gone'.
+-- Returns the file's status (or 'gone') when it queued the key, else NULL.
 CREATE FUNCTION async_dl_file_orphan(p_job uuid, p_idx integer, p_key text)
 RETURNS text
 LANGUAGE plpgsql AS $$
@@ -299,6 +299,7 @@ BEGIN
         INSERT INTO async_dl_deleted_objects (job_id, object_key)
         VALUES (p_job, p_key);
         PERFORM pg_notify('async_dl_deleted', p_job::text);
+        RETURN st;
     END IF;
-    RETURN st;
+    RETURN NULL;
 END $$;

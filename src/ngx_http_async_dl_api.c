@@ -504,42 +504,18 @@ ngx_http_async_dl_initiate_done(ngx_http_request_t *r, PGresult *res)
 }
 
 
-/* Accept: text/event-stream (a client that wants the stream, seed 004) */
+/* Accept: text/event-stream, a client that wants the job's stream */
 
 static ngx_uint_t
 ngx_http_async_dl_accepts_stream(ngx_http_request_t *r)
 {
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
+    ngx_str_t  accept;
 
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return 0;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("Accept") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Accept",
-                               sizeof("Accept") - 1) == 0
-            && ngx_strlcasestrn(h[i].value.data,
-                                h[i].value.data + h[i].value.len,
-                                (u_char *) "text/event-stream",
-                                sizeof("text/event-stream") - 1 - 1)
-               != NULL)
-        {
-            return 1;
-        }
-    }
+    return ngx_http_async_dl_header_in(r, "Accept", &accept) == NGX_OK
+           && ngx_strlcasestrn(accept.data, accept.data + accept.len,
+                               (u_char *) "text/event-stream",
+                               sizeof("text/event-stream") - 1 - 1)
+              != NULL;
 }
 
 

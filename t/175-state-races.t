@@ -248,7 +248,7 @@ for my $first (qw(finish cancel)) {
     for my $w (1 .. 3) {
         push @bg, psql_bg(
             "DO \$\$ DECLARE r record; BEGIN FOR n IN 1..25 LOOP "
-          . "PERFORM async_dl_claim('w$w', 8, '1 min', 5); COMMIT; "
+          . "PERFORM async_dl_claim('w$w', 8, '1 min', 5, 'p/'); COMMIT; "
           . "FOR r IN SELECT job_id, idx, lease_owner FROM async_dl_files "
           . "WHERE lease_owner LIKE 'w$w/%' AND random() < 0.5 LOOP "
           . "PERFORM async_dl_file_progress(r.job_id, r.idx, r.lease_owner, "
@@ -280,6 +280,26 @@ for my $first (qw(finish cancel)) {
             . "EXISTS (SELECT 1 FROM async_dl_files f WHERE f.job_id = j.id "
             . "AND f.status IN ('pending', 'downloading'))"), 0,
        'no unfinished job without unfinished files or a zip to build');
+    # the keys queued by the trigger, against the file rows they come from
+    my $w = psql("SELECT count(*) FROM async_dl_files WHERE write_key IS NOT NULL");
+    cmp_ok($w, '>', 0, "the claims recorded their keys ($w)");
+    is(psql(<<'SQL'), '0 0 0',
+SELECT (SELECT count(*) FROM async_dl_files f
+         WHERE f.status IN ('canceled', 'failed') AND f.write_key IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM async_dl_deleted_objects d
+                            WHERE d.object_key = f.write_key))
+       || ' ' ||
+       (SELECT count(*) FROM async_dl_files f
+         WHERE f.status NOT IN ('canceled', 'failed')
+           AND EXISTS (SELECT 1 FROM async_dl_deleted_objects d
+                        WHERE d.object_key = f.write_key))
+       || ' ' ||
+       (SELECT count(*) FROM (SELECT d.object_key FROM async_dl_deleted_objects d
+                               JOIN async_dl_files f ON f.write_key = d.object_key
+                              GROUP BY d.object_key HAVING count(*) > 1) x)
+SQL
+       'every key of a canceled or failed file queued once, none of a live '
+       . 'or stored one');
 }
 
 # --- defect 9: the deadline sweep has an index -------------------------------

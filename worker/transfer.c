@@ -1313,14 +1313,10 @@ orphan_result(void *data, PGresult *res)
     } else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         XLOG(ADL_LOG_ERROR, x, "checking the file for an orphan object "
              "failed: %s", PQresultErrorMessage(res));
-    } else {
+    } else if (!PQgetisnull(res, 0, 0)) {
         st = PQgetvalue(res, 0, 0);
-        if (strcmp(st, "gone") == 0 || strcmp(st, "canceled") == 0
-            || strcmp(st, "failed") == 0)
-        {
-            XLOG(ADL_LOG_INFO, x, "the file is %s: %s queued for deletion",
-                 st, x->key);
-        }
+        XLOG(ADL_LOG_INFO, x, "the file is %s: %s queued for deletion", st,
+             x->key);
     }
     end_advance(x);
 }
