@@ -872,14 +872,15 @@ sub obj_path {
     return "$s->{dir}/s3/$s->{s3_bucket}/$key._S3rver_object";
 }
 
+# The object's SHA-256 and size, both of the file opened once: expiry may
+# delete the object meanwhile (the size of its path would then be undef).
 sub obj_sha {
     my ($key) = @_;
-    my $p = obj_path($key);
-    return undef unless -f $p;
+    open my $fh, '<:raw', obj_path($key) or return undef;
+    my $len = -s $fh;
     my $d = Digest::SHA->new(256);
-    open my $fh, '<:raw', $p or return undef;
     $d->addfile($fh);
-    return ($d->hexdigest, -s $p);
+    return ($d->hexdigest, $len);
 }
 
 # Where an object differs from the origin's file (kept in
