@@ -1125,8 +1125,8 @@ sub reap { @KIDS = grep { waitpid($_, WNOHANG) == 0 } @KIDS }
 sub chaos_run {
     %O = (chaos_defaults(), @_);
     %V = (); %VERIFIED = (); %FAULTS = (); @KIDS = ();
-    srand($O{seed});
-    my $s = adl();
+    my $s = adl();              # before the seed: its temporary directory
+    srand($O{seed});            # must differ between runs of one seed
     say_("chaos: seed $O{seed}, $O{jobs} jobs over $O{load} s, stack in $s->{dir}");
     make_origin_files();
     setup_stack();
@@ -1830,8 +1830,8 @@ sub soak_run {
     $O{ttl_completed} = $O{ttl_failed} = $O{ttl};
     $O{no_proxy} = 1;
     $O{lease} = 10;
+    my $s = adl();              # before the seed, as in chaos_run
     srand($O{seed});
-    my $s = adl();
     $T0 = time;
     say_("soak: $O{rate} initiates/s, $O{polls} polls/s, $O{subscribers} "
          . "SSE subscribers, TTL $O{ttl} s, for $O{duration} s; stack in $s->{dir}");
