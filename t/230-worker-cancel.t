@@ -49,11 +49,7 @@ is(scalar(grep { index($_, $job) == 0 } s3_keys()), 0,
 
 # --- DELETE: transfers stopped, stored objects removed -----------------------
 
-SKIP: {
-    skip 'no async_dl_job_delete (sql/002_api.sql)', 5
-        unless psql("SELECT to_regproc('async_dl_job_delete') IS NOT NULL")
-               eq 't';
-
+{
     my $done = add_job(["$o/files/70001", "$o/files/70002"]);
     ok(wait_until(sub { job_status($done) eq 'completed' }, 10),
        'delete: a completed job');

@@ -34,7 +34,8 @@
 #include "adl_sigv4.h"
 #include "backoff.h"
 #include "bundle.h"
-#include "janitor.h"
+#include "claim.h"
+#include "clock.h"
 #include "log.h"
 
 #define BUNDLES_AT_ONCE   2         /* per worker process */
@@ -43,7 +44,6 @@
 #define S3_TRIES          8         /* storage: 0.5 s doubled, ~1 min */
 #define S3_RETRY_BASE     500
 #define NAME_MAX_BYTES    200
-#define LEASE_MAX         96
 
 typedef enum {
     BD_BUILDING = 0,
@@ -74,7 +74,8 @@ typedef struct {
     size_t   cap;
 } bbuf_t;
 
-typedef struct bundle_s  bundle_t;
+typedef struct bundle_s   bundle_t;
+typedef struct bundler_s  bundler_t;
 
 /* A ranged, signed GET of a stored object. */
 typedef struct {
@@ -87,9 +88,9 @@ typedef struct {
 
 struct bundle_s {
     bundle_t          *next;
-    adl_bundler_t     *owner;
+    bundler_t     *owner;
     char               job[40];
-    char               lease[LEASE_MAX];   /* this claim's token */
+    char               lease[ADL_CLAIM_TOKEN_MAX];  /* this claim's token */
     char              *key;
     int                attempt;
     int                maybe_stored;       /* a PUT or Complete was sent */
@@ -133,17 +134,13 @@ struct bundle_s {
     int64_t            renewed_at;
 };
 
-struct adl_bundler_s {
-    adl_worker_t       *w;
+struct bundler_s {
+    adl_claimer_t       claim;          /* first: adl_claimer_wake */
+    adl_env_t          *env;
     int                 force_zip64;
     bundle_t           *builds;
     int                 nbuilds;
-    int                 claiming;
-    int                 pending;        /* a claim may find something */
     int                 stopping;
-    long long           started;        /* ms since the epoch */
-    unsigned            claims;
-    char                lease[LEASE_MAX];   /* of the claim running */
 };
 
 static void pump(bundle_t *b);
@@ -420,7 +417,7 @@ static void
 get_release(get_t *g)
 {
     if (g->http.easy != NULL) {
-        adl_http_stop(g->b->owner->w->storage, &g->http);
+        adl_http_stop(g->b->owner->env->storage, &g->http);
         curl_easy_cleanup(g->http.easy);
         g->http.easy = NULL;
     }
@@ -501,7 +498,7 @@ get_start(bundle_t *b)
     g->errbuf[0] = '\0';
     b->chunk.len = 0;
 
-    if (adl_s3_sign(b->owner->w->s3, "GET", e->key, NULL, 0, NULL, 0, url,
+    if (adl_s3_sign(b->owner->env->s3, "GET", e->key, NULL, 0, NULL, 0, url,
                     sizeof(url), &g->headers) != 0)
     {
         get_release(g);
@@ -516,7 +513,7 @@ get_start(bundle_t *b)
     }
     g->headers = l;
 
-    c = adl_s3_easy(b->owner->w->s3, url, g->headers, g->errbuf);
+    c = adl_s3_easy(b->owner->env->s3, url, g->headers, g->errbuf);
     if (c == NULL) {
         get_release(g);
         return -1;
@@ -525,7 +522,7 @@ get_start(bundle_t *b)
     g->http.done = get_done;
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, get_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, g);
-    if (adl_http_start(b->owner->w->storage, &g->http) != 0) {
+    if (adl_http_start(b->owner->env->storage, &g->http) != 0) {
         curl_easy_cleanup(c);
         g->http.easy = NULL;
         get_release(g);
@@ -556,7 +553,7 @@ s3_start(bundle_t *b, adl_s3_op_t op, const char *body, size_t len)
     if (op == S3_PUT || op == S3_COMPLETE) {
         b->maybe_stored = 1;        /* from now on, maybe in the bucket */
     }
-    if (adl_s3_start(b->owner->w->s3, r) != 0) {
+    if (adl_s3_start(b->owner->env->s3, r) != 0) {
         r->op = S3_NONE;
         if (op == S3_ABORT) {
             write_result(b);
@@ -669,7 +666,7 @@ s3_done(adl_s3_req_t *r)
 static void
 pump(bundle_t *b)
 {
-    const adl_settings_t  *s = b->owner->w->settings;
+    const adl_settings_t  *s = b->owner->env->settings;
     size_t                 part = (size_t) s->part_size;
     bbuf_t                 tmp;
 
@@ -791,7 +788,7 @@ build_end(bundle_t *b, bundle_outcome_t out, int transient,
 
     get_release(&b->get);
     if (b->s3.http.easy != NULL) {
-        adl_s3_cancel(b->owner->w->s3, &b->s3);
+        adl_s3_cancel(b->owner->env->s3, &b->s3);
         b->s3.op = S3_NONE;
     }
     b->s3_retry_at = 0;
@@ -860,13 +857,13 @@ write_result(bundle_t *b)
     if (b->outcome == BO_FAILED && b->transient && b->attempt < MAX_ATTEMPTS)
     {
         snprintf(retry, sizeof(retry), "%lld", (long long)
-                 adl_backoff_ms(b->owner->w->settings->retry_base,
+                 adl_backoff_ms(b->owner->env->settings->retry_base,
                                 b->attempt));
         p[8] = retry;
         b->retrying = 1;            /* the retry writes the same key */
     }
 
-    if (adl_db_query(b->owner->w->db, "SELECT async_dl_bundle_finish("
+    if (adl_db_query(b->owner->env->db, "SELECT async_dl_bundle_finish("
                      "$1::uuid, $2, $3, $4, $5::bigint, $6, $7::integer, "
                      "$8, now() + $9::bigint * interval '1 millisecond')",
                      9, p, finish_result, b) != 0)
@@ -890,20 +887,18 @@ cleanup_result(void *data, PGresult *res)
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         BLOG(ADL_LOG_ERROR, b, "bundle: queuing %s for deletion failed: %s",
              b->key, PQresultErrorMessage(res));
-    } else if (atoi(PQgetvalue(res, 0, 0)) > 0) {
+    } else if (PQgetvalue(res, 0, 0)[0] == 't') {
         BLOG(ADL_LOG_INFO, b, "bundle: the job is gone or canceled, or its "
              "bundle failed: "
              "%s queued for deletion", b->key);
-        adl_janitor_kick(b->owner->w->janitor);
     }
     b->state = BD_DONE;
 }
 
 /*
- * The build may have stored its zip, which no job records: the key goes
- * to the janitor's queue when no build can write it again (the job is
- * gone or canceled, or its bundle failed for good); else (the lease passed
- * to another build, which writes the same key, or stored it) it stays.
+ * The build may have stored its zip, which no job records: the database
+ * decides whether it goes to the janitor's queue (async_dl_bundle_orphan:
+ * when no build can write it again) and tells the janitors.
  */
 static void
 cleanup(bundle_t *b)
@@ -917,12 +912,8 @@ cleanup(bundle_t *b)
     b->state = BD_CLEANING;
     p[0] = b->job;
     p[1] = b->key;
-    if (adl_db_query(b->owner->w->db, "WITH q AS (INSERT INTO "
-                     "async_dl_deleted_objects (job_id, object_key) SELECT "
-                     "$1::uuid, $2 WHERE NOT EXISTS (SELECT 1 FROM "
-                     "async_dl_jobs WHERE id = $1::uuid AND bundle_status "
-                     "IN ('pending', 'building', 'completed')) RETURNING 1) "
-                     "SELECT count(*) FROM q", 2, p, cleanup_result, b) != 0)
+    if (adl_db_query(b->owner->env->db, "SELECT async_dl_bundle_orphan("
+                     "$1::uuid, $2)", 2, p, cleanup_result, b) != 0)
     {
         BLOG(ADL_LOG_ERROR, b, "bundle: out of memory: %s may be left in "
              "the storage", b->key);
@@ -940,7 +931,7 @@ build_free(bundle_t *b)
 
     get_release(&b->get);
     if (b->s3.http.easy != NULL) {
-        adl_s3_cancel(b->owner->w->s3, &b->s3);
+        adl_s3_cancel(b->owner->env->s3, &b->s3);
     }
     if (b->ar != NULL) {
         archive_write_free(b->ar);      /* closes too: output discarded */
@@ -968,7 +959,7 @@ build_free(bundle_t *b)
 /* --- claims and leases ------------------------------------------------ */
 
 static bundle_t *
-build_new(adl_bundler_t *o, PGresult *res)
+build_new(bundler_t *o, PGresult *res)
 {
     bundle_t              *b;
     int                    i, n = PQntuples(res);
@@ -979,7 +970,7 @@ build_new(adl_bundler_t *o, PGresult *res)
     }
     b->owner = o;
     snprintf(b->job, sizeof(b->job), "%s", PQgetvalue(res, 0, 0));
-    memcpy(b->lease, o->lease, sizeof(b->lease));
+    memcpy(b->lease, o->claim.token, sizeof(b->lease));
     b->attempt = atoi(PQgetvalue(res, 0, 1));
     b->next_part = 1;
     b->renewed_at = adl_now_ms();
@@ -1034,23 +1025,13 @@ failed:
 static void
 claim_result(void *data, PGresult *res)
 {
-    adl_bundler_t  *o = data;
+    bundler_t  *o = data;
     bundle_t       *b;
 
-    o->claiming = 0;
-    if (res == NULL) {
-        o->pending = 1;
+    if (adl_claimer_answered(&o->claim, res, "bundle") <= 0) {
         return;
     }
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        adl_log_error(NULL, -1, "bundle claim failed: %s",
-                      PQresultErrorMessage(res));
-        return;
-    }
-    if (PQntuples(res) == 0) {
-        return;
-    }
-    o->pending = 1;                 /* maybe more */
+    o->claim.pending = 1;           /* maybe more */
 
     b = build_new(o, res);
     if (b == NULL) {
@@ -1085,31 +1066,26 @@ renew_result(void *data, PGresult *res)
     }
 }
 
-adl_bundler_t *
-adl_bundler_create(adl_worker_t *w, int force_zip64)
+static void *
+bundler_create(adl_env_t *env)
 {
-    adl_bundler_t    *o = calloc(1, sizeof(adl_bundler_t));
-    struct timespec   ts;
+    bundler_t  *o = calloc(1, sizeof(bundler_t));
 
     if (o == NULL) {
         return NULL;
     }
-    o->w = w;
-    o->force_zip64 = force_zip64;
-    o->pending = 1;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    o->started = (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    o->env = env;
+    o->force_zip64 = env->settings->bundle_zip64;
+    adl_claimer_init(&o->claim, 'b');
     return o;
 }
 
-void
-adl_bundler_destroy(adl_bundler_t *o)
+static void
+bundler_destroy(void *k)
 {
-    bundle_t  *b;
+    bundler_t  *o = k;
+    bundle_t   *b;
 
-    if (o == NULL) {
-        return;
-    }
     while ((b = o->builds) != NULL) {
         o->builds = b->next;
         build_free(b);
@@ -1117,22 +1093,19 @@ adl_bundler_destroy(adl_bundler_t *o)
     free(o);
 }
 
-void
-adl_bundler_kick(adl_bundler_t *o)
+static int
+bundler_busy(const void *k)
 {
-    o->pending = 1;
+    const bundler_t  *o = k;
+
+    return o->builds != NULL || o->claim.claiming;
 }
 
-int
-adl_bundler_busy(const adl_bundler_t *o)
+static void
+bundler_hand_back(void *k)
 {
-    return o->builds != NULL || o->claiming;
-}
-
-void
-adl_bundler_hand_back(adl_bundler_t *o)
-{
-    bundle_t  *b;
+    bundler_t  *o = k;
+    bundle_t   *b;
 
     o->stopping = 1;
     for (b = o->builds; b != NULL; b = b->next) {
@@ -1140,10 +1113,11 @@ adl_bundler_hand_back(adl_bundler_t *o)
     }
 }
 
-void
-adl_bundler_tick(adl_bundler_t *o, int64_t now)
+static void
+bundler_tick(void *k, int64_t now)
 {
-    const adl_settings_t  *s = o->w->settings;
+    bundler_t             *o = k;
+    const adl_settings_t  *s = o->env->settings;
     bundle_t             **pp, *b;
     char                   lease[32], max[16];
     const char            *p[4];
@@ -1170,14 +1144,14 @@ adl_bundler_tick(adl_bundler_t *o, int64_t now)
         }
         if (b->state == BD_BUILDING && !b->renewing
             && now - b->renewed_at >= s->lease / 3
-            && adl_db_connected(o->w->db))
+            && adl_db_connected(o->env->db))
         {
             snprintf(lease, sizeof(lease), "%lld milliseconds",
                      (long long) s->lease);
             p[0] = b->job;
             p[1] = b->lease;
             p[2] = lease;
-            if (adl_db_query(o->w->db, "SELECT async_dl_bundle_renew("
+            if (adl_db_query(o->env->db, "SELECT async_dl_bundle_renew("
                              "$1::uuid, $2, $3::interval)", 3, p,
                              renew_result, b) == 0)
             {
@@ -1188,27 +1162,40 @@ adl_bundler_tick(adl_bundler_t *o, int64_t now)
         }
     }
 
-    if (o->stopping || o->w->stopping || o->claiming || !o->pending
-        || o->nbuilds >= BUNDLES_AT_ONCE || !adl_db_connected(o->w->db))
+    if (o->stopping
+        || !adl_claimer_due(&o->claim, o->env, BUNDLES_AT_ONCE - o->nbuilds))
     {
         return;
     }
     snprintf(lease, sizeof(lease), "%lld milliseconds", (long long) s->lease);
     snprintf(max, sizeof(max), "%d", MAX_ATTEMPTS);
-    snprintf(o->lease, sizeof(o->lease), "%.48s/b%lld.%u", s->worker_id,
-             o->started, ++o->claims);
-    p[0] = o->lease;
+    p[0] = adl_claimer_token(&o->claim, o->env);
     p[1] = lease;
     p[2] = max;
     p[3] = s->s3_prefix;            /* the claim names the zip's key */
     /* a claim dies with its connection: on the next one, the finishes
      * queued meanwhile go first (a stored zip is not built again) */
-    if (adl_db_query_live(o->w->db, "SELECT job_id, attempts, idx, name, "
-                          "object_key, size, mtime, zip_key FROM "
-                          "async_dl_bundle_claim($1, $2::interval, "
-                          "$3::integer, $4)", 4, p, claim_result, o) == 0)
-    {
-        o->claiming = 1;
-        o->pending = 0;
-    }
+    (void) adl_claimer_send(&o->claim, o->env, "SELECT job_id, attempts, "
+                            "idx, name, object_key, size, mtime, zip_key "
+                            "FROM async_dl_bundle_claim($1, $2::interval, "
+                            "$3::integer, $4)", 4, p, claim_result, o);
 }
+
+static const char *const  bundler_channels[] = {
+    "async_dl_lifecycle", NULL
+};
+
+const adl_task_ops_t  adl_bundles_ops = {
+    "bundles",
+    bundler_channels,
+    bundler_create,
+    bundler_destroy,
+    adl_claimer_wake,
+    NULL,                           /* notify: wake */
+    NULL,                           /* poll: wake */
+    bundler_tick,
+    NULL,                           /* settle: the tick does it */
+    bundler_hand_back,
+    bundler_busy,
+    NULL
+};

@@ -16,26 +16,12 @@
 #define ADL_BUNDLE_H
 
 #include <stddef.h>
-#include <stdint.h>
 
-#include "worker.h"
+#include "task.h"
 
-typedef struct adl_bundler_s  adl_bundler_t;
-
-/* force_zip64: ZIP64 headers on every entry, not only above 4 GiB. */
-adl_bundler_t *adl_bundler_create(adl_worker_t *w, int force_zip64);
-void adl_bundler_destroy(adl_bundler_t *b);
-
-/* Something may be claimable (NOTIFY async_dl_lifecycle, the poll). */
-void adl_bundler_kick(adl_bundler_t *b);
-
-/* Every tick: claims, lease renewal, retries, freeing ended builds. */
-void adl_bundler_tick(adl_bundler_t *b, int64_t now);
-
-/* Shutting down: stop the builds and hand them back. */
-void adl_bundler_hand_back(adl_bundler_t *b);
-
-int adl_bundler_busy(const adl_bundler_t *b);
+/* The kind: claims, lease renewal, retries, freeing ended builds (every
+ * tick); ASYNC_DL_BUNDLE_ZIP64 puts ZIP64 headers on every entry. */
+extern const adl_task_ops_t  adl_bundles_ops;
 
 /*
  * The names of the entries: each name reduced to a file name (no folders,

@@ -18,12 +18,13 @@
 #include "adl_sigv4.h"
 #include "backoff.h"
 #include "callback.h"
+#include "claim.h"
+#include "clock.h"
 #include "log.h"
 
 #define DELIVERIES_AT_ONCE  8
 #define DELIVERY_TIMEOUT    15000           /* ms, one POST */
 #define CLAIM_LEASE         "60 seconds"    /* > DELIVERY_TIMEOUT */
-#define LEASE_MAX           96
 
 typedef enum {
     CB_POSTING = 0,
@@ -31,15 +32,16 @@ typedef enum {
     CB_DONE
 } delivery_state_t;
 
-typedef struct delivery_s  delivery_t;
+typedef struct delivery_s    delivery_t;
+typedef struct callbacks_s   callbacks_t;
 
 struct delivery_s {
     adl_http_req_t      http;           /* first */
     delivery_t         *next;
-    adl_callbacks_t    *owner;
+    callbacks_t    *owner;
     delivery_state_t    state;
     char                job[40];
-    char                lease[LEASE_MAX];   /* its claim's token */
+    char                lease[ADL_CLAIM_TOKEN_MAX];  /* its claim's token */
     char               *url;
     char               *body;
     int                 attempt;
@@ -52,17 +54,13 @@ struct delivery_s {
     char                delay[24];
 };
 
-struct adl_callbacks_s {
-    adl_worker_t  *w;
-    delivery_t    *list;
-    int            n;
-    int            claiming;
-    int            pending;
-    int64_t        next_due;        /* a retry of ours is due then */
-    int            stopping;
-    long long      started;         /* ms since the epoch */
-    unsigned       claims;
-    char           lease[LEASE_MAX];    /* of the claim running */
+struct callbacks_s {
+    adl_claimer_t   claim;          /* first: adl_claimer_wake */
+    adl_env_t      *env;
+    delivery_t     *list;
+    int             n;
+    int64_t         next_due;       /* a retry of ours is due then */
+    int             stopping;
 };
 
 #define CLOG(level, d, ...)  adl_log(level, (d)->job, -1, __VA_ARGS__)
@@ -112,7 +110,7 @@ post_done(adl_http_req_t *http, CURLcode rc)
 static int
 sign(delivery_t *d, char *hdr, size_t len)
 {
-    const char     *secret = d->owner->w->settings->callback_secret;
+    const char     *secret = d->owner->env->settings->callback_secret;
     unsigned char   mac[32];
     char            hex[65], *msg;
     size_t          blen = strlen(d->body), tlen;
@@ -140,7 +138,7 @@ sign(delivery_t *d, char *hdr, size_t len)
 static int
 post_start(delivery_t *d)
 {
-    const adl_settings_t  *s = d->owner->w->settings;
+    const adl_settings_t  *s = d->owner->env->settings;
     struct curl_slist     *l;
     char                   sig[160];
     const char            *hs[4] = { "Content-Type: application/json",
@@ -175,7 +173,7 @@ post_start(delivery_t *d)
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long) DELIVERY_TIMEOUT);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, discard);
-    if (adl_http_start(d->owner->w->origin, &d->http) != 0) {
+    if (adl_http_start(d->owner->env->origin, &d->http) != 0) {
         curl_easy_cleanup(e);
         d->http.easy = NULL;
         return -1;
@@ -216,7 +214,7 @@ record_send(delivery_t *d)
     p[2] = d->ok ? "true" : "false";
     p[3] = d->error;
     p[4] = d->delay[0] ? d->delay : NULL;
-    if (adl_db_query(d->owner->w->db, "SELECT async_dl_callback_finish("
+    if (adl_db_query(d->owner->env->db, "SELECT async_dl_callback_finish("
                      "$1::uuid, $2, $3::boolean, $4, now() + $5::bigint * "
                      "interval '1 millisecond')", 5, p, record_result, d)
         != 0)
@@ -232,7 +230,7 @@ record_send(delivery_t *d)
 static void
 record(delivery_t *d, int ok, const char *error, int retry)
 {
-    const adl_settings_t  *s = d->owner->w->settings;
+    const adl_settings_t  *s = d->owner->env->settings;
     int64_t                delay;
 
     d->state = CB_RECORDING;
@@ -272,7 +270,7 @@ static void
 delivery_free(delivery_t *d)
 {
     if (d->http.easy != NULL) {
-        adl_http_stop(d->owner->w->origin, &d->http);
+        adl_http_stop(d->owner->env->origin, &d->http);
         curl_easy_cleanup(d->http.easy);
     }
     curl_slist_free_all(d->headers);
@@ -285,23 +283,13 @@ delivery_free(delivery_t *d)
 static void
 claim_result(void *data, PGresult *res)
 {
-    adl_callbacks_t  *c = data;
+    callbacks_t  *c = data;
     delivery_t       *d;
     int               i, n;
 
-    c->claiming = 0;
-    if (res == NULL) {
-        c->pending = 1;
-        return;
-    }
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        adl_log_error(NULL, -1, "callback claim failed: %s",
-                      PQresultErrorMessage(res));
-        return;
-    }
-    n = PQntuples(res);
+    n = adl_claimer_answered(&c->claim, res, "callback");
     if (n > 0) {
-        c->pending = 1;
+        c->claim.pending = 1;       /* maybe more */
     }
     for (i = 0; i < n; i++) {
         d = calloc(1, sizeof(delivery_t));
@@ -319,7 +307,7 @@ claim_result(void *data, PGresult *res)
         }
         d->owner = c;
         snprintf(d->job, sizeof(d->job), "%s", PQgetvalue(res, i, 0));
-        memcpy(d->lease, c->lease, sizeof(d->lease));
+        memcpy(d->lease, c->claim.token, sizeof(d->lease));
         d->attempt = atoi(PQgetvalue(res, i, 2));
         d->next = c->list;
         c->list = d;
@@ -332,29 +320,24 @@ claim_result(void *data, PGresult *res)
     }
 }
 
-adl_callbacks_t *
-adl_callbacks_create(adl_worker_t *w)
+static void *
+callbacks_create(adl_env_t *env)
 {
-    adl_callbacks_t  *c = calloc(1, sizeof(adl_callbacks_t));
-    struct timespec   ts;
+    callbacks_t  *c = calloc(1, sizeof(callbacks_t));
 
     if (c != NULL) {
-        c->w = w;
-        c->pending = 1;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        c->started = (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+        c->env = env;
+        adl_claimer_init(&c->claim, 'c');
     }
     return c;
 }
 
-void
-adl_callbacks_destroy(adl_callbacks_t *c)
+static void
+callbacks_destroy(void *k)
 {
-    delivery_t  *d;
+    callbacks_t  *c = k;
+    delivery_t   *d;
 
-    if (c == NULL) {
-        return;
-    }
     while ((d = c->list) != NULL) {
         c->list = d->next;
         delivery_free(d);
@@ -362,27 +345,24 @@ adl_callbacks_destroy(adl_callbacks_t *c)
     free(c);
 }
 
-void
-adl_callbacks_kick(adl_callbacks_t *c)
+static int
+callbacks_busy(const void *k)
 {
-    c->pending = 1;
+    const callbacks_t  *c = k;
+
+    return c->list != NULL || c->claim.claiming;
 }
 
-int
-adl_callbacks_busy(const adl_callbacks_t *c)
+static void
+callbacks_hand_back(void *k)
 {
-    return c->list != NULL || c->claiming;
-}
-
-void
-adl_callbacks_hand_back(adl_callbacks_t *c)
-{
-    delivery_t  *d;
+    callbacks_t  *c = k;
+    delivery_t   *d;
 
     c->stopping = 1;
     for (d = c->list; d != NULL; d = d->next) {
         if (d->state == CB_POSTING && d->http.easy != NULL) {
-            adl_http_stop(c->w->origin, &d->http);
+            adl_http_stop(c->env->origin, &d->http);
             curl_easy_cleanup(d->http.easy);
             d->http.easy = NULL;
             CLOG(ADL_LOG_INFO, d, "callback: stopped (shutting down); "
@@ -392,16 +372,17 @@ adl_callbacks_hand_back(adl_callbacks_t *c)
     }
 }
 
-void
-adl_callbacks_tick(adl_callbacks_t *c, int64_t now)
+static void
+callbacks_tick(void *k, int64_t now)
 {
+    callbacks_t  *c = k;
     delivery_t  **pp, *d;
     char          limit[16];
     const char   *p[3];
 
     if (c->next_due != 0 && now >= c->next_due) {
         c->next_due = 0;
-        c->pending = 1;
+        c->claim.pending = 1;
     }
     for (pp = &c->list; (d = *pp) != NULL; ) {
         if (d->state == CB_DONE && d->db_refs == 0) {
@@ -413,23 +394,36 @@ adl_callbacks_tick(adl_callbacks_t *c, int64_t now)
         pp = &d->next;
     }
 
-    if (c->stopping || c->w->stopping || c->claiming || !c->pending
-        || c->n >= DELIVERIES_AT_ONCE || !adl_db_connected(c->w->db))
+    if (c->stopping
+        || !adl_claimer_due(&c->claim, c->env, DELIVERIES_AT_ONCE - c->n))
     {
         return;
     }
     snprintf(limit, sizeof(limit), "%d", DELIVERIES_AT_ONCE - c->n);
-    snprintf(c->lease, sizeof(c->lease), "%.48s/c%lld.%u",
-             c->w->settings->worker_id, c->started, ++c->claims);
-    p[0] = c->lease;
+    p[0] = adl_claimer_token(&c->claim, c->env);
     p[1] = limit;
     p[2] = CLAIM_LEASE;
-    /* a claim dies with its connection (see the file claim) */
-    if (adl_db_query_live(c->w->db, "SELECT job_id, url, attempts, body "
-                          "FROM async_dl_callback_claim($1, $2::integer, "
-                          "$3::interval)", 3, p, claim_result, c) == 0)
-    {
-        c->claiming = 1;
-        c->pending = 0;
-    }
+    (void) adl_claimer_send(&c->claim, c->env, "SELECT job_id, url, "
+                            "attempts, body FROM async_dl_callback_claim("
+                            "$1, $2::integer, $3::interval)", 3, p,
+                            claim_result, c);
 }
+
+static const char *const  callbacks_channels[] = {
+    "async_dl_lifecycle", NULL
+};
+
+const adl_task_ops_t  adl_callbacks_ops = {
+    "callbacks",
+    callbacks_channels,
+    callbacks_create,
+    callbacks_destroy,
+    adl_claimer_wake,
+    NULL,                           /* notify: wake */
+    NULL,                           /* poll: wake */
+    callbacks_tick,
+    NULL,                           /* settle: the tick does it */
+    callbacks_hand_back,
+    callbacks_busy,
+    NULL
+};

@@ -18,26 +18,10 @@
 #ifndef ADL_CALLBACK_H
 #define ADL_CALLBACK_H
 
-#include <stdint.h>
-
-#include "worker.h"
+#include "task.h"
 
 #define ADL_CALLBACK_ATTEMPTS  8
 
-typedef struct adl_callbacks_s  adl_callbacks_t;
-
-adl_callbacks_t *adl_callbacks_create(adl_worker_t *w);
-void adl_callbacks_destroy(adl_callbacks_t *c);
-
-/* Something may be due (NOTIFY async_dl_lifecycle, the poll). */
-void adl_callbacks_kick(adl_callbacks_t *c);
-
-/* Every tick: claims due deliveries, frees ended ones. */
-void adl_callbacks_tick(adl_callbacks_t *c, int64_t now);
-
-/* Shutting down: stop the deliveries; they are retried after the lease. */
-void adl_callbacks_hand_back(adl_callbacks_t *c);
-
-int adl_callbacks_busy(const adl_callbacks_t *c);
+extern const adl_task_ops_t  adl_callbacks_ops;
 
 #endif /* ADL_CALLBACK_H */

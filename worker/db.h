@@ -1,6 +1,6 @@
 /*
  * db: the worker's one PostgreSQL connection, non-blocking, in the event
- * loop.  It LISTENs on async_dl_jobs and async_dl_cancel and carries every
+ * loop.  It LISTENs on the channels its owner names and carries every
  * query too, one at a time from a FIFO: claims, progress (lease renewal),
  * finish, the deadline sweep.  Each queued query gets exactly one
  * callback: with its result, or with NULL when the connection failed
@@ -21,6 +21,7 @@ typedef struct adl_db_s  adl_db_t;
 typedef void (*adl_db_result_pt)(void *data, PGresult *res);
 
 typedef struct {
+    const char *const  *channels;       /* to LISTEN on; NULL-terminated */
     void  (*connected)(void *data);
     void  (*notify)(void *data, const char *channel, const char *payload);
     void  *data;
@@ -29,7 +30,8 @@ typedef struct {
 /* Blocking connect for start-up work (migrations); logs failures. */
 PGconn *adl_db_connect_blocking(const adl_settings_t *s);
 
-adl_db_t *adl_db_create(const adl_settings_t *s, int epfd,
+/* ev_tag: the epoll data.u64 its socket is registered with. */
+adl_db_t *adl_db_create(const adl_settings_t *s, int epfd, uint64_t ev_tag,
     const adl_db_handlers_t *h);
 void adl_db_destroy(adl_db_t *db);
 

@@ -24,10 +24,9 @@
 #include <string.h>
 
 #include "backoff.h"
+#include "clock.h"
 #include "expiry.h"
 #include "log.h"
-
-#define EXPIRY_LOCK      "7021786468426065272"
 
 #define JOBS_PER_SWEEP   50
 #define DELETES_AT_ONCE  16
@@ -59,9 +58,11 @@ typedef struct {
     int    failed;              /* an object could not be deleted */
 } ex_job_t;
 
+typedef struct expiry_s  expiry_t;
+
 typedef struct {
     adl_s3_req_t   r;           /* first */
-    adl_expiry_t  *e;
+    expiry_t      *e;
     int            job;         /* index in jobs */
     char          *key;
     int            running;
@@ -76,8 +77,8 @@ typedef struct {
     int64_t   seen_at;
 } ex_retry_t;
 
-struct adl_expiry_s {
-    adl_worker_t    *w;
+struct expiry_s {
+    adl_env_t       *env;
     expiry_state_t   state;
     int64_t          next_at;
     int64_t          started;       /* this sweep */
@@ -105,17 +106,17 @@ struct adl_expiry_s {
     int64_t          slow_said;
 };
 
-static void deletes_pump(adl_expiry_t *e);
-static void unlock(adl_expiry_t *e);
+static void deletes_pump(expiry_t *e);
+static void unlock(expiry_t *e);
 
 static void
-sweep_reset(adl_expiry_t *e)
+sweep_reset(expiry_t *e)
 {
     int  i;
 
     for (i = 0; i < e->ndels; i++) {
         if (e->dels[i].running) {
-            adl_s3_cancel(e->w->s3, &e->dels[i].r);
+            adl_s3_cancel(e->env->s3, &e->dels[i].r);
         }
         free(e->dels[i].key);
     }
@@ -130,9 +131,9 @@ sweep_reset(adl_expiry_t *e)
 
 /* The lock went with its connection: nothing to unlock any more. */
 static int
-lock_lost(adl_expiry_t *e)
+lock_lost(expiry_t *e)
 {
-    if (e->held && adl_db_session(e->w->db) != e->session) {
+    if (e->held && adl_db_session(e->env->db) != e->session) {
         e->held = 0;
     }
     return !e->held;
@@ -142,7 +143,7 @@ lock_lost(adl_expiry_t *e)
 /* --- jobs waiting for a retry --------------------------------------------- */
 
 static ex_retry_t *
-retry_find(adl_expiry_t *e, const char *id)
+retry_find(expiry_t *e, const char *id)
 {
     int  i;
 
@@ -155,7 +156,7 @@ retry_find(adl_expiry_t *e, const char *id)
 }
 
 static void
-retry_forget(adl_expiry_t *e, const char *id)
+retry_forget(expiry_t *e, const char *id)
 {
     ex_retry_t  *r = retry_find(e, id);
 
@@ -166,7 +167,7 @@ retry_forget(adl_expiry_t *e, const char *id)
 
 /* A job whose objects could not all be deleted: later, with backoff. */
 static void
-retry_later(adl_expiry_t *e, const char *id, int64_t now)
+retry_later(expiry_t *e, const char *id, int64_t now)
 {
     ex_retry_t  *r = retry_find(e, id);
     int          i;
@@ -192,7 +193,7 @@ retry_later(adl_expiry_t *e, const char *id, int64_t now)
 
 /* Jobs that would be listed first but wait: listed beyond the batch. */
 static int
-retries_waiting(adl_expiry_t *e, int64_t now)
+retries_waiting(expiry_t *e, int64_t now)
 {
     int  i, n = 0;
 
@@ -206,7 +207,7 @@ retries_waiting(adl_expiry_t *e, int64_t now)
 /* --- unlock, remove ------------------------------------------------------- */
 
 static void
-sweep_done(adl_expiry_t *e)
+sweep_done(expiry_t *e)
 {
     int  i, kept = 0;
 
@@ -227,7 +228,7 @@ sweep_done(adl_expiry_t *e)
 static void
 unlocked(void *data, PGresult *res)
 {
-    adl_expiry_t  *e = data;
+    expiry_t  *e = data;
 
     if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
         adl_log_error(NULL, -1, "expiry: releasing the lock failed: %s",
@@ -239,17 +240,17 @@ unlocked(void *data, PGresult *res)
 }
 
 static void
-unlock(adl_expiry_t *e)
+unlock(expiry_t *e)
 {
     e->state = EX_UNLOCKING;
     if (lock_lost(e)) {
         sweep_done(e);
         return;
     }
-    if (adl_db_query(e->w->db, "SELECT pg_advisory_unlock(" EXPIRY_LOCK ")",
+    if (adl_db_query(e->env->db, "SELECT async_dl_expiry_unlock()",
                      0, NULL, unlocked, e) != 0)
     {
-        /* still held: adl_expiry_tick() unlocks before the next sweep */
+        /* still held: expiry_tick() unlocks before the next sweep */
         sweep_done(e);
     }
 }
@@ -257,7 +258,7 @@ unlock(adl_expiry_t *e)
 static void
 removed(void *data, PGresult *res)
 {
-    adl_expiry_t  *e = data;
+    expiry_t  *e = data;
     int            n;
 
     if (res == NULL) {
@@ -279,7 +280,7 @@ removed(void *data, PGresult *res)
 }
 
 static void
-remove_rows(adl_expiry_t *e)
+remove_rows(expiry_t *e)
 {
     char        *ids, *p;
     const char  *param[1];
@@ -311,7 +312,7 @@ remove_rows(adl_expiry_t *e)
     }
     param[0] = ids;
     e->state = EX_REMOVING;
-    if (adl_db_query(e->w->db, "SELECT async_dl_expired_delete($1::uuid[])",
+    if (adl_db_query(e->env->db, "SELECT async_dl_expired_delete($1::uuid[])",
                      1, param, removed, e) != 0)
     {
         adl_log_error(NULL, -1, "expiry: out of memory");
@@ -327,7 +328,7 @@ static void
 deleted(adl_s3_req_t *r)
 {
     ex_del_t      *d = (ex_del_t *) (void *) r;
-    adl_expiry_t  *e = d->e;
+    expiry_t  *e = d->e;
 
     d->running = 0;
     e->running--;
@@ -346,7 +347,7 @@ deleted(adl_s3_req_t *r)
 }
 
 static void
-deletes_pump(adl_expiry_t *e)
+deletes_pump(expiry_t *e)
 {
     ex_del_t  *d;
 
@@ -360,7 +361,7 @@ deletes_pump(adl_expiry_t *e)
         d->r.key = d->key;
         d->r.done = deleted;
         d->r.data = d;
-        if (adl_s3_start(e->w->s3, &d->r) != 0) {
+        if (adl_s3_start(e->env->s3, &d->r) != 0) {
             adl_log_error(e->jobs[d->job].id, -1, "expiry: cannot delete "
                           "object %s: %s", d->key, d->r.error);
             e->jobs[d->job].failed = 1;
@@ -379,9 +380,9 @@ deletes_pump(adl_expiry_t *e)
 
 /* Deletes that take too long are stopped: their jobs are kept. */
 static void
-deletes_check(adl_expiry_t *e, int64_t now)
+deletes_check(expiry_t *e, int64_t now)
 {
-    const adl_settings_t  *s = e->w->settings;
+    const adl_settings_t  *s = e->env->settings;
     ex_del_t              *d;
     int                    i, n = 0;
 
@@ -390,7 +391,7 @@ deletes_check(adl_expiry_t *e, int64_t now)
         if (!d->running || now - d->started < DELETE_TIMEOUT(s)) {
             continue;
         }
-        adl_s3_cancel(e->w->s3, &d->r);
+        adl_s3_cancel(e->env->s3, &d->r);
         d->running = 0;
         e->running--;
         e->jobs[d->job].failed = 1;
@@ -410,7 +411,7 @@ deletes_check(adl_expiry_t *e, int64_t now)
 static void
 listed(void *data, PGresult *res)
 {
-    adl_expiry_t  *e = data;
+    expiry_t  *e = data;
     ex_retry_t    *r;
     int64_t        now = adl_now_ms();
     int            i, n, take = 0;
@@ -481,7 +482,7 @@ listed(void *data, PGresult *res)
 }
 
 static void
-lock_busy(adl_expiry_t *e, const char *holder, int64_t now)
+lock_busy(expiry_t *e, const char *holder, int64_t now)
 {
     if (e->busy_since == 0) {
         e->busy_since = now;
@@ -492,8 +493,8 @@ lock_busy(adl_expiry_t *e, const char *holder, int64_t now)
              holder != NULL && holder[0] ? holder : "another session");
     adl_log_debug(NULL, -1, "expiry: skipped: the sweep lock is held by %s",
                   e->holder);
-    if (now - e->busy_since >= REPORT_EVERY(e->w->settings)
-        && now - e->busy_said >= REPORT_EVERY(e->w->settings))
+    if (now - e->busy_since >= REPORT_EVERY(e->env->settings)
+        && now - e->busy_said >= REPORT_EVERY(e->env->settings))
     {
         e->busy_said = now;
         adl_log_info(NULL, -1, "expiry: no sweep here for %lld ms (%d "
@@ -506,7 +507,7 @@ lock_busy(adl_expiry_t *e, const char *holder, int64_t now)
 static void
 locked(void *data, PGresult *res)
 {
-    adl_expiry_t  *e = data;
+    expiry_t  *e = data;
     int64_t        now = adl_now_ms();
     char           limit[16];
     const char    *p[1];
@@ -527,14 +528,14 @@ locked(void *data, PGresult *res)
         return;
     }
     e->held = 1;
-    e->session = adl_db_session(e->w->db);
+    e->session = adl_db_session(e->env->db);
     e->busy_since = 0;
 
     snprintf(limit, sizeof(limit), "%d",
              JOBS_PER_SWEEP + retries_waiting(e, now));
     p[0] = limit;
     e->state = EX_LISTING;
-    if (adl_db_query(e->w->db, "SELECT job_id, object_key FROM "
+    if (adl_db_query(e->env->db, "SELECT job_id, object_key FROM "
                      "async_dl_expired($1::integer)", 1, p, listed, e) != 0)
     {
         adl_log_error(NULL, -1, "expiry: out of memory");
@@ -543,68 +544,41 @@ locked(void *data, PGresult *res)
 }
 
 
-/* --- the TTLs ------------------------------------------------------------- */
+/* --- the ops ------------------------------------------------------------- */
 
-int
-adl_expiry_store_ttls(PGconn *conn, const adl_settings_t *s)
+static void *
+expiry_create(adl_env_t *env)
 {
-    char         c[24], f[24];
-    const char  *p[2] = { c, f };
-    PGresult    *res;
-    int          rc = 0;
-
-    snprintf(c, sizeof(c), "%lld", (long long) s->ttl_completed);
-    snprintf(f, sizeof(f), "%lld", (long long) s->ttl_failed);
-    res = PQexecParams(conn, "INSERT INTO async_dl_lifecycle_settings "
-                       "(id, ttl_completed, ttl_failed) VALUES (true, "
-                       "$1::bigint * interval '1 millisecond', $2::bigint * "
-                       "interval '1 millisecond') ON CONFLICT (id) DO UPDATE "
-                       "SET ttl_completed = EXCLUDED.ttl_completed, "
-                       "ttl_failed = EXCLUDED.ttl_failed, updated_at = now()",
-                       2, NULL, p, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-        adl_log_error(NULL, -1, "expiry: storing the TTLs failed: %s",
-                      PQresultErrorMessage(res));
-        rc = -1;
-    }
-    PQclear(res);
-    return rc;
-}
-
-
-/* --- the worker's entry points -------------------------------------------- */
-
-adl_expiry_t *
-adl_expiry_create(adl_worker_t *w)
-{
-    adl_expiry_t  *e = calloc(1, sizeof(adl_expiry_t));
+    expiry_t  *e = calloc(1, sizeof(expiry_t));
 
     if (e != NULL) {
-        e->w = w;
+        e->env = env;
     }
     return e;
 }
 
-void
-adl_expiry_destroy(adl_expiry_t *e)
+static void
+expiry_destroy(void *k)
 {
-    if (e == NULL) {
-        return;
-    }
+    expiry_t  *e = k;
+
     sweep_reset(e);
     free(e);
 }
 
-int
-adl_expiry_busy(const adl_expiry_t *e)
+static int
+expiry_busy(const void *k)
 {
+    const expiry_t  *e = k;
+
     return e->state != EX_IDLE;
 }
 
-void
-adl_expiry_tick(adl_expiry_t *e, int64_t now)
+static void
+expiry_tick(void *k, int64_t now)
 {
-    int64_t  gap = e->last_tick ? now - e->last_tick : 0;
+    expiry_t  *e = k;
+    int64_t    gap = e->last_tick ? now - e->last_tick : 0;
 
     e->last_tick = now;
     if (gap > TICK_LATE) {
@@ -617,8 +591,8 @@ adl_expiry_tick(adl_expiry_t *e, int64_t now)
             deletes_check(e, now);
         }
         if (e->state != EX_IDLE
-            && now - e->started > REPORT_EVERY(e->w->settings)
-            && now - e->slow_said >= REPORT_EVERY(e->w->settings))
+            && now - e->started > REPORT_EVERY(e->env->settings)
+            && now - e->slow_said >= REPORT_EVERY(e->env->settings))
         {
             e->slow_said = now;
             adl_log_warn(NULL, -1, "expiry: a sweep has been running for "
@@ -630,38 +604,45 @@ adl_expiry_tick(adl_expiry_t *e, int64_t now)
         }
         return;
     }
-    if (!adl_db_connected(e->w->db)) {
+    if (!adl_db_connected(e->env->db)) {
         return;
     }
     if (!lock_lost(e)) {
         /* a lock that could not be released with its sweep */
         e->state = EX_UNLOCKING;
         e->started = now;
-        if (adl_db_query(e->w->db, "SELECT pg_advisory_unlock("
-                         EXPIRY_LOCK ")", 0, NULL, unlocked, e) != 0)
+        if (adl_db_query(e->env->db, "SELECT async_dl_expiry_unlock()", 0, NULL, unlocked, e) != 0)
         {
             e->state = EX_IDLE;
         }
         return;
     }
-    if (e->w->stopping || now < e->next_at) {
+    if (e->env->stopping || now < e->next_at) {
         return;
     }
-    e->next_at = now + e->w->settings->poll_interval;
+    e->next_at = now + e->env->settings->poll_interval;
     e->again = 0;
     e->started = now;
     e->state = EX_LOCKING;
     /* who holds the lock, when it is not granted: said in the log */
-    if (adl_db_query(e->w->db, "SELECT ok, CASE WHEN NOT ok THEN (SELECT "
-                     "'pid ' || l.pid || coalesce(' (' || a.application_name "
-                     "|| ')', '') FROM pg_locks l LEFT JOIN pg_stat_activity "
-                     "a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND "
-                     "l.classid = (" EXPIRY_LOCK " >> 32)::oid AND l.objid = "
-                     "(" EXPIRY_LOCK " & 4294967295)::oid AND l.objsubid = 1 "
-                     "AND l.granted LIMIT 1) END FROM "
-                     "(SELECT pg_try_advisory_lock(" EXPIRY_LOCK ") AS ok) t",
-                     0, NULL, locked, e) != 0)
+    if (adl_db_query(e->env->db, "SELECT o_ok, o_holder FROM "
+                     "async_dl_expiry_lock()", 0, NULL, locked, e) != 0)
     {
         e->state = EX_IDLE;
     }
 }
+
+const adl_task_ops_t  adl_expiry_ops = {
+    "expiry",
+    NULL,                           /* channels */
+    expiry_create,
+    expiry_destroy,
+    NULL,                           /* wake: its own clock, in the tick */
+    NULL,                           /* notify */
+    NULL,                           /* poll */
+    expiry_tick,
+    NULL,                           /* settle */
+    NULL,                           /* hand_back: a sweep just stops */
+    expiry_busy,
+    NULL
+};

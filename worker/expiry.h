@@ -23,22 +23,8 @@
 #ifndef ADL_EXPIRY_H
 #define ADL_EXPIRY_H
 
-#include <stdint.h>
+#include "task.h"
 
-#include "worker.h"
-
-typedef struct adl_expiry_s  adl_expiry_t;
-
-adl_expiry_t *adl_expiry_create(adl_worker_t *w);
-void adl_expiry_destroy(adl_expiry_t *e);
-
-/* Every tick: starts a sweep every poll interval, drives it. */
-void adl_expiry_tick(adl_expiry_t *e, int64_t now);
-
-int adl_expiry_busy(const adl_expiry_t *e);
-
-/* At start, before any claim (blocking, on the migration's connection):
- * this worker's TTLs, read by the schema when a job ends. */
-int adl_expiry_store_ttls(PGconn *conn, const adl_settings_t *s);
+extern const adl_task_ops_t  adl_expiry_ops;
 
 #endif /* ADL_EXPIRY_H */

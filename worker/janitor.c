@@ -1,15 +1,30 @@
 /*
- * janitor: deletes the stored objects of deleted jobs, a batch at a time:
+ * janitor: the worker's maintenance, claimed through PostgreSQL like any
+ * other work.
  *
- *   TAKING     up to DELETE_BATCH rows that are due (deleted_at <= now()),
- *              held for a lease by moving their deleted_at past it
+ * Deleted objects.  The stored objects of deleted jobs (and the orphans
+ * of canceled files and dropped zips) are queued in PostgreSQL; the
+ * janitor deletes them from the storage a batch at a time:
+ *
+ *     IDLE --due, room--> TAKING --rows--> DELETING --all answered--> IDLE
+ *            (NOTIFY,        |                  each DeleteObject;
+ *             poll, full     +--none/error--> IDLE
+ *             batch)
+ *
+ *   TAKING     async_dl_deleted_take: up to DELETE_BATCH rows that are
+ *              due, held for a lease by moving their time past it
  *   DELETING   DeleteObject each
- *   RECORDING  the rows of the deleted objects removed; those that failed
- *              due again after a backoff
+ *   then       the rows of the deleted objects go (async_dl_deleted_done);
+ *              those that failed are due again after a backoff
+ *              (async_dl_deleted_retry).  These record queries run on
+ *              while the next batch is taken.
  *
  * A row leaves the table only once its object is gone: an answer lost on
  * the way (the take, the record) leaves it to come back when its time
  * is due, and deleting an object twice is harmless.
+ *
+ * Every poll interval it also runs the deadline sweep and compacts the
+ * queue counts (two statements any worker may run at any time).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,11 +36,18 @@
 
 #define DELETE_BATCH  32
 
+typedef enum {
+    JN_IDLE = 0,
+    JN_TAKING,
+    JN_DELETING
+} janitor_state_t;
+
+typedef struct janitor_s   janitor_t;
 typedef struct deletion_s  deletion_t;
 
 struct deletion_s {
     adl_s3_req_t    r;              /* first */
-    adl_janitor_t  *j;
+    janitor_t      *j;
     char            row[24];
     char            job_id[40];
     char           *key;
@@ -34,68 +56,29 @@ struct deletion_s {
 };
 
 typedef struct {
-    adl_janitor_t  *j;
-    char           *sql;
+    janitor_t      *j;
+    int             ok;             /* done, or retry after delay */
     char           *ids;            /* "{1,2,...}" */
     char            delay[24];
 } record_t;
 
-struct adl_janitor_s {
-    adl_worker_t  *w;
-    int            table;           /* async_dl_deleted_objects exists */
-    int            checking;
-    int            taking;
-    int            recording;       /* record queries waiting */
-    int            pending;         /* something may be waiting */
-    deletion_t    *batch;
-    int            nbatch;
-    int            running;
-    int            fails;           /* passes in a row with a failure */
+struct janitor_s {
+    adl_env_t        *env;
+    janitor_state_t   state;
+    int               pending;      /* something may be due */
+    int               recording;    /* record queries waiting */
+    deletion_t       *batch;
+    int               nbatch;
+    int               running;      /* deletes of the batch in flight */
+    int               fails;        /* batches in a row with a failure */
 };
 
 static void record_send(record_t *rec);
 
-adl_janitor_t *
-adl_janitor_create(adl_worker_t *w)
-{
-    adl_janitor_t  *j = calloc(1, sizeof(adl_janitor_t));
-
-    if (j != NULL) {
-        j->w = w;
-    }
-    return j;
-}
-
 static void
-batch_free(adl_janitor_t *j)
+set_state(janitor_t *j, janitor_state_t state)
 {
-    int  i;
-
-    for (i = 0; i < j->nbatch; i++) {
-        if (j->batch[i].running) {
-            adl_s3_cancel(j->w->s3, &j->batch[i].r);
-        }
-        free(j->batch[i].key);
-    }
-    free(j->batch);
-    j->batch = NULL;
-    j->nbatch = j->running = 0;
-}
-
-void
-adl_janitor_destroy(adl_janitor_t *j)
-{
-    if (j == NULL) {
-        return;
-    }
-    batch_free(j);
-    free(j);
-}
-
-int
-adl_janitor_busy(const adl_janitor_t *j)
-{
-    return j->batch != NULL || j->taking || j->recording || j->checking;
+    j->state = state;
 }
 
 
@@ -104,7 +87,6 @@ adl_janitor_busy(const adl_janitor_t *j)
 static void
 record_free(record_t *rec)
 {
-    free(rec->sql);
     free(rec->ids);
     free(rec);
 }
@@ -112,14 +94,14 @@ record_free(record_t *rec)
 static void
 record_result(void *data, PGresult *res)
 {
-    record_t       *rec = data;
-    adl_janitor_t  *j = rec->j;
+    record_t   *rec = data;
+    janitor_t  *j = rec->j;
 
     if (res == NULL) {
         record_send(rec);           /* again on the next connection */
         return;
     }
-    if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         /* the rows come back when due: deleted again, harmlessly */
         adl_log_error(NULL, -1, "janitor: %s", PQresultErrorMessage(res));
     }
@@ -131,10 +113,17 @@ static void
 record_send(record_t *rec)
 {
     const char  *p[2] = { rec->ids, rec->delay };
+    int          rc;
 
-    if (adl_db_query(rec->j->w->db, rec->sql, rec->delay[0] ? 2 : 1, p,
-                     record_result, rec) != 0)
-    {
+    if (rec->ok) {
+        rc = adl_db_query(rec->j->env->db, "SELECT async_dl_deleted_done("
+                          "$1::bigint[])", 1, p, record_result, rec);
+    } else {
+        rc = adl_db_query(rec->j->env->db, "SELECT async_dl_deleted_retry("
+                          "$1::bigint[], $2::bigint)", 2, p, record_result,
+                          rec);
+    }
+    if (rc != 0) {
         adl_log_error(NULL, -1, "janitor: out of memory recording deletions: "
                       "they are done again when due");
         rec->j->recording--;
@@ -144,31 +133,26 @@ record_send(record_t *rec)
 
 /* Queues one record query for the rows whose outcome is ok. */
 static void
-record(adl_janitor_t *j, int ok, int64_t delay)
+record(janitor_t *j, int ok, int64_t delay)
 {
     record_t  *rec;
     char      *p;
     int        i, n = 0;
 
     rec = calloc(1, sizeof(record_t));
-    if (rec == NULL) {
+    if (rec != NULL) {
+        rec->ids = malloc((size_t) j->nbatch * 24 + 3);
+    }
+    if (rec == NULL || rec->ids == NULL) {
         adl_log_error(NULL, -1, "janitor: out of memory recording deletions: "
                       "they are done again when due");
+        if (rec != NULL) {
+            record_free(rec);
+        }
         return;
     }
     rec->j = j;
-    rec->ids = malloc((size_t) j->nbatch * 24 + 3);
-    rec->sql = strdup(ok ? "DELETE FROM async_dl_deleted_objects "
-                           "WHERE id = ANY ($1::bigint[])"
-                         : "UPDATE async_dl_deleted_objects SET deleted_at "
-                           "= now() + $2::bigint * interval '1 millisecond' "
-                           "WHERE id = ANY ($1::bigint[])");
-    if (rec->ids == NULL || rec->sql == NULL) {
-        adl_log_error(NULL, -1, "janitor: out of memory recording deletions: "
-                      "they are done again when due");
-        record_free(rec);
-        return;
-    }
+    rec->ok = ok;
     p = rec->ids;
     *p++ = '{';
     for (i = 0; i < j->nbatch; i++) {
@@ -185,9 +169,25 @@ record(adl_janitor_t *j, int ok, int64_t delay)
     record_send(rec);
 }
 
+static void
+batch_free(janitor_t *j)
+{
+    int  i;
+
+    for (i = 0; i < j->nbatch; i++) {
+        if (j->batch[i].running) {
+            adl_s3_cancel(j->env->s3, &j->batch[i].r);
+        }
+        free(j->batch[i].key);
+    }
+    free(j->batch);
+    j->batch = NULL;
+    j->nbatch = j->running = 0;
+}
+
 /* Every delete of the batch ended. */
 static void
-batch_done(adl_janitor_t *j)
+batch_done(janitor_t *j)
 {
     int64_t  delay = 0;
     int      i, ok = 0, failed = 0;
@@ -201,7 +201,7 @@ batch_done(adl_janitor_t *j)
     }
     if (failed > 0) {
         j->fails++;
-        delay = adl_backoff_ms(j->w->settings->retry_base, j->fails);
+        delay = adl_backoff_ms(j->env->settings->retry_base, j->fails);
         adl_log_warn(NULL, -1, "janitor: %d of %d object(s) not deleted: "
                      "tried again in %lld ms", failed, j->nbatch,
                      (long long) delay);
@@ -213,6 +213,7 @@ batch_done(adl_janitor_t *j)
         }
     }
     batch_free(j);
+    set_state(j, JN_IDLE);
 }
 
 
@@ -221,8 +222,8 @@ batch_done(adl_janitor_t *j)
 static void
 deleted(adl_s3_req_t *r)
 {
-    deletion_t     *d = (deletion_t *) (void *) r;
-    adl_janitor_t  *j = d->j;
+    deletion_t  *d = (deletion_t *) (void *) r;
+    janitor_t   *j = d->j;
 
     d->running = 0;
     j->running--;
@@ -234,19 +235,16 @@ deleted(adl_s3_req_t *r)
         adl_log_warn(d->job_id, -1, "deleting object %s failed: %s; will "
                      "try again", d->key, r->error);
     }
-    if (j->running == 0) {
-        batch_done(j);
-    }
 }
 
 static void
 taken(void *data, PGresult *res)
 {
-    adl_janitor_t  *j = data;
-    deletion_t     *d;
-    int             i, n;
+    janitor_t   *j = data;
+    deletion_t  *d;
+    int          i, n;
 
-    j->taking = 0;
+    set_state(j, JN_IDLE);
     if (res == NULL) {
         /* taken or not, the rows come back when their lease ends */
         j->pending = 1;
@@ -267,6 +265,7 @@ taken(void *data, PGresult *res)
         return;
     }
     j->nbatch = n;
+    set_state(j, JN_DELETING);
     for (i = 0; i < n; i++) {
         d = &j->batch[i];
         d->j = j;
@@ -280,7 +279,7 @@ taken(void *data, PGresult *res)
         d->r.key = d->key;
         d->r.done = deleted;
         d->r.data = d;
-        if (adl_s3_start(j->w->s3, &d->r) != 0) {
+        if (adl_s3_start(j->env->s3, &d->r) != 0) {
             adl_log_warn(d->job_id, -1, "deleting object %s failed: %s; "
                          "will try again", d->key, d->r.error);
             continue;
@@ -288,64 +287,132 @@ taken(void *data, PGresult *res)
         d->running = 1;
         j->running++;
     }
-    if (j->running == 0) {
-        batch_done(j);
+}
+
+
+/* --- the deadline sweep, the counts ----------------------------------------- */
+
+static void
+sweep_result(void *data, PGresult *res)
+{
+    (void) data;
+
+    if (res == NULL) {
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        adl_log_error(NULL, -1, "deadline sweep failed: %s",
+                      PQresultErrorMessage(res));
+    } else if (PQntuples(res) == 1 && atoi(PQgetvalue(res, 0, 0)) > 0) {
+        adl_log_info(NULL, -1, "deadline sweep: %s file(s) timed out",
+                     PQgetvalue(res, 0, 0));
     }
 }
 
 static void
-checked(void *data, PGresult *res)
+compact_result(void *data, PGresult *res)
 {
-    adl_janitor_t  *j = data;
+    (void) data;
 
-    j->checking = 0;
-    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK
-        && PQntuples(res) == 1)
-    {
-        j->table = PQgetvalue(res, 0, 0)[0] == 't';
-        j->pending = j->table;
+    if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        adl_log_error(NULL, -1, "compacting the queue counts failed: %s",
+                      PQresultErrorMessage(res));
     }
 }
 
-void
-adl_janitor_connected(adl_janitor_t *j)
+
+/* --- the ops -------------------------------------------------------------- */
+
+static void *
+janitor_create(adl_env_t *env)
 {
-    if (adl_db_query(j->w->db, "SELECT to_regclass("
-                     "'async_dl_deleted_objects') IS NOT NULL", 0, NULL,
-                     checked, j) == 0)
-    {
-        j->checking = 1;
+    janitor_t  *j = calloc(1, sizeof(janitor_t));
+
+    if (j != NULL) {
+        j->env = env;
+        j->pending = 1;
     }
+    return j;
 }
 
-void
-adl_janitor_kick(adl_janitor_t *j)
+static void
+janitor_destroy(void *k)
 {
+    janitor_t  *j = k;
+
+    batch_free(j);
+    free(j);
+}
+
+static void
+janitor_wake(void *k)
+{
+    janitor_t  *j = k;
+
     j->pending = 1;
 }
 
-void
-adl_janitor_run(adl_janitor_t *j)
+static void
+janitor_poll(void *k, int64_t now)
 {
+    janitor_t  *j = k;
+
+    (void) now;
+    adl_db_query(j->env->db, "SELECT async_dl_sweep_deadlines()", 0, NULL,
+                 sweep_result, j);
+    adl_db_query(j->env->db, "SELECT async_dl_counts_compact()", 0, NULL,
+                 compact_result, j);
+}
+
+static void
+janitor_settle(void *k, int64_t now)
+{
+    janitor_t   *j = k;
     char         lease[24], limit[16];
     const char  *p[2] = { lease, limit };
 
-    if (!j->table || !j->pending || j->taking || j->batch != NULL
-        || j->w->stopping || !adl_db_connected(j->w->db))
+    (void) now;
+    if (j->state == JN_DELETING && j->running == 0) {
+        batch_done(j);
+    }
+    if (j->state != JN_IDLE || !j->pending || j->env->stopping
+        || !adl_db_connected(j->env->db))
     {
         return;
     }
-    j->pending = 0;
-    snprintf(lease, sizeof(lease), "%lld", (long long) j->w->settings->lease);
+    snprintf(lease, sizeof(lease), "%lld",
+             (long long) j->env->settings->lease);
     snprintf(limit, sizeof(limit), "%d", DELETE_BATCH);
-    if (adl_db_query(j->w->db, "UPDATE async_dl_deleted_objects SET "
-                     "deleted_at = now() + $1::bigint * interval "
-                     "'1 millisecond' WHERE id IN (SELECT id FROM "
-                     "async_dl_deleted_objects WHERE deleted_at <= now() "
-                     "ORDER BY id LIMIT $2::integer FOR UPDATE SKIP LOCKED) "
-                     "RETURNING id, job_id, object_key", 2, p, taken, j)
-        == 0)
+    if (adl_db_query(j->env->db, "SELECT o_id, o_job, o_key FROM "
+                     "async_dl_deleted_take($1::bigint, $2::integer)",
+                     2, p, taken, j) == 0)
     {
-        j->taking = 1;
+        j->pending = 0;
+        set_state(j, JN_TAKING);
     }
 }
+
+static int
+janitor_busy(const void *k)
+{
+    const janitor_t  *j = k;
+
+    return j->state != JN_IDLE || j->recording > 0;
+}
+
+static const char *const  janitor_channels[] = { "async_dl_deleted", NULL };
+
+const adl_task_ops_t  adl_janitor_ops = {
+    "janitor",
+    janitor_channels,
+    janitor_create,
+    janitor_destroy,
+    janitor_wake,
+    NULL,                           /* notify: wake */
+    janitor_poll,
+    NULL,                           /* tick */
+    janitor_settle,
+    NULL,                           /* hand_back: deletes finish or not */
+    janitor_busy,
+    NULL
+};

@@ -1,8 +1,9 @@
 /*
- * janitor: periodic maintenance beside the transfers.  Today: removing
- * from storage the objects of deleted jobs, which the API queues in
- * async_dl_deleted_objects (sql/002_api.sql; bundle.c too, for a zip
- * stored after its job went) and announces on async_dl_deleted.
+ * janitor: periodic maintenance beside the transfers: removing from
+ * storage the objects nobody records any more (of deleted jobs, canceled
+ * files, dropped zips), which PostgreSQL queues in async_dl_deleted_objects
+ * and announces on async_dl_deleted; and, every poll interval, the
+ * deadline sweep and the compaction of the queue counts.
  *
  * A row's deleted_at is when it is due: rows are taken under SKIP LOCKED
  * and held for a lease (ASYNC_DL_LEASE) by moving deleted_at past it, so
@@ -14,22 +15,8 @@
 #ifndef ADL_JANITOR_H
 #define ADL_JANITOR_H
 
-#include "worker.h"
+#include "task.h"
 
-typedef struct adl_janitor_s  adl_janitor_t;
-
-adl_janitor_t *adl_janitor_create(adl_worker_t *w);
-void adl_janitor_destroy(adl_janitor_t *j);
-
-/* A new connection: find out whether the table exists. */
-void adl_janitor_connected(adl_janitor_t *j);
-
-/* Something may be waiting (NOTIFY, poll). */
-void adl_janitor_kick(adl_janitor_t *j);
-
-/* From the loop: start what is due. */
-void adl_janitor_run(adl_janitor_t *j);
-
-int adl_janitor_busy(const adl_janitor_t *j);
+extern const adl_task_ops_t  adl_janitor_ops;
 
 #endif /* ADL_JANITOR_H */

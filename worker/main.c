@@ -15,7 +15,6 @@
 
 #include "adl_sigv4.h"
 #include "db.h"
-#include "expiry.h"
 #include "log.h"
 #include "migrate.h"
 #include "settings.h"
@@ -44,7 +43,7 @@ migrate_at_start(const adl_settings_t *s, int wait)
     }
     rc = adl_migrate(conn);
     if (rc == 0 && !s->migrate_only) {
-        rc = adl_expiry_store_ttls(conn, s);
+        rc = adl_migrate_store_ttls(conn, s);
     }
     PQfinish(conn);
     return rc;

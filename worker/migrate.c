@@ -1,6 +1,7 @@
 /*
  * migrate: runs at start (blocking: nothing else is going on yet) and for
- * `async-dl-worker --migrate`.
+ * `async-dl-worker --migrate`; then, at start, stores this worker's TTLs
+ * for the expiry sweep.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,5 +127,26 @@ unlock:
     if (exec_ok(conn, lock, "releasing the advisory lock") != 0) {
         rc = -1;
     }
+    return rc;
+}
+
+int
+adl_migrate_store_ttls(PGconn *conn, const adl_settings_t *s)
+{
+    char         c[24], f[24];
+    const char  *p[2] = { c, f };
+    PGresult    *res;
+    int          rc = 0;
+
+    snprintf(c, sizeof(c), "%lld", (long long) s->ttl_completed);
+    snprintf(f, sizeof(f), "%lld", (long long) s->ttl_failed);
+    res = PQexecParams(conn, "SELECT async_dl_lifecycle_ttls($1::bigint, "
+                       "$2::bigint)", 2, NULL, p, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        adl_log_error(NULL, -1, "expiry: storing the TTLs failed: %s",
+                      PQresultErrorMessage(res));
+        rc = -1;
+    }
+    PQclear(res);
     return rc;
 }

@@ -10,10 +10,17 @@
 
 #include <libpq-fe.h>
 
+#include "settings.h"
+
 /* The advisory lock key: "async-dl" in ASCII. */
 #define ADL_MIGRATE_LOCK  0x6173796e632d646cLL
 
 /* Returns 0, or -1 after logging why. */
 int adl_migrate(PGconn *conn);
+
+/* Stores this worker's TTLs (ASYNC_DL_TTL_COMPLETED, _FAILED), which the
+ * schema reads when a job ends (the last worker started wins).  0, or -1
+ * after logging why. */
+int adl_migrate_store_ttls(PGconn *conn, const adl_settings_t *s);
 
 #endif /* ADL_MIGRATE_H */

@@ -5,12 +5,12 @@
  *      |  \--transient error--> BACKOFF --retry--> RUNNING
  *      \----- any end (failure, deadline, cancel, lease, shutdown) --+
  *                                                                   v
- *   ENDING (outcome recorded) -> CLOSING -> DONE (freed by adl_xfer_reap)
+ *   ENDING (outcome recorded) -> CLOSING -> DONE (freed by its owner)
  *
  * All ends go through xfer_end(), which only records the outcome: it may
  * run inside a libcurl callback (a write callback that could not start an
  * upload, an unpause that delivered data).  The loop then closes ended
- * transfers in one place, adl_xfer_process_ends(), outside every callback:
+ * transfers in one place, adl_xfer_settle(), outside every callback:
  * the download is stopped; a storage request that may store the object
  * (PutObject, CompleteMultipartUpload) or create an upload is left to
  * answer, others are stopped; then, at the same time, the multipart upload
@@ -22,7 +22,7 @@
  * - the size is known and above a part (and at most 5 GiB): one PUT
  *   streamed while downloading, through the fill buffer used as a ring
  *   (whichever side is ahead pauses; unpausing is done from the loop,
- *   adl_xfer_kick(), never from inside the other side's callback);
+ *   adl_xfer_settle(), never from inside the other side's callback);
  * - else parts: the fill buffer swaps with the upload buffer each time it
  *   is full; the first full part creates a multipart upload; a download
  *   that ends within the first part is stored with one PUT.
@@ -38,6 +38,7 @@
 
 #include "adl_sigv4.h"
 #include "backoff.h"
+#include "clock.h"
 #include "log.h"
 #include "transfer.h"
 
@@ -68,8 +69,8 @@ typedef struct {
 } buf_t;
 
 struct adl_xfer_s {
-    adl_xfer_t            *prev, *next;
-    adl_worker_t          *w;
+    adl_env_t             *env;
+    int                   *wake;             /* the owner's: settle me */
     adl_job_t             *job;
     int                    idx;
     char                  *url;
@@ -232,12 +233,6 @@ adl_xfer_idx(const adl_xfer_t *x)
     return x->idx;
 }
 
-adl_xfer_t *
-adl_xfer_next(const adl_xfer_t *x)
-{
-    return x->next;
-}
-
 int
 adl_xfer_active(const adl_xfer_t *x)
 {
@@ -312,7 +307,7 @@ restart_from_zero(adl_xfer_t *x)
     x->ring_head = 0;
     if (x->stream) {
         /* the bytes sent cannot be taken back: a new PUT */
-        adl_s3_cancel(x->w->s3, &x->s3);
+        adl_s3_cancel(x->env->s3, &x->s3);
         x->s3.op = S3_NONE;
         x->stream = 0;
         x->up_paused = 0;
@@ -332,7 +327,7 @@ restart_from_zero(adl_xfer_t *x)
 static int
 check_response(adl_xfer_t *x)
 {
-    const adl_settings_t  *s = x->w->settings;
+    const adl_settings_t  *s = x->env->settings;
     long                   code = 0;
     curl_off_t             cl = -1;
     char                  *ct = NULL;
@@ -455,7 +450,7 @@ stream_read(char *buf, size_t size, size_t nmemb, void *userp)
     if (x->paused && cap - x->fill.len >= KICK_MIN) {
         x->paused = 0;
         x->kick_dl = 1;
-        x->w->kick = 1;
+        *x->wake = 1;
     }
     return n;
 }
@@ -481,7 +476,7 @@ stream_start(adl_xfer_t *x)
     r->read_data = x;
     r->done = storage_done;
     r->data = x;
-    if (adl_s3_start(x->w->s3, r) != 0) {
+    if (adl_s3_start(x->env->s3, r) != 0) {
         r->op = S3_NONE;
         x->stream = 0;
     }
@@ -512,7 +507,7 @@ stream_write(adl_xfer_t *x, const char *data, size_t n)
     if (x->up_paused && x->fill.len >= KICK_MIN) {
         x->up_paused = 0;
         x->kick_up = 1;
-        x->w->kick = 1;
+        *x->wake = 1;
     }
     return n;
 }
@@ -521,7 +516,7 @@ static size_t
 write_cb(char *data, size_t size, size_t nmemb, void *userp)
 {
     adl_xfer_t            *x = userp;
-    const adl_settings_t  *s = x->w->settings;
+    const adl_settings_t  *s = x->env->settings;
     size_t                 n = size * nmemb, part = (size_t) s->part_size;
     size_t                 first;
     buf_t                  tmp;
@@ -632,7 +627,7 @@ download_done(adl_http_req_t *req, CURLcode rc)
             } else if (x->up_paused) {
                 x->up_paused = 0;   /* the last bytes */
                 x->kick_up = 1;
-                x->w->kick = 1;
+                *x->wake = 1;
             }
             return;
         }
@@ -675,7 +670,7 @@ download_done(adl_http_req_t *req, CURLcode rc)
             code = "TOO_LARGE";
             snprintf(msg, sizeof(msg), "the file is larger than the %lld "
                      "bytes allowed",
-                     (long long) x->w->settings->max_file_size);
+                     (long long) x->env->settings->max_file_size);
             break;
         case CURLE_TOO_MANY_REDIRECTS:
             snprintf(msg, sizeof(msg), "too many redirects (more than %ld)",
@@ -696,11 +691,11 @@ download_done(adl_http_req_t *req, CURLcode rc)
     x->dl_headers = NULL;
     x->paused = 0;
 
-    if (transient && x->attempt < x->w->settings->max_attempts) {
+    if (transient && x->attempt < x->env->settings->max_attempts) {
         if (delay < 0) {
-            delay = adl_backoff_ms(x->w->settings->retry_base, x->attempt);
+            delay = adl_backoff_ms(x->env->settings->retry_base, x->attempt);
         }
-        if (x->w->stopping) {
+        if (x->env->stopping) {
             /* shutting down: another worker retries it, it has not failed */
             xfer_end(x, OUT_HAND_BACK, code, "%s; handed back for a retry",
                      msg);
@@ -720,7 +715,7 @@ download_done(adl_http_req_t *req, CURLcode rc)
 static void
 start_download(adl_xfer_t *x)
 {
-    const adl_settings_t  *s = x->w->settings;
+    const adl_settings_t  *s = x->env->settings;
     char                   hdr[320];
     struct curl_slist     *l;
     CURL                  *e;
@@ -787,7 +782,7 @@ start_download(adl_xfer_t *x)
                          (curl_off_t) s->max_file_size);
     }
 
-    if (adl_http_start(x->w->origin, &x->dl) != 0) {
+    if (adl_http_start(x->env->origin, &x->dl) != 0) {
         curl_easy_cleanup(e);
         x->dl.easy = NULL;
         curl_slist_free_all(x->dl_headers);
@@ -805,7 +800,7 @@ stop_download(adl_xfer_t *x)
     if (x->dl.easy == NULL) {
         return;
     }
-    adl_http_stop(x->w->origin, &x->dl);
+    adl_http_stop(x->env->origin, &x->dl);
     curl_easy_cleanup(x->dl.easy);
     x->dl.easy = NULL;
     curl_slist_free_all(x->dl_headers);
@@ -835,7 +830,7 @@ storage_start(adl_xfer_t *x, adl_s3_op_t op, const char *body, size_t len)
     r->done = storage_done;
     r->data = x;
 
-    if (adl_s3_start(x->w->s3, r) != 0) {
+    if (adl_s3_start(x->env->s3, r) != 0) {
         r->op = S3_NONE;
         if (op == S3_PART) {
             x->up_busy = 0;         /* the same part again */
@@ -1008,7 +1003,7 @@ storage_done_ending(adl_xfer_t *x, adl_s3_op_t op, adl_s3_req_t *r)
 static int64_t
 storage_retry_in(adl_xfer_t *x, const adl_s3_req_t *r)
 {
-    const adl_settings_t  *s = x->w->settings;
+    const adl_settings_t  *s = x->env->settings;
     int64_t                delay;
 
     if (!r->transient || ++x->s3_tries >= s->max_attempts) {
@@ -1068,7 +1063,7 @@ storage_done(adl_s3_req_t *r)
          * transfer, so an attempt too */
         stop_download(x);
         restart_from_zero(x);
-        if (delay >= 0 && x->attempt < x->w->settings->max_attempts) {
+        if (delay >= 0 && x->attempt < x->env->settings->max_attempts) {
             XLOG(ADL_LOG_WARN, x, "storage: %s; starting again from byte 0 "
                  "in %lld ms", r->error, (long long) delay);
             x->state = XF_BACKOFF;
@@ -1092,7 +1087,7 @@ storage_done(adl_s3_req_t *r)
                 if (x->paused) {
                     x->paused = 0;
                     x->kick_dl = 1;
-                    x->w->kick = 1;
+                    *x->wake = 1;
                 }
             }
         }
@@ -1131,7 +1126,7 @@ storage_done(adl_s3_req_t *r)
              * unpause may deliver data (and end the transfer) at once */
             x->paused = 0;
             x->kick_dl = 1;
-            x->w->kick = 1;
+            *x->wake = 1;
         }
         break;
 
@@ -1158,7 +1153,7 @@ storage_done(adl_s3_req_t *r)
 
 /* Records how the transfer ends.  Safe anywhere, also inside a libcurl
  * callback: nothing is stopped or freed here; the loop closes the
- * transfer (adl_xfer_process_ends). */
+ * transfer (adl_xfer_settle). */
 static void
 xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
     const char *fmt, ...)
@@ -1188,7 +1183,7 @@ xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
         break;
     }
     x->state = XF_ENDING;
-    x->w->ending = 1;
+    *x->wake = 1;
 }
 
 /* A storage request that may store the object (or has created an upload
@@ -1222,7 +1217,7 @@ end_begin(adl_xfer_t *x)
             XLOG(ADL_LOG_DEBUG, x, "waiting for the storage request under "
                  "way to answer");
         } else {
-            adl_s3_cancel(x->w->s3, &x->s3);
+            adl_s3_cancel(x->env->s3, &x->s3);
             x->s3.op = S3_NONE;
         }
     }
@@ -1274,20 +1269,7 @@ end_advance(adl_xfer_t *x)
         }
     }
     x->state = XF_DONE;
-    x->w->reap = 1;
-}
-
-void
-adl_xfer_process_ends(adl_worker_t *w)
-{
-    adl_xfer_t  *x;
-
-    w->ending = 0;
-    for (x = w->xfers; x != NULL; x = x->next) {
-        if (x->state == XF_ENDING) {
-            end_begin(x);
-        }
-    }
+    *x->wake = 1;
 }
 
 /*
@@ -1331,7 +1313,7 @@ check_orphan(adl_xfer_t *x)
     p[0] = x->job->id;
     p[1] = idx;
     p[2] = x->key;
-    if (adl_db_query(x->w->db, "SELECT async_dl_file_orphan($1::uuid, "
+    if (adl_db_query(x->env->db, "SELECT async_dl_file_orphan($1::uuid, "
                      "$2::integer, $3)", 3, p, orphan_result, x) != 0)
     {
         return -1;
@@ -1399,7 +1381,7 @@ write_result(adl_xfer_t *x)
     p[10] = x->outcome == OUT_FAILED ? x->error : NULL;
     p[11] = NULL;
 
-    if (adl_db_query(x->w->db, "SELECT async_dl_file_finish($1::uuid, "
+    if (adl_db_query(x->env->db, "SELECT async_dl_file_finish($1::uuid, "
                      "$2::integer, $3, $4, $5::bigint, $6, $7, $8, "
                      "$9::integer, $10, $11, $12::timestamptz)", 12, p,
                      finish_result, x) != 0)
@@ -1411,29 +1393,17 @@ write_result(adl_xfer_t *x)
     x->db_refs++;
 }
 
-static void
-xfer_free(adl_xfer_t *x)
+void
+adl_xfer_free(adl_xfer_t *x)
 {
-    adl_worker_t  *w = x->w;
-    adl_job_t     *job = x->job;
-    int            i;
-
-    if (x->prev != NULL) {
-        x->prev->next = x->next;
-    } else {
-        w->xfers = x->next;
-    }
-    if (x->next != NULL) {
-        x->next->prev = x->prev;
-    }
-    w->nxfers--;
+    int  i;
 
     if (x->upload_id != NULL && !x->abort_done && x->outcome != OUT_STORED) {
         XLOG(ADL_LOG_WARN, x, "exiting: multipart upload %s of %s left "
              "unaborted", x->upload_id, x->key);
     }
     stop_download(x);
-    adl_s3_cancel(w->s3, &x->s3);
+    adl_s3_cancel(x->env->s3, &x->s3);
     adl_sha256_free(&x->sha);
     buf_free(&x->fill);
     buf_free(&x->up);
@@ -1447,44 +1417,12 @@ xfer_free(adl_xfer_t *x)
     free(x->key);
     free(x->lease);
     free(x);
-
-    adl_worker_xfer_released(w, job);
-}
-
-void
-adl_xfer_reap(adl_worker_t *w)
-{
-    adl_xfer_t  *x, *next;
-
-    w->reap = 0;
-    for (x = w->xfers; x != NULL; x = next) {
-        next = x->next;
-        if (x->state == XF_DONE && x->db_refs == 0 && x->s3.op == S3_NONE) {
-            xfer_free(x);
-        }
-    }
-}
-
-void
-adl_xfer_free_all(adl_worker_t *w)
-{
-    while (w->xfers != NULL) {
-        xfer_free(w->xfers);
-    }
 }
 
 int
-adl_xfer_unrecorded(const adl_worker_t *w)
+adl_xfer_recorded(const adl_xfer_t *x)
 {
-    const adl_xfer_t  *x;
-    int                n = 0;
-
-    for (x = w->xfers; x != NULL; x = x->next) {
-        if (!x->recorded) {
-            n++;
-        }
-    }
-    return n;
+    return x->recorded;
 }
 
 
@@ -1512,7 +1450,7 @@ progress_result(void *data, PGresult *res)
         }
         /* renewed from before the query was sent: the lease runs until
          * then at least, whatever the two clocks say */
-        x->lease_until = x->progress_sent + x->w->settings->lease;
+        x->lease_until = x->progress_sent + x->env->settings->lease;
     }
     if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
         XLOG(ADL_LOG_ERROR, x, "progress: %s", PQresultErrorMessage(res));
@@ -1522,7 +1460,7 @@ progress_result(void *data, PGresult *res)
 static void
 report_progress(adl_xfer_t *x, int64_t now)
 {
-    const adl_settings_t  *s = x->w->settings;
+    const adl_settings_t  *s = x->env->settings;
     char                   idx[16], lease[32], bytes[24], size[24];
     char                   attempts[16];
     const char            *p[7];
@@ -1540,7 +1478,7 @@ report_progress(adl_xfer_t *x, int64_t now)
     p[5] = x->size >= 0 ? size : NULL;
     p[6] = attempts;
 
-    if (adl_db_query(x->w->db, "SELECT async_dl_file_progress($1::uuid, "
+    if (adl_db_query(x->env->db, "SELECT async_dl_file_progress($1::uuid, "
                      "$2::integer, $3, $4::interval, $5::bigint, $6::bigint, "
                      "$7::integer)", 7, p, progress_result, x) != 0)
     {
@@ -1560,7 +1498,7 @@ report_progress(adl_xfer_t *x, int64_t now)
 void
 adl_xfer_tick(adl_xfer_t *x, int64_t now)
 {
-    const adl_settings_t  *s = x->w->settings;
+    const adl_settings_t  *s = x->env->settings;
 
     if (!adl_xfer_active(x)) {
         return;
@@ -1591,7 +1529,7 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
         }
     }
 
-    if (!x->progress_busy && adl_db_connected(x->w->db)
+    if (!x->progress_busy && adl_db_connected(x->env->db)
         && ((x->received != x->reported
              && now - x->job->last_progress >= PROGRESS_EVERY
              && now - x->last_report >= PROGRESS_EVERY)
@@ -1601,34 +1539,36 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
     }
 }
 
-void
-adl_xfer_kick(adl_worker_t *w)
+int
+adl_xfer_settle(adl_xfer_t *x)
 {
-    adl_xfer_t  *x;
-    int          rounds;
+    int  rounds;
 
+    if (x->state == XF_ENDING) {
+        end_begin(x);
+    }
     /* unpausing may deliver data at once, which may ask for the other
      * side to be unpaused: a few rounds settle it */
-    for (rounds = 0; w->kick && rounds < 8; rounds++) {
-        w->kick = 0;
-        for (x = w->xfers; x != NULL; x = x->next) {
-            if (!adl_xfer_active(x)) {
-                continue;
+    for (rounds = 0; rounds < 8 && adl_xfer_active(x)
+                     && (x->kick_dl || x->kick_up); rounds++)
+    {
+        if (x->kick_dl) {
+            x->kick_dl = 0;
+            if (x->dl.easy != NULL) {
+                curl_easy_pause(x->dl.easy, CURLPAUSE_CONT);
             }
-            if (x->kick_dl) {
-                x->kick_dl = 0;
-                if (x->dl.easy != NULL) {
-                    curl_easy_pause(x->dl.easy, CURLPAUSE_CONT);
-                }
-            }
-            if (x->kick_up) {
-                x->kick_up = 0;
-                if (x->s3.http.easy != NULL) {
-                    curl_easy_pause(x->s3.http.easy, CURLPAUSE_CONT);
-                }
+        }
+        if (x->kick_up) {
+            x->kick_up = 0;
+            if (x->s3.http.easy != NULL) {
+                curl_easy_pause(x->s3.http.easy, CURLPAUSE_CONT);
             }
         }
     }
+    if (x->state == XF_ENDING) {
+        end_begin(x);
+    }
+    return x->state == XF_DONE && x->db_refs == 0 && x->s3.op == S3_NONE;
 }
 
 void
@@ -1653,7 +1593,8 @@ adl_xfer_hand_back(adl_xfer_t *x)
 }
 
 adl_xfer_t *
-adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
+adl_xfer_start(adl_env_t *env, int *wake, adl_job_t *job,
+    const adl_claim_t *c)
 {
     adl_xfer_t  *x;
 
@@ -1661,14 +1602,15 @@ adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
     if (x == NULL) {
         return NULL;
     }
-    x->w = w;
+    x->env = env;
+    x->wake = wake;
     x->job = job;
     x->idx = c->idx;
     x->size = -1;
     x->next_part = 1;
     x->attempt = c->attempts;
     x->last_report = adl_now_ms();
-    x->lease_until = c->claimed_at + w->settings->lease;
+    x->lease_until = c->claimed_at + env->settings->lease;
     x->url = strdup(c->url);
     x->lease = strdup(c->lease);
     x->key = strdup(c->key);
@@ -1683,17 +1625,9 @@ adl_xfer_start(adl_worker_t *w, adl_job_t *job, const adl_claim_t *c)
         return NULL;
     }
 
-    job->refs++;
-    x->next = w->xfers;
-    if (w->xfers != NULL) {
-        w->xfers->prev = x;
-    }
-    w->xfers = x;
-    w->nxfers++;
-
     XLOG(ADL_LOG_INFO, x, "claimed (attempt %d) %s", x->attempt, x->url);
 
-    if (w->stopping) {
+    if (env->stopping) {
         /* the claim answered after SIGTERM: not started, not counted */
         x->state = XF_RUNNING;
         x->uncounted = 1;

@@ -6,13 +6,31 @@
  *
  * Memory: at most two part buffers per transfer (one filling from the
  * origin, one uploading); when both are busy the download is paused.
+ *
+ * Its owner (files.c) holds the list of transfers and the jobs they
+ * belong to.  A transfer never calls its owner: it sets *wake, from
+ * anywhere (libcurl and database callbacks included), and the owner then
+ * calls adl_xfer_settle() from the loop.
  */
 #ifndef ADL_TRANSFER_H
 #define ADL_TRANSFER_H
 
 #include <stdint.h>
 
-#include "worker.h"
+#include "task.h"
+
+/* A job with at least one of its files transferred here (files.c's). */
+typedef struct adl_job_s  adl_job_t;
+
+struct adl_job_s {
+    adl_job_t  *next;
+    char        id[40];
+    int64_t     deadline;        /* adl_now_ms() clock */
+    int         refs;            /* transfers */
+    int64_t     last_progress;   /* throttles its progress writes */
+};
+
+typedef struct adl_xfer_s  adl_xfer_t;
 
 typedef struct {
     const char  *job_id;
@@ -27,14 +45,16 @@ typedef struct {
 /* Starts a claimed file; NULL on allocation failure (the file is then
  * left to its lease).  While the worker is stopping, the file is handed
  * back at once instead (its claim not counted as an attempt). */
-adl_xfer_t *adl_xfer_start(adl_worker_t *w, adl_job_t *job,
+adl_xfer_t *adl_xfer_start(adl_env_t *env, int *wake, adl_job_t *job,
     const adl_claim_t *c);
 
 /* Every tick: deadline, retries, progress and lease renewal. */
 void adl_xfer_tick(adl_xfer_t *x, int64_t now);
 
-/* Unpauses the transfers whose other side made room or data. */
-void adl_xfer_kick(adl_worker_t *w);
+/* From the loop only, outside every libcurl callback, after *wake was
+ * set: closes the transfer if it ended, unpauses the side that has room
+ * or data.  1 when the transfer is done: adl_xfer_free() it. */
+int adl_xfer_settle(adl_xfer_t *x);
 
 /* The job was canceled or deleted: stop, write nothing. */
 void adl_xfer_cancel(adl_xfer_t *x);
@@ -45,23 +65,14 @@ void adl_xfer_lease_lost(adl_xfer_t *x);
 /* Shutting down: stop and hand the file back (pending). */
 void adl_xfer_hand_back(adl_xfer_t *x);
 
-/* Closes the transfers that ended (w->ending): from the loop, outside
- * every libcurl callback. */
-void adl_xfer_process_ends(adl_worker_t *w);
+/* Frees it, whatever its state (done, or at exit). */
+void adl_xfer_free(adl_xfer_t *x);
 
-/* Frees the transfers that are done (called by the loop between events). */
-void adl_xfer_reap(adl_worker_t *w);
+/* Its result was written (answered by the database). */
+int adl_xfer_recorded(const adl_xfer_t *x);
 
-/* Transfers whose result has not been written (yet). */
-int adl_xfer_unrecorded(const adl_worker_t *w);
-
-/* At exit: frees every transfer, whatever its state. */
-void adl_xfer_free_all(adl_worker_t *w);
-
-/* Job the transfer belongs to, and the list link (worker.c). */
 adl_job_t *adl_xfer_job(const adl_xfer_t *x);
 int adl_xfer_idx(const adl_xfer_t *x);
-adl_xfer_t *adl_xfer_next(const adl_xfer_t *x);
 int adl_xfer_active(const adl_xfer_t *x);   /* not ending already */
 
 #endif /* ADL_TRANSFER_H */

@@ -1,14 +1,22 @@
 /*
- * worker: the event loop and what it drives: claims (woken by NOTIFY and
- * a slow safety poll), cancels, the deadline sweep, shutdown.
+ * worker: the event loop, and nothing else: it waits on epoll, routes each
+ * event (signals, the tick, the database, the two curl multis), and calls
+ * the kinds of work (task.h) at their times:
  *
- * Everything runs on one thread.  Handlers never close or free a
- * transfer: they record that it ended, and the loop closes ended
- * transfers after each epoll_wait() batch (outside every libcurl
- * callback) and frees those done, so no callback ever finds its object
- * gone.  The tick timer runs every 100 ms while
- * there is work (deadlines, retries, progress, leases) and every second
- * when idle.
+ *   each epoll batch   every kind's settle (ends, next requests, claims)
+ *   each tick          the database's tick, every kind's tick, the poll
+ *                      when due, the hand-back when the grace is over
+ *   a NOTIFY           the kinds listening on its channel
+ *   a new connection   every kind's wake
+ *
+ * Handlers never close or free what libcurl or libpq may still call back
+ * into: they record, and the kinds act in settle, after the batch.  The
+ * tick runs every 100 ms while any kind is busy, every second when idle.
+ *
+ * Shutdown: at the first SIGTERM (or SIGINT) no kind claims any more; work
+ * in flight has ASYNC_DL_SHUTDOWN_GRACE to finish, then is handed back;
+ * the loop exits when no kind is busy and the database has nothing to
+ * send, or EXIT_HARD_LIMIT after the grace regardless.
  */
 #include <errno.h>
 #include <signal.h>
@@ -23,208 +31,44 @@
 
 #include "bundle.h"
 #include "callback.h"
+#include "clock.h"
 #include "expiry.h"
+#include "files.h"
 #include "janitor.h"
 #include "log.h"
-#include "transfer.h"
+#include "task.h"
 #include "worker.h"
 
 #define TICK_BUSY        100     /* ms */
 #define TICK_IDLE        1000
 #define EXIT_HARD_LIMIT  10000   /* ms after the grace: exit regardless */
 
-static adl_worker_t  *the_worker;
+/* epoll tags (data.u64 >> 32); curl sockets carry their fd below */
+#define TAG_SIGNAL   1
+#define TAG_TICK     2
+#define TAG_DB       3
+#define TAG_ORIGIN   4          /* 4: sockets, 5: timer */
+#define TAG_STORAGE  6          /* 6: sockets, 7: timer */
 
-int64_t
-adl_now_ms(void)
-{
-    struct timespec  ts;
+static const adl_task_ops_t  *const kinds[] = {
+    &adl_files_ops, &adl_bundles_ops, &adl_callbacks_ops, &adl_expiry_ops,
+    &adl_janitor_ops
+};
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+#define NKINDS  (sizeof(kinds) / sizeof(kinds[0]))
+#define MAX_CHANNELS  16
 
-
-/* --- jobs ---------------------------------------------------------------- */
-
-static adl_job_t *
-job_get(adl_worker_t *w, const char *id, int64_t remaining_ms)
-{
-    adl_job_t  *j;
-
-    for (j = w->jobs; j != NULL; j = j->next) {
-        if (strcmp(j->id, id) == 0) {
-            return j;
-        }
-    }
-    j = calloc(1, sizeof(adl_job_t));
-    if (j == NULL) {
-        return NULL;
-    }
-    snprintf(j->id, sizeof(j->id), "%s", id);
-    j->deadline = adl_now_ms() + remaining_ms;
-    j->next = w->jobs;
-    w->jobs = j;
-    return j;
-}
-
-static void
-job_unref(adl_worker_t *w, adl_job_t *job)
-{
-    adl_job_t  **pp;
-
-    if (--job->refs > 0) {
-        return;
-    }
-    for (pp = &w->jobs; *pp != NULL; pp = &(*pp)->next) {
-        if (*pp == job) {
-            *pp = job->next;
-            free(job);
-            return;
-        }
-    }
-}
-
-void
-adl_worker_xfer_released(adl_worker_t *w, adl_job_t *job)
-{
-    job_unref(w, job);
-}
-
-
-/* --- claims -------------------------------------------------------------- */
-
-static void
-claim_result(void *data, PGresult *res)
-{
-    adl_worker_t  *w = data;
-    adl_claim_t    c;
-    adl_job_t     *job;
-    adl_xfer_t    *x;
-    int            i, n;
-
-    w->claiming = 0;
-    if (res == NULL) {
-        w->more_work = 1;           /* again on the next connection */
-        return;
-    }
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        adl_log_error(NULL, -1, "claim failed: %s",
-                      PQresultErrorMessage(res));
-        return;                     /* the poll tries again */
-    }
-
-    n = PQntuples(res);
-    for (i = 0; i < n; i++) {
-        c.job_id = PQgetvalue(res, i, 0);
-        c.idx = atoi(PQgetvalue(res, i, 1));
-        c.url = PQgetvalue(res, i, 2);
-        c.attempts = atoi(PQgetvalue(res, i, 4));
-        c.lease = PQgetvalue(res, i, 6);
-        c.key = PQgetvalue(res, i, 3);
-        c.claimed_at = w->claim_sent;
-
-        /* ours again: the lease ran out while the database was away.  The
-         * old transfer stops at its lease's end, before this answer can
-         * arrive; if it has not, it stops now, before the new one starts */
-        for (x = w->xfers; x != NULL; x = adl_xfer_next(x)) {
-            if (adl_xfer_active(x) && adl_xfer_idx(x) == c.idx
-                && strcmp(adl_xfer_job(x)->id, c.job_id) == 0)
-            {
-                adl_xfer_lease_lost(x);
-            }
-        }
-
-        job = job_get(w, c.job_id, strtoll(PQgetvalue(res, i, 5), NULL, 10));
-        if (job == NULL) {
-            adl_log_error(c.job_id, c.idx, "out of memory: file left to "
-                          "its lease");
-            continue;
-        }
-        job->refs++;
-        if (adl_xfer_start(w, job, &c) == NULL) {
-            adl_log_error(c.job_id, c.idx, "out of memory: file left to "
-                          "its lease");
-        }
-        job_unref(w, job);
-    }
-    if (n >= w->claim_limit) {
-        w->more_work = 1;
-    }
-}
-
-static void
-maybe_claim(adl_worker_t *w)
-{
-    const adl_settings_t  *s = w->settings;
-    char                   limit[16], lease[32], max[16];
-    const char            *p[5];
-    int                    room = (int) s->concurrency - w->nxfers;
-    int                    batch = (int) s->concurrency / 4;
-
-    if (w->stopping || w->claiming || !w->more_work || room <= 0
-        || !adl_db_connected(w->db))
-    {
-        return;
-    }
-    /* when busy, claim in batches rather than one file at a time */
-    if (w->nxfers > 0 && room < (batch > 0 ? batch : 1)) {
-        return;
-    }
-
-    snprintf(limit, sizeof(limit), "%d", room);
-    snprintf(lease, sizeof(lease), "%lld milliseconds", (long long) s->lease);
-    snprintf(max, sizeof(max), "%lld", (long long) s->max_attempts);
-    p[0] = s->worker_id;
-    p[1] = limit;
-    p[2] = lease;
-    p[3] = max;
-    p[4] = s->s3_prefix;
-    /* the claim names and records the key each transfer writes to; it
-     * dies with its connection, so that on the next one the results
-     * queued meanwhile (an object stored after its lease ran out) are
-     * written before any claim can take those files again */
-    if (adl_db_query_live(w->db, "SELECT job_id, idx, url, write_key, "
-                          "attempts, greatest(0, extract(epoch FROM "
-                          "deadline - clock_timestamp()) * 1000)::bigint, "
-                          "lease FROM async_dl_claim($1, $2::integer, "
-                          "$3::interval, $4::integer, $5)", 5, p,
-                          claim_result, w) == 0)
-    {
-        w->claiming = 1;
-        w->claim_sent = adl_now_ms();
-        w->claim_limit = room;
-        w->more_work = 0;
-    }
-}
-
-static void
-sweep_result(void *data, PGresult *res)
-{
-    (void) data;
-
-    if (res == NULL) {
-        return;
-    }
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        adl_log_error(NULL, -1, "deadline sweep failed: %s",
-                      PQresultErrorMessage(res));
-    } else if (PQntuples(res) == 1 && atoi(PQgetvalue(res, 0, 0)) > 0) {
-        adl_log_info(NULL, -1, "deadline sweep: %s file(s) timed out",
-                     PQgetvalue(res, 0, 0));
-    }
-}
-
-static void
-compact_result(void *data, PGresult *res)
-{
-    (void) data;
-
-    if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
-        adl_log_error(NULL, -1, "compacting the queue counts failed: %s",
-                      PQresultErrorMessage(res));
-    }
-}
+typedef struct {
+    adl_env_t   env;
+    void       *k[NKINDS];
+    int         epfd;
+    int         sigfd;
+    int         tickfd;
+    int64_t     tick_ms;        /* current tick period */
+    int64_t     next_poll;
+    int         handed_back;
+    int64_t     stop_at;        /* grace period ends */
+} loop_t;
 
 
 /* --- database events ----------------------------------------------------- */
@@ -232,44 +76,34 @@ compact_result(void *data, PGresult *res)
 static void
 on_connected(void *data)
 {
-    adl_worker_t  *w = data;
+    loop_t  *l = data;
+    size_t   i;
 
-    w->more_work = 1;               /* what was queued while away */
-    w->next_poll = 0;
-    adl_janitor_connected(w->janitor);
+    l->next_poll = 0;
+    for (i = 0; i < NKINDS; i++) {
+        if (kinds[i]->wake != NULL) {
+            kinds[i]->wake(l->k[i]);
+        }
+    }
 }
 
 static void
 on_notify(void *data, const char *channel, const char *payload)
 {
-    adl_worker_t  *w = data;
-    adl_xfer_t    *x;
-    int            n = 0;
+    loop_t             *l = data;
+    const char *const  *c;
+    size_t              i;
 
-    if (strcmp(channel, "async_dl_jobs") == 0) {
-        w->more_work = 1;
-        return;
-    }
-    if (strcmp(channel, "async_dl_deleted") == 0) {
-        adl_janitor_kick(w->janitor);
-        return;
-    }
-    if (strcmp(channel, "async_dl_lifecycle") == 0) {
-        adl_bundler_kick(w->bundler);
-        adl_callbacks_kick(w->callbacks);
-        return;
-    }
-    if (strcmp(channel, "async_dl_cancel") == 0) {
-        for (x = w->xfers; x != NULL; x = adl_xfer_next(x)) {
-            if (adl_xfer_active(x)
-                && strcmp(adl_xfer_job(x)->id, payload) == 0)
-            {
-                adl_xfer_cancel(x);
-                n++;
+    for (i = 0; i < NKINDS; i++) {
+        for (c = kinds[i]->channels; c != NULL && *c != NULL; c++) {
+            if (strcmp(*c, channel) == 0) {
+                if (kinds[i]->notify != NULL) {
+                    kinds[i]->notify(l->k[i], channel, payload);
+                } else {
+                    kinds[i]->wake(l->k[i]);
+                }
+                break;
             }
-        }
-        if (n > 0) {
-            adl_log_info(payload, -1, "canceled: stopped %d transfer(s)", n);
         }
     }
 }
@@ -277,12 +111,44 @@ on_notify(void *data, const char *channel, const char *payload)
 
 /* --- the loop ------------------------------------------------------------ */
 
+static int
+busy(const loop_t *l)
+{
+    size_t  i;
+    int     n = 0;
+
+    for (i = 0; i < NKINDS; i++) {
+        n += kinds[i]->busy(l->k[i]) > 0;
+    }
+    return n;
+}
+
+/* "files 3, bundles 1": what is in flight, for the log. */
 static void
-set_tick(adl_worker_t *w, int64_t ms)
+in_flight(const loop_t *l, char *buf, size_t size)
+{
+    size_t  i, len = 0;
+    int     n;
+
+    buf[0] = '\0';
+    for (i = 0; i < NKINDS && len < size; i++) {
+        n = kinds[i]->busy(l->k[i]);
+        if (n > 0) {
+            len += (size_t) snprintf(buf + len, size - len, "%s%s %d",
+                                     len ? ", " : "", kinds[i]->name, n);
+        }
+    }
+    if (buf[0] == '\0') {
+        snprintf(buf, size, "nothing");
+    }
+}
+
+static void
+set_tick(loop_t *l, int64_t ms)
 {
     struct itimerspec  its, cur;
 
-    if (w->tick_ms == ms) {
+    if (l->tick_ms == ms) {
         return;
     }
     memset(&its, 0, sizeof(its));
@@ -292,7 +158,7 @@ set_tick(adl_worker_t *w, int64_t ms)
     /* never push the next tick back: a loop that turns busy and idle
      * more often than a tick would otherwise never tick at all (no
      * lease renewal, no expiry, no query timeout while under load) */
-    if (timerfd_gettime(w->tickfd, &cur) == 0
+    if (timerfd_gettime(l->tickfd, &cur) == 0
         && (cur.it_value.tv_sec != 0 || cur.it_value.tv_nsec != 0)
         && (cur.it_value.tv_sec < its.it_value.tv_sec
             || (cur.it_value.tv_sec == its.it_value.tv_sec
@@ -300,121 +166,167 @@ set_tick(adl_worker_t *w, int64_t ms)
     {
         its.it_value = cur.it_value;
     }
-    timerfd_settime(w->tickfd, 0, &its, NULL);
-    w->tick_ms = ms;
+    timerfd_settime(l->tickfd, 0, &its, NULL);
+    l->tick_ms = ms;
 }
 
 static void
-begin_shutdown(adl_worker_t *w, const char *sig)
+begin_shutdown(loop_t *l, const char *sig)
 {
     int64_t  now = adl_now_ms();
+    char     what[160];
 
-    if (w->stopping) {
+    if (l->env.stopping) {
         adl_log_info(NULL, -1, "%s again: handing back in-flight work now",
                      sig);
-        w->stop_at = now;
+        l->stop_at = now;
         return;
     }
-    w->stopping = 1;
-    w->stop_at = now + w->settings->shutdown_grace;
-    adl_log_info(NULL, -1, "%s: no new claims; %d transfer(s) in flight, "
-                 "%lld ms to finish", sig, w->nxfers,
-                 (long long) w->settings->shutdown_grace);
+    l->env.stopping = 1;
+    l->stop_at = now + l->env.settings->shutdown_grace;
+    in_flight(l, what, sizeof(what));
+    adl_log_info(NULL, -1, "%s: no new claims; in flight: %s; %lld ms to "
+                 "finish", sig, what,
+                 (long long) l->env.settings->shutdown_grace);
 }
 
 static void
-on_tick(adl_worker_t *w)
+on_tick(loop_t *l)
 {
-    adl_xfer_t  *x;
-    int64_t      now = adl_now_ms();
+    int64_t  now = adl_now_ms();
+    size_t   i;
+    int      poll = 0;
 
-    adl_db_tick(w->db, now);
+    adl_db_tick(l->env.db, now);
 
-    for (x = w->xfers; x != NULL; x = adl_xfer_next(x)) {
-        adl_xfer_tick(x, now);
+    if (!l->env.stopping && now >= l->next_poll
+        && adl_db_connected(l->env.db))
+    {
+        l->next_poll = now + l->env.settings->poll_interval;
+        poll = 1;
+    }
+    for (i = 0; poll && i < NKINDS; i++) {
+        if (kinds[i]->wake != NULL) {
+            kinds[i]->wake(l->k[i]);
+        }
+        if (kinds[i]->poll != NULL) {
+            kinds[i]->poll(l->k[i], now);
+        }
+    }
+    for (i = 0; i < NKINDS; i++) {
+        if (kinds[i]->tick != NULL) {
+            kinds[i]->tick(l->k[i], now);
+        }
     }
 
-    if (!w->stopping && now >= w->next_poll && adl_db_connected(w->db)) {
-        w->next_poll = now + w->settings->poll_interval;
-        w->more_work = 1;
-        adl_janitor_kick(w->janitor);
-        adl_bundler_kick(w->bundler);
-        adl_callbacks_kick(w->callbacks);
-        adl_db_query(w->db, "SELECT async_dl_sweep_deadlines()", 0, NULL,
-                     sweep_result, w);
-        adl_db_query(w->db, "SELECT async_dl_counts_compact()", 0, NULL,
-                     compact_result, w);
-    }
-    adl_bundler_tick(w->bundler, now);
-    adl_callbacks_tick(w->callbacks, now);
-    adl_expiry_tick(w->expiry, now);
-
-    if (w->stopping && !w->handed_back && now >= w->stop_at) {
-        w->handed_back = 1;
-        for (x = w->xfers; x != NULL; x = adl_xfer_next(x)) {
-            if (adl_xfer_active(x)) {
-                adl_xfer_hand_back(x);
+    if (l->env.stopping && !l->handed_back && now >= l->stop_at) {
+        l->handed_back = 1;
+        for (i = 0; i < NKINDS; i++) {
+            if (kinds[i]->hand_back != NULL) {
+                kinds[i]->hand_back(l->k[i]);
             }
         }
-        adl_bundler_hand_back(w->bundler);
-        adl_callbacks_hand_back(w->callbacks);
+    }
+}
+
+static void
+settle(loop_t *l)
+{
+    int64_t  now = adl_now_ms();
+    size_t   i;
+
+    for (i = 0; i < NKINDS; i++) {
+        if (kinds[i]->settle != NULL) {
+            kinds[i]->settle(l->k[i], now);
+        }
     }
 }
 
 static int
-done_stopping(adl_worker_t *w)
+done_stopping(loop_t *l)
 {
-    if (!w->stopping) {
+    char    what[160];
+    size_t  i;
+    int     unrecorded = 0;
+
+    if (!l->env.stopping) {
         return 0;
     }
-    if (w->nxfers == 0 && !adl_janitor_busy(w->janitor)
-        && !adl_bundler_busy(w->bundler) && !adl_callbacks_busy(w->callbacks)
-        && !adl_expiry_busy(w->expiry)
-        && (adl_db_idle(w->db) || !adl_db_connected(w->db)))
+    if (busy(l) == 0
+        && (adl_db_idle(l->env.db) || !adl_db_connected(l->env.db)))
     {
         return 1;
     }
-    if (adl_now_ms() >= w->stop_at + EXIT_HARD_LIMIT) {
-        adl_log_warn(NULL, -1, "exiting with %d transfer(s) still ending, "
-                     "%d not recorded (their leases will run out)",
-                     w->nxfers, adl_xfer_unrecorded(w));
+    if (adl_now_ms() >= l->stop_at + EXIT_HARD_LIMIT) {
+        for (i = 0; i < NKINDS; i++) {
+            if (kinds[i]->unrecorded != NULL) {
+                unrecorded += kinds[i]->unrecorded(l->k[i]);
+            }
+        }
+        in_flight(l, what, sizeof(what));
+        adl_log_warn(NULL, -1, "exiting with work still ending (%s), %d "
+                     "transfer(s) not recorded (their leases will run out)",
+                     what, unrecorded);
         return 1;
     }
     return 0;
 }
 
 static void
-on_signal(adl_worker_t *w)
+on_signal(loop_t *l)
 {
     struct signalfd_siginfo  si;
 
-    while (read(w->sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si)) {
-        begin_shutdown(w, si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
+    while (read(l->sigfd, &si, sizeof(si)) == (ssize_t) sizeof(si)) {
+        begin_shutdown(l, si.ssi_signo == SIGINT ? "SIGINT" : "SIGTERM");
     }
 }
 
+/* The kinds' channels, each once: what the connection LISTENs on. */
+static const char *const *
+channels(const char **buf, size_t size)
+{
+    const char *const  *c;
+    size_t              i, k, n = 0;
+
+    for (i = 0; i < NKINDS; i++) {
+        for (c = kinds[i]->channels; c != NULL && *c != NULL; c++) {
+            for (k = 0; k < n && strcmp(buf[k], *c) != 0; k++) {
+                /* void */
+            }
+            if (k == n && n + 1 < size) {
+                buf[n++] = *c;
+            }
+        }
+    }
+    buf[n] = NULL;
+    return buf;
+}
+
 static int
-add_fd(adl_worker_t *w, int fd, unsigned tag)
+add_fd(loop_t *l, int fd, unsigned tag)
 {
     struct epoll_event  ev;
 
     memset(&ev, 0, sizeof(ev));
     ev.events = EPOLLIN;
     ev.data.u64 = (uint64_t) tag << 32;
-    return epoll_ctl(w->epfd, EPOLL_CTL_ADD, fd, &ev);
+    return epoll_ctl(l->epfd, EPOLL_CTL_ADD, fd, &ev);
 }
 
 static int
-setup(adl_worker_t *w, const adl_settings_t *s)
+setup(loop_t *l, const adl_settings_t *s)
 {
     adl_db_handlers_t  h;
     sigset_t           mask;
+    size_t             i;
+    static const char  *channels_buf[MAX_CHANNELS + 1];
 
-    memset(w, 0, sizeof(*w));
-    w->settings = s;
-    w->sigfd = w->tickfd = -1;
-    w->epfd = epoll_create1(EPOLL_CLOEXEC);
-    if (w->epfd < 0) {
+    memset(l, 0, sizeof(*l));
+    l->env.settings = s;
+    l->sigfd = l->tickfd = -1;
+    l->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (l->epfd < 0) {
         return -1;
     }
 
@@ -424,79 +336,73 @@ setup(adl_worker_t *w, const adl_settings_t *s)
     if (sigprocmask(SIG_BLOCK, &mask, NULL) != 0) {
         return -1;
     }
-    w->sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-    w->tickfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-    if (w->sigfd < 0 || w->tickfd < 0
-        || add_fd(w, w->sigfd, ADL_TAG_SIGNAL) != 0
-        || add_fd(w, w->tickfd, ADL_TAG_TICK) != 0)
+    l->sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    l->tickfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (l->sigfd < 0 || l->tickfd < 0
+        || add_fd(l, l->sigfd, TAG_SIGNAL) != 0
+        || add_fd(l, l->tickfd, TAG_TICK) != 0)
     {
         return -1;
     }
 
-    w->origin = adl_http_create(w->epfd, ADL_TAG_ORIGIN, 0);
-    w->storage = adl_http_create(w->epfd, ADL_TAG_STORAGE, 0);
-    if (w->origin == NULL || w->storage == NULL) {
+    l->env.origin = adl_http_create(l->epfd, TAG_ORIGIN, 0);
+    l->env.storage = adl_http_create(l->epfd, TAG_STORAGE, 0);
+    if (l->env.origin == NULL || l->env.storage == NULL) {
         return -1;
     }
-    w->s3 = adl_s3_create(s, w->storage);
-    if (w->s3 == NULL) {
-        return -1;
-    }
-
-    w->janitor = adl_janitor_create(w);
-    w->bundler = adl_bundler_create(w, s->bundle_zip64);
-    w->callbacks = adl_callbacks_create(w);
-    w->expiry = adl_expiry_create(w);
-    if (w->janitor == NULL || w->bundler == NULL || w->callbacks == NULL
-        || w->expiry == NULL)
-    {
+    l->env.s3 = adl_s3_create(s, l->env.storage);
+    if (l->env.s3 == NULL) {
         return -1;
     }
 
+    h.channels = channels(channels_buf, MAX_CHANNELS + 1);
     h.connected = on_connected;
     h.notify = on_notify;
-    h.data = w;
-    w->db = adl_db_create(s, w->epfd, &h);
-    if (w->db == NULL) {
+    h.data = l;
+    l->env.db = adl_db_create(s, l->epfd, (uint64_t) TAG_DB << 32, &h);
+    if (l->env.db == NULL) {
         return -1;
     }
-    set_tick(w, TICK_IDLE);
+
+    for (i = 0; i < NKINDS; i++) {
+        l->k[i] = kinds[i]->create(&l->env);
+        if (l->k[i] == NULL) {
+            return -1;
+        }
+    }
+    set_tick(l, TICK_IDLE);
     return 0;
 }
 
 static void
-teardown(adl_worker_t *w)
+teardown(loop_t *l)
 {
-    adl_job_t  *j;
+    size_t  i;
 
-    adl_xfer_free_all(w);
-    adl_janitor_destroy(w->janitor);
-    adl_bundler_destroy(w->bundler);
-    adl_callbacks_destroy(w->callbacks);
-    adl_expiry_destroy(w->expiry);
-    while ((j = w->jobs) != NULL) {
-        w->jobs = j->next;
-        free(j);
+    for (i = 0; i < NKINDS; i++) {
+        if (l->k[i] != NULL) {
+            kinds[i]->destroy(l->k[i]);
+        }
     }
-    adl_db_destroy(w->db);
-    adl_s3_destroy(w->s3);
-    adl_http_destroy(w->origin);
-    adl_http_destroy(w->storage);
-    if (w->sigfd >= 0) {
-        close(w->sigfd);
+    adl_db_destroy(l->env.db);
+    adl_s3_destroy(l->env.s3);
+    adl_http_destroy(l->env.origin);
+    adl_http_destroy(l->env.storage);
+    if (l->sigfd >= 0) {
+        close(l->sigfd);
     }
-    if (w->tickfd >= 0) {
-        close(w->tickfd);
+    if (l->tickfd >= 0) {
+        close(l->tickfd);
     }
-    if (w->epfd >= 0) {
-        close(w->epfd);
+    if (l->epfd >= 0) {
+        close(l->epfd);
     }
 }
 
 int
 adl_worker_run(const adl_settings_t *s)
 {
-    adl_worker_t        w;
+    loop_t              l;
     struct epoll_event  evs[64];
     uint64_t            u;
     ssize_t             rd;
@@ -504,21 +410,20 @@ adl_worker_run(const adl_settings_t *s)
 
     srandom((unsigned) (time(NULL) ^ getpid()));
 
-    if (setup(&w, s) != 0) {
+    if (setup(&l, s) != 0) {
         adl_log_error(NULL, -1, "cannot set up the event loop: %s",
                       strerror(errno));
-        teardown(&w);
+        teardown(&l);
         return -1;
     }
-    the_worker = &w;
     adl_log_info(NULL, -1, "worker %s started: concurrency %lld, part size "
                  "%lld, storage %s bucket %s", s->worker_id,
                  (long long) s->concurrency, (long long) s->part_size,
                  s->s3_endpoint, s->s3_bucket);
-    adl_db_tick(w.db, adl_now_ms());
+    adl_db_tick(l.env.db, adl_now_ms());
 
     for ( ;; ) {
-        n = epoll_wait(w.epfd, evs, 64, -1);
+        n = epoll_wait(l.epfd, evs, 64, -1);
         if (n < 0) {
             if (errno == EINTR) {
                 continue;
@@ -533,59 +438,41 @@ adl_worker_run(const adl_settings_t *s)
             int       fd = (int) (evs[i].data.u64 & 0xffffffffu);
 
             switch (tag) {
-            case ADL_TAG_SIGNAL:
-                on_signal(&w);
+            case TAG_SIGNAL:
+                on_signal(&l);
                 break;
-            case ADL_TAG_TICK:
-                rd = read(w.tickfd, &u, sizeof(u));
+            case TAG_TICK:
+                rd = read(l.tickfd, &u, sizeof(u));
                 (void) rd;
-                on_tick(&w);
+                on_tick(&l);
                 break;
-            case ADL_TAG_DB:
-                adl_db_event(w.db, evs[i].events);
+            case TAG_DB:
+                adl_db_event(l.env.db, evs[i].events);
                 break;
-            case ADL_TAG_ORIGIN:
-                adl_http_socket_event(w.origin, fd, evs[i].events);
+            case TAG_ORIGIN:
+                adl_http_socket_event(l.env.origin, fd, evs[i].events);
                 break;
-            case ADL_TAG_ORIGIN + 1:
-                adl_http_timer_event(w.origin);
+            case TAG_ORIGIN + 1:
+                adl_http_timer_event(l.env.origin);
                 break;
-            case ADL_TAG_STORAGE:
-                adl_http_socket_event(w.storage, fd, evs[i].events);
+            case TAG_STORAGE:
+                adl_http_socket_event(l.env.storage, fd, evs[i].events);
                 break;
-            case ADL_TAG_STORAGE + 1:
-                adl_http_timer_event(w.storage);
+            case TAG_STORAGE + 1:
+                adl_http_timer_event(l.env.storage);
                 break;
             }
         }
 
-        /* transfers end here, never inside a libcurl callback */
-        if (w.ending) {
-            adl_xfer_process_ends(&w);
-        }
-        if (w.kick) {
-            adl_xfer_kick(&w);
-        }
-        if (w.ending) {
-            adl_xfer_process_ends(&w);
-        }
-        if (w.reap) {
-            adl_xfer_reap(&w);
-        }
-        maybe_claim(&w);
-        adl_janitor_run(w.janitor);
-        set_tick(&w, w.nxfers > 0 || w.stopping
-                     || adl_bundler_busy(w.bundler)
-                     || adl_callbacks_busy(w.callbacks)
-                     ? TICK_BUSY : TICK_IDLE);
+        settle(&l);
+        set_tick(&l, busy(&l) > 0 || l.env.stopping ? TICK_BUSY : TICK_IDLE);
 
-        if (done_stopping(&w)) {
+        if (done_stopping(&l)) {
             adl_log_info(NULL, -1, "stopped");
             break;
         }
     }
 
-    teardown(&w);
-    the_worker = NULL;
+    teardown(&l);
     return rc;
 }

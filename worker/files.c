@@ -1,0 +1,343 @@
+/*
+ * files: the transfer kind (files.h).
+ *
+ * The transfers are an array of pointers, at most ASYNC_DL_CONCURRENCY of
+ * them (those ending included): a claim asks for no more than the room
+ * left, and the array is grown before a transfer starts, so starting
+ * never fails for want of a slot.  Transfers tell files through `wake`
+ * that something is to be done from the loop; files then settles every
+ * transfer once and frees those done.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "claim.h"
+#include "clock.h"
+#include "files.h"
+#include "log.h"
+#include "transfer.h"
+
+typedef struct {
+    adl_claimer_t   claim;          /* first: adl_claimer_wake */
+    adl_env_t      *env;
+    int             claim_limit;    /* rows asked for by the claim running */
+    adl_job_t      *jobs;
+    adl_xfer_t    **xs;
+    int             n;
+    int             cap;
+    int             wake;           /* a transfer wants settling */
+} files_t;
+
+
+/* --- jobs ---------------------------------------------------------------- */
+
+static adl_job_t *
+job_get(files_t *f, const char *id, int64_t remaining_ms)
+{
+    adl_job_t  *j;
+
+    for (j = f->jobs; j != NULL; j = j->next) {
+        if (strcmp(j->id, id) == 0) {
+            return j;
+        }
+    }
+    j = calloc(1, sizeof(adl_job_t));
+    if (j == NULL) {
+        return NULL;
+    }
+    snprintf(j->id, sizeof(j->id), "%s", id);
+    j->deadline = adl_now_ms() + remaining_ms;
+    j->next = f->jobs;
+    f->jobs = j;
+    return j;
+}
+
+static void
+job_unref(files_t *f, adl_job_t *job)
+{
+    adl_job_t  **pp;
+
+    if (--job->refs > 0) {
+        return;
+    }
+    for (pp = &f->jobs; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == job) {
+            *pp = job->next;
+            free(job);
+            return;
+        }
+    }
+}
+
+
+/* --- transfers ----------------------------------------------------------- */
+
+static int
+room_for_one(files_t *f)
+{
+    adl_xfer_t  **xs;
+    int           cap;
+
+    if (f->n < f->cap) {
+        return 0;
+    }
+    cap = f->cap ? f->cap * 2 : 16;
+    xs = realloc(f->xs, (size_t) cap * sizeof(adl_xfer_t *));
+    if (xs == NULL) {
+        return -1;
+    }
+    f->xs = xs;
+    f->cap = cap;
+    return 0;
+}
+
+static void
+start(files_t *f, const adl_claim_t *c, int64_t remaining_ms)
+{
+    adl_job_t   *job;
+    adl_xfer_t  *x;
+
+    job = job_get(f, c->job_id, remaining_ms);
+    if (job == NULL || room_for_one(f) != 0) {
+        adl_log_error(c->job_id, c->idx, "out of memory: file left to "
+                      "its lease");
+        if (job != NULL && job->refs == 0) {
+            job->refs = 1;
+            job_unref(f, job);
+        }
+        return;
+    }
+    job->refs++;
+    x = adl_xfer_start(f->env, &f->wake, job, c);
+    if (x == NULL) {
+        adl_log_error(c->job_id, c->idx, "out of memory: file left to "
+                      "its lease");
+        job_unref(f, job);
+        return;
+    }
+    f->xs[f->n++] = x;
+}
+
+static void
+claim_result(void *data, PGresult *res)
+{
+    files_t      *f = data;
+    adl_claim_t   c;
+    int           i, k, n;
+
+    n = adl_claimer_answered(&f->claim, res, "file");
+    for (i = 0; i < n; i++) {
+        c.job_id = PQgetvalue(res, i, 0);
+        c.idx = atoi(PQgetvalue(res, i, 1));
+        c.url = PQgetvalue(res, i, 2);
+        c.attempts = atoi(PQgetvalue(res, i, 4));
+        c.lease = PQgetvalue(res, i, 6);
+        c.key = PQgetvalue(res, i, 3);
+        c.claimed_at = f->claim.sent;
+
+        /* ours again: the lease ran out while the database was away.  The
+         * old transfer stops at its lease's end, before this answer can
+         * arrive; if it has not, it stops now, before the new one starts */
+        for (k = 0; k < f->n; k++) {
+            if (adl_xfer_active(f->xs[k]) && adl_xfer_idx(f->xs[k]) == c.idx
+                && strcmp(adl_xfer_job(f->xs[k])->id, c.job_id) == 0)
+            {
+                adl_xfer_lease_lost(f->xs[k]);
+            }
+        }
+        start(f, &c, strtoll(PQgetvalue(res, i, 5), NULL, 10));
+    }
+    if (n >= f->claim_limit) {
+        f->claim.pending = 1;
+    }
+}
+
+static void
+maybe_claim(files_t *f)
+{
+    const adl_settings_t  *s = f->env->settings;
+    char                   limit[16], lease[32], max[16];
+    const char            *p[5];
+    int                    room = (int) s->concurrency - f->n;
+    int                    batch = (int) s->concurrency / 4;
+
+    if (!adl_claimer_due(&f->claim, f->env, room)) {
+        return;
+    }
+    /* when busy, claim in batches rather than one file at a time */
+    if (f->n > 0 && room < (batch > 0 ? batch : 1)) {
+        return;
+    }
+
+    snprintf(limit, sizeof(limit), "%d", room);
+    snprintf(lease, sizeof(lease), "%lld milliseconds", (long long) s->lease);
+    snprintf(max, sizeof(max), "%lld", (long long) s->max_attempts);
+    p[0] = s->worker_id;
+    p[1] = limit;
+    p[2] = lease;
+    p[3] = max;
+    p[4] = s->s3_prefix;
+    /* the claim names and records the key each transfer writes to; it
+     * dies with its connection, so that on the next one the results
+     * queued meanwhile (an object stored after its lease ran out) are
+     * written before any claim can take those files again */
+    if (adl_claimer_send(&f->claim, f->env, "SELECT job_id, idx, url, "
+                         "write_key, attempts, greatest(0, extract(epoch "
+                         "FROM deadline - clock_timestamp()) * 1000)::bigint, "
+                         "lease FROM async_dl_claim($1, $2::integer, "
+                         "$3::interval, $4::integer, $5)", 5, p,
+                         claim_result, f) == 0)
+    {
+        f->claim_limit = room;
+    }
+}
+
+
+/* --- the ops ------------------------------------------------------------- */
+
+static void *
+files_create(adl_env_t *env)
+{
+    files_t  *f = calloc(1, sizeof(files_t));
+
+    if (f != NULL) {
+        f->env = env;
+        adl_claimer_init(&f->claim, 'f');
+    }
+    return f;
+}
+
+static void
+files_destroy(void *k)
+{
+    files_t    *f = k;
+    adl_job_t  *j;
+    int         i;
+
+    for (i = 0; i < f->n; i++) {
+        adl_xfer_free(f->xs[i]);
+    }
+    free(f->xs);
+    while ((j = f->jobs) != NULL) {
+        f->jobs = j->next;
+        free(j);
+    }
+    free(f);
+}
+
+static void
+files_notify(void *k, const char *channel, const char *payload)
+{
+    files_t  *f = k;
+    int       i, n = 0;
+
+    if (strcmp(channel, "async_dl_jobs") == 0) {
+        f->claim.pending = 1;
+        return;
+    }
+    /* async_dl_cancel: the job was canceled or deleted */
+    for (i = 0; i < f->n; i++) {
+        if (adl_xfer_active(f->xs[i])
+            && strcmp(adl_xfer_job(f->xs[i])->id, payload) == 0)
+        {
+            adl_xfer_cancel(f->xs[i]);
+            n++;
+        }
+    }
+    if (n > 0) {
+        adl_log_info(payload, -1, "canceled: stopped %d transfer(s)", n);
+    }
+}
+
+static void
+files_tick(void *k, int64_t now)
+{
+    files_t  *f = k;
+    int       i;
+
+    for (i = 0; i < f->n; i++) {
+        adl_xfer_tick(f->xs[i], now);
+    }
+}
+
+static void
+files_settle(void *k, int64_t now)
+{
+    files_t     *f = k;
+    adl_xfer_t  *x;
+    adl_job_t   *job;
+    int          i, pass;
+
+    (void) now;
+    /* transfers end here, never inside a libcurl callback.  What a pass
+     * leaves to do (an unpause that asked for more) waits for the next
+     * batch or tick */
+    for (pass = 0; f->wake && pass < 2; pass++) {
+        f->wake = 0;
+        for (i = 0; i < f->n; ) {
+            x = f->xs[i];
+            if (!adl_xfer_settle(x)) {
+                i++;
+                continue;
+            }
+            job = adl_xfer_job(x);
+            adl_xfer_free(x);
+            job_unref(f, job);
+            f->xs[i] = f->xs[--f->n];
+        }
+    }
+    maybe_claim(f);
+}
+
+static void
+files_hand_back(void *k)
+{
+    files_t  *f = k;
+    int       i;
+
+    for (i = 0; i < f->n; i++) {
+        if (adl_xfer_active(f->xs[i])) {
+            adl_xfer_hand_back(f->xs[i]);
+        }
+    }
+}
+
+static int
+files_busy(const void *k)
+{
+    const files_t  *f = k;
+
+    return f->n + f->claim.claiming;
+}
+
+static int
+files_unrecorded(const void *k)
+{
+    const files_t  *f = k;
+    int             i, n = 0;
+
+    for (i = 0; i < f->n; i++) {
+        n += !adl_xfer_recorded(f->xs[i]);
+    }
+    return n;
+}
+
+static const char *const  files_channels[] = {
+    "async_dl_jobs", "async_dl_cancel", NULL
+};
+
+const adl_task_ops_t  adl_files_ops = {
+    "files",
+    files_channels,
+    files_create,
+    files_destroy,
+    adl_claimer_wake,
+    files_notify,
+    NULL,                           /* poll: wake */
+    files_tick,
+    files_settle,
+    files_hand_back,
+    files_busy,
+    files_unrecorded
+};
