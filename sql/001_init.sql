@@ -14,7 +14,7 @@
 --   async_dl_deleted  payload job id  a deleted job left objects to remove
 --                                     (002, async_dl_deleted_objects)
 --   async_dl_lifecycle payload job id a job ended, or its bundle did: a
---                                     bundle or callback may be due (005)
+--                                     bundle or callback may be due (004)
 
 CREATE TABLE async_dl_jobs (
     id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -40,9 +40,9 @@ CREATE TABLE async_dl_jobs (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     started_at       timestamptz,
     completed_at     timestamptz,
-    expires_at       timestamptz,     -- set when the job ends (005)
+    expires_at       timestamptz,     -- set when the job ends (004)
     api_prefix       text,            -- {p} at initiate, for callbacks
-    -- the zip of a multi-file job that completed (005)
+    -- the zip of a multi-file job that completed (004)
     bundle_status    text
                      CHECK (bundle_status IN ('pending', 'building',
                                               'completed', 'failed')),
@@ -53,16 +53,16 @@ CREATE TABLE async_dl_jobs (
     bundle_attempts  integer NOT NULL DEFAULT 0,
     bundle_error     text,
     bundle_lease_owner  text,
-    bundle_lease_until  timestamptz,  -- also: retry not before
+    bundle_lease_until  timestamptz,  -- also: retry not before; split in 010
     bundle_completed_at timestamptz,
-    -- the POST of the final status document to callback_url (005)
+    -- the POST of the final status document to callback_url (004)
     callback_status  text
                      CHECK (callback_status IN ('pending', 'delivered',
                                                 'failed')),
     callback_attempts integer NOT NULL DEFAULT 0,
     callback_error   text,
-    callback_next_at timestamptz,     -- retry time, or lease
-    callback_owner   text,
+    callback_next_at timestamptz,     -- retry time, or lease; split in 010
+    callback_owner   text,            -- renamed in 010
     delivered_at     timestamptz
 );
 
@@ -80,7 +80,7 @@ CREATE INDEX async_dl_jobs_unfinished
 CREATE INDEX async_dl_jobs_expires
     ON async_dl_jobs (expires_at) WHERE expires_at IS NOT NULL;
 
--- what a worker may claim: bundles to build, callbacks to deliver (005)
+-- what a worker may claim: bundles to build, callbacks to deliver (004)
 CREATE INDEX async_dl_jobs_bundle_todo
     ON async_dl_jobs (bundle_lease_until)
     WHERE bundle_status IN ('pending', 'building');

@@ -78,7 +78,7 @@ LANGUAGE sql STABLE AS $$
         'expiresAt', async_dl_iso(j.expires_at))
 $$;
 
--- The job's zip bundle (005) and callback, for the status document.
+-- The job's zip bundle (004) and callback, for the status document.
 CREATE FUNCTION async_dl_job_bundle_json(j async_dl_jobs, p_prefix text)
 RETURNS json
 LANGUAGE sql STABLE AS $$
@@ -188,7 +188,7 @@ $$;
 -- requests, which is what keeps initiates from serialising.
 -- {p} is kept with the job, for the callback's status document: it is put
 -- in a transaction-local setting that the insert trigger
--- async_dl_jobs_prefix (below) reads.
+-- async_dl_jobs_prefix (below) reads (until 010: the INSERT writes it).
 CREATE FUNCTION async_dl_job_create(p_owner text, p_key text, p_hash text,
                                     p_timeout_ms bigint, p_callback text,
                                     p_files json, p_max_pending integer,

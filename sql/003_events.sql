@@ -1,4 +1,4 @@
--- async-dl schema, version 4: what the SSE stream (GET {p}stream/{id})
+-- async-dl schema, version 3: what the SSE stream (GET {p}stream/{id})
 -- needs.
 --
 -- Each nginx worker process LISTENs on async_dl_events (sent by the trigger

@@ -1,4 +1,4 @@
--- async-dl schema, version 5: what happens after a job ended.
+-- async-dl schema, version 4: what happens after a job ended.
 --
 --   bundle    a multi-file job that completed gets one zip of its stored
 --             files, built by one worker under a lease (like a file)

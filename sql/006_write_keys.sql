@@ -77,7 +77,7 @@ CREATE TRIGGER async_dl_files_write_key
           AND OLD.status NOT IN ('canceled', 'failed'))
     EXECUTE FUNCTION async_dl_file_write_key_queue();
 
--- The claim of version 5, recording write_key.  p_prefix is the claiming
+-- The claim of 005, recording write_key.  p_prefix is the claiming
 -- worker's key prefix; a worker of version 5 calls without it and names
 -- its keys itself (write_key stays unknown for its claims).
 DROP FUNCTION async_dl_claim(text, integer, interval, integer);
@@ -184,7 +184,7 @@ BEGIN
      WHERE NOT u.dead;
 END $$;
 
--- The bundle claim of version 4, recording the zip's key (zip_key).
+-- The bundle claim of 004, recording the zip's key (zip_key).
 -- p_prefix is the claiming worker's key prefix; a worker of version 5
 -- calls without it and names the key itself.
 DROP FUNCTION async_dl_bundle_claim(text, interval, integer);

@@ -16,11 +16,11 @@
 -- cancels the job and drops the zip (its builder's lease check fails and
 -- it queues what it stored for the janitor).
 
--- The job's counters, as in 5; when the last file ends with some stored,
+-- The job's counters, as in 005; when the last file ends with some stored,
 -- a multi-file job stays processing and its zip is queued (bundle
 -- pending), instead of the job completing.  Every condition is written on
 -- the row's columns, so that it applies to the latest version of the row
--- (see 5).
+-- (see 005).
 CREATE OR REPLACE FUNCTION async_dl_job_add(p_job uuid, dc integer,
                                             df integer, ds integer,
                                             dd bigint, dt bigint,
@@ -112,7 +112,7 @@ CREATE TRIGGER async_dl_jobs_bundle
     WHEN (OLD.bundle_status IS DISTINCT FROM NEW.bundle_status)
     EXECUTE FUNCTION async_dl_jobs_bundle();
 
--- A job that ends: as in 4, without the zip, queued above before the job
+-- A job that ends: as in 004, without the zip, queued above before the job
 -- can end.
 CREATE OR REPLACE FUNCTION async_dl_jobs_ended() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -145,7 +145,7 @@ CREATE TRIGGER async_dl_jobs_count_update
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
     EXECUTE FUNCTION async_dl_jobs_count();
 
--- Progress, as in 2; 99 while the zip is built (every file ended).
+-- Progress, as in 002; 99 while the zip is built (every file ended).
 CREATE OR REPLACE FUNCTION async_dl_job_progress(j async_dl_jobs)
 RETURNS integer
 LANGUAGE sql STABLE AS $$
