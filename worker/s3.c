@@ -224,7 +224,8 @@ done(adl_http_req_t *http, CURLcode rc)
         r->transient = r->status >= 500 || r->status == 408
                        || r->status == 429
                        || strcmp(code, "InternalError") == 0
-                       || strcmp(code, "SlowDown") == 0;
+                       || strcmp(code, "SlowDown") == 0
+                       || strcmp(code, "RequestTimeout") == 0;
         goto out;
     }
 
@@ -442,6 +443,12 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
     }
     r->http.easy = e;
     r->http.done = done;
+
+    if (r->no_speed_check
+        && curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 0L) != CURLE_OK)
+    {
+        goto nomem;
+    }
 
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);

@@ -42,6 +42,9 @@ struct adl_s3_req_s {
      * exactly body_len bytes */
     curl_read_callback  read;
     void               *read_data;
+    /* no low-speed check: the owner judges the request's progress (a
+     * streamed body that waits for its data is not a stalled storage) */
+    int                 no_speed_check;
 
     /* out */
     int                 ok;

@@ -114,6 +114,12 @@ struct adl_xfer_s {
     size_t                 ring_head;        /* stream: first byte */
     int                    up_paused;        /* stream: PUT waits for data */
     int                    put_done;         /* stream: PUT answered 2xx */
+    int64_t                up_taken;         /* stream: the PUT last took
+                                              * bytes, or was unpaused */
+    int64_t                starve_since;     /* stream: paused since */
+    int64_t                starved_ms;       /* stream: paused, in all */
+    int                    no_stream;        /* parts: a stream starved
+                                              * long and failed */
     int                    kick_dl, kick_up; /* unpause from the loop */
     buf_t                  fill;             /* downloading into */
     buf_t                  up;               /* a full part to upload */
@@ -160,9 +166,11 @@ static void stored(adl_xfer_t *x);
 static void storage_done(adl_s3_req_t *r);
 static void storage_later(adl_xfer_t *x, adl_s3_req_t *r);
 static void stop_download(adl_xfer_t *x);
+static void stream_unstarve(adl_xfer_t *x);
 
 #define MAX_SINGLE_PUT    (5LL * 1024 * 1024 * 1024)
 #define KICK_MIN          (128 * 1024)
+#define STREAM_STARVE_MAX (10 * 1000)    /* ms: then parts, after a failure */
 
 #define XLOG(level, x, ...)  adl_log(level, (x)->job->id, (x)->idx, __VA_ARGS__)
 
@@ -313,6 +321,7 @@ restart_from_zero(adl_xfer_t *x)
         x->up_paused = 0;
         x->put_done = 0;
         x->kick_up = 0;
+        x->starved_ms = 0;
     }
     if (x->up_busy) {
         x->up_stale = 1;            /* its part number is reused later */
@@ -411,7 +420,7 @@ check_response(adl_xfer_t *x)
     }
 
     if (x->size > s->part_size && x->size <= MAX_SINGLE_PUT
-        && x->upload_id == NULL && x->received == 0)
+        && x->upload_id == NULL && x->received == 0 && !x->no_stream)
     {
         if (buf_reserve(&x->fill, (size_t) s->part_size,
                         (size_t) s->part_size) != 0)
@@ -429,6 +438,20 @@ check_response(adl_xfer_t *x)
     return 0;
 }
 
+/* stream mode: data for a PUT that waited for it (unpaused from the
+ * loop); the time it waited is not the storage's */
+static void
+stream_unstarve(adl_xfer_t *x)
+{
+    int64_t  now = adl_now_ms();
+
+    x->up_paused = 0;
+    x->starved_ms += now - x->starve_since;
+    x->up_taken = now;
+    x->kick_up = 1;
+    *x->wake = 1;
+}
+
 /* stream mode: the PUT's body, taken from the ring */
 static size_t
 stream_read(char *buf, size_t size, size_t nmemb, void *userp)
@@ -438,6 +461,7 @@ stream_read(char *buf, size_t size, size_t nmemb, void *userp)
 
     if (x->fill.len == 0) {
         x->up_paused = 1;
+        x->starve_since = adl_now_ms();
         return CURL_READFUNC_PAUSE;
     }
     n = want < x->fill.len ? want : x->fill.len;
@@ -446,6 +470,7 @@ stream_read(char *buf, size_t size, size_t nmemb, void *userp)
     memcpy(buf + first, x->fill.data, n - first);
     x->ring_head = (x->ring_head + n) % cap;
     x->fill.len -= n;
+    x->up_taken = adl_now_ms();
 
     if (x->paused && cap - x->fill.len >= KICK_MIN) {
         x->paused = 0;
@@ -465,6 +490,7 @@ stream_start(adl_xfer_t *x)
     x->fill.len = 0;
     x->up_paused = 0;
     x->put_done = 0;
+    x->up_taken = adl_now_ms();
 
     r->op = S3_PUT;
     r->key = x->key;
@@ -474,6 +500,7 @@ stream_start(adl_xfer_t *x)
     r->body_len = (size_t) x->size;
     r->read = stream_read;
     r->read_data = x;
+    r->no_speed_check = 1;          /* judged by stream_watchdog */
     r->done = storage_done;
     r->data = x;
     if (adl_s3_start(x->env->s3, r) != 0) {
@@ -481,6 +508,7 @@ stream_start(adl_xfer_t *x)
         x->stream = 0;
     }
     r->read = NULL;                 /* kept by curl; not for later requests */
+    r->no_speed_check = 0;
 }
 
 /* stream mode: the downloaded bytes into the ring */
@@ -505,9 +533,7 @@ stream_write(adl_xfer_t *x, const char *data, size_t n)
     x->received += (int64_t) n;
 
     if (x->up_paused && x->fill.len >= KICK_MIN) {
-        x->up_paused = 0;
-        x->kick_up = 1;
-        *x->wake = 1;
+        stream_unstarve(x);
     }
     return n;
 }
@@ -625,9 +651,7 @@ download_done(adl_http_req_t *req, CURLcode rc)
             if (x->put_done) {
                 stored(x);
             } else if (x->up_paused) {
-                x->up_paused = 0;   /* the last bytes */
-                x->kick_up = 1;
-                *x->wake = 1;
+                stream_unstarve(x); /* the last bytes */
             }
             return;
         }
@@ -1036,12 +1060,71 @@ storage_later(adl_xfer_t *x, adl_s3_req_t *r)
     xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
 }
 
+/* The streamed PUT failed: what was sent is gone, the file again from
+ * byte 0, a new transfer, so an attempt too.  A stream that waited long
+ * for its origin goes by parts then: a slow origin does not hold a
+ * storage connection open again. */
+static void
+stream_failed(adl_xfer_t *x, adl_s3_req_t *r)
+{
+    int64_t  delay = storage_retry_in(x, r);
+
+    if (x->starved_ms > STREAM_STARVE_MAX) {
+        x->no_stream = 1;
+    }
+    stop_download(x);
+    restart_from_zero(x);
+    if (delay >= 0 && x->attempt < x->env->settings->max_attempts) {
+        XLOG(ADL_LOG_WARN, x, "storage: %s; starting again from byte 0 "
+             "in %lld ms", r->error, (long long) delay);
+        x->state = XF_BACKOFF;
+        x->retry_at = adl_now_ms() + delay;
+        return;
+    }
+    xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
+}
+
+/*
+ * The streamed PUT has no low-speed check of libcurl's: it waits for the
+ * download whenever the origin is slower than the storage, and libcurl
+ * (7.88) counts a paused send as a stalled one.  Judged here instead,
+ * from the loop: while it has data to take (or has taken all of it and
+ * waits for the answer), nothing taken and no answer for the idle
+ * timeout is a stalled storage; the time it waits for data is the
+ * origin's, whose own low-speed check covers it.
+ */
+static void
+stream_watchdog(adl_xfer_t *x, int64_t now)
+{
+    adl_s3_req_t  *r = &x->s3;
+    int64_t        idle = x->env->settings->idle_timeout;
+
+    if (!x->stream || r->op != S3_PUT || x->put_done || x->up_paused
+        || x->kick_up || now - x->up_taken < idle)
+    {
+        return;
+    }
+    XLOG(ADL_LOG_INFO, x, "storage: PutObject took nothing and did not "
+         "answer for %lld ms (%lld bytes downloaded, %zu waiting)",
+         (long long) (now - x->up_taken), (long long) x->received,
+         x->fill.len);
+    if (x->size >= 0 && x->received >= x->size && x->fill.len == 0) {
+        x->object_maybe = 1;        /* all sent: it may store it yet */
+    }
+    adl_s3_cancel(x->env->s3, r);
+    r->op = S3_NONE;
+    r->transient = 1;
+    r->retry_after[0] = '\0';
+    snprintf(r->error, sizeof(r->error), "PutObject: no progress for "
+             "%lld ms", (long long) (now - x->up_taken));
+    stream_failed(x, r);
+}
+
 static void
 storage_done(adl_s3_req_t *r)
 {
     adl_xfer_t  *x = r->data;
     adl_s3_op_t  op = r->op;
-    int64_t      delay;
 
     r->op = S3_NONE;
 
@@ -1057,20 +1140,7 @@ storage_done(adl_s3_req_t *r)
     }
 
     if (!r->ok && x->stream) {
-        delay = storage_retry_in(x, r);
-
-        /* what was sent is gone: the file again from byte 0, a new
-         * transfer, so an attempt too */
-        stop_download(x);
-        restart_from_zero(x);
-        if (delay >= 0 && x->attempt < x->env->settings->max_attempts) {
-            XLOG(ADL_LOG_WARN, x, "storage: %s; starting again from byte 0 "
-                 "in %lld ms", r->error, (long long) delay);
-            x->state = XF_BACKOFF;
-            x->retry_at = adl_now_ms() + delay;
-            return;
-        }
-        xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", r->error);
+        stream_failed(x, r);
         return;
     }
 
@@ -1527,6 +1597,10 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
         if (x->s3.op == S3_NONE) {
             storage_pump(x);
         }
+    }
+    stream_watchdog(x, now);
+    if (!adl_xfer_active(x)) {
+        return;
     }
 
     if (!x->progress_busy && adl_db_connected(x->env->db)

@@ -452,6 +452,12 @@ http {
             sub_filter_once on;
         }
         location /noranges/ { alias $d/f/; max_ranges 0; }
+        # fast for ?after= bytes, then ?rate= bytes a second
+        location /trickle/ {
+            alias $d/f/;
+            limit_rate_after \$arg_after;
+            limit_rate \$arg_rate;
+        }
         location /slowchunked/ {
             alias $d/f/;
             set \$rate 16k;
