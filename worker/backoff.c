@@ -51,3 +51,24 @@ adl_retry_after_ms(const char *value)
     }
     return secs * 1000LL > RETRY_AFTER_CAP ? RETRY_AFTER_CAP : secs * 1000LL;
 }
+
+int64_t
+adl_retry_next(const adl_retry_t *p, int *tries, int transient,
+    const char *retry_after, int64_t now)
+{
+    int64_t  delay = -1;
+
+    if (!transient || ++*tries >= p->max_tries) {
+        return -1;
+    }
+    if (p->retry_after) {
+        delay = adl_retry_after_ms(retry_after);
+    }
+    if (delay < 0) {
+        delay = adl_backoff_ms(p->base_ms, *tries);
+    }
+    if (p->deadline != 0 && now + delay >= p->deadline) {
+        return -1;
+    }
+    return delay;
+}

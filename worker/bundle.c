@@ -41,9 +41,10 @@
 #define BUNDLES_AT_ONCE   2         /* per worker process */
 #define MAX_ATTEMPTS      3
 #define READ_CHUNK        (8 * 1024 * 1024)
-#define S3_TRIES          8         /* storage: 0.5 s doubled, ~1 min */
-#define S3_RETRY_BASE     500
 #define NAME_MAX_BYTES    200
+
+/* storage trouble: 8 tries from 0.5 s doubled, about a minute */
+static const adl_retry_t  s3_retry = { 8, 500, 0, 0 };
 
 typedef enum {
     BD_BUILDING = 0,
@@ -432,7 +433,7 @@ get_done(adl_http_req_t *http, CURLcode rc)
     bundle_t  *b = g->b;
     entry_t   *e = &b->entries[b->cur];
     long       status = 0;
-    int64_t    want = g->to - g->from + 1;
+    int64_t    want = g->to - g->from + 1, delay;
     char       msg[300];
 
     curl_easy_getinfo(http->easy, CURLINFO_RESPONSE_CODE, &status);
@@ -456,9 +457,9 @@ get_done(adl_http_req_t *http, CURLcode rc)
         int  transient = rc != CURLE_OK || status >= 500 || status == 429;
 
         b->chunk.len = 0;
-        if (transient && ++b->get_tries < S3_TRIES) {
-            int64_t  delay = adl_backoff_ms(S3_RETRY_BASE, b->get_tries);
-
+        delay = adl_retry_next(&s3_retry, &b->get_tries, transient, NULL,
+                               adl_now_ms());
+        if (delay >= 0) {
             BLOG(ADL_LOG_WARN, b, "bundle: %s; retrying in %lld ms", msg,
                  (long long) delay);
             b->get_retry_at = adl_now_ms() + delay;
@@ -608,6 +609,7 @@ s3_done(adl_s3_req_t *r)
 {
     bundle_t     *b = r->data;
     adl_s3_op_t   op = r->op;
+    int64_t       delay;
 
     r->op = S3_NONE;
     if (op == S3_ABORT) {
@@ -620,9 +622,9 @@ s3_done(adl_s3_req_t *r)
     }
     if (!r->ok) {
         b->up_busy = 0;                 /* the same request again */
-        if (r->transient && ++b->s3_tries < S3_TRIES) {
-            int64_t  delay = adl_backoff_ms(S3_RETRY_BASE, b->s3_tries);
-
+        delay = adl_retry_next(&s3_retry, &b->s3_tries, r->transient, NULL,
+                               adl_now_ms());
+        if (delay >= 0) {
             BLOG(ADL_LOG_WARN, b, "bundle: storage: %s; retrying in %lld ms",
                  r->error, (long long) delay);
             b->s3_retry_at = adl_now_ms() + delay;

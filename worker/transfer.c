@@ -1028,19 +1028,11 @@ static int64_t
 storage_retry_in(adl_xfer_t *x, const adl_s3_req_t *r)
 {
     const adl_settings_t  *s = x->env->settings;
-    int64_t                delay;
+    adl_retry_t            p = { s->max_attempts, s->retry_base, 1,
+                                 x->job->deadline };
 
-    if (!r->transient || ++x->s3_tries >= s->max_attempts) {
-        return -1;
-    }
-    delay = adl_retry_after_ms(r->retry_after);
-    if (delay < 0) {
-        delay = adl_backoff_ms(s->retry_base, x->s3_tries);
-    }
-    if (adl_now_ms() + delay >= x->job->deadline) {
-        return -1;
-    }
-    return delay;
+    return adl_retry_next(&p, &x->s3_tries, r->transient, r->retry_after,
+                          adl_now_ms());
 }
 
 /* A storage request that failed, could not start or could not be
