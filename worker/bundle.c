@@ -41,6 +41,7 @@
 #define BUNDLES_AT_ONCE   2         /* per worker process */
 #define MAX_ATTEMPTS      3
 #define READ_CHUNK        (8 * 1024 * 1024)
+#define READ_SLACK        65536     /* more than asked: the length check */
 #define NAME_MAX_BYTES    200
 
 /* storage trouble: 8 tries from 0.5 s doubled, about a minute */
@@ -78,15 +79,6 @@ typedef struct {
 typedef struct bundle_s   bundle_t;
 typedef struct bundler_s  bundler_t;
 
-/* A ranged, signed GET of a stored object. */
-typedef struct {
-    adl_http_req_t      http;           /* first */
-    bundle_t           *b;
-    struct curl_slist  *headers;
-    int64_t             from, to;
-    char                errbuf[CURL_ERROR_SIZE];
-} get_t;
-
 struct bundle_s {
     bundle_t          *next;
     bundler_t     *owner;
@@ -113,8 +105,8 @@ struct bundle_s {
     char               sha256[65];      /* once closed */
     int64_t            size;            /* zip bytes produced */
 
-    get_t              get;
-    bbuf_t             chunk;           /* the range read */
+    adl_s3_req_t       get;             /* reads a range into chunk */
+    char              *chunk;           /* READ_CHUNK and some */
     int                get_tries;
     int64_t            get_retry_at;
 
@@ -400,64 +392,29 @@ zip_header(bundle_t *b, const entry_t *e)
 
 /* --- reading the stored objects back ----------------------------------- */
 
-static size_t
-get_write(char *data, size_t size, size_t nmemb, void *userp)
-{
-    get_t  *g = userp;
-    size_t  n = size * nmemb;
-
-    if ((int64_t) (g->b->chunk.len + n) > g->to - g->from + 1 + 65536
-        || bbuf_append(&g->b->chunk, data, n) != 0)
-    {
-        return 0;
-    }
-    return n;
-}
-
 static void
-get_release(get_t *g)
+get_done(adl_s3_req_t *r)
 {
-    if (g->http.easy != NULL) {
-        adl_http_stop(g->b->owner->env->storage, &g->http);
-        curl_easy_cleanup(g->http.easy);
-        g->http.easy = NULL;
-    }
-    curl_slist_free_all(g->headers);
-    g->headers = NULL;
-}
-
-static void
-get_done(adl_http_req_t *http, CURLcode rc)
-{
-    get_t     *g = (get_t *) (void *) http;
-    bundle_t  *b = g->b;
+    bundle_t  *b = r->data;
     entry_t   *e = &b->entries[b->cur];
-    long       status = 0;
-    int64_t    want = g->to - g->from + 1, delay;
-    char       msg[300];
+    int64_t    want = r->range_to - r->range_from + 1, delay;
+    char       msg[600];
 
-    curl_easy_getinfo(http->easy, CURLINFO_RESPONSE_CODE, &status);
-    if (rc != CURLE_OK) {
-        snprintf(msg, sizeof(msg), "reading %s: %s", e->key,
-                 g->errbuf[0] ? g->errbuf : curl_easy_strerror(rc));
-    } else if (status != 206 && !(status == 200 && g->from == 0
-                                  && e->size == want))
+    r->op = S3_NONE;
+    if (!r->ok) {
+        snprintf(msg, sizeof(msg), "reading %s: %s", e->key, r->error);
+    } else if ((int64_t) r->into_len != want
+               || (r->status == 200 && e->size != want))
     {
-        snprintf(msg, sizeof(msg), "reading %s: HTTP %ld", e->key, status);
-    } else if ((int64_t) b->chunk.len != want) {
         snprintf(msg, sizeof(msg), "reading %s: %zu bytes at %lld, expected "
-                 "%lld", e->key, b->chunk.len, (long long) g->from,
+                 "%lld", e->key, r->into_len, (long long) r->range_from,
                  (long long) want);
     } else {
         msg[0] = '\0';
     }
-    get_release(g);
 
     if (msg[0] != '\0') {
-        int  transient = rc != CURLE_OK || status >= 500 || status == 429;
-
-        b->chunk.len = 0;
-        delay = adl_retry_next(&s3_retry, &b->get_tries, transient, NULL,
+        delay = adl_retry_next(&s3_retry, &b->get_tries, r->transient, NULL,
                                adl_now_ms());
         if (delay >= 0) {
             BLOG(ADL_LOG_WARN, b, "bundle: %s; retrying in %lld ms", msg,
@@ -465,68 +422,49 @@ get_done(adl_http_req_t *http, CURLcode rc)
             b->get_retry_at = adl_now_ms() + delay;
             return;
         }
-        build_end(b, BO_FAILED, transient, "%s", msg);
+        build_end(b, BO_FAILED, r->transient, "%s", msg);
         return;
     }
     b->get_tries = 0;
 
-    if (archive_write_data(b->ar, b->chunk.data, b->chunk.len)
-        != (la_ssize_t) b->chunk.len)
+    if (archive_write_data(b->ar, b->chunk, r->into_len)
+        != (la_ssize_t) r->into_len)
     {
         build_end(b, BO_FAILED, 0, "zip: %s", archive_error_string(b->ar));
         return;
     }
-    b->offset += (int64_t) b->chunk.len;
-    b->chunk.len = 0;
+    b->offset += (int64_t) r->into_len;
     pump(b);
 }
 
+/* The next range of the entry being read; -1 when it could not start. */
 static int
 get_start(bundle_t *b)
 {
-    entry_t               *e = &b->entries[b->cur];
-    get_t                 *g = &b->get;
-    char                   url[8192], hdr[64];
-    struct curl_slist     *l;
-    CURL                  *c;
+    entry_t       *e = &b->entries[b->cur];
+    adl_s3_req_t  *r = &b->get;
+    int64_t        want;
 
-    g->b = b;
-    g->from = b->offset;
-    g->to = b->offset + READ_CHUNK - 1;
-    if (g->to > e->size - 1) {
-        g->to = e->size - 1;
+    if (b->chunk == NULL) {
+        b->chunk = malloc(READ_CHUNK + READ_SLACK);
+        if (b->chunk == NULL) {
+            return -1;
+        }
     }
-    g->errbuf[0] = '\0';
-    b->chunk.len = 0;
-
-    if (adl_s3_sign(b->owner->env->s3, "GET", e->key, NULL, 0, NULL, 0, url,
-                    sizeof(url), &g->headers) != 0)
-    {
-        get_release(g);
-        return -1;
+    r->op = S3_GET;
+    r->key = e->key;
+    r->range_from = b->offset;
+    r->range_to = b->offset + READ_CHUNK - 1;
+    if (r->range_to > e->size - 1) {
+        r->range_to = e->size - 1;
     }
-    snprintf(hdr, sizeof(hdr), "Range: bytes=%lld-%lld", (long long) g->from,
-             (long long) g->to);
-    l = curl_slist_append(g->headers, hdr);
-    if (l == NULL) {
-        get_release(g);
-        return -1;
-    }
-    g->headers = l;
-
-    c = adl_s3_easy(b->owner->env->s3, url, g->headers, g->errbuf);
-    if (c == NULL) {
-        get_release(g);
-        return -1;
-    }
-    g->http.easy = c;
-    g->http.done = get_done;
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, get_write);
-    curl_easy_setopt(c, CURLOPT_WRITEDATA, g);
-    if (adl_http_start(b->owner->env->storage, &g->http) != 0) {
-        curl_easy_cleanup(c);
-        g->http.easy = NULL;
-        get_release(g);
+    want = r->range_to - r->range_from + 1;
+    r->into = b->chunk;
+    r->into_cap = (size_t) want + READ_SLACK;
+    r->done = get_done;
+    r->data = b;
+    if (adl_s3_start(b->owner->env->s3, r) != 0) {
+        r->op = S3_NONE;
         return -1;
     }
     return 0;
@@ -712,7 +650,7 @@ pump(bundle_t *b)
 
     /* the reading side: more zip output only while there is room */
     while (b->state == BD_BUILDING && !b->closed
-           && b->get.http.easy == NULL && b->get_retry_at == 0
+           && b->get.op == S3_NONE && b->get_retry_at == 0
            && b->fill.len < part)
     {
         entry_t  *e;
@@ -788,7 +726,8 @@ build_end(bundle_t *b, bundle_outcome_t out, int transient,
         break;
     }
 
-    get_release(&b->get);
+    adl_s3_cancel(b->owner->env->s3, &b->get);
+    b->get.op = S3_NONE;
     if (b->s3.http.easy != NULL) {
         adl_s3_cancel(b->owner->env->s3, &b->s3);
         b->s3.op = S3_NONE;
@@ -931,7 +870,8 @@ build_free(bundle_t *b)
     size_t  i;
     int     k;
 
-    get_release(&b->get);
+    adl_s3_cancel(b->owner->env->s3, &b->get);
+    b->get.op = S3_NONE;
     if (b->s3.http.easy != NULL) {
         adl_s3_cancel(b->owner->env->s3, &b->s3);
     }
@@ -944,7 +884,7 @@ build_free(bundle_t *b)
         free(b->entries[i].key);
     }
     free(b->entries);
-    bbuf_free(&b->chunk);
+    free(b->chunk);
     bbuf_free(&b->fill);
     bbuf_free(&b->up);
     bbuf_free(&b->xml);

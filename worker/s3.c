@@ -21,7 +21,11 @@ struct adl_s3_s {
 
 static const char  *op_names[] = { "none", "PutObject",
     "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload",
-    "AbortMultipartUpload", "DeleteObject" };
+    "AbortMultipartUpload", "DeleteObject", "GetObject" };
+
+#define S3_EURL    (-1)
+#define S3_ESIGN   (-2)
+#define S3_ENOMEM  (-3)
 
 adl_s3_t *
 adl_s3_create(const adl_settings_t *s, adl_http_t *storage)
@@ -80,8 +84,21 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
 {
     adl_s3_req_t  *r = userp;
     size_t         n = size * nmemb, keep = n;
+    long           status = 0;
     char          *p;
 
+    if (r->op == S3_GET) {
+        curl_easy_getinfo(r->http.easy, CURLINFO_RESPONSE_CODE, &status);
+    }
+    if (status >= 200 && status <= 299) {
+        /* the object's bytes, into the owner's buffer */
+        if (n > r->into_cap - r->into_len) {
+            return 0;
+        }
+        memcpy(r->into + r->into_len, data, n);
+        r->into_len += n;
+        return n;
+    }
     if (r->resp_len + keep > S3_MAX_RESPONSE) {
         keep = S3_MAX_RESPONSE - r->resp_len;
     }
@@ -237,6 +254,12 @@ done(adl_http_req_t *http, CURLcode rc)
                  "answer", op);
         goto out;
     }
+    if (r->op == S3_GET && r->status != 206
+        && !(r->status == 200 && r->range_from == 0))
+    {
+        snprintf(r->error, sizeof(r->error), "%s: HTTP %ld", op, r->status);
+        goto out;
+    }
     if (r->op == S3_PART && r->etag[0] == '\0') {
         snprintf(r->error, sizeof(r->error), "%s: no ETag in the answer",
                  op);
@@ -267,8 +290,14 @@ add_header(struct curl_slist **headers, const char *name, const char *value)
     return 0;
 }
 
-int
-adl_s3_sign(adl_s3_t *s3, const char *method, const char *key,
+/*
+ * The URL of key with the query q into url, and the SigV4 headers of
+ * method on it (over q and the signed headers sh, which the caller sends;
+ * UNSIGNED-PAYLOAD) appended to *headers, which the caller frees (also on
+ * failure).  0, or S3_EURL (no URL for the key), S3_ESIGN, S3_ENOMEM.
+ */
+static int
+s3_sign(adl_s3_t *s3, const char *method, const char *key,
     const adl_kv_t *q, size_t nq, const adl_kv_t *sh, size_t nsh,
     char *url, size_t len, struct curl_slist **headers)
 {
@@ -283,7 +312,7 @@ adl_s3_sign(adl_s3_t *s3, const char *method, const char *key,
         || adl_uri_encode(path, strlen(path), epath, sizeof(epath), 1) < 0
         || adl_query_string(q, nq, query, sizeof(query)) < 0)
     {
-        return ADL_S3_EURL;
+        return S3_EURL;
     }
     snprintf(url, len, "%s://%s%s%s%s", scheme, host, epath, nq ? "?" : "",
              query);
@@ -301,7 +330,7 @@ adl_s3_sign(adl_s3_t *s3, const char *method, const char *key,
     if (adl_sigv4_sign_headers(&s3->creds, &sr, auth, sizeof(auth), date)
         != 0)
     {
-        return ADL_S3_ESIGN;
+        return S3_ESIGN;
     }
 
     if (add_header(headers, "Authorization", auth) != 0
@@ -309,13 +338,15 @@ adl_s3_sign(adl_s3_t *s3, const char *method, const char *key,
         || add_header(headers, "x-amz-content-sha256", ADL_UNSIGNED_PAYLOAD)
            != 0)
     {
-        return ADL_S3_ENOMEM;
+        return S3_ENOMEM;
     }
     return 0;
 }
 
-CURL *
-adl_s3_easy(adl_s3_t *s3, const char *url, struct curl_slist *headers,
+/* adl_http_easy() for the storage, with the timeouts of the settings;
+ * NULL when out of memory. */
+static CURL *
+s3_easy(adl_s3_t *s3, const char *url, struct curl_slist *headers,
     char *errbuf)
 {
     const adl_settings_t  *s = s3->settings;
@@ -388,6 +419,10 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
     case S3_DELETE:
         method = "DELETE";
         break;
+    case S3_GET:
+        method = "GET";
+        r->into_len = 0;
+        break;
     default:
         snprintf(r->error, sizeof(r->error), "bad storage operation");
         return -1;
@@ -399,17 +434,17 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
         sh[nsh++] = (adl_kv_t) { "content-type", "application/xml" };
     }
 
-    switch (adl_s3_sign(s3, method, r->key, q, nq, sh, nsh, url, sizeof(url),
+    switch (s3_sign(s3, method, r->key, q, nq, sh, nsh, url, sizeof(url),
                         &r->headers))
     {
     case 0:
         break;
-    case ADL_S3_EURL:
+    case S3_EURL:
         snprintf(r->error, sizeof(r->error), "%s: cannot build the URL for "
                  "\"%s\"", op_names[r->op], r->key);
         release(r);
         return -1;
-    case ADL_S3_ESIGN:
+    case S3_ESIGN:
         snprintf(r->error, sizeof(r->error), "%s: signing failed",
                  op_names[r->op]);
         release(r);
@@ -430,6 +465,10 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
     } while (0)
 
     ADD_HEADER("Expect:");
+    if (r->op == S3_GET) {
+        ADD_HEADER("Range: bytes=%lld-%lld", (long long) r->range_from,
+                   (long long) r->range_to);
+    }
     if (nsh) {
         ADD_HEADER("Content-Type: %s", sh[0].value);
     } else if (post) {
@@ -437,7 +476,7 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
     }
 #undef ADD_HEADER
 
-    e = adl_s3_easy(s3, url, r->headers, r->errbuf);
+    e = s3_easy(s3, url, r->headers, r->errbuf);
     if (e == NULL) {
         goto nomem;
     }
@@ -470,6 +509,8 @@ adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r)
         curl_easy_setopt(e, CURLOPT_SEEKDATA, r);
         curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
                          (curl_off_t) r->body_len);
+    } else if (r->op == S3_GET) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else if (post) {
         curl_easy_setopt(e, CURLOPT_POST, 1L);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body ? r->body : "");

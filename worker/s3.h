@@ -21,7 +21,8 @@ typedef enum {
     S3_PART,            /* UploadPart part_number -> etag */
     S3_COMPLETE,        /* CompleteMultipartUpload of body (XML) */
     S3_ABORT,           /* AbortMultipartUpload (405 at the test server) */
-    S3_DELETE           /* DeleteObject */
+    S3_DELETE,          /* DeleteObject */
+    S3_GET              /* GetObject of range_from..range_to into `into` */
 } adl_s3_op_t;
 
 typedef struct adl_s3_s      adl_s3_t;
@@ -42,6 +43,12 @@ struct adl_s3_req_s {
      * exactly body_len bytes */
     curl_read_callback  read;
     void               *read_data;
+    /* S3_GET: the bytes range_from..range_to (both included) into `into`
+     * (not owned), at most into_cap of them: more is a (transient) error;
+     * a 206, or a 200 when range_from is 0, is ok */
+    int64_t             range_from, range_to;
+    char               *into;
+    size_t              into_cap;
     /* no low-speed check: the owner judges the request's progress (a
      * streamed body that waits for its data is not a stalled storage) */
     int                 no_speed_check;
@@ -55,6 +62,7 @@ struct adl_s3_req_s {
     char                retry_after[64];   /* the answer's Retry-After */
     char                new_upload_id[512];
     char                error[512];
+    size_t              into_len;      /* S3_GET: bytes read into `into` */
 
     void              (*done)(adl_s3_req_t *r);
     void               *data;
@@ -75,25 +83,5 @@ int adl_s3_start(adl_s3_t *s3, adl_s3_req_t *r);
 
 /* Stops a running request without calling done, frees its resources. */
 void adl_s3_cancel(adl_s3_t *s3, adl_s3_req_t *r);
-
-/*
- * The start of every storage request, for adl_s3_start() and for reads of
- * stored objects (bundle.c).  adl_s3_sign(): the URL of key with the query
- * q into url, and the SigV4 headers of method on it (over q and the signed
- * headers sh, which the caller sends; UNSIGNED-PAYLOAD) appended to
- * *headers, which the caller frees (also on failure).  0, or ADL_S3_EURL
- * (no URL for the key), ADL_S3_ESIGN, ADL_S3_ENOMEM.  adl_s3_easy():
- * adl_http_easy() for the "storage" multi handle, with the timeouts of
- * the settings; NULL when out of memory.
- */
-#define ADL_S3_EURL    (-1)
-#define ADL_S3_ESIGN   (-2)
-#define ADL_S3_ENOMEM  (-3)
-
-int adl_s3_sign(adl_s3_t *s3, const char *method, const char *key,
-    const adl_kv_t *q, size_t nq, const adl_kv_t *sh, size_t nsh,
-    char *url, size_t len, struct curl_slist **headers);
-CURL *adl_s3_easy(adl_s3_t *s3, const char *url, struct curl_slist *headers,
-    char *errbuf);
 
 #endif /* ADL_S3_H */

@@ -46,7 +46,6 @@ typedef struct {
     const adl_settings_t  *settings;
     adl_db_t              *db;
     adl_http_t            *origin;      /* downloads, callbacks */
-    adl_http_t            *storage;     /* the storage's curl multi */
     adl_s3_t              *s3;          /* every storage request */
     int                    stopping;    /* SIGTERM seen: claim nothing */
 } adl_env_t;

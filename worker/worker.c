@@ -60,6 +60,7 @@ static const adl_task_ops_t  *const kinds[] = {
 
 typedef struct {
     adl_env_t   env;
+    adl_http_t *storage;        /* the storage's curl multi (env.s3's) */
     void       *k[NKINDS];
     int         epfd;
     int         sigfd;
@@ -346,11 +347,11 @@ setup(loop_t *l, const adl_settings_t *s)
     }
 
     l->env.origin = adl_http_create(l->epfd, TAG_ORIGIN, 0);
-    l->env.storage = adl_http_create(l->epfd, TAG_STORAGE, 0);
-    if (l->env.origin == NULL || l->env.storage == NULL) {
+    l->storage = adl_http_create(l->epfd, TAG_STORAGE, 0);
+    if (l->env.origin == NULL || l->storage == NULL) {
         return -1;
     }
-    l->env.s3 = adl_s3_create(s, l->env.storage);
+    l->env.s3 = adl_s3_create(s, l->storage);
     if (l->env.s3 == NULL) {
         return -1;
     }
@@ -387,7 +388,7 @@ teardown(loop_t *l)
     adl_db_destroy(l->env.db);
     adl_s3_destroy(l->env.s3);
     adl_http_destroy(l->env.origin);
-    adl_http_destroy(l->env.storage);
+    adl_http_destroy(l->storage);
     if (l->sigfd >= 0) {
         close(l->sigfd);
     }
@@ -456,10 +457,10 @@ adl_worker_run(const adl_settings_t *s)
                 adl_http_timer_event(l.env.origin);
                 break;
             case TAG_STORAGE:
-                adl_http_socket_event(l.env.storage, fd, evs[i].events);
+                adl_http_socket_event(l.storage, fd, evs[i].events);
                 break;
             case TAG_STORAGE + 1:
-                adl_http_timer_event(l.env.storage);
+                adl_http_timer_event(l.storage);
                 break;
             }
         }
