@@ -21,8 +21,12 @@ struct adl_http_s {
     int        epfd;
     int        timerfd;
     unsigned   tag;
-    int        in_callback;     /* inside socket_action: no re-entry */
 };
+
+/* Inside libcurl's data callbacks (curl_multi_socket_action, an unpause):
+ * no request of any multi handle may start or stop there.  One process,
+ * one thread: one counter for both multi handles. */
+static int  callback_depth;
 
 /* after libcurl failed in socket_action (out of memory) */
 #define RETRY_MS  100
@@ -145,11 +149,24 @@ adl_http_destroy(adl_http_t *h)
     free(h);
 }
 
+static int
+inside_callback(const char *what)
+{
+    if (callback_depth == 0) {
+        return 0;
+    }
+    adl_log_error(NULL, -1, "%s inside a libcurl callback", what);
+    return 1;
+}
+
 int
 adl_http_start(adl_http_t *h, adl_http_req_t *req)
 {
     CURLMcode  mc;
 
+    if (inside_callback("starting a request")) {
+        return -1;
+    }
     curl_easy_setopt(req->easy, CURLOPT_PRIVATE, req);
     mc = curl_multi_add_handle(h->multi, req->easy);
     if (mc != CURLM_OK) {
@@ -163,9 +180,25 @@ adl_http_start(adl_http_t *h, adl_http_req_t *req)
 void
 adl_http_stop(adl_http_t *h, adl_http_req_t *req)
 {
-    if (req->easy != NULL) {
-        curl_multi_remove_handle(h->multi, req->easy);
+    if (req->easy == NULL) {
+        return;
     }
+    /* logged, not refused: the caller frees the handle next, and that
+     * would take it out of the multi handle all the same */
+    inside_callback("stopping a request");
+    curl_multi_remove_handle(h->multi, req->easy);
+}
+
+void
+adl_http_unpause(adl_http_req_t *req)
+{
+    if (req->easy == NULL) {
+        return;
+    }
+    /* may deliver data at once: the callbacks run from here */
+    callback_depth++;
+    curl_easy_pause(req->easy, CURLPAUSE_CONT);
+    callback_depth--;
 }
 
 static void
@@ -202,7 +235,9 @@ socket_action(adl_http_t *h, curl_socket_t fd, int action)
     int        running;
     CURLMcode  mc;
 
+    callback_depth++;
     mc = curl_multi_socket_action(h->multi, fd, action, &running);
+    callback_depth--;
     if (mc != CURLM_OK) {
         adl_log_warn(NULL, -1, "curl_multi_socket_action: %s; again in "
                      "%d ms", curl_multi_strerror(mc), RETRY_MS);

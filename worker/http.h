@@ -36,6 +36,15 @@ int adl_http_start(adl_http_t *h, adl_http_req_t *req);
  * caller's.  Safe to call for a request that is not running. */
 void adl_http_stop(adl_http_t *h, adl_http_req_t *req);
 
+/* Neither may run inside a libcurl callback (a write or read callback,
+ * an unpause): an error is logged, and a start refused.  Callbacks record what
+ * happened; the loop acts on it.  done() runs after libcurl returned, and
+ * may start and stop requests. */
+
+/* Unpauses a request paused by its callback (its callbacks may run from
+ * here, with data that was waiting). */
+void adl_http_unpause(adl_http_req_t *req);
+
 /* The epoll tags: socket events carry (tag << 32 | fd), the timer
  * (tag + 1) << 32. */
 void adl_http_socket_event(adl_http_t *h, int fd, uint32_t events);

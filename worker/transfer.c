@@ -121,6 +121,11 @@ struct adl_xfer_s {
     int                    no_stream;        /* parts: a stream starved
                                               * long and failed */
     int                    kick_dl, kick_up; /* unpause from the loop */
+    int                    kick_s3;          /* start the next storage
+                                              * request from the loop */
+    int                    stream_stale;     /* the streamed PUT of what
+                                              * the origin sent before it
+                                              * started over: cancel it */
     buf_t                  fill;             /* downloading into */
     buf_t                  up;               /* a full part to upload */
     buf_t                  xml;              /* CompleteMultipartUpload's
@@ -167,6 +172,7 @@ static void storage_done(adl_s3_req_t *r);
 static void storage_later(adl_xfer_t *x, adl_s3_req_t *r);
 static void stop_download(adl_xfer_t *x);
 static void stream_unstarve(adl_xfer_t *x);
+static void stream_failed(adl_xfer_t *x, adl_s3_req_t *r);
 
 #define MAX_SINGLE_PUT    (5LL * 1024 * 1024 * 1024)
 #define KICK_MIN          (128 * 1024)
@@ -314,9 +320,13 @@ restart_from_zero(adl_xfer_t *x)
     x->fill.len = 0;
     x->ring_head = 0;
     if (x->stream) {
-        /* the bytes sent cannot be taken back: a new PUT */
-        adl_s3_cancel(x->env->s3, &x->s3);
-        x->s3.op = S3_NONE;
+        /* the bytes sent cannot be taken back: a new PUT, once the loop
+         * cancelled this one (this may run inside a callback) */
+        if (x->s3.op == S3_PUT) {
+            x->stream_stale = 1;
+            x->kick_s3 = 1;
+            *x->wake = 1;
+        }
         x->stream = 0;
         x->up_paused = 0;
         x->put_done = 0;
@@ -428,12 +438,14 @@ check_response(adl_xfer_t *x)
             return fail_in_callback(x, "DOWNLOAD_FAILED", 1,
                                     "out of memory");
         }
-        stream_start(x);
-        if (!x->stream) {
-            /* could not start (out of memory): from byte 0 again later */
-            return fail_in_callback(x, "STORAGE_FAILED", x->s3.transient,
-                                    "%s", x->s3.error);
-        }
+        /* the PUT starts from the loop, with the first bytes */
+        x->stream = 1;
+        x->ring_head = 0;
+        x->fill.len = 0;
+        x->up_paused = 0;
+        x->put_done = 0;
+        x->kick_s3 = 1;
+        *x->wake = 1;
     }
     return 0;
 }
@@ -459,7 +471,7 @@ stream_read(char *buf, size_t size, size_t nmemb, void *userp)
     adl_xfer_t  *x = userp;
     size_t       want = size * nmemb, n, first, cap = x->fill.cap;
 
-    if (x->fill.len == 0) {
+    if (x->fill.len == 0 || x->stream_stale) {
         x->up_paused = 1;
         x->starve_since = adl_now_ms();
         return CURL_READFUNC_PAUSE;
@@ -480,18 +492,14 @@ stream_read(char *buf, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
+/* From the loop: the streamed PUT chosen by check_response; a PUT that
+ * cannot start fails as a streamed PUT does. */
 static void
 stream_start(adl_xfer_t *x)
 {
     adl_s3_req_t  *r = &x->s3;
 
-    x->stream = 1;
-    x->ring_head = 0;
-    x->fill.len = 0;
-    x->up_paused = 0;
-    x->put_done = 0;
     x->up_taken = adl_now_ms();
-
     r->op = S3_PUT;
     r->key = x->key;
     r->upload_id = NULL;
@@ -504,8 +512,11 @@ stream_start(adl_xfer_t *x)
     r->done = storage_done;
     r->data = x;
     if (adl_s3_start(x->env->s3, r) != 0) {
+        r->read = NULL;
+        r->no_speed_check = 0;
         r->op = S3_NONE;
-        x->stream = 0;
+        stream_failed(x, r);
+        return;
     }
     r->read = NULL;                 /* kept by curl; not for later requests */
     r->no_speed_check = 0;
@@ -598,7 +609,8 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
             memcpy(x->fill.data, data + first, n - first);
             x->fill.len = n - first;
         }
-        storage_pump(x);
+        x->kick_s3 = 1;             /* uploaded from the loop */
+        *x->wake = 1;
     }
 
     x->received += (int64_t) n;
@@ -1124,6 +1136,11 @@ storage_done(adl_s3_req_t *r)
         storage_done_ending(x, op, r);
         return;
     }
+    if (x->stream_stale) {
+        x->stream_stale = 0;        /* what it sent is not the file */
+        storage_pump(x);
+        return;
+    }
 
     if (!r->ok && (op == S3_PUT || op == S3_COMPLETE) && r->reached
         && (r->status == 0 || r->status >= 500))
@@ -1259,7 +1276,8 @@ storage_settles(const adl_xfer_t *x)
     case S3_COMPLETE:
         return 1;
     case S3_PUT:
-        return !x->stream || (x->size >= 0 && x->received >= x->size);
+        return !x->stream_stale
+               && (!x->stream || (x->size >= 0 && x->received >= x->size));
     default:
         return 0;
     }
@@ -1272,7 +1290,7 @@ end_begin(adl_xfer_t *x)
     x->state = XF_CLOSING;
     stop_download(x);
     x->s3_retry_at = 0;
-    x->kick_dl = x->kick_up = 0;
+    x->kick_dl = x->kick_up = x->kick_s3 = 0;
 
     if (x->s3.op != S3_NONE) {
         if (storage_settles(x)) {
@@ -1281,6 +1299,7 @@ end_begin(adl_xfer_t *x)
         } else {
             adl_s3_cancel(x->env->s3, &x->s3);
             x->s3.op = S3_NONE;
+            x->stream_stale = 0;
         }
     }
 
@@ -1605,6 +1624,24 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
     }
 }
 
+/* From the loop: what the callbacks asked of the storage. */
+static void
+storage_kick(adl_xfer_t *x)
+{
+    if (x->stream_stale) {
+        adl_s3_cancel(x->env->s3, &x->s3);
+        x->s3.op = S3_NONE;
+        x->stream_stale = 0;
+    }
+    if (x->stream) {
+        if (x->s3.op == S3_NONE && !x->put_done) {
+            stream_start(x);
+        }
+        return;
+    }
+    storage_pump(x);
+}
+
 int
 adl_xfer_settle(adl_xfer_t *x)
 {
@@ -1616,19 +1653,22 @@ adl_xfer_settle(adl_xfer_t *x)
     /* unpausing may deliver data at once, which may ask for the other
      * side to be unpaused: a few rounds settle it */
     for (rounds = 0; rounds < 8 && adl_xfer_active(x)
-                     && (x->kick_dl || x->kick_up); rounds++)
+                     && (x->kick_s3 || x->kick_dl || x->kick_up); rounds++)
     {
+        if (x->kick_s3) {
+            x->kick_s3 = 0;
+            storage_kick(x);
+            if (!adl_xfer_active(x)) {
+                break;
+            }
+        }
         if (x->kick_dl) {
             x->kick_dl = 0;
-            if (x->dl.easy != NULL) {
-                curl_easy_pause(x->dl.easy, CURLPAUSE_CONT);
-            }
+            adl_http_unpause(&x->dl);
         }
         if (x->kick_up) {
             x->kick_up = 0;
-            if (x->s3.http.easy != NULL) {
-                curl_easy_pause(x->s3.http.easy, CURLPAUSE_CONT);
-            }
+            adl_http_unpause(&x->s3.http);
         }
     }
     if (x->state == XF_ENDING) {
