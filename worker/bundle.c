@@ -21,8 +21,6 @@
  * is gone, or its bundle failed for good.  Storage trouble is retried with
  * backoff (about a minute) before the attempt fails.
  */
-#include <archive.h>
-#include <archive_entry.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -37,12 +35,12 @@
 #include "claim.h"
 #include "clock.h"
 #include "log.h"
+#include "zip.h"
 
 #define BUNDLES_AT_ONCE   2         /* per worker process */
 #define MAX_ATTEMPTS      3
 #define READ_CHUNK        (8 * 1024 * 1024)
 #define READ_SLACK        65536     /* more than asked: the length check */
-#define NAME_MAX_BYTES    200
 
 /* storage trouble: 8 tries from 0.5 s doubled, about a minute */
 static const adl_retry_t  s3_retry = { 8, 500, 0, 0 };
@@ -99,7 +97,7 @@ struct bundle_s {
     int                header_done;     /* of entries[cur] */
     int64_t            offset;          /* read so far of entries[cur] */
 
-    struct archive    *ar;
+    adl_zip_t         *zip;
     int                closed;          /* the zip is complete in fill */
     adl_sha256_t       sha;
     char               sha256[65];      /* once closed */
@@ -145,158 +143,6 @@ static void cleanup(bundle_t *b);
 #define BLOG(level, b, ...)  adl_log(level, (b)->job, -1, __VA_ARGS__)
 
 
-/* --- names ------------------------------------------------------------- */
-
-/* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid. */
-static size_t
-utf8_len(const unsigned char *p, size_t n)
-{
-    size_t    len, i;
-    uint32_t  c;
-
-    if (p[0] < 0x80) {
-        return 1;
-    }
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        len = 2;
-        c = p[0] & 0x1f;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        len = 3;
-        c = p[0] & 0x0f;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        len = 4;
-        c = p[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len) {
-        return 0;
-    }
-    for (i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80) {
-            return 0;
-        }
-        c = (c << 6) | (p[i] & 0x3f);
-    }
-    if ((len == 3 && (c < 0x800 || (c >= 0xd800 && c <= 0xdfff)))
-        || (len == 4 && (c < 0x10000 || c > 0x10ffff)))
-    {
-        return 0;
-    }
-    /* C1 controls (U+0080..U+009F) */
-    if (len == 2 && c < 0xa0) {
-        return 0;
-    }
-    return len;
-}
-
-/* A safe file name for raw (malloc'ed). */
-static char *
-clean_name(const char *raw)
-{
-    const unsigned char  *p, *end, *base;
-    char                 *out;
-    size_t                n = 0, len, skip;
-
-    /* the last path segment, '/' or '\\' */
-    p = (const unsigned char *) (raw ? raw : "");
-    end = p + strlen((const char *) p);
-    while (end > p && (end[-1] == '/' || end[-1] == '\\')) {
-        end--;
-    }
-    base = end;
-    while (base > p && base[-1] != '/' && base[-1] != '\\') {
-        base--;
-    }
-
-    out = malloc(NAME_MAX_BYTES + 16);
-    if (out == NULL) {
-        return NULL;
-    }
-    for (p = base; p < end; p += skip) {
-        len = utf8_len(p, (size_t) (end - p));
-        skip = len ? len : 1;
-        if (len == 1 && (*p < 0x20 || *p == 0x7f
-                         || strchr("<>:\"|?*", *p) != NULL))
-        {
-            len = 0;                    /* control or reserved: '_' */
-        }
-        if (n + (len ? len : 1) > NAME_MAX_BYTES) {
-            break;                      /* never cuts a character */
-        }
-        if (len == 0) {
-            if (n == 0 || out[n - 1] != '_') {
-                out[n++] = '_';
-            }
-            continue;
-        }
-        memcpy(out + n, p, len);
-        n += len;
-    }
-    /* no leading or trailing spaces, no trailing dots (Windows) */
-    while (n > 0 && (out[n - 1] == ' ' || out[n - 1] == '.')) {
-        n--;
-    }
-    out[n] = '\0';
-    skip = strspn(out, " ");
-    memmove(out, out + skip, n - skip + 1);
-    if (out[0] == '\0' || strcmp(out, "_") == 0) {
-        strcpy(out, "file");
-    }
-    return out;
-}
-
-static int
-name_taken(char **names, size_t n, const char *name)
-{
-    size_t  i;
-
-    for (i = 0; i < n; i++) {
-        if (strcasecmp(names[i], name) == 0) {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-int
-adl_bundle_names(char **names, size_t n)
-{
-    size_t   i, stem;
-    char    *c, *u, *dot;
-    int      k;
-
-    for (i = 0; i < n; i++) {
-        c = clean_name(names[i]);
-        if (c == NULL) {
-            return -1;
-        }
-        free(names[i]);
-        names[i] = c;
-
-        if (!name_taken(names, i, c)) {
-            continue;
-        }
-        /* "a.pdf" -> "a (1).pdf"; a leading dot is not an extension */
-        dot = strrchr(c, '.');
-        stem = dot != NULL && dot != c ? (size_t) (dot - c) : strlen(c);
-        u = malloc(strlen(c) + 24);
-        if (u == NULL) {
-            return -1;
-        }
-        for (k = 1; ; k++) {
-            sprintf(u, "%.*s (%d)%s", (int) stem, c, k, c + stem);
-            if (!name_taken(names, i, u)) {
-                break;
-            }
-        }
-        free(c);
-        names[i] = u;
-    }
-    return 0;
-}
-
-
 /* --- buffers ------------------------------------------------------------ */
 
 static int
@@ -331,62 +177,27 @@ bbuf_free(bbuf_t *b)
 }
 
 
-/* --- the zip writer ------------------------------------------------------ */
+/* --- the zip writer's output ---------------------------------------------- */
 
-static la_ssize_t
-zip_write(struct archive *a, void *data, const void *buf, size_t n)
+static int
+zip_out(void *data, const void *p, size_t n)
 {
     bundle_t  *b = data;
 
-    (void) a;
-    if (bbuf_append(&b->fill, buf, n) != 0
-        || adl_sha256_update(&b->sha, buf, n) != 0)
+    if (bbuf_append(&b->fill, p, n) != 0
+        || adl_sha256_update(&b->sha, p, n) != 0)
     {
         return -1;
     }
     b->size += (int64_t) n;
-    return (la_ssize_t) n;
+    return 0;
 }
 
 static int
 zip_open(bundle_t *b)
 {
-    b->ar = archive_write_new();
-    if (b->ar == NULL
-        || archive_write_set_format_zip(b->ar) != ARCHIVE_OK
-        || archive_write_set_format_option(b->ar, "zip", "compression",
-                                           "store") != ARCHIVE_OK
-        || archive_write_set_format_option(b->ar, "zip", "hdrcharset",
-                                           "UTF-8") != ARCHIVE_OK
-        || (b->owner->force_zip64
-            && archive_write_set_format_option(b->ar, "zip", "zip64", "1")
-               != ARCHIVE_OK)
-        || archive_write_set_bytes_per_block(b->ar, 0) != ARCHIVE_OK
-        || archive_write_set_bytes_in_last_block(b->ar, 1) != ARCHIVE_OK
-        || archive_write_open(b->ar, b, NULL, zip_write, NULL) != ARCHIVE_OK)
-    {
-        return -1;
-    }
-    return 0;
-}
-
-static int
-zip_header(bundle_t *b, const entry_t *e)
-{
-    struct archive_entry  *ae = archive_entry_new();
-    int                    rc;
-
-    if (ae == NULL) {
-        return -1;
-    }
-    archive_entry_set_pathname_utf8(ae, e->name);
-    archive_entry_set_filetype(ae, AE_IFREG);
-    archive_entry_set_perm(ae, 0644);
-    archive_entry_set_size(ae, e->size);
-    archive_entry_set_mtime(ae, (time_t) e->mtime, 0);
-    rc = archive_write_header(b->ar, ae);
-    archive_entry_free(ae);
-    return rc == ARCHIVE_OK ? 0 : -1;
+    b->zip = adl_zip_open(b->owner->force_zip64, zip_out, b);
+    return b->zip != NULL ? 0 : -1;
 }
 
 
@@ -427,10 +238,8 @@ get_done(adl_s3_req_t *r)
     }
     b->get_tries = 0;
 
-    if (archive_write_data(b->ar, b->chunk, r->into_len)
-        != (la_ssize_t) r->into_len)
-    {
-        build_end(b, BO_FAILED, 0, "zip: %s", archive_error_string(b->ar));
+    if (adl_zip_data(b->zip, b->chunk, r->into_len) != 0) {
+        build_end(b, BO_FAILED, 0, "zip: %s", adl_zip_error(b->zip));
         return;
     }
     b->offset += (int64_t) r->into_len;
@@ -656,9 +465,9 @@ pump(bundle_t *b)
         entry_t  *e;
 
         if (b->cur == b->nentries) {
-            if (archive_write_close(b->ar) != ARCHIVE_OK) {
+            if (adl_zip_close(b->zip) != 0) {
                 build_end(b, BO_FAILED, 0, "zip: %s",
-                          archive_error_string(b->ar));
+                          adl_zip_error(b->zip));
                 return;
             }
             if (adl_sha256_final_hex(&b->sha, b->sha256) != 0) {
@@ -671,9 +480,9 @@ pump(bundle_t *b)
         }
         e = &b->entries[b->cur];
         if (!b->header_done) {
-            if (zip_header(b, e) != 0) {
+            if (adl_zip_entry(b->zip, e->name, e->size, e->mtime) != 0) {
                 build_end(b, BO_FAILED, 0, "zip: %s",
-                          archive_error_string(b->ar));
+                          adl_zip_error(b->zip));
                 return;
             }
             b->header_done = 1;
@@ -875,9 +684,7 @@ build_free(bundle_t *b)
     if (b->s3.http.easy != NULL) {
         adl_s3_cancel(b->owner->env->s3, &b->s3);
     }
-    if (b->ar != NULL) {
-        archive_write_free(b->ar);      /* closes too: output discarded */
-    }
+    adl_zip_free(b->zip);               /* closes too: output discarded */
     adl_sha256_free(&b->sha);
     for (i = 0; i < b->nentries; i++) {
         free(b->entries[i].name);

@@ -23,13 +23,4 @@
  * tick); ASYNC_DL_BUNDLE_ZIP64 puts ZIP64 headers on every entry. */
 extern const adl_task_ops_t  adl_bundles_ops;
 
-/*
- * The names of the entries: each name reduced to a file name (no folders,
- * no "." or "..", no control characters, no characters Windows refuses,
- * valid UTF-8, at most 200 bytes), then made unique ignoring ASCII case:
- * "a.pdf", "a (1).pdf", ...  names[i] is replaced by a malloc'ed string.
- * -1 on allocation failure.
- */
-int adl_bundle_names(char **names, size_t n);
-
 #endif /* ADL_BUNDLE_H */
