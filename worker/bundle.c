@@ -35,6 +35,7 @@
 #include "claim.h"
 #include "clock.h"
 #include "log.h"
+#include "upload.h"
 #include "zip.h"
 
 #define BUNDLES_AT_ONCE   2         /* per worker process */
@@ -67,12 +68,6 @@ typedef struct {
     int64_t    size;
     int64_t    mtime;
 } entry_t;
-
-typedef struct {
-    char    *data;
-    size_t   len;
-    size_t   cap;
-} bbuf_t;
 
 typedef struct bundle_s   bundle_t;
 typedef struct bundler_s  bundler_t;
@@ -108,17 +103,16 @@ struct bundle_s {
     int                get_tries;
     int64_t            get_retry_at;
 
-    bbuf_t             fill;            /* zip output, the next part */
-    bbuf_t             up;              /* the part being uploaded */
-    bbuf_t             xml;             /* CompleteMultipartUpload */
+    adl_buf_t          fill;            /* zip output, the next part */
+    adl_buf_t          up;              /* the part being uploaded */
+    adl_buf_t          xml;             /* CompleteMultipartUpload */
     int                up_busy;
     adl_s3_req_t       s3;
     int                s3_tries;
     int64_t            s3_retry_at;
     char              *upload_id;
     int                next_part;
-    char             **etags;
-    int                netags;
+    adl_parts_t        parts;
 
     int                db_refs;
     int                renewing;
@@ -143,40 +137,6 @@ static void cleanup(bundle_t *b);
 #define BLOG(level, b, ...)  adl_log(level, (b)->job, -1, __VA_ARGS__)
 
 
-/* --- buffers ------------------------------------------------------------ */
-
-static int
-bbuf_append(bbuf_t *b, const void *data, size_t n)
-{
-    size_t   cap;
-    char    *p;
-
-    if (b->len + n > b->cap) {
-        cap = b->cap ? b->cap : 64 * 1024;
-        while (cap < b->len + n) {
-            cap *= 2;
-        }
-        p = realloc(b->data, cap);
-        if (p == NULL) {
-            return -1;
-        }
-        b->data = p;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, data, n);
-    b->len += n;
-    return 0;
-}
-
-static void
-bbuf_free(bbuf_t *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
-
-
 /* --- the zip writer's output ---------------------------------------------- */
 
 static int
@@ -184,7 +144,7 @@ zip_out(void *data, const void *p, size_t n)
 {
     bundle_t  *b = data;
 
-    if (bbuf_append(&b->fill, p, n) != 0
+    if (adl_buf_append(&b->fill, p, n) != 0
         || adl_sha256_update(&b->sha, p, n) != 0)
     {
         return -1;
@@ -311,46 +271,6 @@ s3_start(bundle_t *b, adl_s3_op_t op, const char *body, size_t len)
     }
 }
 
-static int
-record_etag(bundle_t *b, int part, const char *etag)
-{
-    char  **p;
-
-    if (part > b->netags) {
-        p = realloc(b->etags, (size_t) (part + 16) * sizeof(char *));
-        if (p == NULL) {
-            return -1;
-        }
-        memset(p + b->netags, 0,
-               (size_t) (part + 16 - b->netags) * sizeof(char *));
-        b->etags = p;
-        b->netags = part + 16;
-    }
-    free(b->etags[part - 1]);
-    b->etags[part - 1] = strdup(etag);
-    return b->etags[part - 1] == NULL ? -1 : 0;
-}
-
-static int
-complete_body(bundle_t *b, bbuf_t *out)
-{
-    char  line[256];
-    int   i, n;
-
-    out->len = 0;
-    if (bbuf_append(out, "<CompleteMultipartUpload>", 25) != 0) {
-        return -1;
-    }
-    for (i = 1; i < b->next_part; i++) {
-        n = snprintf(line, sizeof(line), "<Part><PartNumber>%d</PartNumber>"
-                     "<ETag>%s</ETag></Part>", i, b->etags[i - 1]);
-        if (bbuf_append(out, line, (size_t) n) != 0) {
-            return -1;
-        }
-    }
-    return bbuf_append(out, "</CompleteMultipartUpload>", 26);
-}
-
 static void
 s3_done(adl_s3_req_t *r)
 {
@@ -391,7 +311,7 @@ s3_done(adl_s3_req_t *r)
         }
         break;
     case S3_PART:
-        if (record_etag(b, b->next_part, r->etag) != 0) {
+        if (adl_parts_set(&b->parts, b->next_part, r->etag) != 0) {
             build_end(b, BO_FAILED, 1, "out of memory");
             return;
         }
@@ -417,7 +337,7 @@ pump(bundle_t *b)
 {
     const adl_settings_t  *s = b->owner->env->settings;
     size_t                 part = (size_t) s->part_size;
-    bbuf_t                 tmp;
+    adl_buf_t              tmp;
 
     if (b->state != BD_BUILDING) {
         return;
@@ -448,7 +368,7 @@ pump(bundle_t *b)
                 s3_start(b, S3_PUT, b->fill.data, b->fill.len);
                 return;
             }
-            if (complete_body(b, &b->xml) != 0) {
+            if (adl_parts_xml(&b->parts, b->next_part - 1, &b->xml) != 0) {
                 build_end(b, BO_FAILED, 1, "out of memory");
                 return;
             }
@@ -677,7 +597,6 @@ static void
 build_free(bundle_t *b)
 {
     size_t  i;
-    int     k;
 
     adl_s3_cancel(b->owner->env->s3, &b->get);
     b->get.op = S3_NONE;
@@ -692,13 +611,10 @@ build_free(bundle_t *b)
     }
     free(b->entries);
     free(b->chunk);
-    bbuf_free(&b->fill);
-    bbuf_free(&b->up);
-    bbuf_free(&b->xml);
-    for (k = 0; k < b->netags; k++) {
-        free(b->etags[k]);
-    }
-    free(b->etags);
+    adl_buf_free(&b->fill);
+    adl_buf_free(&b->up);
+    adl_buf_free(&b->xml);
+    adl_parts_free(&b->parts);
     free(b->upload_id);
     free(b->key);
     free(b);

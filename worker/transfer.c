@@ -41,6 +41,7 @@
 #include "clock.h"
 #include "log.h"
 #include "transfer.h"
+#include "upload.h"
 
 #define PROGRESS_EVERY    300     /* ms between progress writes of a job */
 #define MAX_REDIRECTS     5L
@@ -61,12 +62,6 @@ typedef enum {
     OUT_HAND_BACK,
     OUT_DROP            /* canceled, or no longer ours: write nothing */
 } xfer_outcome_t;
-
-typedef struct {
-    char    *data;
-    size_t   len;
-    size_t   cap;
-} buf_t;
 
 struct adl_xfer_s {
     adl_env_t             *env;
@@ -126,9 +121,9 @@ struct adl_xfer_s {
     int                    stream_stale;     /* the streamed PUT of what
                                               * the origin sent before it
                                               * started over: cancel it */
-    buf_t                  fill;             /* downloading into */
-    buf_t                  up;               /* a full part to upload */
-    buf_t                  xml;              /* CompleteMultipartUpload's
+    adl_buf_t              fill;             /* downloading into */
+    adl_buf_t              up;               /* a full part to upload */
+    adl_buf_t              xml;              /* CompleteMultipartUpload's
                                               * body, kept for its retries */
     int                    up_busy;          /* up is being uploaded */
     int                    up_stale;         /* ...but for old content */
@@ -138,8 +133,7 @@ struct adl_xfer_s {
     char                  *upload_id;
     int                    next_part;
     int                    up_part;
-    char                 **etags;
-    int                    netags;
+    adl_parts_t            parts;
 
     /* database */
     int                    db_refs;
@@ -182,39 +176,6 @@ static void stream_failed(adl_xfer_t *x, adl_s3_req_t *r);
 
 
 /* --- small helpers ------------------------------------------------------- */
-
-static int
-buf_reserve(buf_t *b, size_t need, size_t max)
-{
-    size_t   cap;
-    char    *p;
-
-    if (need <= b->cap) {
-        return 0;
-    }
-    cap = b->cap ? b->cap : 64 * 1024;
-    while (cap < need) {
-        cap *= 2;
-    }
-    if (cap > max) {
-        cap = max;
-    }
-    p = realloc(b->data, cap);
-    if (p == NULL) {
-        return -1;
-    }
-    b->data = p;
-    b->cap = cap;
-    return 0;
-}
-
-static void
-buf_free(buf_t *b)
-{
-    free(b->data);
-    b->data = NULL;
-    b->len = b->cap = 0;
-}
 
 static void
 trim_copy(char *dst, size_t len, const char *v, size_t vlen)
@@ -426,13 +387,13 @@ check_response(adl_xfer_t *x)
 
     /* a body that fits in one part gets a buffer of its size at once */
     if (x->size > 0 && x->size <= s->part_size && x->fill.cap == 0) {
-        buf_reserve(&x->fill, (size_t) x->size, (size_t) s->part_size);
+        adl_buf_reserve(&x->fill, (size_t) x->size, (size_t) s->part_size);
     }
 
     if (x->size > s->part_size && x->size <= MAX_SINGLE_PUT
         && x->upload_id == NULL && x->received == 0 && !x->no_stream)
     {
-        if (buf_reserve(&x->fill, (size_t) s->part_size,
+        if (adl_buf_reserve(&x->fill, (size_t) s->part_size,
                         (size_t) s->part_size) != 0)
         {
             return fail_in_callback(x, "DOWNLOAD_FAILED", 1,
@@ -556,7 +517,7 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
     const adl_settings_t  *s = x->env->settings;
     size_t                 n = size * nmemb, part = (size_t) s->part_size;
     size_t                 first;
-    buf_t                  tmp;
+    adl_buf_t              tmp;
 
     if (!x->checked && check_response(x) != 0) {
         return 0;
@@ -586,8 +547,8 @@ write_cb(char *data, size_t size, size_t nmemb, void *userp)
      * nothing, neither the buffers nor the SHA-256, and the retry resumes
      * from x->received with both right */
     first = x->fill.len + n > part ? part - x->fill.len : n;
-    if (buf_reserve(&x->fill, x->fill.len + first, part) != 0
-        || (n > first && buf_reserve(&x->up, n - first, part) != 0))
+    if (adl_buf_reserve(&x->fill, x->fill.len + first, part) != 0
+        || (n > first && adl_buf_reserve(&x->up, n - first, part) != 0))
     {
         fail_in_callback(x, "DOWNLOAD_FAILED", 1, "out of memory");
         return 0;
@@ -879,35 +840,11 @@ storage_start(adl_xfer_t *x, adl_s3_op_t op, const char *body, size_t len)
     return 0;
 }
 
-static int
-complete_body(adl_xfer_t *x, buf_t *b)
-{
-    char  line[256];
-    int   i, n;
-
-    b->len = 0;
-    if (buf_reserve(b, 256 + (size_t) x->next_part * 256, SIZE_MAX) != 0) {
-        return -1;
-    }
-    n = snprintf(b->data, b->cap, "<CompleteMultipartUpload>");
-    b->len = (size_t) n;
-    for (i = 1; i < x->next_part; i++) {
-        n = snprintf(line, sizeof(line), "<Part><PartNumber>%d</PartNumber>"
-                     "<ETag>%s</ETag></Part>", i, x->etags[i - 1]);
-        memcpy(b->data + b->len, line, (size_t) n);
-        b->len += (size_t) n;
-    }
-    n = snprintf(b->data + b->len, b->cap - b->len,
-                 "</CompleteMultipartUpload>");
-    b->len += (size_t) n;
-    return 0;
-}
-
 /* What storage request comes next, if none is running. */
 static void
 storage_pump(adl_xfer_t *x)
 {
-    buf_t  tmp;
+    adl_buf_t  tmp;
 
     if (x->stream || x->s3.http.easy != NULL || x->s3_retry_at != 0) {
         return;
@@ -951,37 +888,13 @@ storage_pump(adl_xfer_t *x)
     }
     /* its own buffer: after a failed Complete, fill must still be empty,
      * or the retry would upload the XML as one more part */
-    if (complete_body(x, &x->xml) != 0) {
+    if (adl_parts_xml(&x->parts, x->next_part - 1, &x->xml) != 0) {
         snprintf(x->s3.error, sizeof(x->s3.error), "out of memory");
         x->s3.transient = 1;
         storage_later(x, &x->s3);
         return;
     }
     storage_start(x, S3_COMPLETE, x->xml.data, x->xml.len);
-}
-
-static int
-record_etag(adl_xfer_t *x, int part, const char *etag)
-{
-    char  **p, *copy;
-
-    if (part > x->netags) {
-        p = realloc(x->etags, (size_t) (part + 16) * sizeof(char *));
-        if (p == NULL) {
-            return -1;
-        }
-        memset(p + x->netags, 0,
-               (size_t) (part + 16 - x->netags) * sizeof(char *));
-        x->etags = p;
-        x->netags = part + 16;
-    }
-    copy = strdup(etag);
-    if (copy == NULL) {
-        return -1;
-    }
-    free(x->etags[part - 1]);
-    x->etags[part - 1] = copy;
-    return 0;
 }
 
 static void
@@ -1189,7 +1102,7 @@ storage_done(adl_s3_req_t *r)
         break;
 
     case S3_PART:
-        if (!x->up_stale && record_etag(x, x->up_part, r->etag) != 0) {
+        if (!x->up_stale && adl_parts_set(&x->parts, x->up_part, r->etag) != 0) {
             snprintf(r->error, sizeof(r->error), "out of memory");
             r->transient = 1;
             x->up_busy = 0;         /* the same part again */
@@ -1477,8 +1390,6 @@ write_result(adl_xfer_t *x)
 void
 adl_xfer_free(adl_xfer_t *x)
 {
-    int  i;
-
     if (x->upload_id != NULL && !x->abort_done && x->outcome != OUT_STORED) {
         XLOG(ADL_LOG_WARN, x, "exiting: multipart upload %s of %s left "
              "unaborted", x->upload_id, x->key);
@@ -1486,13 +1397,10 @@ adl_xfer_free(adl_xfer_t *x)
     stop_download(x);
     adl_s3_cancel(x->env->s3, &x->s3);
     adl_sha256_free(&x->sha);
-    buf_free(&x->fill);
-    buf_free(&x->up);
-    buf_free(&x->xml);
-    for (i = 0; i < x->netags; i++) {
-        free(x->etags[i]);
-    }
-    free(x->etags);
+    adl_buf_free(&x->fill);
+    adl_buf_free(&x->up);
+    adl_buf_free(&x->xml);
+    adl_parts_free(&x->parts);
     free(x->upload_id);
     free(x->url);
     free(x->key);
