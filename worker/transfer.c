@@ -8,9 +8,9 @@
  *   ENDING (outcome recorded) -> CLOSING -> DONE (freed by its owner)
  *
  * All ends go through xfer_end(), which only records the outcome: it may
- * run inside a libcurl callback (a write callback that could not start an
- * upload, an unpause that delivered data).  The loop then closes ended
- * transfers in one place, adl_xfer_settle(), outside every callback:
+ * run inside a libcurl callback (a write callback that refused data, an
+ * unpause that delivered data).  The loop then closes ended transfers in
+ * one place, adl_xfer_settle(), outside every callback:
  * the download is stopped; a storage request that may store the object
  * (PutObject, CompleteMultipartUpload) or create an upload is left to
  * answer, others are stopped; then, at the same time, the multipart upload
@@ -22,11 +22,15 @@
  * - the size is known and above a part (and at most 5 GiB): one PUT
  *   streamed while downloading, through the fill buffer used as a ring
  *   (whichever side is ahead pauses; unpausing is done from the loop,
- *   adl_xfer_settle(), never from inside the other side's callback);
+ *   adl_xfer_settle(), never from inside the other side's callback); no
+ *   libcurl low-speed check on it, a watchdog instead (stream_watchdog);
  * - else parts: the fill buffer swaps with the upload buffer each time it
  *   is full; the first full part creates a multipart upload; a download
  *   that ends within the first part is stored with one PUT.
- * While RUNNING or BACKOFF, parts (or the stream) keep uploading.
+ * While RUNNING or BACKOFF, parts (or the stream) keep uploading.  The
+ * data callbacks only copy and record (kick_s3, kick_dl, kick_up,
+ * *wake): storage requests start in adl_xfer_settle, the tick, or a
+ * request's done() (after libcurl returned); unpauses in adl_xfer_settle.
  */
 #include <ctype.h>
 #include <stdarg.h>
