@@ -25,6 +25,10 @@ if ($status eq 'completed') {
 }
 my $ranges = do { local $/; open my $fh, '<', "$s->{dir}/flaky/reset-chg.ranges";
                   <$fh> // '' };
-like($ranges, qr/bytes=50000-/, 'the worker did ask for the rest');
+# from what it had received: at most where the origin cut (a reset may
+# discard bytes the worker had not read yet, so it can be less)
+my ($from) = $ranges =~ /bytes=(\d+)-/;
+ok(defined $from && $from > 0 && $from <= 50000,
+   'the worker did ask for the rest') or diag("ranges: $ranges");
 
 done_testing();
