@@ -284,50 +284,43 @@ GET /v1/download/jobs?status=queued
 --- request
 GET /v1/download/jobs?limit=0
 --- error_code: 400
---- response_json
-{ error => { message => qr/^limit:/ } }
+--- response_json: { error => { message => qr/^limit:/ } }
 
 === TEST 26: limit=101: 400 naming limit
 --- request
 GET /v1/download/jobs?limit=101
 --- error_code: 400
---- response_json
-{ error => { message => qr/^limit:/ } }
+--- response_json: { error => { message => qr/^limit:/ } }
 
 === TEST 27: limit=x: 400 naming limit
 --- request
 GET /v1/download/jobs?limit=x
 --- error_code: 400
---- response_json
-{ error => { message => qr/^limit:/ } }
+--- response_json: { error => { message => qr/^limit:/ } }
 
 === TEST 28: offset=-1: 400 naming offset
 --- request
 GET /v1/download/jobs?offset=-1
 --- error_code: 400
---- response_json
-{ error => { message => qr/^offset:/ } }
+--- response_json: { error => { message => qr/^offset:/ } }
 
 === TEST 29: status=done: 400 naming status
 --- request
 GET /v1/download/jobs?status=done
 --- error_code: 400
---- response_json
-{ error => { message => qr/^status:/ } }
+--- response_json: { error => { message => qr/^status:/ } }
 
 === TEST 30: cursor=nope: 400 naming cursor
 --- request
 GET /v1/download/jobs?cursor=nope
 --- error_code: 400
---- response_json
-{ error => { message => qr/^cursor:/ } }
+--- response_json: { error => { message => qr/^cursor:/ } }
 
 === TEST 31: a cursor with an offset: 400 naming offset
 --- request
 GET /v1/download/jobs?cursor=1.$::id&offset=1
 --- error_code: 400
---- response_json
-{ error => { message => qr/^offset:/ } }
+--- response_json: { error => { message => qr/^offset:/ } }
 
 === TEST 32: $async_dl_job_id in the access log; no errors logged
 --- check

@@ -6,12 +6,8 @@ use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
 
-run_tests(config => <<'EOF2', more_headers => 'X-User: alice');
-location /v1/download/ {
-    async_dl;
-    async_dl_owner $http_x_user;
-}
-EOF2
+run_tests(config => 'location /v1/download/ { async_dl; async_dl_owner $http_x_user; }',
+          more_headers => 'X-User: alice');
 
 __DATA__
 
