@@ -15,7 +15,7 @@ sub progress {
          . ", '1 minute', $done, $total, 1)");
 }
 
-run_tests(config => <<'EOF2', http_config => <<'EOF3', more_headers => 'X-User: alice');
+run_tests(config => <<'EOF2', http_config => <<'EOF3', more_headers => "X-User: alice\nContent-Type: application/json");
 location /v1/download/ {
     async_dl;
     async_dl_owner $http_x_user;
@@ -32,9 +32,6 @@ __DATA__
 --- request
 POST /v1/download/initiate
 {"files":[{"url":"$ADL_ORIGIN/files/70000","name":"a.bin"},{"url":"$ADL_ORIGIN/files/70001"}]}
---- more_headers
-X-User: alice
-Content-Type: application/json
 --- error_code: 202
 --- capture
 id: json.jobId

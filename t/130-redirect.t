@@ -60,7 +60,7 @@ sub botocore_presign {
     return $bu;
 }
 
-run_tests(config => <<'EOF2', more_headers => 'X-User: alice');
+run_tests(config => <<'EOF2', more_headers => "X-User: alice\nContent-Type: application/json");
 location /v1/download/ {
     async_dl;
     async_dl_owner $http_x_user;
@@ -73,9 +73,6 @@ __DATA__
 --- request
 POST /v1/download/initiate
 {"files":[{"url":"https://example.com/x/My%20Report.pdf?sig=1"}]}
---- more_headers
-X-User: alice
-Content-Type: application/json
 --- error_code: 202
 --- capture
 pending: json.jobId

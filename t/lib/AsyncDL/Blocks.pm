@@ -50,6 +50,9 @@ C<--- section> (its value on the lines below) or C<--- section: value>
     http_config          extra http{} contents
     adl_http_config      replaces the default async_dl_* http directives
     main_config          top-level nginx.conf contents
+    pg_conninfo          the default async_dl_* http directives, another
+                         libpq conninfo (placeholders expanded)
+    s3_endpoint          the same, another S3 endpoint (e.g. $ADL_S3_PROXY)
     setup                Perl code run before the request (may set $::x)
     request              "METHOD /path" (or a full URL), then an optional
                          body
@@ -80,7 +83,8 @@ sanitizer report was logged during it.  Placeholders in configs and
 requests: C<$ADL_PG> (libpq conninfo), C<$ADL_S3_ENDPOINT>,
 C<$ADL_S3_BUCKET>, C<$ADL_ORIGIN> (http://127.0.0.1:port of the origin
 nginx), C<$ADL_FLAKY> (the flaky origin), C<$ADL_PORT> (this nginx),
-C<$ADL_DIR> (the stack's folder).
+C<$ADL_DIR> (the stack's folder), C<$ADL_S3_PROXY> (the S3 fault proxy,
+once started).
 
 =head2 Values carried from block to block
 
@@ -310,7 +314,8 @@ sub run_block {
     local $::block = $b;
 
     my %opt = map { $_ => $b->{$_} } grep { defined $b->{$_} }
-              qw(http_config adl_http_config main_config);
+              qw(http_config adl_http_config main_config pg_conninfo
+                 s3_endpoint);
     my $config = $b->{config} // '';
 
     if (defined $b->{must_die}) {
