@@ -61,10 +61,7 @@ id: json.jobId
 
 === TEST 2: two of three stored, zip built
 --- setup
-wait_until(sub {
-    my $j = request('GET', "/v1/download/status/$::id", { 'X-User' => 'alice' })->{json};
-    ($j->{bundle}{status} // '') =~ /^(completed|failed)$/;
-}, 60, 'the bundle');
+wait_bundle($::id, 60, { 'X-User' => 'alice' });
 --- request
 GET /v1/download/status/$::id
 --- error_code: 200

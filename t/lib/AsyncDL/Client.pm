@@ -27,7 +27,8 @@ encoded as JSON; a string is sent as it is) to C<${prefix}initiate>
 
 C<wait_job($id, $status_re, $seconds, \%headers, $prefix)> polls the job's
 status document until its status matches (30 s by default) and returns
-the last document.
+the last document.  C<wait_bundle($id, $seconds, \%headers, $prefix)>
+likewise until the job's zip is built or failed.
 
 C<encode_json>, C<decode_json>: JSON::PP's.
 
@@ -42,7 +43,7 @@ use JSON::PP qw(encode_json decode_json);
 use Test::More ();
 use AsyncDL::Stack qw(adl wait_until);
 
-our @EXPORT = qw(request initiate wait_job encode_json decode_json);
+our @EXPORT = qw(request initiate wait_job wait_bundle encode_json decode_json);
 our %EXPORT_TAGS = (all => [@EXPORT]);
 
 my $JSON = JSON::PP->new->canonical->allow_nonref;
@@ -76,16 +77,30 @@ sub initiate {
                      %{ $headers || {} } }, $body);
 }
 
-sub wait_job {
-    my ($id, $re, $secs, $headers, $prefix) = @_;
+# polls job $id's status document until $done->(document) is true
+sub wait_document {
+    my ($id, $done, $what, $secs, $headers, $prefix) = @_;
     $prefix //= '/v1/download/';
     my $last;
     wait_until(sub {
         $last = request('GET', "${prefix}status/$id", $headers);
-        return $last->{json} && ($last->{json}{status} // '') =~ $re;
-    }, $secs // 30, "job $id to reach $re")
+        return $last->{json} && $done->($last->{json});
+    }, $secs // 30, "job $id: $what")
         or Test::More::diag(Test::More::explain($last->{json} // $last->{content}));
     return $last->{json};
+}
+
+sub wait_job {
+    my ($id, $re, @opt) = @_;
+    return wait_document($id, sub { ($_[0]{status} // '') =~ $re },
+                         "its status to match $re", @opt);
+}
+
+sub wait_bundle {
+    my ($id, @opt) = @_;
+    return wait_document($id,
+                         sub { ($_[0]{bundle}{status} // '') =~ /^(completed|failed)$/ },
+                         'its zip to be built or fail', @opt);
 }
 
 1;
