@@ -73,8 +73,13 @@ C<--- section> (its value on the lines below) or C<--- section: value>
     must_die             nginx -t must fail; error_log lists expected text
     check                Perl code run after, with $res (the response)
 
-nginx is (re)started before a block only when the configuration it asks
-for differs from the running one.  C<run_tests(%defaults)> gives every
+A block runs in this order: nginx is (re)started if the configuration it
+asks for differs from the running one; setup; the request; the response
+sections, captures included; check; the error log sections.  A block
+without a request runs its setup and check only (a procedural case: a
+fault, a race, a measure, written as a sub of the test file that check
+calls).  What all blocks stand on (a worker, origin files) is started by
+the file's code before C<run_tests>.  C<run_tests(%defaults)> gives every
 block the sections it does not give itself (a block that gives one empty,
 C<--- more_headers> with no lines, gives none).
 
