@@ -1,5 +1,5 @@
-# POST {p}initiate: every input rule of DESIGN.md, each refusal a 4xx whose
-# message names the field, and nothing written for a refused request;
+# POST {p}initiate: every input rule (docs/openapi.yaml), each refusal a
+# 4xx whose message names the field, and nothing written for a refused request;
 # idempotent replays; owner scoping; backpressure.
 use strict;
 use warnings;

@@ -11,20 +11,7 @@ use Time::Local qw(timegm);
 use URI;
 
 my $s = adl();
-my $o = $s->{origin};
 my %alice = ('X-User' => 'alice');
-
-sub config {
-    return <<'EOF2';
-location /v1/download/ {
-    async_dl;
-    async_dl_owner $http_x_user;
-}
-EOF2
-}
-
-start_nginx(config(), http_config => '    async_dl_presign_expires 10m;');
-start_worker(ASYNC_DL_PART_SIZE => '5m');
 
 sub iso_epoch {
     my ($iso) = @_;
@@ -34,110 +21,231 @@ sub iso_epoch {
     return timegm($sec, $mi, $h, $d, $mo - 1, $y) + $ms / 1000;
 }
 
-my %src = (
-    'one.bin' => origin_file('one.bin', 100_000),
-    'two.txt' => origin_file('two.txt', 0, "two\n"),
-);
-my $r = initiate({ files => [{ url => "$o/f/one.bin", name => 'First "one".bin' },
-                             { url => "$o/f/two.txt" },
-                             { url => "$o/status/404" }] }, \%alice);
-my $id = $r->{json}{jobId};
-my $j;
-wait_until(sub {
-    $j = request('GET', "/v1/download/status/$id", \%alice)->{json};
-    ($j->{bundle}{status} // '') =~ /^(completed|failed)$/;
-}, 60, 'the bundle');
-is($j->{bundle}{status}, 'completed', 'two of three stored, zip built');
-
-my $t0 = time;
-$r = request('GET', "/v1/download/$id/links", \%alice);
-is($r->{status}, 200, 'links: 200');
-like($r->{headers}{'content-type'}, qr{^application/json}, 'JSON');
-is($r->{headers}{'cache-control'}, 'no-store', 'not stored by caches');
-my $l = $r->{json};
-is($l->{jobId}, $id, 'jobId');
-my $exp = iso_epoch($l->{expiresAt});
-ok(defined $exp, "expiresAt is ISO UTC with ms: $l->{expiresAt}");
-ok(abs($exp - ($t0 + 600)) <= 2, 'expiresAt: now + async_dl_presign_expires');
-is(scalar @{ $l->{files} }, 2, 'the two stored files, not the failed one');
-is_deeply([map { $_->{index} } @{ $l->{files} }], [0, 1], 'by index');
-is($l->{files}[0]{name}, 'First "one".bin', 'a name as given');
-is($l->{files}[1]{name}, 'two.txt', "a file without one: its URL's");
-is($l->{files}[0]{size}, 100_000, 'size');
-for my $f (@{ $l->{files} }) {
-    my %q = URI->new($f->{url})->query_form;
-    like($f->{url}, qr{^\Q$s->{s3_endpoint}/$s->{s3_bucket}/\E}, "file $f->{index}: on the public endpoint");
+# A file's link as /links lists it: on the public endpoint, for
+# async_dl_presign_expires (600 s), X-Amz-Date + X-Amz-Expires being the
+# expiresAt of the list.
+sub link_checks {
+    my ($url, $index, $expires_at) = @_;
+    my %q = URI->new($url)->query_form;
+    like($url, qr{^\Q$s->{s3_endpoint}/$s->{s3_bucket}/\E},
+         "file $index: on the public endpoint");
     is($q{'X-Amz-Expires'}, 600, 'X-Amz-Expires');
-    my $g = request('GET', $f->{url});
-    is($g->{status}, 200, "file $f->{index}: the S3 server accepts the link");
-    is(sha256_hex($g->{content}),
-       file_sha256($src{$f->{index} ? 'two.txt' : 'one.bin'}), 'the right bytes');
-    like($g->{headers}{'content-disposition'} // '', qr/attachment; filename=/,
-         'as an attachment');
-    # X-Amz-Date + X-Amz-Expires is expiresAt
     my ($y, $mo, $d, $h, $mi, $sec) =
         $q{'X-Amz-Date'} =~ /^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$/;
-    is(timegm($sec, $mi, $h, $d, $mo - 1, $y) + $q{'X-Amz-Expires'}, $exp,
-       'signed to expire at expiresAt');
+    is(timegm($sec, $mi, $h, $d, $mo - 1, $y) + $q{'X-Amz-Expires'},
+       iso_epoch($expires_at), 'signed to expire at expiresAt');
 }
-ok($l->{bundle}, 'the zip');
-is($l->{bundle}{name}, "$id.zip", 'named <job>.zip');
-is($l->{bundle}{size}, $j->{bundle}{size}, 'its size');
-ok(!exists $l->{bundle}{index}, 'without an index');
-my $z = request('GET', $l->{bundle}{url});
-is($z->{status}, 200, 'its link works');
-is(sha256_hex($z->{content}), $j->{bundle}{sha256}, 'the zip');
 
-# --- a single-file job: no bundle ---------------------------------------------
-
-$r = initiate({ files => [{ url => "$o/f/two.txt" }] }, \%alice);
-my $single = $r->{json}{jobId};
-wait_job($single, qr/^completed$/, 30, \%alice);
-$l = request('GET', "/v1/download/$single/links", \%alice)->{json};
-is(scalar @{ $l->{files} }, 1, 'one file');
-ok(exists $l->{bundle} && !defined $l->{bundle}, 'bundle: null');
-is(request('GET', $l->{files}[0]{url})->{content}, "two\n", 'its link works');
-is(request('HEAD', "/v1/download/$single/links", \%alice)->{status}, 200, 'HEAD');
-
-# --- not yours, not yet, not at all -------------------------------------------
-
-$r = request('GET', "/v1/download/$id/links", { 'X-User' => 'bob' });
-is($r->{status}, 404, "another owner's job: 404");
-is($r->{json}{error}{code}, 'JOB_NOT_FOUND', 'JOB_NOT_FOUND');
-$r = request('GET', '/v1/download/00000000-0000-4000-8000-000000000000/links', \%alice);
-is($r->{status}, 404, 'no such job: 404');
-is(request('GET', "/v1/download/nope/links", \%alice)->{json}{error}{code},
-   'JOB_NOT_FOUND', 'a malformed id: JOB_NOT_FOUND');
-is(request('POST', "/v1/download/$id/links", \%alice)->{status}, 405,
-   'POST: 405');
-
+our $one = origin_file('one.bin', 100_000);
+our $two = origin_file('two.txt', 0, "two\n");
 origin_file('slow.bin', 100_000);
-my $slow = initiate({ files => [{ url => "$o/slow/slow.bin?rate=20k" }] }, \%alice)
-           ->{json}{jobId};
-$r = request('GET', "/v1/download/$slow/links", \%alice);
-is($r->{status}, 409, 'nothing stored yet: 409');
-is($r->{json}{error}{code}, 'NOT_READY', 'NOT_READY');
-is($r->{headers}{'retry-after'}, 2, 'Retry-After');
+start_worker(ASYNC_DL_PART_SIZE => '5m');
 
-$r = initiate({ files => [{ url => "$o/status/404" }] }, \%alice);
-my $failed = $r->{json}{jobId};
-wait_job($failed, qr/^failed$/, 30, \%alice);
-$r = request('GET', "/v1/download/$failed/links", \%alice);
-is($r->{status}, 409, 'a failed job: 409');
-is($r->{json}{error}{code}, 'NOTHING_STORED', 'NOTHING_STORED');
+run_tests(config => <<'EOF2', http_config => '    async_dl_presign_expires 10m;',
+location /v1/download/ {
+    async_dl;
+    async_dl_owner $http_x_user;
+}
+EOF2
+          more_headers => "X-User: alice\nContent-Type: application/json");
 
-psql("UPDATE async_dl_jobs SET expires_at = now() - interval '1 second' WHERE id = '$single'");
-is(request('GET', "/v1/download/$single/links", \%alice)->{status}, 404,
-   'an expired job: 404');
+__DATA__
 
-# --- the links expire when expiresAt says ------------------------------------
+=== TEST 1: a job of three files, one of them not found
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"$ADL_ORIGIN/f/one.bin","name":"First \"one\".bin"},{"url":"$ADL_ORIGIN/f/two.txt"},{"url":"$ADL_ORIGIN/status/404"}]}
+--- error_code: 202
+--- capture
+id: json.jobId
 
-start_nginx(config(), http_config => '    async_dl_presign_expires 1s;');
-$l = request('GET', "/v1/download/$id/links", \%alice)->{json};
-ok(abs(iso_epoch($l->{expiresAt}) - time - 1) <= 1.5, 'expiresAt: 1 s ahead');
+=== TEST 2: two of three stored, zip built
+--- setup
+wait_bundle($::id, 60, { 'X-User' => 'alice' });
+--- request
+GET /v1/download/status/$::id
+--- error_code: 200
+--- response_json
+{ bundle => { status => 'completed' } }
+--- capture
+bundle_size: json.bundle.size
+bundle_sha256: json.bundle.sha256
+
+=== TEST 3: links: JSON, not stored by caches, the stored files by index, a name as given, a file without one its URL's, the zip named <job>.zip
+--- setup
+$::t0 = time;
+--- request
+GET /v1/download/$::id/links
+--- error_code: 200
+--- response_headers_like
+Content-Type: ^application/json
+--- response_headers
+Cache-Control: no-store
+--- response_json
+# the two stored files, not the failed one
+{ jobId => $::id,
+  expiresAt => qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/,
+  files => [{ index => 0, name => 'First "one".bin', size => 100_000 },
+            { index => 1, name => 'two.txt' }],
+  bundle => { name => "$::id.zip", size => $::bundle_size } }
+--- capture
+expires_at: json.expiresAt
+link_0: json.files.0.url
+link_1: json.files.1.url
+zip_link: json.bundle.url
+--- check
+ok(abs(main::iso_epoch($::expires_at) - ($::t0 + 600)) <= 2,
+   'expiresAt: now + async_dl_presign_expires');
+ok(!exists $res->{json}{bundle}{index}, 'the zip without an index');
+
+=== TEST 4: file 0: the S3 server accepts the link, the right bytes, as an attachment
+--- request
+GET $::link_0
+--- more_headers
+--- error_code: 200
+--- response_headers_like
+Content-Disposition: attachment; filename=
+--- check
+is(sha256_hex($res->{content}), file_sha256($::one), 'the right bytes');
+main::link_checks($::link_0, 0, $::expires_at);
+
+=== TEST 5: file 1: the S3 server accepts the link, the right bytes, as an attachment
+--- request
+GET $::link_1
+--- more_headers
+--- error_code: 200
+--- response_headers_like
+Content-Disposition: attachment; filename=
+--- check
+is(sha256_hex($res->{content}), file_sha256($::two), 'the right bytes');
+main::link_checks($::link_1, 1, $::expires_at);
+
+=== TEST 6: the zip's link works
+--- request
+GET $::zip_link
+--- more_headers
+--- error_code: 200
+--- check
+is(sha256_hex($res->{content}), $::bundle_sha256, 'the zip');
+
+=== TEST 7: a single-file job
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"$ADL_ORIGIN/f/two.txt"}]}
+--- error_code: 202
+--- capture
+single: json.jobId
+
+=== TEST 8: a single-file job: one file, bundle null
+--- setup
+wait_job($::single, qr/^completed$/, 30, { 'X-User' => 'alice' });
+--- request
+GET /v1/download/$::single/links
+--- error_code: 200
+--- response_json
+{ files => [{}], bundle => undef }
+--- capture
+single_link: json.files.0.url
+
+=== TEST 9: its link works
+--- request
+GET $::single_link
+--- more_headers
+--- response_body
+two
+
+=== TEST 10: HEAD
+--- request
+HEAD /v1/download/$::single/links
+--- error_code: 200
+
+=== TEST 11: another owner's job: 404 JOB_NOT_FOUND
+--- request
+GET /v1/download/$::id/links
+--- more_headers
+X-User: bob
+--- error_code: 404
+--- response_json
+{ error => { code => 'JOB_NOT_FOUND' } }
+
+=== TEST 12: no such job: 404
+--- request
+GET /v1/download/00000000-0000-4000-8000-000000000000/links
+--- error_code: 404
+
+=== TEST 13: a malformed id: JOB_NOT_FOUND
+--- request
+GET /v1/download/nope/links
+--- response_json
+{ error => { code => 'JOB_NOT_FOUND' } }
+
+=== TEST 14: POST: 405
+--- request
+POST /v1/download/$::id/links
+--- error_code: 405
+
+=== TEST 15: a job still downloading
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"$ADL_ORIGIN/slow/slow.bin?rate=20k"}]}
+--- error_code: 202
+--- capture
+slow: json.jobId
+
+=== TEST 16: nothing stored yet: 409 NOT_READY, Retry-After
+--- request
+GET /v1/download/$::slow/links
+--- error_code: 409
+--- response_json
+{ error => { code => 'NOT_READY' } }
+--- response_headers
+Retry-After: 2
+
+=== TEST 17: a job that fails
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"$ADL_ORIGIN/status/404"}]}
+--- error_code: 202
+--- capture
+failed: json.jobId
+
+=== TEST 18: a failed job: 409 NOTHING_STORED
+--- setup
+wait_job($::failed, qr/^failed$/, 30, { 'X-User' => 'alice' });
+--- request
+GET /v1/download/$::failed/links
+--- error_code: 409
+--- response_json
+{ error => { code => 'NOTHING_STORED' } }
+
+=== TEST 19: an expired job: 404
+--- setup
+psql("UPDATE async_dl_jobs SET expires_at = now() - interval '1 second' WHERE id = '$::single'");
+--- request
+GET /v1/download/$::single/links
+--- error_code: 404
+
+=== TEST 20: the links expire when expiresAt says: 1 s ahead
+--- http_config
+    async_dl_presign_expires 1s;
+--- request
+GET /v1/download/$::id/links
+--- error_code: 200
+--- capture
+short_link: json.files.0.url
+--- check
+ok(abs(main::iso_epoch($res->{json}{expiresAt}) - time - 1) <= 1.5, 'expiresAt: 1 s ahead');
+
+=== TEST 21: after it, refused
+--- http_config
+    async_dl_presign_expires 1s;
+--- setup
 sleep 2.2;
-is(request('GET', $l->{files}[0]{url})->{status}, 403, 'after it, refused');
+--- request
+GET $::short_link
+--- more_headers
+--- error_code: 403
 
+=== TEST 22: nothing alarming logged
+--- check
 unlike(nginx_log(), qr/\[(alert|crit)\]/, 'nothing alarming logged');
-
-done_testing();

@@ -6,8 +6,7 @@ use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
 
-my $s = adl();
-start_nginx(<<'EOF2');
+run_tests(config => <<'EOF2', more_headers => <<'EOF3');
 location /v1/download/ {
     async_dl;
     async_dl_owner $http_x_user;
@@ -15,94 +14,222 @@ location /v1/download/ {
     async_dl_max_active_per_owner 2;
 }
 EOF2
+X-User: alice
+Content-Type: application/json
+EOF3
 
-my %alice = ('X-User' => 'alice');
-my %bob = ('X-User' => 'bob');
-my $body = { files => [{ url => 'https://example.com/a' }, { url => 'https://example.com/b' }] };
+__DATA__
 
-# --- cancel ---------------------------------------------------------------------
+=== TEST 1: cancel: a job of alice's
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"},{"url":"https://example.com/b"}]}
+--- error_code: 202
+--- capture
+id: json.jobId
 
-my $id = initiate($body, \%alice)->{json}{jobId};
-my $r = request('POST', "/v1/download/$id/cancel", \%bob);
-is($r->{status}, 404, "bob cannot cancel alice's job");
-is(psql("SELECT status FROM async_dl_jobs WHERE id = '$id'"), 'queued', 'untouched');
+=== TEST 2: bob cannot cancel alice's job
+--- request
+POST /v1/download/$::id/cancel
+--- more_headers
+X-User: bob
+--- error_code: 404
+--- check
+is(psql("SELECT status FROM async_dl_jobs WHERE id = '$::id'"), 'queued', 'untouched');
 
-$r = request('POST', "/v1/download/$id/cancel", \%alice);
-is($r->{status}, 200, 'cancel: 200');
-is($r->{json}{status}, 'canceled', 'the job is canceled');
-is_deeply([map { $_->{status} } @{ $r->{json}{files} }], ['canceled', 'canceled'],
-          'its files too');
-is($r->{json}{error}{code}, 'CANCELED', 'with the CANCELED error');
-is(request('POST', "/v1/download/$id/cancel", \%alice)->{status}, 200,
-   'canceling again: 200');
-is(request('GET', "/v1/download/status/$id", \%alice)->{json}{status}, 'canceled',
-   'the record is kept');
-is(request('POST', '/v1/download/00000000-0000-4000-8000-000000000000/cancel',
-           \%alice)->{json}{error}{code}, 'JOB_NOT_FOUND', 'unknown job: 404');
+=== TEST 3: cancel: 200, the job and its files canceled, with the CANCELED error
+--- request
+POST /v1/download/$::id/cancel
+--- error_code: 200
+--- response_json
+{ status => 'canceled',
+  files => [{ status => 'canceled' }, { status => 'canceled' }],
+  error => { code => 'CANCELED' } }
 
-my $done = initiate({ files => [{ url => 'https://example.com/c' }] }, \%alice)->{json}{jobId};
+=== TEST 4: canceling again: 200
+--- request
+POST /v1/download/$::id/cancel
+--- error_code: 200
+
+=== TEST 5: the record is kept
+--- request
+GET /v1/download/status/$::id
+--- error_code: 200
+--- response_json
+{ status => 'canceled' }
+
+=== TEST 6: cancel an unknown job: 404
+--- request
+POST /v1/download/00000000-0000-4000-8000-000000000000/cancel
+--- error_code: 404
+--- response_json
+{ error => { code => 'JOB_NOT_FOUND' } }
+
+=== TEST 7: a job that will be finished
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/c"}]}
+--- error_code: 202
+--- capture
+done: json.jobId
+
+=== TEST 8: canceling a finished job: 409 JOB_FINISHED
+--- setup
 psql("SELECT count(*) FROM async_dl_claim('w', 10, '1 minute', 5)");
-psql("SELECT async_dl_file_finish('$done', 0, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$done' AND idx = 0), 'completed', 1, 'x/y', NULL, 'jobs/$done/0', 1, NULL, NULL, NULL)");
-$r = request('POST', "/v1/download/$done/cancel", \%alice);
-is($r->{status}, 409, 'canceling a finished job: 409');
-is($r->{json}{error}{code}, 'JOB_FINISHED', 'JOB_FINISHED');
+psql("SELECT async_dl_file_finish('$::done', 0, (SELECT lease_owner FROM async_dl_files WHERE job_id = '$::done' AND idx = 0), 'completed', 1, 'x/y', NULL, 'jobs/$::done/0', 1, NULL, NULL, NULL)");
+--- request
+POST /v1/download/$::done/cancel
+--- error_code: 409
+--- response_json
+{ error => { code => 'JOB_FINISHED' } }
 
-# --- delete -----------------------------------------------------------------------
+=== TEST 9: delete: bob cannot delete alice's job
+--- request
+DELETE /v1/download/$::done
+--- more_headers
+X-User: bob
+--- error_code: 404
 
-is(request('DELETE', "/v1/download/$done", \%bob)->{status}, 404,
-   "bob cannot delete alice's job");
-$r = request('DELETE', "/v1/download/$done", \%alice);
-is($r->{status}, 204, 'DELETE: 204');
-is($r->{content}, '', 'no body');
-is(psql("SELECT count(*) FROM async_dl_jobs WHERE id = '$done'"), 0, 'the job is gone');
-is(psql("SELECT count(*) FROM async_dl_files WHERE job_id = '$done'"), 0, 'its files too');
-is(psql("SELECT object_key FROM async_dl_deleted_objects WHERE job_id = '$done'"),
-   "jobs/$done/0", 'its object is queued for removal from the storage');
-is(request('DELETE', "/v1/download/$done", \%alice)->{status}, 404, 'again: 404');
-is(request('GET', "/v1/download/status/$done", \%alice)->{status}, 404, 'status: 404');
+=== TEST 10: DELETE: 204 without a body, the job and its files gone, its object queued for removal
+--- request
+DELETE /v1/download/$::done
+--- error_code: 204
+--- response_body:
+--- check
+is(psql("SELECT count(*) FROM async_dl_jobs WHERE id = '$::done'"), 0, 'the job is gone');
+is(psql("SELECT count(*) FROM async_dl_files WHERE job_id = '$::done'"), 0, 'its files too');
+is(psql("SELECT object_key FROM async_dl_deleted_objects WHERE job_id = '$::done'"),
+   "jobs/$::done/0", 'its object is queued for removal from the storage');
 
-my $running = initiate($body, \%alice)->{json}{jobId};
-is(request('DELETE', "/v1/download/$running", \%alice)->{status}, 204,
-   'an unfinished job is deleted too (the workers are told to stop)');
+=== TEST 11: DELETE again: 404
+--- request
+DELETE /v1/download/$::done
+--- error_code: 404
 
-# --- idempotency --------------------------------------------------------------------
+=== TEST 12: the status of a deleted job: 404
+--- request
+GET /v1/download/status/$::done
+--- error_code: 404
 
+=== TEST 13: an unfinished job
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"},{"url":"https://example.com/b"}]}
+--- error_code: 202
+--- capture
+running: json.jobId
+
+=== TEST 14: an unfinished job is deleted too (the workers are told to stop)
+--- request
+DELETE /v1/download/$::running
+--- error_code: 204
+
+=== TEST 15: idempotency: the first request with a key, not a replay
+--- setup
 psql("DELETE FROM async_dl_jobs");
-my %k = (%alice, 'Idempotency-Key' => 'order-1');
-my $a = initiate($body, \%k);
-is($a->{status}, 202, 'first: 202');
-ok(!exists $a->{headers}{'idempotent-replayed'}, 'not a replay');
-my $b = initiate('{ "files" : [ {"url":"https://example.com/a"}, {"url":"https://example.com/b"} ] }', \%k);
-is($b->{status}, 200, 'same key, same request: 200');
-is($b->{headers}{'idempotent-replayed'}, 'true', 'Idempotent-Replayed: true');
-is($b->{json}{jobId}, $a->{json}{jobId}, 'the same job');
-is($b->{headers}{location}, $a->{headers}{location}, 'the same Location');
-my $c = initiate({ files => [{ url => 'https://example.com/other' }] }, \%k);
-is($c->{status}, 422, 'same key, another request: 422');
-is($c->{json}{error}{code}, 'IDEMPOTENCY_CONFLICT', 'IDEMPOTENCY_CONFLICT');
-like($c->{json}{error}{message}, qr/^Idempotency-Key:/, 'names the header');
-my $d = initiate($body, { %bob, 'Idempotency-Key' => 'order-1' });
-is($d->{status}, 202, "the same key of another owner is another job");
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"},{"url":"https://example.com/b"}]}
+--- more_headers
+X-User: alice
+Content-Type: application/json
+Idempotency-Key: order-1
+--- error_code: 202
+--- response_headers
+!Idempotent-Replayed
+--- capture
+first: json.jobId
+first_location: header.location
+
+=== TEST 16: the same key, the same request: 200, the same job and Location
+--- request
+POST /v1/download/initiate
+{ "files" : [ {"url":"https://example.com/a"}, {"url":"https://example.com/b"} ] }
+--- more_headers
+X-User: alice
+Content-Type: application/json
+Idempotency-Key: order-1
+--- error_code: 200
+--- response_headers
+Idempotent-Replayed: true
+Location: $::first_location
+--- response_json
+{ jobId => $::first }
+
+=== TEST 17: the same key, another request: 422 naming the header
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/other"}]}
+--- more_headers
+X-User: alice
+Content-Type: application/json
+Idempotency-Key: order-1
+--- error_code: 422
+--- response_json
+{ error => { code => 'IDEMPOTENCY_CONFLICT', message => qr/^Idempotency-Key:/ } }
+
+=== TEST 18: the same key of another owner is another job
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"},{"url":"https://example.com/b"}]}
+--- more_headers
+X-User: bob
+Content-Type: application/json
+Idempotency-Key: order-1
+--- error_code: 202
+--- check
 is(psql("SELECT count(*) FROM async_dl_jobs"), 2, 'two jobs in all');
 
-# --- backpressure ---------------------------------------------------------------------
+=== TEST 19: backpressure: alice has one unfinished job, a second is allowed
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"},{"url":"https://example.com/b"}]}
+--- error_code: 202
 
-# alice has one unfinished job: a second one is allowed, a third is not
-is(initiate($body, \%alice)->{status}, 202, 'second unfinished job of alice');
-my $e = initiate($body, \%alice);
-is($e->{status}, 429, 'a third: 429');
-is($e->{json}{error}{code}, 'TOO_MANY_JOBS', 'TOO_MANY_JOBS');
-is($e->{headers}{'retry-after'}, 5, 'Retry-After');
+=== TEST 20: a third: 429 TOO_MANY_JOBS, nothing written
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"},{"url":"https://example.com/b"}]}
+--- error_code: 429
+--- response_json
+{ error => { code => 'TOO_MANY_JOBS' } }
+--- response_headers
+Retry-After: 5
+--- check
 is(psql("SELECT count(*) FROM async_dl_jobs"), 3, 'nothing written');
 
-# four queued jobs in all: the queue is full for everyone
-is(initiate($body, { 'X-User' => 'carol' })->{status}, 202, 'fourth queued job');
-my $f = initiate($body, { 'X-User' => 'dave' });
-is($f->{status}, 503, 'a fifth: 503');
-is($f->{json}{error}{code}, 'QUEUE_FULL', 'QUEUE_FULL');
-is($f->{headers}{'retry-after'}, 10, 'Retry-After');
-is(initiate($body, \%k)->{status}, 200, 'a replay is still answered when full');
+=== TEST 21: a fourth queued job
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"},{"url":"https://example.com/b"}]}
+--- more_headers
+X-User: carol
+Content-Type: application/json
+--- error_code: 202
 
+=== TEST 22: four queued jobs in all: the queue is full for everyone, 503
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"},{"url":"https://example.com/b"}]}
+--- more_headers
+X-User: dave
+Content-Type: application/json
+--- error_code: 503
+--- response_json
+{ error => { code => 'QUEUE_FULL' } }
+--- response_headers
+Retry-After: 10
+
+=== TEST 23: a replay is still answered when full
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"},{"url":"https://example.com/b"}]}
+--- more_headers
+Idempotency-Key: order-1
+X-User: alice
+Content-Type: application/json
+--- error_code: 200
+
+=== TEST 24: no errors logged
+--- check
 unlike(nginx_log(), qr/\[(error|alert|crit)\]/, 'no errors logged');
-
-done_testing();

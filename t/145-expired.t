@@ -6,44 +6,72 @@ use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
 
-adl();
-start_nginx(<<'EOF2');
-location /v1/download/ {
-    async_dl;
-    async_dl_owner $http_x_user;
-}
-EOF2
+run_tests(config => 'location /v1/download/ { async_dl; async_dl_owner $http_x_user; }',
+          more_headers => 'X-User: alice');
 
-my %alice = ('X-User' => 'alice');
-my @ids = map { initiate({ files => [{ url => "http://example.com/$_" }] },
-                         \%alice)->{json}{jobId} } 1 .. 2;
-my ($old, $live) = @ids;
+__DATA__
+
+=== TEST 1: a job that will expire
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"http://example.com/1"}]}
+--- more_headers
+X-User: alice
+Content-Type: application/json
+--- error_code: 202
+--- capture
+old: json.jobId
+
+=== TEST 2: a job that stays
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"http://example.com/2"}]}
+--- more_headers
+X-User: alice
+Content-Type: application/json
+--- error_code: 202
+--- capture
+live: json.jobId
+
+=== TEST 3: status of the expired job: 404
+--- setup
 # ending a job sets its expiresAt (from the TTLs): move it past afterwards
 psql("UPDATE async_dl_jobs SET status = 'completed', completed_at = now() "
-     . "WHERE id = '$old'");
+     . "WHERE id = '$::old'");
 psql("UPDATE async_dl_jobs SET expires_at = now() - interval '1 minute' "
-     . "WHERE id = '$old'");
+     . "WHERE id = '$::old'");
+--- request
+GET /v1/download/status/$::old
+--- error_code: 404
+--- response_json
+{ error => { code => 'JOB_NOT_FOUND' } }
 
-my $r = request('GET', "/v1/download/status/$old", \%alice);
-is($r->{status}, 404, 'status: 404');
-is($r->{json}{error}{code}, 'JOB_NOT_FOUND', 'JOB_NOT_FOUND');
-is(request('GET', "/v1/download/$old/files/0", \%alice)->{status}, 404,
-   'file link: 404');
+=== TEST 4: its file link: 404
+--- request
+GET /v1/download/$::old/files/0
+--- error_code: 404
 
-$r = request('GET', '/v1/download/jobs', \%alice);
-is($r->{status}, 200, 'list: 200');
-is_deeply([map { $_->{jobId} } @{ $r->{json}{jobs} }], [$live],
-          'the list shows only the live job');
-is($r->{json}{total}, 1, 'and counts only it');
+=== TEST 5: the list shows only the live job, and counts only it
+--- request
+GET /v1/download/jobs
+--- error_code: 200
+--- response_json
+{ jobs => [{ jobId => $::live }], total => 1 }
 
-is(request('POST', "/v1/download/$old/cancel", \%alice)->{status}, 404,
-   'cancel: 404');
-is(request('DELETE', "/v1/download/$old", \%alice)->{status}, 404,
-   'DELETE: 404');
-is(psql("SELECT count(*) FROM async_dl_jobs WHERE id = '$old'"), 1,
+=== TEST 6: cancel: 404
+--- request
+POST /v1/download/$::old/cancel
+--- error_code: 404
+
+=== TEST 7: DELETE: 404, the row is left to the sweeper
+--- request
+DELETE /v1/download/$::old
+--- error_code: 404
+--- check
+is(psql("SELECT count(*) FROM async_dl_jobs WHERE id = '$::old'"), 1,
    'the row is left to the sweeper');
 
-is(request('GET', "/v1/download/status/$live", \%alice)->{status}, 200,
-   'the live job is untouched');
-
-done_testing();
+=== TEST 8: the live job is untouched
+--- request
+GET /v1/download/status/$::live
+--- error_code: 200

@@ -1,5 +1,5 @@
 # The worker against each way an origin behaves: stored bytes compared with
-# the origin's by SHA-256, error codes and retries as DESIGN.md says.
+# the origin's by SHA-256, error codes and retries as the README says.
 # Jobs are queued straight into PostgreSQL, as the module does.
 use strict;
 use warnings;

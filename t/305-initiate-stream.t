@@ -1,5 +1,5 @@
 # An initiate that asks for the event stream (Accept: text/event-stream,
-# as seed 004's POST /downloads does): the job is created as usual and
+# one request that creates the job and follows it): the job is created and
 # answered 202 as its stream, Location as usual, starting with the job's
 # id ("connected", the status document), ending with the final event.
 # Refusals (validation, the limits, idempotency conflicts) are the usual
