@@ -14,6 +14,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_async_dl.h"
+#include "ngx_http_async_dl_hub.h"
 #include "ngx_http_async_dl_sse.h"
 
 
@@ -603,7 +604,7 @@ ngx_http_async_dl_preconfiguration(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    return ngx_http_async_dl_sse_add_variables(cf);
+    return ngx_http_async_dl_hub_add_variables(cf);
 }
 
 
@@ -680,7 +681,7 @@ ngx_http_async_dl_init_main_conf(ngx_conf_t *cf, void *conf)
     amcf->pg.stmts = ngx_http_async_dl_stmts;
     amcf->pg.nstmts = ngx_http_async_dl_nstmts;
 
-    if (ngx_http_async_dl_sse_init_conf(cf, amcf) != NGX_CONF_OK) {
+    if (ngx_http_async_dl_hub_init_conf(cf, amcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -975,7 +976,7 @@ ngx_http_async_dl_init_process(ngx_cycle_t *cycle)
     }
 
     /* the LISTEN connection of the event streams */
-    return ngx_http_async_dl_sse_init_process(cycle, amcf);
+    return ngx_http_async_dl_hub_init_process(cycle, amcf);
 }
 
 
@@ -987,7 +988,7 @@ ngx_http_async_dl_exit_process(ngx_cycle_t *cycle)
     amcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_async_dl_module);
 
-    ngx_http_async_dl_sse_exit_process(cycle);
+    ngx_http_async_dl_hub_exit_process(cycle);
 
     if (amcf && amcf->pool) {
         ngx_http_async_dl_pg_destroy(amcf->pool);
