@@ -133,28 +133,14 @@ char *
 ngx_http_async_dl_hub_init_conf(ngx_conf_t *cf,
     ngx_http_async_dl_main_conf_t *amcf)
 {
-    ngx_uint_t                    n;
-    ngx_http_async_dl_pg_stmt_t  *stmts;
+    ngx_int_t  n;
 
-    n = amcf->pg.nstmts;
-
-    if (n + 1 > NGX_HTTP_ASYNC_DL_PG_MAX_STMTS) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "async_dl: too many statements");
+    n = ngx_http_async_dl_pg_add_stmt(cf, &amcf->pg,
+                                      &ngx_http_async_dl_hub_stmt);
+    if (n == NGX_ERROR) {
         return NGX_CONF_ERROR;
     }
 
-    stmts = ngx_palloc(cf->pool,
-                       (n + 1) * sizeof(ngx_http_async_dl_pg_stmt_t));
-    if (stmts == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memcpy(stmts, amcf->pg.stmts, n * sizeof(ngx_http_async_dl_pg_stmt_t));
-    stmts[n] = ngx_http_async_dl_hub_stmt;
-
-    amcf->pg.stmts = stmts;
-    amcf->pg.nstmts = n + 1;
     ngx_http_async_dl_hub_stmt_index = n;
 
     return NGX_CONF_OK;

@@ -413,3 +413,45 @@ ngx_http_async_dl_pg_strdup(ngx_pool_t *pool, const char *s)
     return d;
 }
 
+
+/* a statement for the pool to prepare: its index; one of that name once */
+
+ngx_int_t
+ngx_http_async_dl_pg_add_stmt(ngx_conf_t *cf,
+    ngx_http_async_dl_pg_conf_t *pgcf, ngx_http_async_dl_pg_stmt_t *stmt)
+{
+    ngx_uint_t                    i, n;
+    ngx_http_async_dl_pg_stmt_t  *stmts;
+
+    n = pgcf->nstmts;
+
+    for (i = 0; i < n; i++) {
+        if (ngx_strcmp(pgcf->stmts[i].name, stmt->name) == 0) {
+            return i;
+        }
+    }
+
+    if (n + 1 > NGX_HTTP_ASYNC_DL_PG_MAX_STMTS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "async_dl: too many statements");
+        return NGX_ERROR;
+    }
+
+    stmts = ngx_palloc(cf->pool,
+                       (n + 1) * sizeof(ngx_http_async_dl_pg_stmt_t));
+    if (stmts == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (n) {
+        ngx_memcpy(stmts, pgcf->stmts,
+                   n * sizeof(ngx_http_async_dl_pg_stmt_t));
+    }
+
+    stmts[n] = *stmt;
+
+    pgcf->stmts = stmts;
+    pgcf->nstmts = n + 1;
+
+    return n;
+}

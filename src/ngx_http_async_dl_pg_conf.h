@@ -39,6 +39,8 @@ typedef struct {
 
 char *ngx_http_async_dl_pg_conninfo(ngx_conf_t *cf, ngx_str_t *conninfo,
     ngx_http_async_dl_pg_conf_t *pgcf);
+ngx_int_t ngx_http_async_dl_pg_add_stmt(ngx_conf_t *cf,
+    ngx_http_async_dl_pg_conf_t *pgcf, ngx_http_async_dl_pg_stmt_t *stmt);
 
 
 #endif /* _NGX_HTTP_ASYNC_DL_PG_CONF_H_INCLUDED_ */

@@ -171,16 +171,8 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
             return ngx_http_async_dl_sse_created(r, ctx);
         }
 
-        if (ngx_http_async_dl_retry_after(r, NGX_HTTP_ASYNC_DL_RETRY_DATABASE)
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                            "DATABASE_UNAVAILABLE",
-                                            "the database is not configured "
-                                            "in this process");
+        return ngx_http_async_dl_db_unavailable(r, "the database is not "
+                                                "configured in this process");
     }
 
     if (rc != NGX_OK) {
@@ -194,13 +186,9 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
 
     ctx->stream = sub;
 
-    r->main->count++;
-
-    /* notice a client that goes away */
-    r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_request_empty_handler;
 
-    return NGX_DONE;
+    return ngx_http_async_dl_wait(r);
 }
 
 
@@ -398,15 +386,12 @@ ngx_http_async_dl_sse_refuse(ngx_http_async_dl_sse_sub_t *sub,
         return;
     }
 
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE
-        && ngx_http_async_dl_retry_after(r, NGX_HTTP_ASYNC_DL_RETRY_DATABASE)
-           != NGX_OK)
-    {
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        rc = ngx_http_async_dl_db_unavailable(r, "%s", msg);
 
-    rc = ngx_http_async_dl_send_error(r, status, code, "%s", msg);
+    } else {
+        rc = ngx_http_async_dl_send_error(r, status, code, "%s", msg);
+    }
 
     ngx_http_finalize_request(r, rc);
 }

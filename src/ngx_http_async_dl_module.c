@@ -2,10 +2,11 @@
 /*
  * ngx_http_async_dl_module: the async-dl HTTP API inside nginx.
  *
- * This file holds the directives, the configuration, the worker process's
- * PostgreSQL pool, the $async_dl_job_id variable and the location handler
- * that dispatches a request under {p} (the location's prefix) to its route
- * in src/ngx_http_async_dl_api.c.
+ * This file holds the module's definition: its directives, their
+ * configuration (created, merged, checked across directives) and the life
+ * of a worker process (its PostgreSQL pool and the job hub's LISTEN
+ * connection).  A request under {p}, the async_dl location's prefix, goes
+ * to the location handler of the route table (ngx_http_async_dl_routes.c).
  */
 
 
@@ -15,7 +16,6 @@
 
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_hub.h"
-#include "ngx_http_async_dl_sse.h"
 
 
 typedef struct {
@@ -24,13 +24,6 @@ typedef struct {
     ngx_msec_t                high;
 } ngx_http_async_dl_msec_bounds_t;
 
-
-static ngx_int_t ngx_http_async_dl_handler(ngx_http_request_t *r);
-static ngx_http_async_dl_route_e ngx_http_async_dl_route(
-    ngx_http_request_t *r, ngx_http_async_dl_loc_conf_t *alcf,
-    ngx_http_async_dl_ctx_t *ctx);
-static ngx_int_t ngx_http_async_dl_job_id_variable(ngx_http_request_t *r,
-    ngx_http_variable_value_t *v, uintptr_t data);
 
 static ngx_int_t ngx_http_async_dl_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_async_dl_postconfiguration(ngx_conf_t *cf);
@@ -292,313 +285,15 @@ ngx_module_t  ngx_http_async_dl_module = {
 };
 
 
-static ngx_str_t  ngx_http_async_dl_job_id_name = ngx_string("async_dl_job_id");
-
-
-/* the location handler */
-
-
-static ngx_int_t
-ngx_http_async_dl_handler(ngx_http_request_t *r)
-{
-    ngx_int_t                      rc;
-    ngx_uint_t                     methods;
-    const char                    *allow;
-    ngx_http_async_dl_ctx_t       *ctx;
-    ngx_http_async_dl_loc_conf_t  *alcf;
-
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
-
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_async_dl_ctx_t));
-    if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_set_ctx(r, ctx, ngx_http_async_dl_module);
-
-    ctx->route = ngx_http_async_dl_route(r, alcf, ctx);
-
-    switch (ctx->route) {
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_INITIATE:
-    case NGX_HTTP_ASYNC_DL_ROUTE_CANCEL:
-        methods = NGX_HTTP_POST;
-        allow = "POST";
-        break;
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_JOB:
-        methods = NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_DELETE;
-        allow = "GET, HEAD, DELETE";
-        break;
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_NONE:
-        (void) ngx_http_discard_request_body(r);
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
-                                            "NOT_FOUND",
-                                            "no such route: \"%V\"", &r->uri);
-
-    default:
-        methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-        allow = "GET, HEAD";
-        break;
-    }
-
-    if (!(r->method & methods)) {
-        (void) ngx_http_discard_request_body(r);
-
-        if (ngx_http_async_dl_add_header(r, "Allow", (u_char *) allow,
-                                         ngx_strlen(allow))
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_ALLOWED,
-                                            "METHOD_NOT_ALLOWED",
-                                            "%V is not allowed here, "
-                                            "use %s", &r->method_name,
-                                            allow);
-    }
-
-    if (ctx->route != NGX_HTTP_ASYNC_DL_ROUTE_INITIATE) {
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-    }
-
-    if (ctx->route == NGX_HTTP_ASYNC_DL_ROUTE_HEALTH) {
-        return ngx_http_async_dl_health(r);
-    }
-
-    if (alcf->owner) {
-        if (ngx_http_complex_value(r, alcf->owner, &ctx->owner) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        if (ctx->owner.len == 0) {
-            (void) ngx_http_discard_request_body(r);
-
-            return ngx_http_async_dl_send_error(r, NGX_HTTP_UNAUTHORIZED,
-                                                "UNAUTHORIZED",
-                                                "the request has no owner "
-                                                "(async_dl_owner is empty)");
-        }
-
-        /* a value PostgreSQL would refuse is the client's error, never 500 */
-
-        if (ctx->owner.len > NGX_HTTP_ASYNC_DL_MAX_OWNER
-            || !ngx_http_async_dl_is_text(ctx->owner.data, ctx->owner.len))
-        {
-            (void) ngx_http_discard_request_body(r);
-
-            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                                "INVALID_OWNER",
-                                                "the request's owner "
-                                                "(async_dl_owner) must be at "
-                                                "most %d bytes of UTF-8 "
-                                                "without NUL",
-                                                NGX_HTTP_ASYNC_DL_MAX_OWNER);
-        }
-    }
-
-    switch (ctx->route) {
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_INITIATE:
-        return ngx_http_async_dl_initiate(r);
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_JOBS:
-        return ngx_http_async_dl_jobs(r);
-
-    default:
-        break;
-    }
-
-    /* the routes of one job: an unknown or malformed id is the same 404 */
-
-    if (ctx->job_id.len == 0) {
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
-                                            "JOB_NOT_FOUND",
-                                            "no such job");
-    }
-
-    switch (ctx->route) {
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_STATUS:
-        return ngx_http_async_dl_status(r);
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_STREAM:
-        return ngx_http_async_dl_stream(r);
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_CANCEL:
-        return ngx_http_async_dl_cancel(r);
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_JOB:
-        if (r->method == NGX_HTTP_DELETE) {
-            return ngx_http_async_dl_delete(r);
-        }
-        return ngx_http_async_dl_download(r);
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_LINKS:
-        return ngx_http_async_dl_links(r);
-
-    default: /* NGX_HTTP_ASYNC_DL_ROUTE_FILE */
-        if (ctx->index < 0) {
-            return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
-                                                "FILE_NOT_FOUND",
-                                                "no such file in this job");
-        }
-        return ngx_http_async_dl_download(r);
-    }
-}
-
-
-/*
- * The part of the URI after {p}:
- *   health | initiate | jobs | status/{id} | stream/{id}
- *   {id} | {id}/cancel | {id}/links | {id}/files/{index}
- * A well-formed id is kept in ctx->job_id (lowercase); a malformed one
- * leaves it empty, which the job routes answer with JOB_NOT_FOUND.
- */
-
-static ngx_http_async_dl_route_e
-ngx_http_async_dl_route(ngx_http_request_t *r,
-    ngx_http_async_dl_loc_conf_t *alcf, ngx_http_async_dl_ctx_t *ctx)
-{
-    u_char                     *p, *last, *slash, *id;
-    size_t                      idlen;
-    ngx_int_t                   n;
-    ngx_http_async_dl_route_e   route;
-
-    if (r->uri.len < alcf->prefix.len
-        || ngx_strncmp(r->uri.data, alcf->prefix.data, alcf->prefix.len) != 0)
-    {
-        return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
-    }
-
-    p = r->uri.data + alcf->prefix.len;
-    last = r->uri.data + r->uri.len;
-
-    if (p == last) {
-        return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
-    }
-
-#define ngx_http_async_dl_is(s)                                               \
-    ((size_t) (last - p) == sizeof(s) - 1                                     \
-     && ngx_strncmp(p, s, sizeof(s) - 1) == 0)
-
-    if (ngx_http_async_dl_is("health")) {
-        return NGX_HTTP_ASYNC_DL_ROUTE_HEALTH;
-    }
-
-    if (ngx_http_async_dl_is("initiate")) {
-        return NGX_HTTP_ASYNC_DL_ROUTE_INITIATE;
-    }
-
-    if (ngx_http_async_dl_is("jobs")) {
-        return NGX_HTTP_ASYNC_DL_ROUTE_JOBS;
-    }
-
-    ctx->index = -1;
-
-    if (last - p > 7 && ngx_strncmp(p, "status/", 7) == 0) {
-        route = NGX_HTTP_ASYNC_DL_ROUTE_STATUS;
-        id = p + 7;
-        idlen = last - id;
-
-    } else if (last - p > 7 && ngx_strncmp(p, "stream/", 7) == 0) {
-        route = NGX_HTTP_ASYNC_DL_ROUTE_STREAM;
-        id = p + 7;
-        idlen = last - id;
-
-    } else {
-        id = p;
-        slash = ngx_strlchr(p, last, '/');
-
-        if (slash == NULL) {
-            route = NGX_HTTP_ASYNC_DL_ROUTE_JOB;
-            idlen = last - id;
-
-        } else {
-            idlen = slash - id;
-            p = slash;
-
-            if (ngx_http_async_dl_is("/cancel")) {
-                route = NGX_HTTP_ASYNC_DL_ROUTE_CANCEL;
-
-            } else if (ngx_http_async_dl_is("/links")) {
-                route = NGX_HTTP_ASYNC_DL_ROUTE_LINKS;
-
-            } else if (last - p > 7 && ngx_strncmp(p, "/files/", 7) == 0) {
-                route = NGX_HTTP_ASYNC_DL_ROUTE_FILE;
-                p += 7;
-
-                n = ngx_atoi(p, last - p);
-                if (n != NGX_ERROR && last - p <= 9) {
-                    ctx->index = n;
-                }
-
-            } else {
-                return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
-            }
-        }
-    }
-
-#undef ngx_http_async_dl_is
-
-    if (ngx_http_async_dl_is_uuid(id, idlen)) {
-        ctx->job_id.data = ngx_pnalloc(r->pool, idlen + 1);
-        if (ctx->job_id.data == NULL) {
-            return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
-        }
-
-        ngx_strlow(ctx->job_id.data, id, idlen);
-        ctx->job_id.data[idlen] = '\0';         /* a statement parameter */
-        ctx->job_id.len = idlen;
-    }
-
-    return route;
-}
-
-
-static ngx_int_t
-ngx_http_async_dl_job_id_variable(ngx_http_request_t *r,
-    ngx_http_variable_value_t *v, uintptr_t data)
-{
-    ngx_http_async_dl_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-
-    if (ctx == NULL || ctx->job_id.len == 0) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = ctx->job_id.len;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
-    v->data = ctx->job_id.data;
-
-    return NGX_OK;
-}
-
-
 /* configuration */
 
 
 static ngx_int_t
 ngx_http_async_dl_preconfiguration(ngx_conf_t *cf)
 {
-    ngx_http_variable_t  *var;
-
-    var = ngx_http_add_variable(cf, &ngx_http_async_dl_job_id_name,
-                                NGX_HTTP_VAR_NOCACHEABLE);
-    if (var == NULL) {
+    if (ngx_http_async_dl_routes_add_variables(cf) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    var->get_handler = ngx_http_async_dl_job_id_variable;
 
     if (ngx_http_async_dl_delivery_add_variables(cf) != NGX_OK) {
         return NGX_ERROR;
@@ -635,7 +330,6 @@ ngx_http_async_dl_create_main_conf(ngx_conf_t *cf)
      *     amcf->postgres = { 0, NULL };
      *     amcf->pg = { NULL, ... };
      *     amcf->s3_* = { 0, NULL };
-     *     amcf->used = 0;
      *     amcf->pool = NULL;
      */
 
@@ -678,8 +372,9 @@ ngx_http_async_dl_init_main_conf(ngx_conf_t *cf, void *conf)
 
     amcf->pg.size = amcf->pg_pool;
     amcf->pg.timeout = amcf->pg_timeout;
-    amcf->pg.stmts = ngx_http_async_dl_stmts;
-    amcf->pg.nstmts = ngx_http_async_dl_nstmts;
+    if (ngx_http_async_dl_routes_init_conf(cf, amcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (ngx_http_async_dl_hub_init_conf(cf, amcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
@@ -779,8 +474,6 @@ ngx_http_async_dl_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_async_dl_require(s3_secret_key, "async_dl_s3_secret_key");
 
 #undef ngx_http_async_dl_require
-
-    amcf->used = 1;
 
     /*
      * The initiate body: bounded even when client_max_body_size is 0, and
