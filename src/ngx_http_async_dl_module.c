@@ -18,8 +18,14 @@
 #include "ngx_http_async_dl_hub.h"
 
 
+/* the values a number or a time directive accepts (cmd->post) */
+
 typedef struct {
-    ngx_conf_post_handler_pt  post_handler;
+    ngx_int_t                 low;
+    ngx_int_t                 high;
+} ngx_http_async_dl_num_bounds_t;
+
+typedef struct {
     ngx_msec_t                low;
     ngx_msec_t                high;
 } ngx_http_async_dl_msec_bounds_t;
@@ -36,43 +42,46 @@ static char *ngx_http_async_dl(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_async_dl_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_async_dl_check_num(ngx_conf_t *cf, void *post,
-    void *data);
-static char *ngx_http_async_dl_check_msec(ngx_conf_t *cf, void *post,
-    void *data);
+static char *ngx_http_async_dl_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_async_dl_set_msec(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_async_dl_set_enum(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_async_dl_invalid(ngx_conf_t *cf, const char *fmt, ...);
 static char *ngx_http_async_dl_check_source_url(ngx_conf_t *cf, void *post,
     void *data);
 static ngx_int_t ngx_http_async_dl_init_process(ngx_cycle_t *cycle);
 static void ngx_http_async_dl_exit_process(ngx_cycle_t *cycle);
 
 
-static ngx_conf_num_bounds_t  ngx_http_async_dl_pool_bounds = {
-    ngx_http_async_dl_check_num, 1, 1024
+static ngx_http_async_dl_num_bounds_t  ngx_http_async_dl_pool_bounds = {
+    1, 1024
 };
 
-static ngx_conf_num_bounds_t  ngx_http_async_dl_max_files_bounds = {
-    ngx_http_async_dl_check_num, 1, 100000
+static ngx_http_async_dl_num_bounds_t  ngx_http_async_dl_max_files_bounds = {
+    1, 100000
 };
 
 /* 0: no limit */
-static ngx_conf_num_bounds_t  ngx_http_async_dl_limit_bounds = {
-    ngx_http_async_dl_check_num, 0, NGX_MAX_INT32_VALUE
+static ngx_http_async_dl_num_bounds_t  ngx_http_async_dl_limit_bounds = {
+    0, NGX_MAX_INT32_VALUE
 };
 
 static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_pg_timeout_bounds = {
-    ngx_http_async_dl_check_msec, 10, 3600000
+    10, 3600000
 };
 
 static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_expires_bounds = {
-    ngx_http_async_dl_check_msec, 1000, 604800000      /* 1s .. 7d, S3 */
+    1000, 604800000      /* 1s .. 7d, S3 */
 };
 
 static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_job_timeout_bounds = {
-    ngx_http_async_dl_check_msec, 1000, 604800000
+    1000, 604800000
 };
 
 static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_heartbeat_bounds = {
-    ngx_http_async_dl_check_msec, 1000, 3600000
+    1000, 3600000
 };
 
 static ngx_conf_post_t  ngx_http_async_dl_source_url_post = {
@@ -103,14 +112,14 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
 
     { ngx_string("async_dl_postgres_pool"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_async_dl_set_num,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_async_dl_main_conf_t, pg_pool),
       &ngx_http_async_dl_pool_bounds },
 
     { ngx_string("async_dl_postgres_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_async_dl_set_msec,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_async_dl_main_conf_t, pg_timeout),
       &ngx_http_async_dl_pg_timeout_bounds },
@@ -159,14 +168,14 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
 
     { ngx_string("async_dl_s3_addressing"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_async_dl_set_enum,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_async_dl_main_conf_t, s3_addressing),
       &ngx_http_async_dl_addressing },
 
     { ngx_string("async_dl_presign_expires"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_async_dl_set_msec,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_async_dl_main_conf_t, presign_expires),
       &ngx_http_async_dl_expires_bounds },
@@ -203,35 +212,35 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
 
     { ngx_string("async_dl_max_files"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_async_dl_set_num,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, max_files),
       &ngx_http_async_dl_max_files_bounds },
 
     { ngx_string("async_dl_max_pending"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_async_dl_set_num,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, max_pending),
       &ngx_http_async_dl_limit_bounds },
 
     { ngx_string("async_dl_max_active_per_owner"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_async_dl_set_num,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, max_active),
       &ngx_http_async_dl_limit_bounds },
 
     { ngx_string("async_dl_default_timeout"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_async_dl_set_msec,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, default_timeout),
       &ngx_http_async_dl_job_timeout_bounds },
 
     { ngx_string("async_dl_max_timeout"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_async_dl_set_msec,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, max_timeout),
       &ngx_http_async_dl_job_timeout_bounds },
@@ -245,7 +254,7 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
 
     { ngx_string("async_dl_heartbeat"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_async_dl_set_msec,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, heartbeat),
       &ngx_http_async_dl_heartbeat_bounds },
@@ -574,48 +583,138 @@ ngx_http_async_dl_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* ngx_conf_check_num_bounds(), with the directive named in the message */
+/*
+ * The stock slot setters, with every wrong value named with its directive
+ * and what the directive accepts:
+ *   invalid "async_dl_max_files" value "0": must be between 1 and 100000
+ *   invalid value "sideways" in "async_dl_s3_addressing" directive, it
+ *   must be "path" or "virtual" (the words of nginx's own flag setter)
+ */
 
 static char *
-ngx_http_async_dl_check_num(ngx_conf_t *cf, void *post, void *data)
+ngx_http_async_dl_set_num(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_conf_num_bounds_t  *b = post;
-    ngx_int_t              *np = data;
+    ngx_http_async_dl_num_bounds_t  *b = cmd->post;
 
+    ngx_int_t   n, *np;
     ngx_str_t  *value;
 
-    if (*np >= b->low && *np <= b->high) {
-        return NGX_CONF_OK;
+    np = (ngx_int_t *) ((char *) conf + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    n = ngx_atoi(value[1].data, value[1].len);
+
+    if (n == NGX_ERROR || n < b->low || n > b->high) {
+        return ngx_http_async_dl_invalid(cf, "must be between %i and %i",
+                                         b->low, b->high);
+    }
+
+    *np = n;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_async_dl_set_msec(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_async_dl_msec_bounds_t  *b = cmd->post;
+
+    ngx_int_t    n;
+    ngx_str_t   *value;
+    ngx_msec_t  *mp;
+
+    mp = (ngx_msec_t *) ((char *) conf + cmd->offset);
+
+    if (*mp != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    n = ngx_parse_time(&value[1], 0);
+
+    if (n == NGX_ERROR || (ngx_msec_t) n < b->low || (ngx_msec_t) n > b->high)
+    {
+        return ngx_http_async_dl_invalid(cf, "must be between %M ms and "
+                                         "%M ms", b->low, b->high);
+    }
+
+    *mp = (ngx_msec_t) n;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_async_dl_set_enum(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_conf_enum_t  *e = cmd->post;
+
+    u_char      *p, *last, list[256];
+    ngx_str_t   *value;
+    ngx_uint_t   i, *np;
+
+    np = (ngx_uint_t *) ((char *) conf + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
     }
 
     value = cf->args->elts;
 
+    for (i = 0; e[i].name.len; i++) {
+        if (e[i].name.len == value[1].len
+            && ngx_strcasecmp(e[i].name.data, value[1].data) == 0)
+        {
+            *np = e[i].value;
+            return NGX_CONF_OK;
+        }
+    }
+
+    /* "a", "b" or "c" */
+
+    p = list;
+    last = list + sizeof(list);
+
+    for (i = 0; e[i].name.len; i++) {
+        p = ngx_slprintf(p, last, "%s\"%V\"",
+                         i == 0 ? "" : (e[i + 1].name.len ? ", " : " or "),
+                         &e[i].name);
+    }
+
+    /* as ngx_conf_set_flag_slot() says it */
+
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid \"%V\" value \"%V\": must be between "
-                       "%i and %i", &value[0], &value[1], b->low, b->high);
+                       "invalid value \"%V\" in \"%V\" directive, "
+                       "it must be %*s", &value[1], &value[0],
+                       (size_t) (p - list), list);
 
     return NGX_CONF_ERROR;
 }
 
 
+/* the directive and its value, then why: NGX_CONF_ERROR */
+
 static char *
-ngx_http_async_dl_check_msec(ngx_conf_t *cf, void *post, void *data)
+ngx_http_async_dl_invalid(ngx_conf_t *cf, const char *fmt, ...)
 {
-    ngx_http_async_dl_msec_bounds_t  *b = post;
-    ngx_msec_t                       *mp = data;
+    u_char      *p, why[512];
+    va_list      args;
+    ngx_str_t   *value;
 
-    ngx_str_t  *value;
-
-    if (*mp >= b->low && *mp <= b->high) {
-        return NGX_CONF_OK;
-    }
+    va_start(args, fmt);
+    p = ngx_vslprintf(why, why + sizeof(why), fmt, args);
+    va_end(args);
 
     value = cf->args->elts;
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid \"%V\" value \"%V\": must be between "
-                       "%M ms and %M ms", &value[0], &value[1], b->low,
-                       b->high);
+                       "invalid \"%V\" value \"%V\": %*s", &value[0],
+                       &value[1], (size_t) (p - why), why);
 
     return NGX_CONF_ERROR;
 }
@@ -633,12 +732,8 @@ ngx_http_async_dl_check_source_url(ngx_conf_t *cf, void *post, void *data)
         return NGX_CONF_OK;
     }
 
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid \"async_dl_source_url\" value \"%V\": "
-                       "must be an http or https URL with \"{file_id}\"",
-                       url);
-
-    return NGX_CONF_ERROR;
+    return ngx_http_async_dl_invalid(cf, "must be an http or https URL "
+                                     "with \"{file_id}\"");
 }
 
 
