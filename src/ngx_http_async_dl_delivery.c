@@ -513,11 +513,14 @@ ngx_http_async_dl_set_etag(ngx_http_request_t *r, ngx_str_t *etag)
     h = r->headers_out.etag;
 
     if (h == NULL) {
-        h = ngx_http_async_dl_push_header(r, "ETag", etag->data, etag->len);
+        h = ngx_list_push(&r->headers_out.headers);
         if (h == NULL) {
             return NGX_ERROR;
         }
 
+        h->hash = 1;
+        ngx_http_async_dl_header_init(h);
+        ngx_str_set(&h->key, "ETag");
         r->headers_out.etag = h;
     }
 

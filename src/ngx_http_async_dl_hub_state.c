@@ -13,7 +13,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_async_dl.h"
-#include "ngx_http_async_dl_hub.h"
+#include "ngx_http_async_dl_hub_state.h"
 
 
 static ngx_int_t ngx_http_async_dl_hub_state_log(

@@ -55,7 +55,9 @@
  * touched afterwards.
  *
  * A connection's socket is driven by ngx_http_async_dl_pg_sock.c; the
- * conninfo it connects with was made by ngx_http_async_dl_pg_conf.c.
+ * conninfo it connects with was made by ngx_http_async_dl_pg_conf.c; a
+ * query's own life (its timer, detaching, its completion) is
+ * ngx_http_async_dl_pg_query.c.
  */
 
 
@@ -65,60 +67,7 @@
 
 #include "ngx_http_async_dl_pg.h"
 #include "ngx_http_async_dl_pg_sock.h"
-
-
-#define NGX_HTTP_ASYNC_DL_PG_WAITING     64     /* queued per connection */
-#define NGX_HTTP_ASYNC_DL_PG_BACKOFF     100    /* first retry, ms */
-#define NGX_HTTP_ASYNC_DL_PG_BACKOFF_MAX 1000
-#define NGX_HTTP_ASYNC_DL_PG_GRACE       1000   /* drain beyond timeout, ms */
-#define NGX_HTTP_ASYNC_DL_PG_MARGIN      250    /* statement_timeout - timeout */
-
-
-typedef enum {
-    NGX_HTTP_ASYNC_DL_PG_DOWN = 0,
-    NGX_HTTP_ASYNC_DL_PG_CONNECTING,
-    NGX_HTTP_ASYNC_DL_PG_SETUP,
-    NGX_HTTP_ASYNC_DL_PG_IDLE,
-    NGX_HTTP_ASYNC_DL_PG_DEALLOCATE,
-    NGX_HTTP_ASYNC_DL_PG_PREPARE,
-    NGX_HTTP_ASYNC_DL_PG_QUERY
-} ngx_http_async_dl_pg_state_e;
-
-
-struct ngx_http_async_dl_pg_conn_s {
-    ngx_http_async_dl_pg_t             *pg;
-    ngx_uint_t                          n;         /* for the logs */
-    ngx_http_async_dl_pg_state_e        state;
-    ngx_queue_t                         queue;     /* in pg->idle */
-
-    ngx_http_async_dl_pg_sock_t         sock;
-
-    ngx_http_async_dl_pg_query_t       *query;     /* NULL: none/detached */
-    ngx_uint_t                          stmt;      /* being prepared/run */
-    PGresult                           *result;    /* being collected */
-    uint64_t                            prepared;  /* bit per statement */
-    uint64_t                            stale;     /* on the server, unfit */
-
-    ngx_event_t                         timer;
-    ngx_msec_t                          backoff;
-    ngx_uint_t                          failures;  /* since last success */
-    ngx_log_t                           log;       /* with our action */
-};
-
-
-struct ngx_http_async_dl_pg_s {
-    ngx_http_async_dl_pg_conf_t        *conf;
-    ngx_log_t                          *log;
-    ngx_http_async_dl_pg_conn_t        *conns;
-    ngx_queue_t                         idle;
-    ngx_queue_t                         waiting;
-    ngx_uint_t                          nwaiting;
-    ngx_uint_t                          max_waiting;
-    ngx_uint_t                          nlive;     /* conns not DOWN */
-    ngx_str_t                           last_error;
-    u_char                              error[512];
-    char                                setup[64];
-};
+#include "ngx_http_async_dl_pg_pool.h"
 
 
 static void ngx_http_async_dl_pg_set_state(ngx_http_async_dl_pg_conn_t *pc,
@@ -129,7 +78,6 @@ static void ngx_http_async_dl_pg_connect_poll(
 static void ngx_http_async_dl_pg_read_handler(ngx_event_t *rev);
 static void ngx_http_async_dl_pg_write_handler(ngx_event_t *wev);
 static void ngx_http_async_dl_pg_timer_handler(ngx_event_t *ev);
-static void ngx_http_async_dl_pg_query_timer_handler(ngx_event_t *ev);
 static ngx_int_t ngx_http_async_dl_pg_send(ngx_http_async_dl_pg_conn_t *pc,
     ngx_http_async_dl_pg_query_t *q);
 static void ngx_http_async_dl_pg_done(ngx_http_async_dl_pg_conn_t *pc);
@@ -138,13 +86,9 @@ static void ngx_http_async_dl_pg_release(ngx_http_async_dl_pg_conn_t *pc);
 static void ngx_http_async_dl_pg_dispatch(ngx_http_async_dl_pg_t *pg);
 static void ngx_http_async_dl_pg_close(ngx_http_async_dl_pg_conn_t *pc,
     const char *reason);
-static void ngx_http_async_dl_pg_complete(ngx_http_async_dl_pg_query_t *q,
-    ngx_http_async_dl_pg_status_e status, PGresult *res);
-static void ngx_http_async_dl_pg_fail_waiting(ngx_http_async_dl_pg_t *pg);
 static void ngx_http_async_dl_pg_error(ngx_http_async_dl_pg_t *pg,
     const char *msg);
 static void ngx_http_async_dl_pg_notice(void *arg, const char *message);
-static void ngx_http_async_dl_pg_query_cleanup(void *data);
 
 
 /* the pool of one worker process */
@@ -237,34 +181,6 @@ ngx_http_async_dl_pg_last_error(ngx_http_async_dl_pg_t *pg)
 /* queries */
 
 
-ngx_http_async_dl_pg_query_t *
-ngx_http_async_dl_pg_query(ngx_pool_t *pool, ngx_log_t *log)
-{
-    ngx_pool_cleanup_t            *cln;
-    ngx_http_async_dl_pg_query_t  *q;
-
-    q = ngx_pcalloc(pool, sizeof(ngx_http_async_dl_pg_query_t));
-    if (q == NULL) {
-        return NULL;
-    }
-
-    cln = ngx_pool_cleanup_add(pool, 0);
-    if (cln == NULL) {
-        return NULL;
-    }
-
-    cln->handler = ngx_http_async_dl_pg_query_cleanup;
-    cln->data = q;
-
-    q->log = log;
-    q->timer.handler = ngx_http_async_dl_pg_query_timer_handler;
-    q->timer.data = q;
-    q->timer.log = log;
-
-    return q;
-}
-
-
 /*
  * NGX_HTTP_ASYNC_DL_PG_OK: the query is sent or waits; its handler will be
  * called.  Anything else: it failed now, and its handler is not called.
@@ -316,106 +232,6 @@ ngx_http_async_dl_pg_run(ngx_http_async_dl_pg_t *pg,
                    "async_dl pg: query waits, %ui waiting", pg->nwaiting);
 
     return NGX_HTTP_ASYNC_DL_PG_OK;
-}
-
-
-void
-ngx_http_async_dl_pg_detach(ngx_http_async_dl_pg_query_t *q)
-{
-    ngx_http_async_dl_pg_conn_t  *pc;
-
-    if (q->timer.timer_set) {
-        ngx_del_timer(&q->timer);
-    }
-
-    if (q->waiting) {
-        ngx_queue_remove(&q->queue);
-        q->waiting = 0;
-        q->pg->nwaiting--;
-    }
-
-    pc = q->conn;
-
-    if (pc) {
-        /* the statement runs on; its results will be drained */
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, q->log, 0,
-                       "async_dl pg: query detached from connection #%ui",
-                       pc->n);
-
-        pc->query = NULL;
-        q->conn = NULL;
-
-        if (!pc->timer.timer_set) {
-            ngx_add_timer(&pc->timer,
-                          q->pg->conf->timeout + NGX_HTTP_ASYNC_DL_PG_GRACE);
-        }
-    }
-}
-
-
-static void
-ngx_http_async_dl_pg_query_cleanup(void *data)
-{
-    ngx_http_async_dl_pg_query_t  *q = data;
-
-    ngx_http_async_dl_pg_detach(q);
-
-    if (q->result) {
-        PQclear(q->result);
-        q->result = NULL;
-    }
-}
-
-
-static void
-ngx_http_async_dl_pg_query_timer_handler(ngx_event_t *ev)
-{
-    ngx_http_async_dl_pg_query_t  *q = ev->data;
-
-    ngx_log_error(NGX_LOG_ERR, q->log, 0,
-                  "async_dl: postgres query \"%s\" timed out after %M ms%s",
-                  q->pg->conf->stmts[q->stmt].name, q->pg->conf->timeout,
-                  q->waiting ? " waiting for a connection" : "");
-
-    ngx_http_async_dl_pg_detach(q);
-    ngx_http_async_dl_pg_complete(q, NGX_HTTP_ASYNC_DL_PG_TIMEOUT, NULL);
-}
-
-
-static void
-ngx_http_async_dl_pg_complete(ngx_http_async_dl_pg_query_t *q,
-    ngx_http_async_dl_pg_status_e status, PGresult *res)
-{
-    if (q->timer.timer_set) {
-        ngx_del_timer(&q->timer);
-    }
-
-    q->conn = NULL;
-    q->status = status;
-    q->result = res;
-
-    /* the handler may free q and everything of its request */
-    q->handler(q);
-}
-
-
-static void
-ngx_http_async_dl_pg_fail_waiting(ngx_http_async_dl_pg_t *pg)
-{
-    ngx_queue_t                   *link;
-    ngx_http_async_dl_pg_query_t  *q;
-
-    while (!ngx_queue_empty(&pg->waiting) && pg->nlive == 0) {
-        link = ngx_queue_head(&pg->waiting);
-        q = ngx_queue_data(link, ngx_http_async_dl_pg_query_t, queue);
-
-        ngx_queue_remove(link);
-        q->waiting = 0;
-        pg->nwaiting--;
-
-        ngx_http_async_dl_pg_complete(q, NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE,
-                                      NULL);
-    }
 }
 
 

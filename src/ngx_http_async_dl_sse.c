@@ -7,15 +7,17 @@
  * A subscriber's states, in sub->state, changed only by
  * ngx_http_async_dl_sse_set_state():
  *
- *   WAITING --(the job's state: headers, "connected")--> LIVE
- *      |                                                 |  ^
- *      |                                  (a newer state) v  | ("progress")
- *      |                                                BEHIND
- *      |                                     (the job ended) |
- *      +--(headers, "connected": the job had ended)--> ENDING <-+ (LIVE too)
- *      |                                                 |
- *      +--(404 / 503 JSON, or an initiate's JSON)-----> GONE <-- ("completed",
- *                                                          "failed", ... sent)
+ *   WAITING --(the job's first state: headers, "connected")--> LIVE
+ *      |    \                                                 |  ^
+ *      |     \                    (a newer state; "progress") v  |
+ *      |      \ (the job had ended)                           BEHIND
+ *      |       v                                              |
+ *      |     ENDING <-------------(the job ended, from LIVE or BEHIND)
+ *      |       | (the final event: "completed", "failed", ...)
+ *      v       v
+ *     GONE <---+
+ *
+ *   WAITING -> GONE: 404 or 503 as JSON (or an initiate's JSON answer);
  *   any state -> GONE: the client went away, a send failed, the process
  *   exits.
  *
