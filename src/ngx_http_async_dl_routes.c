@@ -272,7 +272,8 @@ ngx_http_async_dl_handler(ngx_http_request_t *r)
 
 /*
  * The row of the request; NULL when none fits, with *allowed the methods
- * of the rows whose path fits (0: no such route).  A well-formed id is
+ * of the rows whose path fits (0: no such route) and ctx->route the first
+ * of them.  A well-formed id is
  * kept in ctx->job_id (lowercase); a malformed one leaves it empty.
  */
 
@@ -324,6 +325,11 @@ ngx_http_async_dl_route(ngx_http_request_t *r,
         }
 
         if (!(r->method & rt->methods)) {
+            if (shape == NULL) {
+                /* the 405 of the health route is shaped as its answers */
+                ctx->route = rt;
+            }
+
             shape = rt->path;
             *allowed |= rt->methods;
             continue;
