@@ -37,7 +37,7 @@ WORKER_HDRS := $(wildcard worker/*.h) common/adl_sigv4.h
 
 # --- the module --------------------------------------------------------
 
-MODULE_SRCS := config ngx_http_async_dl_module.c $(wildcard src/*.c) \
+MODULE_SRCS := config $(wildcard src/*.c) \
                $(wildcard src/*.h) common/adl_sigv4.c common/adl_sigv4.h
 
 ifeq ($(NGINX_SRC),)

@@ -2,17 +2,23 @@
 /*
  * ngx_http_async_dl_module: the types shared by the module's files.
  *
- *   ngx_http_async_dl_module.c   directives, configuration, route dispatch
- *   src/ngx_http_async_dl_api.c     one function per route, and the SQL
- *   src/ngx_http_async_dl_input.c   the initiate body (jansson)
- *   src/ngx_http_async_dl_reply.c   JSON answers, errors, the error filter
- *   src/ngx_http_async_dl_presign.c presigned storage links (adl_sigv4)
- *   src/ngx_http_async_dl_delivery.c async_dl_delivery proxy: the object
- *                                   streamed through nginx
- *   src/ngx_http_async_dl_links.c   {id}/links: the presigned links as JSON
- *   src/ngx_http_async_dl_pg.c      the non-blocking PostgreSQL pool
- *   src/ngx_http_async_dl_sse.c     the event stream (Server-Sent Events)
- *   src/ngx_http_async_dl_listen.c  its LISTEN connection
+ *   ngx_http_async_dl_module.c    directives and configuration
+ *   ngx_http_async_dl_routes.c    the route table, the location handler
+ *   ngx_http_async_dl_api.c       the routes' handlers
+ *   ngx_http_async_dl_query.c     a request's statement, database errors
+ *   ngx_http_async_dl_input.c     the initiate body (jansson)
+ *   ngx_http_async_dl_reply.c     JSON answers, errors, the error filter
+ *   ngx_http_async_dl_presign.c   presigned storage links (adl_sigv4)
+ *   ngx_http_async_dl_delivery.c  async_dl_delivery proxy: the object
+ *                                 streamed through nginx
+ *   ngx_http_async_dl_links.c     {id}/links: the presigned links as JSON
+ *   ngx_http_async_dl_sse.c       the event stream (Server-Sent Events)
+ *   ngx_http_async_dl_hub.c       the jobs watched by this process's streams
+ *   ngx_http_async_dl_hub_state.c a watched job's state, shared texts
+ *   ngx_http_async_dl_listen.c    the hub's LISTEN connection
+ *   ngx_http_async_dl_pg.c        the non-blocking PostgreSQL pool
+ *   ngx_http_async_dl_pg_sock.c   a libpq connection on nginx's event loop
+ *   ngx_http_async_dl_pg_conf.c   async_dl_postgres, the statements
  */
 
 
@@ -53,20 +59,6 @@
 #define NGX_HTTP_ASYNC_DL_RETRY_NOT_READY   2
 
 
-typedef enum {
-    NGX_HTTP_ASYNC_DL_ROUTE_NONE = 0,
-    NGX_HTTP_ASYNC_DL_ROUTE_HEALTH,         /* health */
-    NGX_HTTP_ASYNC_DL_ROUTE_INITIATE,       /* initiate */
-    NGX_HTTP_ASYNC_DL_ROUTE_STATUS,         /* status/{id} */
-    NGX_HTTP_ASYNC_DL_ROUTE_STREAM,         /* stream/{id} */
-    NGX_HTTP_ASYNC_DL_ROUTE_JOBS,           /* jobs */
-    NGX_HTTP_ASYNC_DL_ROUTE_JOB,            /* {id}: download, DELETE */
-    NGX_HTTP_ASYNC_DL_ROUTE_CANCEL,         /* {id}/cancel */
-    NGX_HTTP_ASYNC_DL_ROUTE_FILE,           /* {id}/files/{index} */
-    NGX_HTTP_ASYNC_DL_ROUTE_LINKS           /* {id}/links */
-} ngx_http_async_dl_route_e;
-
-
 #define NGX_HTTP_ASYNC_DL_S3_PATH      0
 #define NGX_HTTP_ASYNC_DL_S3_VIRTUAL   1
 
@@ -104,7 +96,6 @@ typedef struct {
     ngx_int_t                       etag_index;
     ngx_array_t                     deliveries;    /* named locations */
 
-    ngx_uint_t                      used;          /* a location has it */
     ngx_http_async_dl_pg_t         *pool;          /* this worker's */
 } ngx_http_async_dl_main_conf_t;
 
@@ -129,16 +120,35 @@ typedef struct {
 typedef ngx_int_t (*ngx_http_async_dl_done_pt)(ngx_http_request_t *r,
     PGresult *res);
 
+typedef ngx_int_t (*ngx_http_async_dl_handler_pt)(ngx_http_request_t *r);
+
+
+/* route flags */
+#define NGX_HTTP_ASYNC_DL_R_HEALTH     0x01   /* no owner; errors say why */
+#define NGX_HTTP_ASYNC_DL_R_BODY       0x02   /* reads the request body */
+#define NGX_HTTP_ASYNC_DL_R_REDIRECT   0x04   /* async_dl_delivery redirect */
+#define NGX_HTTP_ASYNC_DL_R_PROXY      0x08   /* async_dl_delivery proxy */
+
+
+/* a row of the route table (routes.c) */
+typedef struct {
+    const char                     *path;          /* after {p}: "{id}/..." */
+    ngx_uint_t                      methods;       /* NGX_HTTP_GET|... */
+    ngx_uint_t                      flags;
+    ngx_http_async_dl_handler_pt    handler;
+    ngx_http_async_dl_pg_stmt_t    *stmt;          /* NULL: none */
+    ngx_uint_t                      stmt_index;    /* in the pool's list */
+} ngx_http_async_dl_route_t;
+
 
 typedef struct {
-    ngx_http_async_dl_route_e       route;
+    ngx_http_async_dl_route_t      *route;
     ngx_str_t                       job_id;        /* $async_dl_job_id */
     ngx_str_t                       owner;
-    ngx_int_t                       index;         /* ROUTE_FILE */
-    ngx_http_async_dl_pg_query_t   *query;
+    ngx_int_t                       index;         /* {n}; else -1 */
     ngx_http_async_dl_done_pt       done;          /* the query's result */
     ngx_str_t                       error_body;    /* json_error */
-    void                           *stream;        /* ROUTE_STREAM: sse.c */
+    void                           *stream;        /* stream/{id}: sse.c */
     ngx_uint_t                      stream_status; /* an initiate answered
                                                       as its job's stream */
     ngx_str_t                       created;       /* its JSON answer, for
@@ -176,10 +186,13 @@ typedef struct {
 extern ngx_module_t  ngx_http_async_dl_module;
 
 
-/* api.c */
-extern ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmts[];
-extern ngx_uint_t                   ngx_http_async_dl_nstmts;
+/* routes.c */
+char *ngx_http_async_dl_routes_init_conf(ngx_conf_t *cf,
+    ngx_http_async_dl_main_conf_t *amcf);
+ngx_int_t ngx_http_async_dl_routes_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_async_dl_handler(ngx_http_request_t *r);
 
+/* api.c: the handlers */
 ngx_int_t ngx_http_async_dl_health(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_initiate(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_status(ngx_http_request_t *r);
@@ -187,8 +200,18 @@ ngx_int_t ngx_http_async_dl_jobs(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_cancel(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_delete(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_download(ngx_http_request_t *r);
-ngx_int_t ngx_http_async_dl_links(ngx_http_request_t *r);
 char *ngx_http_async_dl_url_name(ngx_http_request_t *r, char *url);
+
+/* query.c: the route's statement; params[0], [1]: job id, owner */
+ngx_int_t ngx_http_async_dl_run(ngx_http_request_t *r, const char **params,
+    ngx_http_async_dl_done_pt done);
+ngx_int_t ngx_http_async_dl_run_job(ngx_http_request_t *r,
+    ngx_http_async_dl_done_pt done);
+const char **ngx_http_async_dl_job_params(ngx_http_request_t *r,
+    ngx_uint_t n);
+char *ngx_http_async_dl_cstr(ngx_pool_t *pool, ngx_str_t *s);
+const char *ngx_http_async_dl_num(ngx_pool_t *pool, int64_t n);
+ngx_int_t ngx_http_async_dl_wait(ngx_http_request_t *r);
 
 /* input.c */
 ngx_int_t ngx_http_async_dl_parse_initiate(ngx_http_request_t *r,
@@ -205,6 +228,10 @@ ngx_int_t ngx_http_async_dl_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *fmt, ...);
 ngx_int_t ngx_http_async_dl_add_header(ngx_http_request_t *r,
     const char *name, u_char *value, size_t len);
+ngx_table_elt_t *ngx_http_async_dl_push_header(ngx_http_request_t *r,
+    const char *name, u_char *value, size_t len);
+ngx_int_t ngx_http_async_dl_db_unavailable(ngx_http_request_t *r,
+    const char *fmt, ...);
 ngx_int_t ngx_http_async_dl_retry_after(ngx_http_request_t *r,
     time_t seconds);
 ngx_int_t ngx_http_async_dl_filter_init(ngx_conf_t *cf);
@@ -232,8 +259,7 @@ ngx_int_t ngx_http_async_dl_delivery_headers(ngx_http_request_t *r,
     const char **code, ngx_str_t *message);
 
 /* links.c */
-ngx_int_t ngx_http_async_dl_links_done(ngx_http_request_t *r,
-    PGresult *res);
+ngx_int_t ngx_http_async_dl_links(ngx_http_request_t *r);
 
 
 #endif /* _NGX_HTTP_ASYNC_DL_H_INCLUDED_ */

@@ -1,13 +1,10 @@
 
 /*
- * The routes.  Each one checks what it can without the database, then runs
- * one prepared statement (the SQL functions of sql/002_api.sql build the
- * answers) and turns its result into the HTTP answer.
- *
- * While a statement runs the request holds a reference (r->main->count++)
- * and watches its client (ngx_http_test_reading): a client that goes away
- * terminates the request, whose cleanup detaches the statement from the
- * PostgreSQL pool; the connection drains the result and stays usable.
+ * The routes' handlers (the route table: ngx_http_async_dl_routes.c).
+ * Each one checks what it can without the database, then runs its route's
+ * statement (ngx_http_async_dl_query.c; the SQL functions of
+ * sql/002_api.sql build the answers) and turns its result into the HTTP
+ * answer.
  */
 
 
@@ -20,31 +17,6 @@
 #include "ngx_http_async_dl_sse.h"
 
 
-enum {
-    NGX_HTTP_ASYNC_DL_STMT_HEALTH = 0,
-    NGX_HTTP_ASYNC_DL_STMT_CREATE,
-    NGX_HTTP_ASYNC_DL_STMT_STATUS,
-    NGX_HTTP_ASYNC_DL_STMT_LIST,
-    NGX_HTTP_ASYNC_DL_STMT_CANCEL,
-    NGX_HTTP_ASYNC_DL_STMT_DELETE,
-    NGX_HTTP_ASYNC_DL_STMT_FILE,
-    NGX_HTTP_ASYNC_DL_STMT_OBJECT,
-    NGX_HTTP_ASYNC_DL_STMT_LINKS
-};
-
-
-static ngx_int_t ngx_http_async_dl_run(ngx_http_request_t *r,
-    ngx_uint_t stmt, const char **params, ngx_http_async_dl_done_pt done);
-static ngx_int_t ngx_http_async_dl_run_job(ngx_http_request_t *r,
-    ngx_uint_t stmt, ngx_http_async_dl_done_pt done);
-static const char **ngx_http_async_dl_job_params(ngx_http_request_t *r,
-    ngx_uint_t n);
-static void ngx_http_async_dl_result(ngx_http_async_dl_pg_query_t *q);
-static void ngx_http_async_dl_cleanup(void *data);
-static ngx_int_t ngx_http_async_dl_db_error(ngx_http_request_t *r,
-    ngx_http_async_dl_pg_status_e status, PGresult *res);
-static char *ngx_http_async_dl_cstr(ngx_pool_t *pool, ngx_str_t *s);
-static const char *ngx_http_async_dl_num(ngx_pool_t *pool, int64_t n);
 static ngx_int_t ngx_http_async_dl_header_in(ngx_http_request_t *r,
     const char *name, ngx_str_t *value);
 
@@ -69,53 +41,12 @@ static ngx_int_t ngx_http_async_dl_download_done(ngx_http_request_t *r,
     PGresult *res);
 
 
-/* the statements, prepared on each connection when first used */
-
-ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmts[] = {
-
-    { "async_dl_health", "SELECT 1", 0 },
-
-    { "async_dl_create",
-      "SELECT outcome, job_id, body"
-      " FROM async_dl_job_create($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9 },
-
-    { "async_dl_status",
-      "SELECT async_dl_job_status($1, $2, $3)", 3 },
-
-    { "async_dl_list",
-      "SELECT async_dl_job_list($1, $2, $3, $4, $5, $6)", 6 },
-
-    { "async_dl_cancel",
-      "SELECT outcome, body FROM async_dl_job_cancel_status($1, $2, $3)", 3 },
-
-    { "async_dl_delete",
-      "SELECT async_dl_job_delete($1, $2)", 2 },
-
-    { "async_dl_file",
-      "SELECT o_outcome, o_key, o_name, o_message, o_url"
-      " FROM async_dl_job_file($1, $2, $3)", 3 },
-
-    /* async_dl_delivery proxy (sql/008) */
-    { "async_dl_object",
-      "SELECT o_outcome, o_key, o_name, o_message, o_url, o_sha256"
-      " FROM async_dl_job_object($1, $2, $3)", 3 },
-
-    { "async_dl_links",
-      "SELECT o_kind, o_index, o_key, o_name, o_url, o_size"
-      " FROM async_dl_job_links($1, $2)", 2 }
-};
-
-ngx_uint_t  ngx_http_async_dl_nstmts =
-    sizeof(ngx_http_async_dl_stmts) / sizeof(ngx_http_async_dl_pg_stmt_t);
-
-
 /* GET {p}health */
 
 ngx_int_t
 ngx_http_async_dl_health(ngx_http_request_t *r)
 {
-    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_HEALTH, NULL,
-                                 ngx_http_async_dl_health_done);
+    return ngx_http_async_dl_run(r, NULL, ngx_http_async_dl_health_done);
 }
 
 
@@ -286,7 +217,7 @@ ngx_http_async_dl_initiate_start(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_CREATE, params,
+    return ngx_http_async_dl_run(r, params,
                                  ngx_http_async_dl_initiate_done);
 }
 
@@ -524,8 +455,7 @@ ngx_http_async_dl_accepts_stream(ngx_http_request_t *r)
 ngx_int_t
 ngx_http_async_dl_status(ngx_http_request_t *r)
 {
-    return ngx_http_async_dl_run_job(r, NGX_HTTP_ASYNC_DL_STMT_STATUS,
-                                     ngx_http_async_dl_status_done);
+    return ngx_http_async_dl_run_job(r, ngx_http_async_dl_status_done);
 }
 
 
@@ -565,16 +495,11 @@ ngx_http_async_dl_status_done(ngx_http_request_t *r, PGresult *res)
     ngx_hex_dump(etag + 1, hash, 16);
     etag[33] = '"';
 
-    h = ngx_list_push(&r->headers_out.headers);
+    h = ngx_http_async_dl_push_header(r, "ETag", etag, 34);
     if (h == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    h->hash = 1;
-    ngx_http_async_dl_header_init(h);
-    ngx_str_set(&h->key, "ETag");
-    h->value.data = etag;
-    h->value.len = 34;
     r->headers_out.etag = h;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
@@ -692,7 +617,7 @@ ngx_http_async_dl_jobs(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_LIST, params,
+    return ngx_http_async_dl_run(r, params,
                                  ngx_http_async_dl_jobs_done);
 }
 
@@ -715,8 +640,7 @@ ngx_http_async_dl_jobs_done(ngx_http_request_t *r, PGresult *res)
 ngx_int_t
 ngx_http_async_dl_cancel(ngx_http_request_t *r)
 {
-    return ngx_http_async_dl_run_job(r, NGX_HTTP_ASYNC_DL_STMT_CANCEL,
-                                     ngx_http_async_dl_cancel_done);
+    return ngx_http_async_dl_run_job(r, ngx_http_async_dl_cancel_done);
 }
 
 
@@ -757,7 +681,7 @@ ngx_http_async_dl_delete(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_DELETE, params,
+    return ngx_http_async_dl_run(r, params,
                                  ngx_http_async_dl_delete_done);
 }
 
@@ -792,31 +716,26 @@ ngx_http_async_dl_delete_done(ngx_http_request_t *r, PGresult *res)
 ngx_int_t
 ngx_http_async_dl_download(ngx_http_request_t *r)
 {
-    ngx_uint_t                     stmt;
-    const char                   **params;
-    ngx_http_async_dl_ctx_t       *ctx;
-    ngx_http_async_dl_loc_conf_t  *alcf;
+    const char               **params;
+    ngx_http_async_dl_ctx_t   *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
 
     params = ngx_http_async_dl_job_params(r, 3);
     if (params == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (ctx->route == NGX_HTTP_ASYNC_DL_ROUTE_FILE) {
+    /* {id}/files/{n}: that file; {id}: NULL, the job's bundle */
+
+    if (ctx->index >= 0) {
         params[2] = ngx_http_async_dl_num(r->pool, ctx->index);
         if (params[2] == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
 
-    stmt = (alcf->delivery == NGX_HTTP_ASYNC_DL_PROXY)
-           ? NGX_HTTP_ASYNC_DL_STMT_OBJECT : NGX_HTTP_ASYNC_DL_STMT_FILE;
-
-    return ngx_http_async_dl_run(r, stmt, params,
-                                 ngx_http_async_dl_download_done);
+    return ngx_http_async_dl_run(r, params, ngx_http_async_dl_download_done);
 }
 
 
@@ -909,15 +828,10 @@ ngx_http_async_dl_download_done(ngx_http_request_t *r, PGresult *res)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    h = ngx_list_push(&r->headers_out.headers);
+    h = ngx_http_async_dl_push_header(r, "Location", url.data, url.len);
     if (h == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    h->hash = 1;
-    ngx_http_async_dl_header_init(h);
-    ngx_str_set(&h->key, "Location");
-    h->value = url;
 
     if (ngx_http_async_dl_add_header(r, "Cache-Control",
                                      (u_char *) "no-store", 8)
@@ -941,301 +855,6 @@ ngx_http_async_dl_download_done(ngx_http_request_t *r, PGresult *res)
     }
 
     return ngx_http_send_special(r, NGX_HTTP_LAST);
-}
-
-
-/* GET {p}{id}/links: the presigned links of what is stored (links.c) */
-
-ngx_int_t
-ngx_http_async_dl_links(ngx_http_request_t *r)
-{
-    const char  **params;
-
-    params = ngx_http_async_dl_job_params(r, 2);
-    if (params == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    return ngx_http_async_dl_run(r, NGX_HTTP_ASYNC_DL_STMT_LINKS, params,
-                                 ngx_http_async_dl_links_done);
-}
-
-
-/* running a statement for a request */
-
-
-/* a statement on the request's job: (job id, owner, prefix) */
-
-static ngx_int_t
-ngx_http_async_dl_run_job(ngx_http_request_t *r, ngx_uint_t stmt,
-    ngx_http_async_dl_done_pt done)
-{
-    const char                    **params;
-    ngx_http_async_dl_loc_conf_t   *alcf;
-
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
-
-    params = ngx_http_async_dl_job_params(r, 3);
-    if (params == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    params[2] = (char *) alcf->prefix.data;
-
-    return ngx_http_async_dl_run(r, stmt, params, done);
-}
-
-
-/* n statement parameters, the first two the request's job id and owner */
-
-static const char **
-ngx_http_async_dl_job_params(ngx_http_request_t *r, ngx_uint_t n)
-{
-    const char               **params;
-    ngx_http_async_dl_ctx_t   *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-
-    params = ngx_pcalloc(r->pool, n * sizeof(char *));
-    if (params == NULL) {
-        return NULL;
-    }
-
-    params[0] = (char *) ctx->job_id.data;
-    params[1] = ngx_http_async_dl_cstr(r->pool, &ctx->owner);
-
-    return params[1] ? params : NULL;
-}
-
-
-static ngx_int_t
-ngx_http_async_dl_run(ngx_http_request_t *r, ngx_uint_t stmt,
-    const char **params, ngx_http_async_dl_done_pt done)
-{
-    ngx_http_cleanup_t              *cln;
-    ngx_http_async_dl_ctx_t         *ctx;
-    ngx_http_async_dl_pg_query_t    *q;
-    ngx_http_async_dl_pg_status_e    status;
-    ngx_http_async_dl_main_conf_t   *amcf;
-
-    amcf = ngx_http_get_module_main_conf(r, ngx_http_async_dl_module);
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-
-    q = ngx_http_async_dl_pg_query(r->pool, r->connection->log);
-    if (q == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    cln = ngx_http_cleanup_add(r, 0);
-    if (cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    q->stmt = stmt;
-    q->params = params;
-    q->handler = ngx_http_async_dl_result;
-    q->data = r;
-
-    status = ngx_http_async_dl_pg_run(amcf->pool, q);
-
-    if (status != NGX_HTTP_ASYNC_DL_PG_OK) {
-        return ngx_http_async_dl_db_error(r, status, NULL);
-    }
-
-    cln->handler = ngx_http_async_dl_cleanup;
-    cln->data = q;
-
-    ctx->query = q;
-    ctx->done = done;
-
-    r->main->count++;
-
-    /* notice a client that goes away while the statement runs */
-    r->read_event_handler = ngx_http_test_reading;
-
-    return NGX_DONE;
-}
-
-
-static void
-ngx_http_async_dl_result(ngx_http_async_dl_pg_query_t *q)
-{
-    ngx_int_t                 rc;
-    ngx_connection_t         *c;
-    ngx_http_request_t       *r;
-    ngx_http_async_dl_ctx_t  *ctx;
-
-    r = q->data;
-    c = r->connection;
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-
-    ctx->query = NULL;
-    r->read_event_handler = ngx_http_block_reading;
-
-    if (q->status == NGX_HTTP_ASYNC_DL_PG_OK) {
-        rc = ctx->done(r, q->result);
-
-    } else {
-        rc = ngx_http_async_dl_db_error(r, q->status, q->result);
-    }
-
-    ngx_http_finalize_request(r, rc);
-    ngx_http_run_posted_requests(c);
-}
-
-
-static void
-ngx_http_async_dl_cleanup(void *data)
-{
-    ngx_http_async_dl_pg_query_t  *q = data;
-
-    ngx_http_async_dl_pg_detach(q);
-}
-
-
-static ngx_int_t
-ngx_http_async_dl_db_error(ngx_http_request_t *r,
-    ngx_http_async_dl_pg_status_e status, PGresult *res)
-{
-    char                           *state, *msg;
-    ngx_http_async_dl_ctx_t        *ctx;
-    ngx_http_async_dl_main_conf_t  *amcf;
-
-    amcf = ngx_http_get_module_main_conf(r, ngx_http_async_dl_module);
-
-    if (status == NGX_HTTP_ASYNC_DL_PG_SQL_ERROR && res) {
-        state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-
-        state = state ? state : "?????";
-        msg = msg ? msg : "unknown error";
-
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "async_dl: postgres error %s: %s", state, msg);
-
-        /*
-         * Text the server refused (22021 invalid UTF-8, 22P05 not in the
-         * database's encoding) can only come from the client: every field
-         * is checked before, this keeps one that was missed a 400.
-         */
-
-        if (ngx_strcmp(state, "22021") == 0
-            || ngx_strcmp(state, "22P05") == 0)
-        {
-            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                                "INVALID_REQUEST",
-                                                "a value of the request is "
-                                                "not valid UTF-8 text");
-        }
-
-        /*
-         * Transient states of the server (shutting down, statement timeout,
-         * connection or resource trouble, schema not installed yet) are
-         * "unavailable"; anything else is a bug: 500.
-         */
-
-        if (!(ngx_strncmp(state, "57", 2) == 0
-              || ngx_strncmp(state, "08", 2) == 0
-              || ngx_strncmp(state, "53", 2) == 0
-              || ngx_strncmp(state, "40", 2) == 0
-              || ngx_strcmp(state, "42883") == 0
-              || ngx_strcmp(state, "42P01") == 0
-              || ngx_strcmp(state, "3D000") == 0))
-        {
-            return ngx_http_async_dl_send_error(r,
-                                           NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                           "INTERNAL_ERROR",
-                                           "the database refused the "
-                                           "request");
-        }
-    }
-
-    if (ngx_http_async_dl_retry_after(r, NGX_HTTP_ASYNC_DL_RETRY_DATABASE)
-        != NGX_OK)
-    {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    switch (status) {
-
-    case NGX_HTTP_ASYNC_DL_PG_TIMEOUT:
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                            "DATABASE_UNAVAILABLE",
-                                            "the database did not answer "
-                                            "within %M ms",
-                                            amcf->pg_timeout);
-
-    case NGX_HTTP_ASYNC_DL_PG_BUSY:
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                            "DATABASE_UNAVAILABLE",
-                                            "all database connections are "
-                                            "busy");
-
-    case NGX_HTTP_ASYNC_DL_PG_SQL_ERROR:
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                            "DATABASE_UNAVAILABLE",
-                                            "the database cannot serve the "
-                                            "request now: %s",
-                                            ngx_http_async_dl_pg_message(res));
-
-    default:
-        break;
-    }
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-
-    if (amcf->pool && ctx->route == NGX_HTTP_ASYNC_DL_ROUTE_HEALTH) {
-        /* the health check says why; other routes do not show it */
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                            "DATABASE_UNAVAILABLE",
-                                            "the database is unavailable: %V",
-                                            ngx_http_async_dl_pg_last_error(
-                                                amcf->pool));
-    }
-
-    return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                        "DATABASE_UNAVAILABLE",
-                                        "the database is unavailable");
-}
-
-
-/* helpers */
-
-
-static char *
-ngx_http_async_dl_cstr(ngx_pool_t *pool, ngx_str_t *s)
-{
-    char  *p;
-
-    p = ngx_pnalloc(pool, s->len + 1);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    /* an empty value (no owner configured) may have a NULL data */
-    if (s->len) {
-        ngx_memcpy(p, s->data, s->len);
-    }
-
-    p[s->len] = '\0';
-
-    return p;
-}
-
-
-static const char *
-ngx_http_async_dl_num(ngx_pool_t *pool, int64_t n)
-{
-    u_char  *p;
-
-    p = ngx_pnalloc(pool, NGX_INT64_LEN + 1);
-    if (p == NULL) {
-        return NULL;
-    }
-
-    *ngx_sprintf(p, "%L", n) = '\0';
-
-    return (const char *) p;
 }
 
 

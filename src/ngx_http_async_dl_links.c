@@ -31,6 +31,8 @@ typedef struct {
 } ngx_http_async_dl_link_row_t;
 
 
+static ngx_int_t ngx_http_async_dl_links_done(ngx_http_request_t *r,
+    PGresult *res);
 static ngx_int_t ngx_http_async_dl_links_nothing(ngx_http_request_t *r,
     char *status);
 static size_t ngx_http_async_dl_link_write(u_char *dst,
@@ -38,6 +40,20 @@ static size_t ngx_http_async_dl_link_write(u_char *dst,
 
 
 ngx_int_t
+ngx_http_async_dl_links(ngx_http_request_t *r)
+{
+    const char  **params;
+
+    params = ngx_http_async_dl_job_params(r, 2);
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_run(r, params, ngx_http_async_dl_links_done);
+}
+
+
+static ngx_int_t
 ngx_http_async_dl_links_done(ngx_http_request_t *r, PGresult *res)
 {
     int                             i, n;

@@ -30,6 +30,7 @@
 #include <ngx_core.h>
 #include <ngx_event.h>
 
+#include "ngx_http_async_dl_pg_sock.h"
 #include "ngx_http_async_dl_listen.h"
 
 

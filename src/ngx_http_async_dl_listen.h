@@ -13,7 +13,7 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 
-#include "ngx_http_async_dl_pg.h"
+#include "ngx_http_async_dl_pg_conf.h"
 
 
 #define NGX_HTTP_ASYNC_DL_CHANNEL  "async_dl_events"

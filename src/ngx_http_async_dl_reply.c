@@ -158,7 +158,9 @@ ngx_http_async_dl_send_error(ngx_http_request_t *r, ngx_uint_t status,
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
 
-    if (ctx && ctx->route == NGX_HTTP_ASYNC_DL_ROUTE_HEALTH) {
+    if (ctx && ctx->route
+        && (ctx->route->flags & NGX_HTTP_ASYNC_DL_R_HEALTH))
+    {
         /* the health answer also says what it is about */
         p = ngx_pnalloc(r->pool, sizeof(health) - 1 + body->len);
         if (p == NULL) {
@@ -173,6 +175,30 @@ ngx_http_async_dl_send_error(ngx_http_request_t *r, ngx_uint_t status,
     }
 
     return ngx_http_async_dl_send_json(r, status, body->data, body->len);
+}
+
+
+/* 503 DATABASE_UNAVAILABLE, to be retried soon: the one way to say it */
+
+ngx_int_t
+ngx_http_async_dl_db_unavailable(ngx_http_request_t *r, const char *fmt, ...)
+{
+    u_char   *p, msg[1024];
+    va_list   args;
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(msg, msg + sizeof(msg), fmt, args);
+    va_end(args);
+
+    if (ngx_http_async_dl_retry_after(r, NGX_HTTP_ASYNC_DL_RETRY_DATABASE)
+        != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_send_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                        "DATABASE_UNAVAILABLE", "%*s",
+                                        (size_t) (p - msg), msg);
 }
 
 
@@ -282,11 +308,22 @@ ngx_int_t
 ngx_http_async_dl_add_header(ngx_http_request_t *r, const char *name,
     u_char *value, size_t len)
 {
+    return ngx_http_async_dl_push_header(r, name, value, len) ? NGX_OK
+                                                              : NGX_ERROR;
+}
+
+
+/* a header of the answer; the caller may link it (headers_out.etag) */
+
+ngx_table_elt_t *
+ngx_http_async_dl_push_header(ngx_http_request_t *r, const char *name,
+    u_char *value, size_t len)
+{
     ngx_table_elt_t  *h;
 
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {
-        return NGX_ERROR;
+        return NULL;
     }
 
     h->hash = 1;
@@ -296,7 +333,7 @@ ngx_http_async_dl_add_header(ngx_http_request_t *r, const char *name,
     h->value.data = value;
     h->value.len = len;
 
-    return NGX_OK;
+    return h;
 }
 
 

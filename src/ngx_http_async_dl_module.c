@@ -2,10 +2,11 @@
 /*
  * ngx_http_async_dl_module: the async-dl HTTP API inside nginx.
  *
- * This file holds the directives, the configuration, the worker process's
- * PostgreSQL pool, the $async_dl_job_id variable and the location handler
- * that dispatches a request under {p} (the location's prefix) to its route
- * in src/ngx_http_async_dl_api.c.
+ * This file holds the module's definition: its directives, their
+ * configuration (created, merged, checked across directives) and the life
+ * of a worker process (its PostgreSQL pool and the job hub's LISTEN
+ * connection).  A request under {p}, the async_dl location's prefix, goes
+ * to the location handler of the route table (ngx_http_async_dl_routes.c).
  */
 
 
@@ -14,22 +15,21 @@
 #include <ngx_http.h>
 
 #include "ngx_http_async_dl.h"
-#include "ngx_http_async_dl_sse.h"
+#include "ngx_http_async_dl_hub.h"
 
+
+/* the values a number or a time directive accepts (cmd->post) */
 
 typedef struct {
-    ngx_conf_post_handler_pt  post_handler;
+    ngx_int_t                 low;
+    ngx_int_t                 high;
+} ngx_http_async_dl_num_bounds_t;
+
+typedef struct {
     ngx_msec_t                low;
     ngx_msec_t                high;
 } ngx_http_async_dl_msec_bounds_t;
 
-
-static ngx_int_t ngx_http_async_dl_handler(ngx_http_request_t *r);
-static ngx_http_async_dl_route_e ngx_http_async_dl_route(
-    ngx_http_request_t *r, ngx_http_async_dl_loc_conf_t *alcf,
-    ngx_http_async_dl_ctx_t *ctx);
-static ngx_int_t ngx_http_async_dl_job_id_variable(ngx_http_request_t *r,
-    ngx_http_variable_value_t *v, uintptr_t data);
 
 static ngx_int_t ngx_http_async_dl_preconfiguration(ngx_conf_t *cf);
 static ngx_int_t ngx_http_async_dl_postconfiguration(ngx_conf_t *cf);
@@ -42,43 +42,46 @@ static char *ngx_http_async_dl(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_async_dl_postgres(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
-static char *ngx_http_async_dl_check_num(ngx_conf_t *cf, void *post,
-    void *data);
-static char *ngx_http_async_dl_check_msec(ngx_conf_t *cf, void *post,
-    void *data);
+static char *ngx_http_async_dl_set_num(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_async_dl_set_msec(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_async_dl_set_enum(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_async_dl_invalid(ngx_conf_t *cf, const char *fmt, ...);
 static char *ngx_http_async_dl_check_source_url(ngx_conf_t *cf, void *post,
     void *data);
 static ngx_int_t ngx_http_async_dl_init_process(ngx_cycle_t *cycle);
 static void ngx_http_async_dl_exit_process(ngx_cycle_t *cycle);
 
 
-static ngx_conf_num_bounds_t  ngx_http_async_dl_pool_bounds = {
-    ngx_http_async_dl_check_num, 1, 1024
+static ngx_http_async_dl_num_bounds_t  ngx_http_async_dl_pool_bounds = {
+    1, 1024
 };
 
-static ngx_conf_num_bounds_t  ngx_http_async_dl_max_files_bounds = {
-    ngx_http_async_dl_check_num, 1, 100000
+static ngx_http_async_dl_num_bounds_t  ngx_http_async_dl_max_files_bounds = {
+    1, 100000
 };
 
 /* 0: no limit */
-static ngx_conf_num_bounds_t  ngx_http_async_dl_limit_bounds = {
-    ngx_http_async_dl_check_num, 0, NGX_MAX_INT32_VALUE
+static ngx_http_async_dl_num_bounds_t  ngx_http_async_dl_limit_bounds = {
+    0, NGX_MAX_INT32_VALUE
 };
 
 static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_pg_timeout_bounds = {
-    ngx_http_async_dl_check_msec, 10, 3600000
+    10, 3600000
 };
 
 static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_expires_bounds = {
-    ngx_http_async_dl_check_msec, 1000, 604800000      /* 1s .. 7d, S3 */
+    1000, 604800000      /* 1s .. 7d, S3 */
 };
 
 static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_job_timeout_bounds = {
-    ngx_http_async_dl_check_msec, 1000, 604800000
+    1000, 604800000
 };
 
 static ngx_http_async_dl_msec_bounds_t  ngx_http_async_dl_heartbeat_bounds = {
-    ngx_http_async_dl_check_msec, 1000, 3600000
+    1000, 3600000
 };
 
 static ngx_conf_post_t  ngx_http_async_dl_source_url_post = {
@@ -109,14 +112,14 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
 
     { ngx_string("async_dl_postgres_pool"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_async_dl_set_num,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_async_dl_main_conf_t, pg_pool),
       &ngx_http_async_dl_pool_bounds },
 
     { ngx_string("async_dl_postgres_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_async_dl_set_msec,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_async_dl_main_conf_t, pg_timeout),
       &ngx_http_async_dl_pg_timeout_bounds },
@@ -165,14 +168,14 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
 
     { ngx_string("async_dl_s3_addressing"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_async_dl_set_enum,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_async_dl_main_conf_t, s3_addressing),
       &ngx_http_async_dl_addressing },
 
     { ngx_string("async_dl_presign_expires"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_async_dl_set_msec,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_async_dl_main_conf_t, presign_expires),
       &ngx_http_async_dl_expires_bounds },
@@ -209,35 +212,35 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
 
     { ngx_string("async_dl_max_files"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_async_dl_set_num,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, max_files),
       &ngx_http_async_dl_max_files_bounds },
 
     { ngx_string("async_dl_max_pending"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_async_dl_set_num,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, max_pending),
       &ngx_http_async_dl_limit_bounds },
 
     { ngx_string("async_dl_max_active_per_owner"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_num_slot,
+      ngx_http_async_dl_set_num,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, max_active),
       &ngx_http_async_dl_limit_bounds },
 
     { ngx_string("async_dl_default_timeout"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_async_dl_set_msec,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, default_timeout),
       &ngx_http_async_dl_job_timeout_bounds },
 
     { ngx_string("async_dl_max_timeout"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_async_dl_set_msec,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, max_timeout),
       &ngx_http_async_dl_job_timeout_bounds },
@@ -251,7 +254,7 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
 
     { ngx_string("async_dl_heartbeat"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_msec_slot,
+      ngx_http_async_dl_set_msec,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_async_dl_loc_conf_t, heartbeat),
       &ngx_http_async_dl_heartbeat_bounds },
@@ -291,319 +294,21 @@ ngx_module_t  ngx_http_async_dl_module = {
 };
 
 
-static ngx_str_t  ngx_http_async_dl_job_id_name = ngx_string("async_dl_job_id");
-
-
-/* the location handler */
-
-
-static ngx_int_t
-ngx_http_async_dl_handler(ngx_http_request_t *r)
-{
-    ngx_int_t                      rc;
-    ngx_uint_t                     methods;
-    const char                    *allow;
-    ngx_http_async_dl_ctx_t       *ctx;
-    ngx_http_async_dl_loc_conf_t  *alcf;
-
-    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
-
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_async_dl_ctx_t));
-    if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_set_ctx(r, ctx, ngx_http_async_dl_module);
-
-    ctx->route = ngx_http_async_dl_route(r, alcf, ctx);
-
-    switch (ctx->route) {
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_INITIATE:
-    case NGX_HTTP_ASYNC_DL_ROUTE_CANCEL:
-        methods = NGX_HTTP_POST;
-        allow = "POST";
-        break;
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_JOB:
-        methods = NGX_HTTP_GET|NGX_HTTP_HEAD|NGX_HTTP_DELETE;
-        allow = "GET, HEAD, DELETE";
-        break;
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_NONE:
-        (void) ngx_http_discard_request_body(r);
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
-                                            "NOT_FOUND",
-                                            "no such route: \"%V\"", &r->uri);
-
-    default:
-        methods = NGX_HTTP_GET|NGX_HTTP_HEAD;
-        allow = "GET, HEAD";
-        break;
-    }
-
-    if (!(r->method & methods)) {
-        (void) ngx_http_discard_request_body(r);
-
-        if (ngx_http_async_dl_add_header(r, "Allow", (u_char *) allow,
-                                         ngx_strlen(allow))
-            != NGX_OK)
-        {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_ALLOWED,
-                                            "METHOD_NOT_ALLOWED",
-                                            "%V is not allowed here, "
-                                            "use %s", &r->method_name,
-                                            allow);
-    }
-
-    if (ctx->route != NGX_HTTP_ASYNC_DL_ROUTE_INITIATE) {
-        rc = ngx_http_discard_request_body(r);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-    }
-
-    if (ctx->route == NGX_HTTP_ASYNC_DL_ROUTE_HEALTH) {
-        return ngx_http_async_dl_health(r);
-    }
-
-    if (alcf->owner) {
-        if (ngx_http_complex_value(r, alcf->owner, &ctx->owner) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        if (ctx->owner.len == 0) {
-            (void) ngx_http_discard_request_body(r);
-
-            return ngx_http_async_dl_send_error(r, NGX_HTTP_UNAUTHORIZED,
-                                                "UNAUTHORIZED",
-                                                "the request has no owner "
-                                                "(async_dl_owner is empty)");
-        }
-
-        /* a value PostgreSQL would refuse is the client's error, never 500 */
-
-        if (ctx->owner.len > NGX_HTTP_ASYNC_DL_MAX_OWNER
-            || !ngx_http_async_dl_is_text(ctx->owner.data, ctx->owner.len))
-        {
-            (void) ngx_http_discard_request_body(r);
-
-            return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                                "INVALID_OWNER",
-                                                "the request's owner "
-                                                "(async_dl_owner) must be at "
-                                                "most %d bytes of UTF-8 "
-                                                "without NUL",
-                                                NGX_HTTP_ASYNC_DL_MAX_OWNER);
-        }
-    }
-
-    switch (ctx->route) {
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_INITIATE:
-        return ngx_http_async_dl_initiate(r);
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_JOBS:
-        return ngx_http_async_dl_jobs(r);
-
-    default:
-        break;
-    }
-
-    /* the routes of one job: an unknown or malformed id is the same 404 */
-
-    if (ctx->job_id.len == 0) {
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
-                                            "JOB_NOT_FOUND",
-                                            "no such job");
-    }
-
-    switch (ctx->route) {
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_STATUS:
-        return ngx_http_async_dl_status(r);
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_STREAM:
-        return ngx_http_async_dl_stream(r);
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_CANCEL:
-        return ngx_http_async_dl_cancel(r);
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_JOB:
-        if (r->method == NGX_HTTP_DELETE) {
-            return ngx_http_async_dl_delete(r);
-        }
-        return ngx_http_async_dl_download(r);
-
-    case NGX_HTTP_ASYNC_DL_ROUTE_LINKS:
-        return ngx_http_async_dl_links(r);
-
-    default: /* NGX_HTTP_ASYNC_DL_ROUTE_FILE */
-        if (ctx->index < 0) {
-            return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
-                                                "FILE_NOT_FOUND",
-                                                "no such file in this job");
-        }
-        return ngx_http_async_dl_download(r);
-    }
-}
-
-
-/*
- * The part of the URI after {p}:
- *   health | initiate | jobs | status/{id} | stream/{id}
- *   {id} | {id}/cancel | {id}/links | {id}/files/{index}
- * A well-formed id is kept in ctx->job_id (lowercase); a malformed one
- * leaves it empty, which the job routes answer with JOB_NOT_FOUND.
- */
-
-static ngx_http_async_dl_route_e
-ngx_http_async_dl_route(ngx_http_request_t *r,
-    ngx_http_async_dl_loc_conf_t *alcf, ngx_http_async_dl_ctx_t *ctx)
-{
-    u_char                     *p, *last, *slash, *id;
-    size_t                      idlen;
-    ngx_int_t                   n;
-    ngx_http_async_dl_route_e   route;
-
-    if (r->uri.len < alcf->prefix.len
-        || ngx_strncmp(r->uri.data, alcf->prefix.data, alcf->prefix.len) != 0)
-    {
-        return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
-    }
-
-    p = r->uri.data + alcf->prefix.len;
-    last = r->uri.data + r->uri.len;
-
-    if (p == last) {
-        return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
-    }
-
-#define ngx_http_async_dl_is(s)                                               \
-    ((size_t) (last - p) == sizeof(s) - 1                                     \
-     && ngx_strncmp(p, s, sizeof(s) - 1) == 0)
-
-    if (ngx_http_async_dl_is("health")) {
-        return NGX_HTTP_ASYNC_DL_ROUTE_HEALTH;
-    }
-
-    if (ngx_http_async_dl_is("initiate")) {
-        return NGX_HTTP_ASYNC_DL_ROUTE_INITIATE;
-    }
-
-    if (ngx_http_async_dl_is("jobs")) {
-        return NGX_HTTP_ASYNC_DL_ROUTE_JOBS;
-    }
-
-    ctx->index = -1;
-
-    if (last - p > 7 && ngx_strncmp(p, "status/", 7) == 0) {
-        route = NGX_HTTP_ASYNC_DL_ROUTE_STATUS;
-        id = p + 7;
-        idlen = last - id;
-
-    } else if (last - p > 7 && ngx_strncmp(p, "stream/", 7) == 0) {
-        route = NGX_HTTP_ASYNC_DL_ROUTE_STREAM;
-        id = p + 7;
-        idlen = last - id;
-
-    } else {
-        id = p;
-        slash = ngx_strlchr(p, last, '/');
-
-        if (slash == NULL) {
-            route = NGX_HTTP_ASYNC_DL_ROUTE_JOB;
-            idlen = last - id;
-
-        } else {
-            idlen = slash - id;
-            p = slash;
-
-            if (ngx_http_async_dl_is("/cancel")) {
-                route = NGX_HTTP_ASYNC_DL_ROUTE_CANCEL;
-
-            } else if (ngx_http_async_dl_is("/links")) {
-                route = NGX_HTTP_ASYNC_DL_ROUTE_LINKS;
-
-            } else if (last - p > 7 && ngx_strncmp(p, "/files/", 7) == 0) {
-                route = NGX_HTTP_ASYNC_DL_ROUTE_FILE;
-                p += 7;
-
-                n = ngx_atoi(p, last - p);
-                if (n != NGX_ERROR && last - p <= 9) {
-                    ctx->index = n;
-                }
-
-            } else {
-                return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
-            }
-        }
-    }
-
-#undef ngx_http_async_dl_is
-
-    if (ngx_http_async_dl_is_uuid(id, idlen)) {
-        ctx->job_id.data = ngx_pnalloc(r->pool, idlen + 1);
-        if (ctx->job_id.data == NULL) {
-            return NGX_HTTP_ASYNC_DL_ROUTE_NONE;
-        }
-
-        ngx_strlow(ctx->job_id.data, id, idlen);
-        ctx->job_id.data[idlen] = '\0';         /* a statement parameter */
-        ctx->job_id.len = idlen;
-    }
-
-    return route;
-}
-
-
-static ngx_int_t
-ngx_http_async_dl_job_id_variable(ngx_http_request_t *r,
-    ngx_http_variable_value_t *v, uintptr_t data)
-{
-    ngx_http_async_dl_ctx_t  *ctx;
-
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-
-    if (ctx == NULL || ctx->job_id.len == 0) {
-        v->not_found = 1;
-        return NGX_OK;
-    }
-
-    v->len = ctx->job_id.len;
-    v->valid = 1;
-    v->no_cacheable = 0;
-    v->not_found = 0;
-    v->data = ctx->job_id.data;
-
-    return NGX_OK;
-}
-
-
 /* configuration */
 
 
 static ngx_int_t
 ngx_http_async_dl_preconfiguration(ngx_conf_t *cf)
 {
-    ngx_http_variable_t  *var;
-
-    var = ngx_http_add_variable(cf, &ngx_http_async_dl_job_id_name,
-                                NGX_HTTP_VAR_NOCACHEABLE);
-    if (var == NULL) {
+    if (ngx_http_async_dl_routes_add_variables(cf) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    var->get_handler = ngx_http_async_dl_job_id_variable;
 
     if (ngx_http_async_dl_delivery_add_variables(cf) != NGX_OK) {
         return NGX_ERROR;
     }
 
-    return ngx_http_async_dl_sse_add_variables(cf);
+    return ngx_http_async_dl_hub_add_variables(cf);
 }
 
 
@@ -634,7 +339,6 @@ ngx_http_async_dl_create_main_conf(ngx_conf_t *cf)
      *     amcf->postgres = { 0, NULL };
      *     amcf->pg = { NULL, ... };
      *     amcf->s3_* = { 0, NULL };
-     *     amcf->used = 0;
      *     amcf->pool = NULL;
      */
 
@@ -677,10 +381,11 @@ ngx_http_async_dl_init_main_conf(ngx_conf_t *cf, void *conf)
 
     amcf->pg.size = amcf->pg_pool;
     amcf->pg.timeout = amcf->pg_timeout;
-    amcf->pg.stmts = ngx_http_async_dl_stmts;
-    amcf->pg.nstmts = ngx_http_async_dl_nstmts;
+    if (ngx_http_async_dl_routes_init_conf(cf, amcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
-    if (ngx_http_async_dl_sse_init_conf(cf, amcf) != NGX_CONF_OK) {
+    if (ngx_http_async_dl_hub_init_conf(cf, amcf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -778,8 +483,6 @@ ngx_http_async_dl_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_async_dl_require(s3_secret_key, "async_dl_s3_secret_key");
 
 #undef ngx_http_async_dl_require
-
-    amcf->used = 1;
 
     /*
      * The initiate body: bounded even when client_max_body_size is 0, and
@@ -880,48 +583,138 @@ ngx_http_async_dl_postgres(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* ngx_conf_check_num_bounds(), with the directive named in the message */
+/*
+ * The stock slot setters, with every wrong value named with its directive
+ * and what the directive accepts:
+ *   invalid "async_dl_max_files" value "0": must be between 1 and 100000
+ *   invalid value "sideways" in "async_dl_s3_addressing" directive, it
+ *   must be "path" or "virtual" (the words of nginx's own flag setter)
+ */
 
 static char *
-ngx_http_async_dl_check_num(ngx_conf_t *cf, void *post, void *data)
+ngx_http_async_dl_set_num(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_conf_num_bounds_t  *b = post;
-    ngx_int_t              *np = data;
+    ngx_http_async_dl_num_bounds_t  *b = cmd->post;
 
+    ngx_int_t   n, *np;
     ngx_str_t  *value;
 
-    if (*np >= b->low && *np <= b->high) {
-        return NGX_CONF_OK;
+    np = (ngx_int_t *) ((char *) conf + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    n = ngx_atoi(value[1].data, value[1].len);
+
+    if (n == NGX_ERROR || n < b->low || n > b->high) {
+        return ngx_http_async_dl_invalid(cf, "must be between %i and %i",
+                                         b->low, b->high);
+    }
+
+    *np = n;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_async_dl_set_msec(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_async_dl_msec_bounds_t  *b = cmd->post;
+
+    ngx_int_t    n;
+    ngx_str_t   *value;
+    ngx_msec_t  *mp;
+
+    mp = (ngx_msec_t *) ((char *) conf + cmd->offset);
+
+    if (*mp != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    n = ngx_parse_time(&value[1], 0);
+
+    if (n == NGX_ERROR || (ngx_msec_t) n < b->low || (ngx_msec_t) n > b->high)
+    {
+        return ngx_http_async_dl_invalid(cf, "must be between %M ms and "
+                                         "%M ms", b->low, b->high);
+    }
+
+    *mp = (ngx_msec_t) n;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_async_dl_set_enum(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_conf_enum_t  *e = cmd->post;
+
+    u_char      *p, *last, list[256];
+    ngx_str_t   *value;
+    ngx_uint_t   i, *np;
+
+    np = (ngx_uint_t *) ((char *) conf + cmd->offset);
+
+    if (*np != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
     }
 
     value = cf->args->elts;
 
+    for (i = 0; e[i].name.len; i++) {
+        if (e[i].name.len == value[1].len
+            && ngx_strcasecmp(e[i].name.data, value[1].data) == 0)
+        {
+            *np = e[i].value;
+            return NGX_CONF_OK;
+        }
+    }
+
+    /* "a", "b" or "c" */
+
+    p = list;
+    last = list + sizeof(list);
+
+    for (i = 0; e[i].name.len; i++) {
+        p = ngx_slprintf(p, last, "%s\"%V\"",
+                         i == 0 ? "" : (e[i + 1].name.len ? ", " : " or "),
+                         &e[i].name);
+    }
+
+    /* as ngx_conf_set_flag_slot() says it */
+
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid \"%V\" value \"%V\": must be between "
-                       "%i and %i", &value[0], &value[1], b->low, b->high);
+                       "invalid value \"%V\" in \"%V\" directive, "
+                       "it must be %*s", &value[1], &value[0],
+                       (size_t) (p - list), list);
 
     return NGX_CONF_ERROR;
 }
 
 
+/* the directive and its value, then why: NGX_CONF_ERROR */
+
 static char *
-ngx_http_async_dl_check_msec(ngx_conf_t *cf, void *post, void *data)
+ngx_http_async_dl_invalid(ngx_conf_t *cf, const char *fmt, ...)
 {
-    ngx_http_async_dl_msec_bounds_t  *b = post;
-    ngx_msec_t                       *mp = data;
+    u_char      *p, why[512];
+    va_list      args;
+    ngx_str_t   *value;
 
-    ngx_str_t  *value;
-
-    if (*mp >= b->low && *mp <= b->high) {
-        return NGX_CONF_OK;
-    }
+    va_start(args, fmt);
+    p = ngx_vslprintf(why, why + sizeof(why), fmt, args);
+    va_end(args);
 
     value = cf->args->elts;
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid \"%V\" value \"%V\": must be between "
-                       "%M ms and %M ms", &value[0], &value[1], b->low,
-                       b->high);
+                       "invalid \"%V\" value \"%V\": %*s", &value[0],
+                       &value[1], (size_t) (p - why), why);
 
     return NGX_CONF_ERROR;
 }
@@ -939,12 +732,8 @@ ngx_http_async_dl_check_source_url(ngx_conf_t *cf, void *post, void *data)
         return NGX_CONF_OK;
     }
 
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                       "invalid \"async_dl_source_url\" value \"%V\": "
-                       "must be an http or https URL with \"{file_id}\"",
-                       url);
-
-    return NGX_CONF_ERROR;
+    return ngx_http_async_dl_invalid(cf, "must be an http or https URL "
+                                     "with \"{file_id}\"");
 }
 
 
@@ -975,7 +764,7 @@ ngx_http_async_dl_init_process(ngx_cycle_t *cycle)
     }
 
     /* the LISTEN connection of the event streams */
-    return ngx_http_async_dl_sse_init_process(cycle, amcf);
+    return ngx_http_async_dl_hub_init_process(cycle, amcf);
 }
 
 
@@ -987,7 +776,7 @@ ngx_http_async_dl_exit_process(ngx_cycle_t *cycle)
     amcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_async_dl_module);
 
-    ngx_http_async_dl_sse_exit_process(cycle);
+    ngx_http_async_dl_hub_exit_process(cycle);
 
     if (amcf && amcf->pool) {
         ngx_http_async_dl_pg_destroy(amcf->pool);
