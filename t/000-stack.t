@@ -65,9 +65,13 @@ while (1) {
 }
 my ($head, $body) = split /\r\n\r\n/, $got, 2;
 like($head, qr/Content-Length: 200000/, 'reset: announces the full size');
-is(length $body, 50000, 'but sends only part of it');
+# the reset comes after 50000 bytes; it drops what this client had not read
+# yet (under load, some), so the rest is asked from what arrived
+my $have = length $body;
+ok($have > 0 && $have <= 50000, 'but sends only part of it')
+    or diag("received $have bytes");
 $r = request('GET', "$s->{flaky}/reset/r1?size=200000",
-             { Range => 'bytes=50000-' });
+             { Range => "bytes=$have-" });
 is($r->{status}, 206, 'then resumes with Range');
 is($body . $r->{content}, flaky_bytes('r1', 200000), 'to the right bytes');
 
