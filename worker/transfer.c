@@ -297,6 +297,7 @@ restart_from_zero(adl_xfer_t *x)
         x->put_done = 0;
         x->kick_up = 0;
         x->starved_ms = 0;
+        x->up_taken = adl_now_ms();
     }
     if (x->up_busy) {
         x->up_stale = 1;            /* its part number is reused later */
@@ -990,6 +991,10 @@ stream_failed(adl_xfer_t *x, adl_s3_req_t *r)
 {
     int64_t  delay = storage_retry_in(x, r);
 
+    if (x->up_paused) {
+        /* failed while waiting for the origin: that wait counts too */
+        x->starved_ms += adl_now_ms() - x->starve_since;
+    }
     if (x->starved_ms > STREAM_STARVE_MAX) {
         x->no_stream = 1;
     }
@@ -1021,7 +1026,7 @@ stream_watchdog(adl_xfer_t *x, int64_t now)
     int64_t        idle = x->env->settings->idle_timeout;
 
     if (!x->stream || r->op != S3_PUT || x->put_done || x->up_paused
-        || x->kick_up || now - x->up_taken < idle)
+        || x->kick_up || x->stream_stale || now - x->up_taken < idle)
     {
         return;
     }
@@ -1129,6 +1134,7 @@ storage_done(adl_s3_req_t *r)
     case S3_PUT:
         if (x->stream && x->state != XF_FLUSHING) {
             x->put_done = 1;        /* the download's end is on its way */
+            x->object_maybe = 1;    /* stored, whatever ends it first */
             return;
         }
         stored(x);
@@ -1213,6 +1219,13 @@ end_begin(adl_xfer_t *x)
         if (storage_settles(x)) {
             XLOG(ADL_LOG_DEBUG, x, "waiting for the storage request under "
                  "way to answer");
+            if (x->stream && x->up_paused) {
+                /* it has all the bytes: a pending unpause must not be
+                 * lost with the kicks cleared above */
+                x->up_paused = 0;
+                x->up_taken = adl_now_ms();
+                adl_http_unpause(&x->s3.http);
+            }
         } else {
             adl_s3_cancel(x->env->s3, &x->s3);
             x->s3.op = S3_NONE;
@@ -1488,11 +1501,35 @@ report_progress(adl_xfer_t *x, int64_t now)
 
 /* --- the worker's entry points ------------------------------------------- */
 
+/* A streamed PUT left to answer after the end (it has every byte, and
+ * may store the object) has no low-speed check of libcurl's: bounded here
+ * by the idle timeout, as while the transfer ran.  Given up, it may still
+ * have stored the object: the orphan check decides. */
+static void
+settle_watchdog(adl_xfer_t *x, int64_t now)
+{
+    if (!x->stream || x->s3.op != S3_PUT
+        || now - x->up_taken < x->env->settings->idle_timeout)
+    {
+        return;
+    }
+    XLOG(ADL_LOG_WARN, x, "storage: PutObject did not answer for %lld ms "
+         "after the end: given up", (long long) (now - x->up_taken));
+    adl_s3_cancel(x->env->s3, &x->s3);
+    x->s3.op = S3_NONE;
+    x->object_maybe = 1;
+    end_advance(x);
+}
+
 void
 adl_xfer_tick(adl_xfer_t *x, int64_t now)
 {
     const adl_settings_t  *s = x->env->settings;
 
+    if (x->state == XF_CLOSING) {
+        settle_watchdog(x, now);
+        return;
+    }
     if (!adl_xfer_active(x)) {
         return;
     }
