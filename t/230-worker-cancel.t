@@ -10,12 +10,23 @@ use Time::HiRes qw(time sleep);
 my $s = adl();
 my $o = $s->{origin};
 
+# A transfer of a canceled job stops on the NOTIFY ("stopped: the job was
+# canceled"), or on the answer of a progress write that was in flight
+# across the cancel ("stopped: the file is no longer ours"), whichever the
+# worker reads first.
+sub stopped_lines {
+    my ($job) = @_;
+    my @ts = worker_log() =~ /^(\S+) \[info\] job=$job file=\d+ stopped: /mg;
+    return @ts;                     # their times; their number in scalar
+}
+
 # seconds from the database's clock at the cancel to the worker's log line
-# saying it stopped the transfers (both clocks are this machine's)
+# saying it stopped the last of the transfers (both clocks are this
+# machine's)
 sub stop_delay {
     my ($job, $at) = @_;
-    my ($ts) = worker_log() =~ /^(\S+) \[info\] job=$job canceled: stopped/m
-        or return 99;
+    my @ts = stopped_lines($job) or return 99;
+    my $ts = $ts[-1];
     return psql("SELECT extract(epoch FROM '$ts'::timestamptz - "
                 . "'$at'::timestamptz)");
 }
@@ -38,8 +49,8 @@ ok(under_way($job), 'cancel: transfers under way');
 my ($st, $at) = split /\|/, psql("SELECT async_dl_job_cancel('$job', ''), "
                                  . "clock_timestamp()");
 is($st, 'canceled', 'canceled');
-ok(wait_until(sub { worker_log() =~ /job=$job canceled: stopped 2 transfer/ },
-              2), 'cancel: the worker stopped both transfers');
+ok(wait_until(sub { stopped_lines($job) == 2 }, 2),
+   'cancel: the worker stopped both transfers');
 cmp_ok(stop_delay($job, $at), '<', 1, 'cancel: within a second');
 sleep 0.5;
 is(psql("SELECT string_agg(status, ',') FROM async_dl_files WHERE job_id = "
@@ -64,7 +75,7 @@ is(scalar(grep { index($_, $job) == 0 } s3_keys()), 0,
     my $when = psql("SELECT async_dl_job_delete('$job', ''), "
                     . "clock_timestamp()");
     $when =~ s/^[^|]*\|//;
-    ok(wait_until(sub { worker_log() =~ /job=$job canceled: stopped 1/ }, 2)
+    ok(wait_until(sub { stopped_lines($job) == 1 }, 2)
        && stop_delay($job, $when) < 1,
        'delete: its transfer stopped within a second');
 }
