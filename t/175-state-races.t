@@ -125,6 +125,29 @@ for my $first (qw(finish cancel)) {
     is(counts_drift(), 'queued 0 owners 0', "$first first: the limits' counts");
 }
 
+# --- schema 10: two builders race for the same zip ---------------------------
+
+{
+    my $job = add_job(['http://x/0', 'http://x/1']);
+    psql("SELECT count(*) FROM async_dl_claim('w', 10, '1 min', 5)");
+    psql(finish_sql($job, $_, 10)) for 0, 1;
+    # only this job's zip is to be built
+    psql("UPDATE async_dl_jobs SET bundle_status = 'failed' WHERE "
+         . "bundle_status IN ('pending', 'building') AND id <> '$job'");
+    my @s = map {
+        psql_bg("BEGIN; SELECT count(*) FROM async_dl_bundle_claim('r$_', "
+                . "'1 min', 5, 'k') WHERE job_id = '$job'; "
+                . "SELECT pg_sleep(0.5); COMMIT;")
+    } 1, 2;
+    my @got = map { (psql_wait($_))[1] } @s;
+    s/\s+//g for @got;
+    is(join(' ', sort @got), '0 2', 'zip race: one builder took it (both '
+       . 'files), the other nothing') or diag("@got");
+    like(psql("SELECT bundle_status || ' ' || bundle_lease_owner FROM "
+              . "async_dl_jobs WHERE id = '$job'"), qr/^building r[12]$/,
+         'zip race: held by the one that took it');
+}
+
 # --- defect 5: a hand-back, then the next claim ------------------------------
 
 {

@@ -98,14 +98,11 @@ start(files_t *f, const adl_claim_t *c, int64_t remaining_ms)
     adl_job_t   *job;
     adl_xfer_t  *x;
 
-    job = job_get(f, c->job_id, remaining_ms);
-    if (job == NULL || room_for_one(f) != 0) {
+    if (room_for_one(f) != 0
+        || (job = job_get(f, c->job_id, remaining_ms)) == NULL)
+    {
         adl_log_error(c->job_id, c->idx, "out of memory: file left to "
                       "its lease");
-        if (job != NULL && job->refs == 0) {
-            job->refs = 1;
-            job_unref(f, job);
-        }
         return;
     }
     job->refs++;
