@@ -118,7 +118,7 @@ like(worker_log(), qr/storage: UploadPart \S*partNumber=1&.*\n(?:.*\n)*.*job=$jo
 # now the part in flight (the old content) fails
 open my $fh, '>', $fail_now or die $!;
 close $fh;
-ok(wait_until(sub { worker_log() =~ /job=$job file=0 storage: UploadPart: .*; retrying in/ },
+ok(wait_until(sub { worker_log() =~ /job=$job file=0 storage: UploadPart: .*; (?:retrying in|of the data before a restart: dropped)/ },
               10, 'the part to fail'), 'the part of the old content failed');
 is(wait_ended($job, 60), 'completed', 'the file completed');
 my $key = psql("SELECT object_key FROM async_dl_files WHERE job_id = '$job'");

@@ -7,9 +7,13 @@
  *   any failure, lost lease, shutdown -> (abort the multipart upload)
  *           -> FINISHING (none when the lease was lost) -> DONE
  *
- * pump() is the one place that decides what comes next; ends go through
- * build_end().  Memory: the range being read (READ_CHUNK), the part being
- * filled and the part being uploaded, each at most a part plus a range.
+ * The zip goes to the storage through the upload (upload.c); the ranges
+ * are read with S3 GETs.  Their answers are only recorded by libcurl's
+ * callbacks: build_settle(), from the loop, reads them, runs the upload
+ * and pump(), the one place that decides what is read next; ends go
+ * through build_end().  Memory: the range being read (READ_CHUNK), the
+ * part being filled and the part being uploaded, each at most a part
+ * plus a range.
  *
  * Each claim holds the bundle under a lease token of its own (worker id,
  * start, claim number), so a build whose lease ran out and was claimed
@@ -43,7 +47,8 @@
 #define READ_CHUNK        (8 * 1024 * 1024)
 #define READ_SLACK        65536     /* more than asked: the length check */
 
-/* storage trouble: 8 tries from 0.5 s doubled, about a minute */
+/* storage trouble: 8 tries of a request from 0.5 s doubled, about a
+ * minute */
 static const adl_retry_t  s3_retry = { 8, 500, 0, 0 };
 
 typedef enum {
@@ -79,7 +84,6 @@ struct bundle_s {
     char               lease[ADL_CLAIM_TOKEN_MAX];  /* this claim's token */
     char              *key;
     int                attempt;
-    int                maybe_stored;       /* a PUT or Complete was sent */
     int                retrying;           /* failed, to be built again */
     bundle_state_t     state;
     bundle_outcome_t   outcome;
@@ -99,20 +103,12 @@ struct bundle_s {
     int64_t            size;            /* zip bytes produced */
 
     adl_s3_req_t       get;             /* reads a range into chunk */
+    int                get_answered;    /* its done() came, unread */
     char              *chunk;           /* READ_CHUNK and some */
     int                get_tries;
     int64_t            get_retry_at;
 
-    adl_buf_t          fill;            /* zip output, the next part */
-    adl_buf_t          up;              /* the part being uploaded */
-    adl_buf_t          xml;             /* CompleteMultipartUpload */
-    int                up_busy;
-    adl_s3_req_t       s3;
-    int                s3_tries;
-    int64_t            s3_retry_at;
-    char              *upload_id;
-    int                next_part;
-    adl_parts_t        parts;
+    adl_upload_t       up;              /* the zip into the storage */
 
     int                db_refs;
     int                renewing;
@@ -126,6 +122,7 @@ struct bundler_s {
     bundle_t           *builds;
     int                 nbuilds;
     int                 stopping;
+    int                 wake;           /* a build wants settling */
 };
 
 static void pump(bundle_t *b);
@@ -133,6 +130,7 @@ static void build_end(bundle_t *b, bundle_outcome_t out, int transient,
     const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void write_result(bundle_t *b);
 static void cleanup(bundle_t *b);
+static void build_settle(bundle_t *b, int64_t now);
 
 #define BLOG(level, b, ...)  adl_log(level, (b)->job, -1, __VA_ARGS__)
 
@@ -144,7 +142,7 @@ zip_out(void *data, const void *p, size_t n)
 {
     bundle_t  *b = data;
 
-    if (adl_buf_append(&b->fill, p, n) != 0
+    if (adl_upload_write(&b->up, p, n) != 0
         || adl_sha256_update(&b->sha, p, n) != 0)
     {
         return -1;
@@ -163,13 +161,23 @@ zip_open(bundle_t *b)
 
 /* --- reading the stored objects back ----------------------------------- */
 
+/* libcurl is done with the read: recorded, read by build_settle */
 static void
 get_done(adl_s3_req_t *r)
 {
     bundle_t  *b = r->data;
-    entry_t   *e = &b->entries[b->cur];
-    int64_t    want = r->range_to - r->range_from + 1, delay;
-    char       msg[600];
+
+    b->get_answered = 1;
+    b->owner->wake = 1;
+}
+
+static void
+get_result(bundle_t *b)
+{
+    adl_s3_req_t  *r = &b->get;
+    entry_t       *e = &b->entries[b->cur];
+    int64_t        want = r->range_to - r->range_from + 1, delay;
+    char           msg[600];
 
     r->op = S3_NONE;
     if (!r->ok) {
@@ -240,147 +248,32 @@ get_start(bundle_t *b)
 }
 
 
-/* --- writing the zip to the storage --------------------------------------- */
-
-static void s3_done(adl_s3_req_t *r);
-
-static void
-s3_start(bundle_t *b, adl_s3_op_t op, const char *body, size_t len)
-{
-    adl_s3_req_t  *r = &b->s3;
-
-    r->op = op;
-    r->key = b->key;
-    r->upload_id = b->upload_id;
-    r->content_type = "application/zip";
-    r->part_number = b->next_part;
-    r->body = body;
-    r->body_len = len;
-    r->done = s3_done;
-    r->data = b;
-    if (op == S3_PUT || op == S3_COMPLETE) {
-        b->maybe_stored = 1;        /* from now on, maybe in the bucket */
-    }
-    if (adl_s3_start(b->owner->env->s3, r) != 0) {
-        r->op = S3_NONE;
-        if (op == S3_ABORT) {
-            write_result(b);
-            return;
-        }
-        build_end(b, BO_FAILED, 0, "%s", r->error);
-    }
-}
-
-static void
-s3_done(adl_s3_req_t *r)
-{
-    bundle_t     *b = r->data;
-    adl_s3_op_t   op = r->op;
-    int64_t       delay;
-
-    r->op = S3_NONE;
-    if (op == S3_ABORT) {
-        if (!r->ok) {
-            BLOG(ADL_LOG_WARN, b, "bundle: could not abort the multipart "
-                 "upload: %s", r->error);
-        }
-        write_result(b);
-        return;
-    }
-    if (!r->ok) {
-        b->up_busy = 0;                 /* the same request again */
-        delay = adl_retry_next(&s3_retry, &b->s3_tries, r->transient, NULL,
-                               adl_now_ms());
-        if (delay >= 0) {
-            BLOG(ADL_LOG_WARN, b, "bundle: storage: %s; retrying in %lld ms",
-                 r->error, (long long) delay);
-            b->s3_retry_at = adl_now_ms() + delay;
-            return;
-        }
-        build_end(b, BO_FAILED, r->transient, "%s", r->error);
-        return;
-    }
-    b->s3_tries = 0;
-
-    switch (op) {
-    case S3_CREATE:
-        b->upload_id = strdup(r->new_upload_id);
-        if (b->upload_id == NULL) {
-            build_end(b, BO_FAILED, 1, "out of memory");
-            return;
-        }
-        break;
-    case S3_PART:
-        if (adl_parts_set(&b->parts, b->next_part, r->etag) != 0) {
-            build_end(b, BO_FAILED, 1, "out of memory");
-            return;
-        }
-        b->next_part++;
-        b->up_busy = 0;
-        b->up.len = 0;
-        break;
-    case S3_PUT:
-    case S3_COMPLETE:
-        build_end(b, BO_STORED, 0, "stored");
-        return;
-    default:
-        break;
-    }
-    pump(b);
-}
-
-
 /* --- what comes next ------------------------------------------------------ */
 
 static void
 pump(bundle_t *b)
 {
-    const adl_settings_t  *s = b->owner->env->settings;
-    size_t                 part = (size_t) s->part_size;
-    adl_buf_t              tmp;
-
     if (b->state != BD_BUILDING) {
         return;
     }
 
-    /* the storage side: one request at a time */
-    if (b->s3.http.easy == NULL && b->s3_retry_at == 0) {
-        if (!b->up_busy && b->up.len == 0
-            && (b->fill.len >= part
-                || (b->closed && b->fill.len > 0 && b->upload_id != NULL)))
-        {
-            tmp = b->up;                /* a whole part: send it */
-            b->up = b->fill;
-            b->fill = tmp;
-            b->fill.len = 0;
-        }
-        if (b->up.len > 0 && !b->up_busy) {
-            if (b->upload_id == NULL) {
-                s3_start(b, S3_CREATE, NULL, 0);
-            } else {
-                b->up_busy = 1;
-                s3_start(b, S3_PART, b->up.data, b->up.len);
-            }
-            return;
-        }
-        if (b->closed && !b->up_busy && b->up.len == 0) {
-            if (b->upload_id == NULL) {
-                s3_start(b, S3_PUT, b->fill.data, b->fill.len);
-                return;
-            }
-            if (adl_parts_xml(&b->parts, b->next_part - 1, &b->xml) != 0) {
-                build_end(b, BO_FAILED, 1, "out of memory");
-                return;
-            }
-            s3_start(b, S3_COMPLETE, b->xml.data, b->xml.len);
-            return;
-        }
+    /* the storage side */
+    adl_upload_run(&b->up, adl_now_ms());
+    switch (adl_upload_state(&b->up)) {
+    case ADL_UP_STORED:
+        build_end(b, BO_STORED, 0, "stored");
+        return;
+    case ADL_UP_FAILED:
+        build_end(b, BO_FAILED, b->up.transient, "%s", b->up.error);
+        return;
+    default:
+        break;
     }
 
     /* the reading side: more zip output only while there is room */
     while (b->state == BD_BUILDING && !b->closed
            && b->get.op == S3_NONE && b->get_retry_at == 0
-           && b->fill.len < part)
+           && adl_upload_wants(&b->up))
     {
         entry_t  *e;
 
@@ -395,7 +288,7 @@ pump(bundle_t *b)
                 return;
             }
             b->closed = 1;
-            pump(b);
+            adl_upload_close(&b->up);   /* the rest goes from the loop */
             return;
         }
         e = &b->entries[b->cur];
@@ -418,8 +311,31 @@ pump(bundle_t *b)
         }
         return;
     }
-    /* a full part waits for the upload before: the storage side above
-     * picks it up when that upload is done */
+    /* a full part waits for the upload before: read again when that
+     * upload is done */
+}
+
+
+/* From the loop: what the callbacks recorded, and what comes next. */
+static void
+build_settle(bundle_t *b, int64_t now)
+{
+    adl_upload_state_t  us;
+
+    if (b->get_answered) {
+        b->get_answered = 0;
+        get_result(b);
+    }
+    if (b->state == BD_BUILDING) {
+        pump(b);
+    }
+    if (b->state == BD_ABORTING) {
+        adl_upload_run(&b->up, now);
+        us = adl_upload_state(&b->up);
+        if (us == ADL_UP_STOPPED || us == ADL_UP_STORED) {
+            write_result(b);
+        }
+    }
 }
 
 
@@ -457,18 +373,15 @@ build_end(bundle_t *b, bundle_outcome_t out, int transient,
 
     adl_s3_cancel(b->owner->env->s3, &b->get);
     b->get.op = S3_NONE;
-    if (b->s3.http.easy != NULL) {
-        adl_s3_cancel(b->owner->env->s3, &b->s3);
-        b->s3.op = S3_NONE;
-    }
-    b->s3_retry_at = 0;
+    b->get_answered = 0;
     b->get_retry_at = 0;
+    /* no request settles: what the build may have stored is decided by
+     * final_sent (cleanup) */
+    adl_upload_stop(&b->up, 0);
     b->state = BD_ABORTING;
-    if (b->upload_id != NULL && out != BO_STORED) {
-        s3_start(b, S3_ABORT, NULL, 0);
-        return;
-    }
-    write_result(b);
+    if (adl_upload_state(&b->up) != ADL_UP_ABORTING) {
+        write_result(b);
+    }                               /* else once the abort answered */
 }
 
 static void
@@ -575,8 +488,8 @@ cleanup(bundle_t *b)
 {
     const char  *p[2];
 
-    if (!b->maybe_stored) {
-        b->state = BD_DONE;
+    if (!b->up.final_sent) {
+        b->state = BD_DONE;         /* no PUT or Complete was ever sent */
         return;
     }
     b->state = BD_CLEANING;
@@ -600,9 +513,7 @@ build_free(bundle_t *b)
 
     adl_s3_cancel(b->owner->env->s3, &b->get);
     b->get.op = S3_NONE;
-    if (b->s3.http.easy != NULL) {
-        adl_s3_cancel(b->owner->env->s3, &b->s3);
-    }
+    adl_upload_free(&b->up);
     adl_zip_free(b->zip);               /* closes too: output discarded */
     adl_sha256_free(&b->sha);
     for (i = 0; i < b->nentries; i++) {
@@ -611,11 +522,6 @@ build_free(bundle_t *b)
     }
     free(b->entries);
     free(b->chunk);
-    adl_buf_free(&b->fill);
-    adl_buf_free(&b->up);
-    adl_buf_free(&b->xml);
-    adl_parts_free(&b->parts);
-    free(b->upload_id);
     free(b->key);
     free(b);
 }
@@ -626,6 +532,7 @@ build_free(bundle_t *b)
 static bundle_t *
 build_new(bundler_t *o, PGresult *res)
 {
+    adl_upload_conf_t      uc;
     bundle_t              *b;
     int                    i, n = PQntuples(res);
 
@@ -637,7 +544,6 @@ build_new(bundler_t *o, PGresult *res)
     snprintf(b->job, sizeof(b->job), "%s", PQgetvalue(res, 0, 0));
     memcpy(b->lease, o->claim.token, sizeof(b->lease));
     b->attempt = atoi(PQgetvalue(res, 0, 1));
-    b->next_part = 1;
     b->renewed_at = adl_now_ms();
     b->entries = calloc((size_t) n, sizeof(entry_t));
     b->key = strdup(PQgetvalue(res, 0, 7));     /* recorded by the claim */
@@ -677,6 +583,17 @@ build_new(bundler_t *o, PGresult *res)
         }
         free(nm);
     }
+    uc.s3 = o->env->s3;
+    uc.key = b->key;
+    uc.content_type = "application/zip";
+    uc.part_size = (size_t) o->env->settings->part_size;
+    uc.idle_ms = o->env->settings->idle_timeout;
+    uc.retry = s3_retry;
+    uc.log_job = b->job;
+    uc.log_idx = -1;
+    uc.log_what = "bundle: storage";
+    uc.wake = &o->wake;
+    adl_upload_init(&b->up, &uc);
     if (adl_sha256_init(&b->sha) != 0 || zip_open(b) != 0) {
         goto failed;
     }
@@ -796,16 +713,14 @@ bundler_tick(void *k, int64_t now)
         }
         pp = &b->next;
 
-        if (b->state != BD_BUILDING) {
-            continue;
-        }
-        if (b->get_retry_at != 0 && now >= b->get_retry_at) {
+        if (b->state == BD_BUILDING && b->get_retry_at != 0
+            && now >= b->get_retry_at)
+        {
             b->get_retry_at = 0;
-            pump(b);
         }
-        if (b->s3_retry_at != 0 && now >= b->s3_retry_at) {
-            b->s3_retry_at = 0;
-            pump(b);
+        if (b->state == BD_BUILDING || b->state == BD_ABORTING) {
+            o->wake = 1;            /* settled after this batch: retries
+                                     * when due, the upload's timers */
         }
         if (b->state == BD_BUILDING && !b->renewing
             && now - b->renewed_at >= s->lease / 3
@@ -846,6 +761,22 @@ bundler_tick(void *k, int64_t now)
                             "$3::integer, $4)", 4, p, claim_result, o);
 }
 
+static void
+bundler_settle(void *k, int64_t now)
+{
+    bundler_t  *o = k;
+    bundle_t   *b;
+    int         pass;
+
+    /* a round may ask for another (the zip closed: its last part) */
+    for (pass = 0; o->wake && pass < 4; pass++) {
+        o->wake = 0;
+        for (b = o->builds; b != NULL; b = b->next) {
+            build_settle(b, now);
+        }
+    }
+}
+
 static const char *const  bundler_channels[] = {
     "async_dl_lifecycle", NULL
 };
@@ -859,7 +790,7 @@ const adl_task_ops_t  adl_bundles_ops = {
     NULL,                           /* notify: wake */
     NULL,                           /* poll: wake */
     bundler_tick,
-    NULL,                           /* settle: the tick does it */
+    bundler_settle,
     bundler_hand_back,
     bundler_busy,
     NULL
