@@ -378,6 +378,13 @@ build_end(bundle_t *b, bundle_outcome_t out, int transient,
     /* no request settles: what the build may have stored is decided by
      * final_sent (cleanup) */
     adl_upload_stop(&b->up, 0);
+    if (out == BO_HAND_BACK && adl_upload_state(&b->up) == ADL_UP_STORED) {
+        /* its answer, read by stop(): stored before the hand-back */
+        b->outcome = BO_STORED;
+        BLOG(ADL_LOG_INFO, b, "bundle stored %s as it stopped (%zu files, "
+             "%lld bytes, sha256 %s)", b->key, b->nentries,
+             (long long) b->size, b->sha256);
+    }
     b->state = BD_ABORTING;
     if (adl_upload_state(&b->up) != ADL_UP_ABORTING) {
         write_result(b);

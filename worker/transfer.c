@@ -42,7 +42,6 @@
 #include "upload.h"
 
 #define PROGRESS_EVERY    300     /* ms between progress writes of a job */
-#define MAX_REDIRECTS     5L
 
 typedef enum {
     XF_RUNNING = 0,
@@ -159,8 +158,10 @@ dl_head(void *data, int64_t from)
     if (from > 0) {
         return 0;                   /* the rest, where it was */
     }
-    if (x->received > 0) {
-        restart_from_zero(x);
+    if (x->received > 0 || x->up.written > 0
+        || adl_upload_state(&x->up) == ADL_UP_STREAMING)
+    {
+        restart_from_zero(x);       /* a streamed PUT of another size too */
     }
     x->size = x->dl.size;
     /* a buffer of its size, or the streamed PUT */
@@ -180,8 +181,9 @@ dl_body(void *data, const char *p, size_t n)
         x->paused = 1;              /* the storage is behind */
         return CURL_WRITEFUNC_PAUSE;
     }
-    /* all of it or nothing, before the SHA-256: a failure changes
-     * neither, and the retry resumes from x->received with both right */
+    /* the upload takes all of it or nothing, and before the SHA-256 is
+     * updated: when it fails, neither has changed, and the retry resumes
+     * from x->received with both right */
     if (adl_upload_write(&x->up, p, n) != 0) {
         adl_download_fail(&x->dl, "DOWNLOAD_FAILED", 1, "out of memory");
         return 0;
@@ -204,7 +206,12 @@ download_ended(adl_xfer_t *x)
 
     d->ended = 0;
     x->paused = 0;
-    if (d->ok) {
+    if (d->ok
+        || (adl_upload_state(&x->up) == ADL_UP_STORED && x->size >= 0
+            && x->received == x->size))
+    {
+        /* (a failure after the last byte, which the streamed PUT has
+         * stored already: the file is whole) */
         if (adl_sha256_final_hex(&x->sha, x->sha256) != 0) {
             xfer_end(x, OUT_FAILED, "DOWNLOAD_FAILED", "SHA-256 failed");
             return;
@@ -682,12 +689,8 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
 int
 adl_xfer_settle(adl_xfer_t *x)
 {
-    int64_t  now = adl_now_ms();
     int      rounds;
 
-    if (x->dl.ended && adl_xfer_active(x)) {
-        download_ended(x);
-    }
     if (x->state == XF_ENDING) {
         end_begin(x);
     }
@@ -695,7 +698,10 @@ adl_xfer_settle(adl_xfer_t *x)
      * the upload has room again: an unpause may deliver data at once,
      * which may give a waiting PUT its data: a few rounds settle it */
     for (rounds = 0; rounds < 8 && adl_xfer_active(x); rounds++) {
-        adl_upload_run(&x->up, now);
+        adl_upload_run(&x->up, adl_now_ms());   /* its answers first */
+        if (x->dl.ended) {
+            download_ended(x);
+        }
         upload_react(x);
         if (!adl_xfer_active(x) || !x->paused
             || !adl_download_running(&x->dl)
@@ -710,7 +716,7 @@ adl_xfer_settle(adl_xfer_t *x)
         end_begin(x);
     }
     if (x->state == XF_CLOSING) {
-        adl_upload_run(&x->up, now);
+        adl_upload_run(&x->up, adl_now_ms());
         end_advance(x);
     }
     return x->state == XF_DONE && x->db_refs == 0

@@ -98,9 +98,11 @@ adl_upload_expect(adl_upload_t *u, int64_t size)
         return 0;
     }
     if (size <= (int64_t) part || size > MAX_SINGLE_PUT
-        || u->upload_id != NULL || u->next_part != 1 || u->no_stream)
+        || u->upload_id != NULL || u->next_part != 1 || u->no_stream
+        || u->req.op != S3_NONE || u->answered || !up_free(u))
     {
-        return 0;
+        return 0;                   /* parts (a request of the data before
+                                     * a restart may create an upload) */
     }
     if (adl_buf_reserve(&u->fill, part, part) != 0) {
         return -1;
@@ -217,7 +219,9 @@ adl_upload_write(adl_upload_t *u, const void *data, size_t n)
         memcpy(u->fill.data + u->fill.len, p, first);
         adl_buf_swap(&u->fill, &u->up);
         u->up.len = part;
-        memcpy(u->fill.data, p + first, rest);
+        if (rest > 0) {
+            memcpy(u->fill.data, p + first, rest);
+        }
         u->fill.len = rest;
         u->up_part = u->next_part++;
         u->up_gen = u->gen;
@@ -256,9 +260,9 @@ void
 adl_upload_restart(adl_upload_t *u)
 {
     if (u->state != ADL_UP_FILLING && u->state != ADL_UP_STREAMING
-        && u->state != ADL_UP_CLOSING && u->state != ADL_UP_REWIND)
+        && u->state != ADL_UP_REWIND)
     {
-        return;
+        return;                     /* closed: a PUT may be sending fill */
     }
     u->gen++;
     u->written = 0;
@@ -447,9 +451,13 @@ request_done(adl_s3_req_t *r)
 static void
 later(adl_upload_t *u, const char *retry_after, int64_t now)
 {
-    int64_t  delay = adl_retry_next(&u->c.retry, &u->tries, u->transient,
-                                    retry_after, now);
+    int64_t  delay;
 
+    if (u->stopped) {
+        return;                     /* read by stop(): nothing is retried */
+    }
+    delay = adl_retry_next(&u->c.retry, &u->tries, u->transient,
+                           retry_after, now);
     if (delay >= 0) {
         ULOG(ADL_LOG_WARN, u, "%s: %s; retrying in %lld ms", u->c.log_what,
              u->error, (long long) delay);
@@ -536,8 +544,10 @@ next_request(adl_upload_t *u)
 
     if (u->upload_id == NULL) {
         rc = start(u, S3_PUT, u->fill.data, u->fill.len);
-    } else if (u->fill.len > 0) {
-        adl_buf_swap(&u->fill, &u->up);     /* the last part */
+    } else if (u->fill.len > 0 || u->next_part == 1) {
+        /* the last part (an empty part 1: the data started over, and
+         * came to nothing, after the upload was created) */
+        adl_buf_swap(&u->fill, &u->up);
         u->fill.len = 0;
         u->up_part = u->next_part++;
         u->up_gen = u->gen;
@@ -566,8 +576,8 @@ after_stop(adl_upload_t *u)
         return;
     }
     if (start(u, S3_ABORT, NULL, 0) != 0) {
-        ULOG(ADL_LOG_WARN, u, "could not abort the multipart upload %s: %s",
-             u->upload_id, u->error);
+        ULOG(ADL_LOG_WARN, u, "%s: could not abort the multipart upload "
+             "%s: %s", u->c.log_what, u->upload_id, u->error);
         set_state(u, ADL_UP_STOPPED);
         return;
     }
@@ -583,8 +593,8 @@ answered_stopping(adl_upload_t *u, adl_s3_op_t op)
     if (u->state == ADL_UP_ABORTING) {
         u->abort_done = 1;
         if (!r->ok) {
-            ULOG(ADL_LOG_WARN, u, "could not abort the multipart upload %s: "
-                 "%s", u->upload_id, r->error);
+            ULOG(ADL_LOG_WARN, u, "%s: could not abort the multipart "
+                 "upload %s: %s", u->c.log_what, u->upload_id, r->error);
         }
         set_state(u, ADL_UP_STOPPED);
         return;
@@ -658,7 +668,7 @@ answered(adl_upload_t *u, int64_t now)
     {
         u->maybe_stored = 1;        /* it may have been stored all the same */
     }
-    if (!r->ok && u->state == ADL_UP_STREAMING) {
+    if (!r->ok && u->req_stream) {
         stream_failed(u, now);
         return;
     }
@@ -732,6 +742,7 @@ adl_upload_stop(adl_upload_t *u, int settle)
     }
     u->retry_at = 0;
     u->closed = 1;                  /* takes no more */
+    u->stopped = 1;
     if (u->answered) {
         u->answered = 0;
         answered(u, adl_now_ms());  /* what it did counts */

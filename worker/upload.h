@@ -90,6 +90,7 @@ typedef struct {
     int                  next_part;
     adl_parts_t          parts;
     int                  room_wanted;   /* wake the owner for room */
+    int                  stopped;       /* stop() was called */
 
     /* the streamed PUT */
     int64_t              body_len;
