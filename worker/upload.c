@@ -99,10 +99,12 @@ adl_upload_expect(adl_upload_t *u, int64_t size)
     }
     if (size <= (int64_t) part || size > MAX_SINGLE_PUT
         || u->upload_id != NULL || u->next_part != 1 || u->no_stream
-        || u->req.op != S3_NONE || u->answered || !up_free(u))
+        || !up_free(u)
+        || (u->req.op != S3_NONE && !(u->req_stream && u->req_gen != u->gen)))
     {
-        return 0;                   /* parts (a request of the data before
-                                     * a restart may create an upload) */
+        /* parts: a request of the data before a restart (but a streamed
+         * PUT, which run() cancels) may yet create an upload */
+        return 0;
     }
     if (adl_buf_reserve(&u->fill, part, part) != 0) {
         return -1;
