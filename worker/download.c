@@ -304,6 +304,18 @@ done_cb(adl_http_req_t *req, CURLcode rc)
     *d->c.wake = 1;
 }
 
+/* An attempt that could not start ends at once, as one that failed for
+ * a while: the owner retries it after a backoff. */
+static int
+not_started(adl_download_t *d, const char *why)
+{
+    release(d);
+    adl_download_fail(d, "DOWNLOAD_FAILED", 1, "%s", why);
+    d->ended = 1;
+    *d->c.wake = 1;
+    return -1;
+}
+
 int
 adl_download_start(adl_download_t *d, int64_t offset)
 {
@@ -342,9 +354,7 @@ adl_download_start(adl_download_t *d, int64_t offset)
 
     e = adl_http_origin_easy(s, d->c.url, d->headers, &d->guard, d->errbuf);
     if (e == NULL) {
-        release(d);
-        snprintf(d->msg, sizeof(d->msg), "out of memory");
-        return -1;
+        return not_started(d, "out of memory");
     }
     d->req.easy = e;
     d->req.done = done_cb;
@@ -371,9 +381,7 @@ adl_download_start(adl_download_t *d, int64_t offset)
     }
 
     if (adl_http_start(d->c.origin, &d->req) != 0) {
-        release(d);
-        snprintf(d->msg, sizeof(d->msg), "cannot start");
-        return -1;
+        return not_started(d, "cannot start");
     }
     return 0;
 }

@@ -71,7 +71,8 @@ typedef struct {
 void adl_download_init(adl_download_t *d, const adl_download_conf_t *c);
 
 /* An attempt from byte `offset` (0: the whole file).  -1 when it could
- * not start (d->msg). */
+ * not start: it has ended then (transient, d->msg), as if it had
+ * failed. */
 int adl_download_start(adl_download_t *d, int64_t offset);
 
 /* Stops the attempt under way, if any; from the loop only. */

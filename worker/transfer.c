@@ -257,8 +257,7 @@ start_download(adl_xfer_t *x)
     }
     x->state = XF_RUNNING;
     if (adl_download_start(&x->dl, x->received) != 0) {
-        xfer_end(x, OUT_FAILED, "DOWNLOAD_FAILED", "%s", x->dl.msg);
-        return;
+        return;                     /* ended at once: retried, as a failure */
     }
     XLOG(ADL_LOG_DEBUG, x, "attempt %d: GET %s%s", x->attempt, x->url,
          x->received ? " (resuming)" : "");
