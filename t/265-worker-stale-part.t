@@ -25,41 +25,24 @@ my $SIZE = 11 * 1024 * 1024;
 my $body = flaky_bytes('stale-part', $SIZE);
 my $first = "$s->{dir}/stale-part.first";
 
-my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                Listen => 16, ReuseAddr => 1, Proto => 'tcp')
-    or die "listen: $!";
-my $origin = 'http://127.0.0.1:' . $srv->sockport . '/stale.bin';
-my $pid = fork // die "fork: $!";
-if ($pid == 0) {
-    $SIG{CHLD} = 'IGNORE';
-    while (1) {
-        my $c = $srv->accept or next;
-        my $k = fork;
-        if (!defined $k || $k) { close $c; next }
-        close $srv;
-        $c->autoflush(1);
-        while (my $l = <$c>) { last if $l =~ /^\r?\n$/ }
-        print $c "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
-               . "Content-Type: application/octet-stream\r\n\r\n";
-        my $cut = !-e $first;
-        if ($cut) { open my $fh, '>', $first; close $fh }
-        my $end = $cut ? int(5.5 * 1024 * 1024) : $SIZE;
-        for (my $at = 0; $at < $end; $at += 256 * 1024) {
-            my $n = $end - $at < 256 * 1024 ? $end - $at : 256 * 1024;
-            printf $c "%x\r\n%s\r\n", $n, substr($body, $at, $n) or last;
-        }
-        if ($cut) {
-            sleep 1.5;                  # the first part is uploading
-            setsockopt($c, SOL_SOCKET, SO_LINGER, pack('ii', 1, 0));
-        } else {
-            print $c "0\r\n\r\n";
-        }
-        close $c;
-        POSIX::_exit(0);
+my $origin = scripted_server(sub {
+    my ($c) = @_;
+    print $c "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+           . "Content-Type: application/octet-stream\r\n\r\n";
+    my $cut = !-e $first;
+    if ($cut) { open my $fh, '>', $first; close $fh }
+    my $end = $cut ? int(5.5 * 1024 * 1024) : $SIZE;
+    for (my $at = 0; $at < $end; $at += 256 * 1024) {
+        my $n = $end - $at < 256 * 1024 ? $end - $at : 256 * 1024;
+        printf $c "%x\r\n%s\r\n", $n, substr($body, $at, $n) or last;
     }
-}
-close $srv;
-END { kill 'KILL', $pid if $pid }
+    if ($cut) {
+        sleep 1.5;                  # the first part is uploading
+        setsockopt($c, SOL_SOCKET, SO_LINGER, pack('ii', 1, 0));
+    } else {
+        print $c "0\r\n\r\n";
+    }
+}) . '/stale.bin';
 
 # The storage proxy: forwards each request as sent (SigV4 still holds);
 # the first request for part 1 is held until $fail_now exists, then

@@ -16,8 +16,6 @@ use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
 use IO::Compress::Gzip qw(gzip $GzipError);
-use IO::Socket::INET;
-use POSIX ();
 use Socket qw(SOL_SOCKET SO_LINGER);
 
 my $s = adl();
@@ -35,35 +33,12 @@ for (keys %plain) { gzip(\$plain{$_} => \$gz{$_}) or die $GzipError }
 my $state = "$s->{dir}/gzorigin";
 mkdir $state;
 
-my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                Listen => 16, ReuseAddr => 1, Proto => 'tcp')
-    or die "listen: $!";
-my $origin = 'http://127.0.0.1:' . $srv->sockport;
-my $pid = fork // die "fork: $!";
-if ($pid == 0) {
-    $SIG{CHLD} = 'IGNORE';
-    while (1) {
-        my $c = $srv->accept or next;
-        my $k = fork;
-        if (!defined $k || $k) { close $c; next }
-        close $srv;
-        serve($c);
-        POSIX::_exit(0);
-    }
-}
-close $srv;
-END { kill 'KILL', $pid if $pid }
+my $origin = scripted_server(\&serve);
 
 sub serve {
-    my ($c) = @_;
-    $c->autoflush(1);
-    my $line = <$c> // return;
+    my ($c, $line, $hh) = @_;
     my ($path) = (split ' ', $line)[1];
-    my %h;
-    while (my $l = <$c>) {
-        last if $l =~ /^\r?\n$/;
-        $h{lc $1} = $2 if $l =~ /^([^:]+):\s*(.*?)\r?$/;
-    }
+    my %h = %$hh;
     my ($route, $name) = $path =~ m{^/(\w+)/(\w+)$} or return;
     open my $log, '>>', "$state/$route-$name.log";
     print $log join(' ', $h{range} // 'none',

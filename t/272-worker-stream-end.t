@@ -30,7 +30,6 @@ use strict;
 use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
-use IO::Socket::INET;
 use POSIX ();
 use Socket qw(SOL_SOCKET SO_LINGER);
 use Time::HiRes qw(time sleep);
@@ -67,76 +66,55 @@ my %body = (
 my $reqlog = "$s->{dir}/origin-272.log";
 my $cfirst = "$s->{dir}/origin-272.c-first";
 
-my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
-                                Listen => 16, ReuseAddr => 1, Proto => 'tcp')
-    or die "listen: $!";
-my $origin = 'http://127.0.0.1:' . $srv->sockport;
-my $opid = fork // die "fork: $!";
-if ($opid == 0) {
-    $SIG{CHLD} = 'IGNORE';
-    while (1) {
-        my $c = $srv->accept or next;
-        my $k = fork;
-        if (!defined $k || $k) { close $c; next }
-        close $srv;
-        $c->autoflush(1);
-        my $line = <$c> // POSIX::_exit(0);
-        my $range = 'none';
-        while (my $l = <$c>) {
-            last if $l =~ /^\r?\n$/;
-            $range = $1 if $l =~ /^Range:\s*(\S+)/i;
-        }
-        my ($path) = $line =~ m{^GET (/\w+)};
-        $path //= '';
-        if (open my $log, '>>', $reqlog) {
-            print $log "$path $range\n";
-            close $log;
-        }
-        my ($name) = $path =~ m{^/(\w+)$};
-        my $b = defined $name ? $body{$name} : undef;
-        if (!defined $b) {
-            print $c "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
-                   . "Connection: close\r\n\r\n";
-            POSIX::_exit(0);
-        }
-        my $len = length $b;
-        print $c "HTTP/1.1 200 OK\r\nContent-Length: $len\r\n"
-               . "Content-Type: application/octet-stream\r\n"
-               . "Accept-Ranges: bytes\r\nConnection: close\r\n\r\n";
-        my $send = sub {
-            my ($from, $to) = @_;
-            for (my $at = $from; $at < $to; $at += 64 * $KiB) {
-                my $n = $to - $at < 64 * $KiB ? $to - $at : 64 * $KiB;
-                print $c substr($b, $at, $n) or POSIX::_exit(0);
-            }
-        };
-        if ($name eq 'a1') {
-            $send->(0, $len - 8 * $KiB);
-            sleep 1.5;
-            print $c substr($b, $len - 8 * $KiB);
-        } elsif ($name eq 'a2') {
-            my $at = $len - 20 * $KiB;
-            $send->(0, $at);
-            for (1 .. 10) {
-                sleep 0.5;
-                print $c substr($b, $at, 512);
-                $at += 512;
-            }
-            print $c substr($b, $at);
-        } elsif ($name eq 'c' && !-e $cfirst) {
-            open my $fh, '>', $cfirst; close $fh;
-            $send->(0, 3 * $MiB);
-            sleep 0.3;
-            setsockopt($c, SOL_SOCKET, SO_LINGER, pack('ii', 1, 0));
-        } else {
-            $send->(0, $len);
-        }
-        close $c;
-        POSIX::_exit(0);
+my $origin = scripted_server(sub {
+    my ($c, $line, $h) = @_;
+    my $range = $h->{range} // 'none';
+    my ($path) = $line =~ m{^GET (/\w+)};
+    $path //= '';
+    if (open my $log, '>>', $reqlog) {
+        print $log "$path $range\n";
+        close $log;
     }
-}
-close $srv;
-END { kill 'KILL', $opid if $opid }
+    my ($name) = $path =~ m{^/(\w+)$};
+    my $b = defined $name ? $body{$name} : undef;
+    if (!defined $b) {
+        print $c "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
+               . "Connection: close\r\n\r\n";
+        return;
+    }
+    my $len = length $b;
+    print $c "HTTP/1.1 200 OK\r\nContent-Length: $len\r\n"
+           . "Content-Type: application/octet-stream\r\n"
+           . "Accept-Ranges: bytes\r\nConnection: close\r\n\r\n";
+    my $send = sub {
+        my ($from, $to) = @_;
+        for (my $at = $from; $at < $to; $at += 64 * $KiB) {
+            my $n = $to - $at < 64 * $KiB ? $to - $at : 64 * $KiB;
+            print $c substr($b, $at, $n) or POSIX::_exit(0);
+        }
+    };
+    if ($name eq 'a1') {
+        $send->(0, $len - 8 * $KiB);
+        sleep 1.5;
+        print $c substr($b, $len - 8 * $KiB);
+    } elsif ($name eq 'a2') {
+        my $at = $len - 20 * $KiB;
+        $send->(0, $at);
+        for (1 .. 10) {
+            sleep 0.5;
+            print $c substr($b, $at, 512);
+            $at += 512;
+        }
+        print $c substr($b, $at);
+    } elsif ($name eq 'c' && !-e $cfirst) {
+        open my $fh, '>', $cfirst; close $fh;
+        $send->(0, 3 * $MiB);
+        sleep 0.3;
+        setsockopt($c, SOL_SOCKET, SO_LINGER, pack('ii', 1, 0));
+    } else {
+        $send->(0, $len);
+    }
+});
 
 sub requests_for {
     my ($path) = @_;

@@ -188,7 +188,7 @@ our @EXPORT = qw(
     s3_keys origin_file sparse_file flaky_bytes sha256_hex file_sha256
     wait_until error_log_mark error_log_since nginx_log origin_log add_job
     job_status wait_ended s3_proxy s3_proxy_start s3_proxy_stop s3_fault
-    s3_faults s3_fault_rules s3_fault_log s3_fault_counts
+    s3_faults s3_fault_rules s3_fault_log s3_fault_counts scripted_server
 );
 # the pieces some tests and benchmarks drive by hand
 our @EXPORT_OK = qw(
@@ -818,6 +818,47 @@ sub worker_log {
 }
 
 # --- data -------------------------------------------------------------------
+
+# A server of the test's own on 127.0.0.1, for answers the origin's
+# locations cannot give (a reset at a chosen byte, pauses, a Range ignored
+# on the second request only): each connection in a process of its own,
+# handed to $serve->($socket, $request_line, \%headers) once the request's
+# head is read (header names in lower case); the connection is closed when
+# it returns.  Returns http://127.0.0.1:<port>; killed at exit.
+my @SCRIPTED;
+
+sub scripted_server {
+    my ($serve) = @_;
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+                                    Listen => 64, ReuseAddr => 1,
+                                    Proto => 'tcp') or die "listen: $!";
+    my $url = 'http://127.0.0.1:' . $srv->sockport;
+    my $pid = fork // die "fork: $!";
+    if ($pid == 0) {
+        $SIG{CHLD} = 'IGNORE';
+        while (1) {
+            my $c = $srv->accept or next;
+            my $k = fork;
+            if (!defined $k || $k) { close $c; next }
+            close $srv;
+            $c->autoflush(1);
+            my $line = <$c>;
+            my %h;
+            while (defined $line && defined(my $l = <$c>)) {
+                last if $l =~ /^\r?\n$/;
+                $h{lc $1} = $2 if $l =~ /^([^:]+):\s*(.*?)\r?$/;
+            }
+            $serve->($c, $line, \%h) if defined $line;
+            close $c;
+            POSIX::_exit(0);
+        }
+    }
+    close $srv;
+    push @SCRIPTED, $pid;
+    return $url;
+}
+
+END { kill 'KILL', @SCRIPTED if @SCRIPTED }
 
 sub psql {
     my ($sql) = @_;
