@@ -38,4 +38,30 @@ FilesystemStore.prototype.putContent = async function (target, content) {
   }
 };
 
+// s3rver's DeleteObject then removes the key's directories that became
+// empty, with a readdir and a recursive rm that race: two deletes of keys
+// under one prefix (a job's files and its bundle, deleted together) can
+// see the same directory go, and one of them answers 500 (ENOENT), where
+// S3 deletes a key whatever happens to its neighbours.  (The recursive rm
+// could also take an object PUT under that prefix meanwhile.)  Remove
+// each emptied directory with rmdir, which only removes an empty one, and
+// stop at the first that is gone or not empty.
+FilesystemStore.prototype.deleteObject = async function (bucket, key) {
+  await Promise.all(['object', 'object.md5', 'metadata.json'].map((t) =>
+    fs.promises.unlink(this.getResourcePath(bucket, key, t)).catch((err) => {
+      if (err.code !== 'ENOENT') throw err;
+    })));
+  const parts = key.split('/');
+  parts.pop();                      // the object's own name
+  while (parts.length) {
+    try {
+      await fs.promises.rmdir(path.join(this.getBucketPath(bucket), ...parts));
+    } catch (err) {
+      if (['ENOENT', 'ENOTEMPTY', 'EEXIST'].includes(err.code)) break;
+      throw err;
+    }
+    parts.pop();
+  }
+};
+
 require('@20minutes/s3rver/lib/cli').parseAsync(process.argv);
