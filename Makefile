@@ -106,9 +106,12 @@ run: deps
 	$(MAKE) all
 	PORT=$(PORT) BUILD=$(BUILD) scripts/run.sh
 
+# The API, stream and lifecycle tests run a second time with the status
+# cache on (except with the sanitizers, which run t/125 and t/126).
 test: deps
 	$(MAKE) all
 	ADL_BUILD=$(B) ADL_MODULE=$(MODULE_SO) prove -r -j2 --timer t/
+	$(if $(SANITIZE),,ADL_STATUS_CACHE=16m ADL_BUILD=$(B) ADL_MODULE=$(MODULE_SO) prove -j2 --timer t/1*.t t/3*.t t/4*.t)
 
 test-sanitize:
 	$(MAKE) SANITIZE=1 test

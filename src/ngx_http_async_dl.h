@@ -16,6 +16,7 @@
  *   ngx_http_async_dl_hub.c       the jobs watched by this process's streams
  *   ngx_http_async_dl_hub_state.c a watched job's state, shared texts
  *   ngx_http_async_dl_listen.c    the hub's LISTEN connection
+ *   ngx_http_async_dl_status_cache.c  status documents in shared memory
  *   ngx_http_async_dl_pg.c        the non-blocking PostgreSQL pool
  *   ngx_http_async_dl_pg_sock.c   a libpq connection on nginx's event loop
  *   ngx_http_async_dl_pg_conf.c   async_dl_postgres, the statements
@@ -31,6 +32,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_async_dl_pg.h"
+#include "ngx_http_async_dl_status_cache.h"
 
 
 #define NGX_HTTP_ASYNC_DL_UUID_LEN          36
@@ -96,6 +98,9 @@ typedef struct {
     ngx_int_t                       etag_index;
     ngx_array_t                     deliveries;    /* named locations */
 
+    ngx_http_async_dl_sc_t         *status_cache;  /* NULL: off */
+    ngx_flag_t                      status_cache_set;
+
     ngx_http_async_dl_pg_t         *pool;          /* this worker's */
 } ngx_http_async_dl_main_conf_t;
 
@@ -154,6 +159,7 @@ typedef struct {
     ngx_str_t                       created;       /* its JSON answer, for
                                                       a stream that cannot
                                                       start */
+    ngx_http_async_dl_sc_fill_t     fill;          /* status: a cache miss */
 
     unsigned                        replied:1;     /* our own answer */
     unsigned                        revalidate:1;  /* no-cache, not no-store */
@@ -205,6 +211,8 @@ char *ngx_http_async_dl_url_name(ngx_http_request_t *r, char *url);
 /* query.c: the route's statement; params[0], [1]: job id, owner */
 ngx_int_t ngx_http_async_dl_run(ngx_http_request_t *r, const char **params,
     ngx_http_async_dl_done_pt done);
+ngx_int_t ngx_http_async_dl_run_stmt(ngx_http_request_t *r, ngx_uint_t stmt,
+    const char **params, ngx_http_async_dl_done_pt done);
 ngx_int_t ngx_http_async_dl_run_job(ngx_http_request_t *r,
     ngx_http_async_dl_done_pt done);
 const char **ngx_http_async_dl_job_params(ngx_http_request_t *r,
@@ -223,6 +231,8 @@ ngx_int_t ngx_http_async_dl_is_text(u_char *p, size_t len);
 
 /* reply.c */
 ngx_int_t ngx_http_async_dl_send_json(ngx_http_request_t *r,
+    ngx_uint_t status, u_char *body, size_t len);
+ngx_int_t ngx_http_async_dl_send_compact_json(ngx_http_request_t *r,
     ngx_uint_t status, u_char *body, size_t len);
 ngx_int_t ngx_http_async_dl_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, const char *fmt, ...);

@@ -29,6 +29,14 @@ static ngx_int_t ngx_http_async_dl_body(ngx_http_request_t *r,
 static ngx_uint_t ngx_http_async_dl_accepts_stream(ngx_http_request_t *r);
 static ngx_int_t ngx_http_async_dl_initiate_done(ngx_http_request_t *r,
     PGresult *res);
+static ngx_int_t ngx_http_async_dl_status_filled(ngx_http_request_t *r,
+    PGresult *res);
+static int64_t ngx_http_async_dl_status_expires(PGresult *res);
+static void ngx_http_async_dl_status_digest(u_char *body, size_t len,
+    u_char *etag);
+static ngx_int_t ngx_http_async_dl_status_etag(ngx_http_request_t *r,
+    u_char *etag);
+static void ngx_http_async_dl_status_changed(ngx_http_request_t *r);
 static ngx_int_t ngx_http_async_dl_status_done(ngx_http_request_t *r,
     PGresult *res);
 static ngx_int_t ngx_http_async_dl_jobs_done(ngx_http_request_t *r,
@@ -450,54 +458,205 @@ ngx_http_async_dl_accepts_stream(ngx_http_request_t *r)
 }
 
 
-/* GET {p}status/{id} */
+/*
+ * GET {p}status/{id}: from the status cache when it has the document
+ * (ngx_http_async_dl_status_cache.c), else from PostgreSQL.  The ETag is a
+ * digest of the document itself, whichever way it came: every change a
+ * client can see changes it, and nginx's not_modified filter answers
+ * If-None-Match.
+ */
 
 ngx_int_t
 ngx_http_async_dl_status(ngx_http_request_t *r)
 {
-    return ngx_http_async_dl_run_job(r, ngx_http_async_dl_status_done);
+    ngx_int_t                        rc;
+    const char                     **params;
+    ngx_http_async_dl_ctx_t         *ctx;
+    ngx_http_async_dl_sc_doc_t       doc;
+    ngx_http_async_dl_loc_conf_t    *alcf;
+    ngx_http_async_dl_main_conf_t   *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_async_dl_module);
+
+    if (amcf->status_cache == NULL) {
+        return ngx_http_async_dl_run_job(r, ngx_http_async_dl_status_done);
+    }
+
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    rc = ngx_http_async_dl_sc_lookup(amcf->status_cache, r->pool,
+                                     &ctx->job_id, &alcf->prefix, &ctx->owner,
+                                     &doc, &ctx->fill);
+
+    if (rc == NGX_ERROR) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (rc == NGX_OK) {
+        if (ngx_http_async_dl_status_etag(r, doc.etag.data) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        return ngx_http_async_dl_send_compact_json(r, NGX_HTTP_OK,
+                                                   doc.body.data,
+                                                   doc.body.len);
+    }
+
+    /* whatever the owner: another owner's job gets the 404 of a missing one */
+
+    params = ngx_palloc(r->pool, 2 * sizeof(char *));
+    if (params == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params[0] = (char *) ctx->job_id.data;
+    params[1] = (char *) alcf->prefix.data;
+
+    return ngx_http_async_dl_run_stmt(r, ngx_http_async_dl_sc_stmt(), params,
+                                      ngx_http_async_dl_status_filled);
 }
 
 
 static ngx_int_t
 ngx_http_async_dl_status_done(ngx_http_request_t *r, PGresult *res)
 {
-    u_char                   *body, *etag, hash[16];
-    size_t                    len;
-    ngx_md5_t                 md5;
-    ngx_table_elt_t          *h;
-    ngx_http_async_dl_ctx_t  *ctx;
+    u_char  etag[34];
 
     if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
         return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
                                             "JOB_NOT_FOUND", "no such job");
     }
 
-    body = (u_char *) PQgetvalue(res, 0, 0);
-    len = PQgetlength(res, 0, 0);
+    ngx_http_async_dl_status_digest((u_char *) PQgetvalue(res, 0, 0),
+                                    PQgetlength(res, 0, 0), etag);
 
-    /*
-     * The ETag is a digest of the document itself: every change a client
-     * can see changes it (a file starting does not always bump the job's
-     * event counter).  nginx's not_modified filter answers If-None-Match.
-     */
+    if (ngx_http_async_dl_status_etag(r, etag) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_send_json(r, NGX_HTTP_OK,
+                                       (u_char *) PQgetvalue(res, 0, 0),
+                                       PQgetlength(res, 0, 0));
+}
+
+
+/* a cache miss's answer: (owner, seq, expires_ms, document), or no row */
+
+static ngx_int_t
+ngx_http_async_dl_status_filled(ngx_http_request_t *r, PGresult *res)
+{
+    off_t                           seq;
+    u_char                          etag[34];
+    ngx_str_t                       owner, body;
+    ngx_http_async_dl_ctx_t        *ctx;
+    ngx_http_async_dl_loc_conf_t   *alcf;
+    ngx_http_async_dl_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_async_dl_module);
+    alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    if (PQntuples(res) != 1 || PQnfields(res) != 4
+        || PQgetisnull(res, 0, 0) || PQgetisnull(res, 0, 3))
+    {
+        ngx_http_async_dl_sc_fill(amcf->status_cache, &ctx->fill,
+                                  &ctx->job_id, &alcf->prefix, NULL, 0, -1,
+                                  NULL, NULL);
+
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
+                                            "JOB_NOT_FOUND", "no such job");
+    }
+
+    owner.data = (u_char *) PQgetvalue(res, 0, 0);
+    owner.len = PQgetlength(res, 0, 0);
+    body.data = (u_char *) PQgetvalue(res, 0, 3);
+    body.len = PQgetlength(res, 0, 3);
+
+    ngx_http_async_dl_status_digest(body.data, body.len, etag);
+
+    seq = ngx_atoof((u_char *) PQgetvalue(res, 0, 1), PQgetlength(res, 0, 1));
+
+    if (seq > 0) {
+        ngx_http_async_dl_sc_fill(amcf->status_cache, &ctx->fill,
+                                  &ctx->job_id, &alcf->prefix, &owner,
+                                  (uint64_t) seq,
+                                  ngx_http_async_dl_status_expires(res),
+                                  &body, etag);
+    }
+
+    if (owner.len != ctx->owner.len
+        || (owner.len && ngx_memcmp(owner.data, ctx->owner.data, owner.len)
+                         != 0))
+    {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
+                                            "JOB_NOT_FOUND", "no such job");
+    }
+
+    if (ngx_http_async_dl_status_etag(r, etag) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_async_dl_send_json(r, NGX_HTTP_OK, body.data, body.len);
+}
+
+
+/* o_expires_ms: milliseconds since the epoch, -1 for none */
+
+static int64_t
+ngx_http_async_dl_status_expires(PGresult *res)
+{
+    char  *v;
+    int    len;
+
+    v = PQgetvalue(res, 0, 2);
+    len = PQgetlength(res, 0, 2);
+
+    if (PQgetisnull(res, 0, 2) || len == 0 || v[0] == '-') {
+        return -1;
+    }
+
+    return ngx_atoof((u_char *) v, len);
+}
+
+
+/* "\"<md5 hex of the document>\"" */
+
+static void
+ngx_http_async_dl_status_digest(u_char *body, size_t len, u_char *etag)
+{
+    u_char     hash[16];
+    ngx_md5_t  md5;
 
     ngx_md5_init(&md5);
     ngx_md5_update(&md5, body, len);
     ngx_md5_final(hash, &md5);
 
-    etag = ngx_pnalloc(r->pool, 2 + 32);
-    if (etag == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
     etag[0] = '"';
     ngx_hex_dump(etag + 1, hash, 16);
     etag[33] = '"';
+}
 
-    h = ngx_http_async_dl_push_header(r, "ETag", etag, 34);
+
+/* the ETag header, and revalidation (no-cache) rather than no-store */
+
+static ngx_int_t
+ngx_http_async_dl_status_etag(ngx_http_request_t *r, u_char *etag)
+{
+    u_char                   *p;
+    ngx_table_elt_t          *h;
+    ngx_http_async_dl_ctx_t  *ctx;
+
+    p = ngx_pnalloc(r->pool, 34);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, etag, 34);
+
+    h = ngx_http_async_dl_push_header(r, "ETag", p, 34);
     if (h == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
     r->headers_out.etag = h;
@@ -505,7 +664,7 @@ ngx_http_async_dl_status_done(ngx_http_request_t *r, PGresult *res)
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
     ctx->revalidate = 1;
 
-    return ngx_http_async_dl_send_json(r, NGX_HTTP_OK, body, len);
+    return NGX_OK;
 }
 
 
@@ -635,6 +794,28 @@ ngx_http_async_dl_jobs_done(ngx_http_request_t *r, PGresult *res)
 }
 
 
+/*
+ * This instance changed the job (committed): its cached documents go now,
+ * before the answer, so that the client's next poll here sees the change
+ * (the notification would do it a moment later).
+ */
+
+static void
+ngx_http_async_dl_status_changed(ngx_http_request_t *r)
+{
+    ngx_http_async_dl_ctx_t        *ctx;
+    ngx_http_async_dl_main_conf_t  *amcf;
+
+    amcf = ngx_http_get_module_main_conf(r, ngx_http_async_dl_module);
+
+    if (amcf->status_cache) {
+        ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+        ngx_http_async_dl_sc_invalidate(amcf->status_cache, ctx->job_id.data,
+                                        0);
+    }
+}
+
+
 /* POST {p}{id}/cancel */
 
 ngx_int_t
@@ -662,6 +843,8 @@ ngx_http_async_dl_cancel_done(ngx_http_request_t *r, PGresult *res)
                                             "the job already ended: %s",
                                             outcome);
     }
+
+    ngx_http_async_dl_status_changed(r);
 
     return ngx_http_async_dl_send_json(r, NGX_HTTP_OK,
                                        (u_char *) PQgetvalue(res, 0, 1),
@@ -695,6 +878,8 @@ ngx_http_async_dl_delete_done(ngx_http_request_t *r, PGresult *res)
         return ngx_http_async_dl_send_error(r, NGX_HTTP_NOT_FOUND,
                                             "JOB_NOT_FOUND", "no such job");
     }
+
+    ngx_http_async_dl_status_changed(r);
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
     ctx->replied = 1;

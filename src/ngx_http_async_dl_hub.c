@@ -22,9 +22,16 @@
  * - When LISTEN (re)connects, every job is stale: notifications sent while
  *   there was no LISTEN are lost, so each job fetches again and no watcher
  *   misses its final state.
+ * - With async_dl_status_cache, the same connection keeps the cache
+ *   (ngx_http_async_dl_status_cache.c) current: each notification drops
+ *   its job's documents, its pings keep the cache fresh, and it flushes
+ *   the cache when LISTEN is lost or (re)connects.
  *
  * A new watcher is told the job's last state when there is one and LISTEN
  * is up (10,000 watchers of 100 jobs cost 100 queries), else after a fetch.
+ * It waits in the job's `waiting` queue until it has answered, then moves
+ * to `watchers`: new arrivals are told without a walk over the watchers
+ * already streaming, so each costs O(1) however many watch the job.
  *
  * Lifetimes: a job lives while it has watchers (and while a fan-out runs
  * over it: job->busy); a watcher lives in its owner's memory and leaves
@@ -38,6 +45,7 @@
 
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_listen.h"
+#include "ngx_http_async_dl_status_cache.h"
 #include "ngx_http_async_dl_hub.h"
 
 
@@ -50,11 +58,13 @@ typedef struct {
     ngx_rbtree_node_t                  sentinel;
     ngx_http_async_dl_pg_t            *pg;
     ngx_http_async_dl_listen_t        *listen;
+    ngx_http_async_dl_sc_t            *cache;       /* NULL: none */
     ngx_log_t                         *log;
 
     ngx_uint_t                         nwatchers;
     ngx_uint_t                         njobs;
     ngx_uint_t                         nfetches;
+    ngx_uint_t                         ntells;
 } ngx_http_async_dl_hub_t;
 
 
@@ -63,6 +73,8 @@ static ngx_int_t ngx_http_async_dl_hub_variable(ngx_http_request_t *r,
 
 static void ngx_http_async_dl_hub_notify(void *data, const char *payload);
 static void ngx_http_async_dl_hub_resync(void *data);
+static void ngx_http_async_dl_hub_lost(void *data);
+static void ngx_http_async_dl_hub_pong(void *data, int64_t sent);
 
 static ngx_http_async_dl_hub_job_t *ngx_http_async_dl_hub_job(
     ngx_str_t *id, ngx_str_t *prefix);
@@ -84,7 +96,7 @@ static void ngx_http_async_dl_hub_job_failed(
 static void ngx_http_async_dl_hub_job_fanout(
     ngx_http_async_dl_hub_job_t *job);
 static void ngx_http_async_dl_hub_job_tell(ngx_http_async_dl_hub_job_t *job,
-    ngx_http_async_dl_hub_news_e news);
+    ngx_http_async_dl_hub_news_e news, ngx_uint_t started);
 static void ngx_http_async_dl_hub_job_trim(ngx_http_async_dl_hub_job_t *job);
 static void ngx_http_async_dl_hub_job_unlock(
     ngx_http_async_dl_hub_job_t *job);
@@ -113,6 +125,11 @@ static ngx_http_variable_t  ngx_http_async_dl_hub_vars[] = {
     { ngx_string("async_dl_stream_queries"), NULL,
       ngx_http_async_dl_hub_variable,
       offsetof(ngx_http_async_dl_hub_t, nfetches),
+      NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
+    { ngx_string("async_dl_stream_tells"), NULL,
+      ngx_http_async_dl_hub_variable,
+      offsetof(ngx_http_async_dl_hub_t, ntells),
       NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
       ngx_http_null_variable
@@ -195,7 +212,8 @@ ngx_int_t
 ngx_http_async_dl_hub_init_process(ngx_cycle_t *cycle,
     ngx_http_async_dl_main_conf_t *amcf)
 {
-    ngx_http_async_dl_hub_t  *hub;
+    ngx_http_async_dl_hub_t              *hub;
+    ngx_http_async_dl_listen_handlers_t   h;
 
     if (amcf->pool == NULL) {
         return NGX_OK;
@@ -210,12 +228,17 @@ ngx_http_async_dl_hub_init_process(ngx_cycle_t *cycle,
                     ngx_http_async_dl_hub_rbtree_insert);
 
     hub->pg = amcf->pool;
+    hub->cache = amcf->status_cache;
     hub->log = cycle->log;
 
-    hub->listen = ngx_http_async_dl_listen_start(cycle, &amcf->pg,
-                                                 ngx_http_async_dl_hub_notify,
-                                                 ngx_http_async_dl_hub_resync,
-                                                 hub);
+    h.notify = ngx_http_async_dl_hub_notify;
+    h.ready = ngx_http_async_dl_hub_resync;
+    h.lost = ngx_http_async_dl_hub_lost;
+    h.pong = ngx_http_async_dl_hub_pong;
+    h.ping = hub->cache ? ngx_http_async_dl_sc_ping_interval(hub->cache) : 0;
+    h.data = hub;
+
+    hub->listen = ngx_http_async_dl_listen_start(cycle, &amcf->pg, &h);
     if (hub->listen == NULL) {
         return NGX_ERROR;
     }
@@ -260,7 +283,7 @@ ngx_http_async_dl_hub_watch(ngx_http_async_dl_watcher_t *w, ngx_str_t *id,
     w->job = job;
     w->started = 0;
 
-    ngx_queue_insert_tail(&job->watchers, &w->queue);
+    ngx_queue_insert_tail(&job->waiting, &w->queue);
     job->nwatchers++;
     job->nwaiting++;
     hub->nwatchers++;
@@ -295,6 +318,9 @@ ngx_http_async_dl_hub_started(ngx_http_async_dl_watcher_t *w)
     w->started = 1;
     w->file_next = job->log_base + job->log_n;
     job->nwaiting--;
+
+    ngx_queue_remove(&w->queue);
+    ngx_queue_insert_tail(&job->watchers, &w->queue);
 }
 
 
@@ -364,6 +390,16 @@ ngx_http_async_dl_hub_notify(void *data, const char *payload)
     ngx_http_async_dl_hub_job_t    *job;
     ngx_http_async_dl_hub_stale_e   stale;
 
+    /* "flush": a migration changed how documents are written */
+
+    if (ngx_strcmp(payload, "flush") == 0) {
+        if (hub->cache) {
+            ngx_http_async_dl_sc_flush(hub->cache, "asked by a notification");
+        }
+
+        return;
+    }
+
     /* "<job id> <event seq>[ e|p]" */
 
     id = (u_char *) payload;
@@ -383,6 +419,11 @@ ngx_http_async_dl_hub_notify(void *data, const char *payload)
     stale = (p + 2 == last && p[0] == ' ' && p[1] == 'p')
             ? NGX_HTTP_ASYNC_DL_HUB_STALE_PROGRESS
             : NGX_HTTP_ASYNC_DL_HUB_STALE_NOW;
+
+    if (hub->cache) {
+        /* before anything else: a poll after this sees the change */
+        ngx_http_async_dl_sc_invalidate(hub->cache, id, seq);
+    }
 
     hash = ngx_crc32_short(id, NGX_HTTP_ASYNC_DL_UUID_LEN);
 
@@ -443,6 +484,30 @@ invalid:
 }
 
 
+/* LISTEN is gone: what it would have said is unknown */
+
+static void
+ngx_http_async_dl_hub_lost(void *data)
+{
+    ngx_http_async_dl_hub_t *hub = data;
+
+    if (hub->cache) {
+        ngx_http_async_dl_sc_flush(hub->cache, "LISTEN lost");
+    }
+}
+
+
+static void
+ngx_http_async_dl_hub_pong(void *data, int64_t sent)
+{
+    ngx_http_async_dl_hub_t *hub = data;
+
+    if (hub->cache) {
+        ngx_http_async_dl_sc_pong(hub->cache, sent);
+    }
+}
+
+
 /* LISTEN is (again) in place: every job may have missed something */
 
 static void
@@ -451,6 +516,10 @@ ngx_http_async_dl_hub_resync(void *data)
     ngx_http_async_dl_hub_t *hub = data;
 
     ngx_rbtree_node_t  *node;
+
+    if (hub->cache) {
+        ngx_http_async_dl_sc_flush(hub->cache, "LISTEN ready");
+    }
 
     if (hub->tree.root == hub->tree.sentinel) {
         return;
@@ -511,6 +580,7 @@ ngx_http_async_dl_hub_job(ngx_str_t *id, ngx_str_t *prefix)
     job->node.key = hash;
 
     ngx_queue_init(&job->watchers);
+    ngx_queue_init(&job->waiting);
 
     job->event.handler = ngx_http_async_dl_hub_job_handler;
     job->event.data = job;
@@ -604,12 +674,15 @@ ngx_http_async_dl_hub_job_handler(ngx_event_t *ev)
 
     job->busy++;
 
-    /* new watchers, when the last state is good enough for them */
+    /*
+     * New watchers, when the last state is good enough for them: only
+     * them (they start at the end of the job's log, so nothing to trim).
+     */
 
     if (job->nwaiting && job->known
         && ngx_http_async_dl_listen_ready(ngx_http_async_dl_hub->listen))
     {
-        ngx_http_async_dl_hub_job_fanout(job);
+        ngx_http_async_dl_hub_job_tell(job, NGX_HTTP_ASYNC_DL_HUB_STATE, 0);
     }
 
     ngx_http_async_dl_hub_job_unlock(job);
@@ -743,6 +816,18 @@ ngx_http_async_dl_hub_job_fetched(ngx_http_async_dl_pg_query_t *q)
                                                 ngx_http_async_dl_hub->log);
     }
 
+    if (rc != NGX_ERROR && ngx_http_async_dl_hub->cache) {
+        /*
+         * The streams may send this state before its notification is in:
+         * a poll must not answer an older one from the status cache.
+         */
+        ngx_http_async_dl_sc_invalidate(ngx_http_async_dl_hub->cache,
+                                        job->id,
+                                        job->status
+                                        == NGX_HTTP_ASYNC_DL_HUB_DELETED
+                                        ? 0 : job->seq);
+    }
+
     if (rc == NGX_ERROR) {
         ngx_http_async_dl_hub_job_failed(job,
                                          NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE,
@@ -786,7 +871,7 @@ ngx_http_async_dl_hub_job_failed(ngx_http_async_dl_hub_job_t *job,
 
     /* who got no answer yet gets one now; the others wait for the refetch */
 
-    ngx_http_async_dl_hub_job_tell(job, NGX_HTTP_ASYNC_DL_HUB_UNAVAILABLE);
+    ngx_http_async_dl_hub_job_tell(job, NGX_HTTP_ASYNC_DL_HUB_UNAVAILABLE, 0);
 }
 
 
@@ -795,32 +880,47 @@ ngx_http_async_dl_hub_job_failed(ngx_http_async_dl_hub_job_t *job,
 static void
 ngx_http_async_dl_hub_job_fanout(ngx_http_async_dl_hub_job_t *job)
 {
-    ngx_http_async_dl_hub_job_tell(job, NGX_HTTP_ASYNC_DL_HUB_STATE);
+    ngx_http_async_dl_hub_job_tell(job, NGX_HTTP_ASYNC_DL_HUB_STATE, 1);
     ngx_http_async_dl_hub_job_trim(job);
 }
 
 
-/* UNAVAILABLE is news only to the watchers that did not start */
+/*
+ * News for the waiting watchers, and with `started` for the started ones
+ * too, first (a waiting one that starts now moves to their tail, after
+ * their walk): a new state goes to all, UNAVAILABLE and the last state
+ * for new arrivals only to the waiting ones.
+ */
 
 static void
 ngx_http_async_dl_hub_job_tell(ngx_http_async_dl_hub_job_t *job,
-    ngx_http_async_dl_hub_news_e news)
+    ngx_http_async_dl_hub_news_e news, ngx_uint_t started)
 {
     ngx_queue_t                  *q, *next;
     ngx_http_async_dl_watcher_t  *w;
 
     job->busy++;
 
-    for (q = ngx_queue_head(&job->watchers);
-         q != ngx_queue_sentinel(&job->watchers);
+    if (started) {
+        for (q = ngx_queue_head(&job->watchers);
+             q != ngx_queue_sentinel(&job->watchers);
+             q = next)
+        {
+            next = ngx_queue_next(q);
+            w = ngx_queue_data(q, ngx_http_async_dl_watcher_t, queue);
+            ngx_http_async_dl_hub->ntells++;
+            w->handler(w, news);
+        }
+    }
+
+    for (q = ngx_queue_head(&job->waiting);
+         q != ngx_queue_sentinel(&job->waiting);
          q = next)
     {
         next = ngx_queue_next(q);
         w = ngx_queue_data(q, ngx_http_async_dl_watcher_t, queue);
-
-        if (news == NGX_HTTP_ASYNC_DL_HUB_STATE || !w->started) {
-            w->handler(w, news);
-        }
+        ngx_http_async_dl_hub->ntells++;
+        w->handler(w, news);
     }
 
     job->busy--;
@@ -848,7 +948,7 @@ ngx_http_async_dl_hub_job_trim(ngx_http_async_dl_hub_job_t *job)
     {
         w = ngx_queue_data(q, ngx_http_async_dl_watcher_t, queue);
 
-        if (w->started && w->file_next < min) {
+        if (w->file_next < min) {
             min = w->file_next;
         }
     }

@@ -52,7 +52,8 @@ struct ngx_http_async_dl_watcher_s {
 
     /* the hub's */
     ngx_http_async_dl_hub_job_t       *job;       /* NULL: not watching */
-    ngx_queue_t                        queue;     /* in job->watchers */
+    ngx_queue_t                        queue;     /* in job->waiting, then
+                                                     job->watchers */
     ngx_uint_t                         file_next; /* in the job's log */
     unsigned                           started:1; /* answered, reads log */
 };

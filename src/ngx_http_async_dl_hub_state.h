@@ -58,9 +58,10 @@ struct ngx_http_async_dl_hub_job_s {
     u_char                             id[NGX_HTTP_ASYNC_DL_UUID_LEN + 1];
     ngx_str_t                         *prefix;    /* {p}, NUL-terminated */
 
-    ngx_queue_t                        watchers;
-    ngx_uint_t                         nwatchers;
-    ngx_uint_t                         nwaiting;  /* not started yet */
+    ngx_queue_t                        watchers;  /* started */
+    ngx_queue_t                        waiting;   /* not started yet */
+    ngx_uint_t                         nwatchers; /* both */
+    ngx_uint_t                         nwaiting;
     ngx_uint_t                         busy;      /* fan-outs running */
 
     /* the last state */

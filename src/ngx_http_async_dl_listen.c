@@ -19,10 +19,18 @@
  *   one.  The timer sends a "SELECT 1" every 30 s and closes the
  *   connection when its answer does not come within the timeout: a
  *   connection that silently died (no FIN, a dead network) is noticed.
+ *   With pings asked for, it instead sends
+ *   "NOTIFY async_dl_ping_<backend pid>, '<time sent>'" every `ping` ms,
+ *   one at a time, and closes the connection when a ping has not come
+ *   back within the timeout: a connection that falls behind is noticed
+ *   too.  The channel is LISTENed to with async_dl_events; PostgreSQL
+ *   delivers notifications in commit order, so a ping that comes back
+ *   follows every notification committed before it was sent.
  *
  * Each time READY is reached, the first time included, the ready handler
  * is called: notifications sent while there was no LISTEN are lost, so the
- * event streams fetch again the state of every job they follow.
+ * event streams fetch again the state of every job they follow.  Each time
+ * READY is left, the lost handler is.
  */
 
 
@@ -61,13 +69,15 @@ struct ngx_http_async_dl_listen_s {
     ngx_uint_t                           failures;  /* since last READY */
     ngx_log_t                            log;
 
-    ngx_http_async_dl_listen_notify_pt   notify;
-    ngx_http_async_dl_listen_ready_pt    ready;
-    void                                *data;
+    ngx_http_async_dl_listen_handlers_t  h;
+
+    char                                 channel[40]; /* pings' */
+    int64_t                              ping_sent;
 
     unsigned                             busy:1;    /* a command runs */
     unsigned                             failed:1;  /* and it failed */
     unsigned                             ping:1;    /* a ping awaits */
+    unsigned                             worked:1;  /* see _worked() */
 };
 
 
@@ -85,6 +95,10 @@ static void ngx_http_async_dl_listen_done(ngx_http_async_dl_listen_t *ls);
 static void ngx_http_async_dl_listen_read_handler(ngx_event_t *rev);
 static void ngx_http_async_dl_listen_write_handler(ngx_event_t *wev);
 static void ngx_http_async_dl_listen_timer_handler(ngx_event_t *ev);
+static ngx_int_t ngx_http_async_dl_listen_ping(ngx_http_async_dl_listen_t *ls);
+static void ngx_http_async_dl_listen_pong(ngx_http_async_dl_listen_t *ls,
+    const char *payload);
+static void ngx_http_async_dl_listen_worked(ngx_http_async_dl_listen_t *ls);
 static void ngx_http_async_dl_listen_close(ngx_http_async_dl_listen_t *ls,
     const char *reason);
 
@@ -92,8 +106,7 @@ static void ngx_http_async_dl_listen_close(ngx_http_async_dl_listen_t *ls,
 ngx_http_async_dl_listen_t *
 ngx_http_async_dl_listen_start(ngx_cycle_t *cycle,
     ngx_http_async_dl_pg_conf_t *pgcf,
-    ngx_http_async_dl_listen_notify_pt notify,
-    ngx_http_async_dl_listen_ready_pt ready, void *data)
+    ngx_http_async_dl_listen_handlers_t *handlers)
 {
     ngx_http_async_dl_listen_t  *ls;
 
@@ -108,9 +121,7 @@ ngx_http_async_dl_listen_start(ngx_cycle_t *cycle,
 
     ls->state = NGX_HTTP_ASYNC_DL_LISTEN_DOWN;
     ls->timeout = pgcf->timeout;
-    ls->notify = notify;
-    ls->ready = ready;
-    ls->data = data;
+    ls->h = *handlers;
     ls->log = *cycle->log;
 
     ls->timer.handler = ngx_http_async_dl_listen_timer_handler;
@@ -249,6 +260,7 @@ ngx_http_async_dl_listen_connect(ngx_http_async_dl_listen_t *ls)
 static void
 ngx_http_async_dl_listen_connect_poll(ngx_http_async_dl_listen_t *ls)
 {
+    u_char     sql[96];
     ngx_int_t  rc;
 
     rc = ngx_http_async_dl_pg_sock_poll(&ls->sock);
@@ -265,9 +277,19 @@ ngx_http_async_dl_listen_connect_poll(ngx_http_async_dl_listen_t *ls)
     ngx_http_async_dl_listen_set_state(ls,
                                        NGX_HTTP_ASYNC_DL_LISTEN_SUBSCRIBING);
 
-    if (ngx_http_async_dl_listen_send(ls, "LISTEN " NGX_HTTP_ASYNC_DL_CHANNEL)
-        != NGX_OK)
-    {
+    if (ls->h.ping) {
+        /* the backend's pid names a channel nobody else listens to */
+        ngx_sprintf((u_char *) ls->channel, "async_dl_ping_%d%Z",
+                    PQbackendPID(ls->sock.pgconn));
+
+        ngx_sprintf(sql, "LISTEN " NGX_HTTP_ASYNC_DL_CHANNEL "; LISTEN %s%Z",
+                    ls->channel);
+
+    } else {
+        ngx_sprintf(sql, "LISTEN " NGX_HTTP_ASYNC_DL_CHANNEL "%Z");
+    }
+
+    if (ngx_http_async_dl_listen_send(ls, (char *) sql) != NGX_OK) {
         ngx_http_async_dl_listen_close(ls,
                                        PQerrorMessage(ls->sock.pgconn));
     }
@@ -303,14 +325,9 @@ ngx_http_async_dl_listen_done(ngx_http_async_dl_listen_t *ls)
             return;
         }
 
-        if (ls->failures) {
-            ngx_log_error(NGX_LOG_NOTICE, &ls->log, 0,
-                          "async_dl: LISTEN " NGX_HTTP_ASYNC_DL_CHANNEL
-                          " is back after %ui failures", ls->failures);
+        if (!ls->h.ping) {
+            ngx_http_async_dl_listen_worked(ls);
         }
-
-        ls->failures = 0;
-        ls->backoff = 0;
 
         ngx_http_async_dl_listen_set_state(ls,
                                            NGX_HTTP_ASYNC_DL_LISTEN_READY);
@@ -319,13 +336,32 @@ ngx_http_async_dl_listen_done(ngx_http_async_dl_listen_t *ls)
             ngx_del_timer(&ls->timer);
         }
 
-        ngx_add_timer(&ls->timer, NGX_HTTP_ASYNC_DL_LISTEN_PING);
+        ngx_add_timer(&ls->timer, ls->h.ping ? ls->h.ping
+                                             : NGX_HTTP_ASYNC_DL_LISTEN_PING);
 
-        ls->ready(ls->data);
+        ls->h.ready(ls->h.data);
+
+        if (ls->h.ping) {
+            /* the first at once: until it is back, nothing is fresh */
+            (void) ngx_http_async_dl_listen_ping(ls);
+        }
+
         return;
     }
 
-    /* READY: the answer to a ping */
+    if (ls->h.ping) {
+        if (ls->failed) {
+            /* e.g. the notification queue is full: not current any more */
+            ngx_http_async_dl_listen_close(ls,
+                                           PQerrorMessage(ls->sock.pgconn));
+            return;
+        }
+
+        /* the NOTIFY was sent: the ping itself comes back as a notification */
+        return;
+    }
+
+    /* READY: the answer to a SELECT 1 */
 
     ls->ping = 0;
 
@@ -395,10 +431,18 @@ ngx_http_async_dl_listen_read_handler(ngx_event_t *rev)
                        "async_dl listen: notification \"%s\"", n->extra);
 
         if (ngx_strcmp(n->relname, NGX_HTTP_ASYNC_DL_CHANNEL) == 0) {
-            ls->notify(ls->data, n->extra);
+            ls->h.notify(ls->h.data, n->extra);
+
+        } else if (ls->h.ping && ngx_strcmp(n->relname, ls->channel) == 0) {
+            ngx_http_async_dl_listen_pong(ls, n->extra);
         }
 
         PQfreemem(n);
+
+        if (ls->sock.pgconn == NULL) {
+            /* a handler closed it */
+            return;
+        }
     }
 
     if (PQstatus(ls->sock.pgconn) == CONNECTION_BAD) {
@@ -447,6 +491,15 @@ ngx_http_async_dl_listen_timer_handler(ngx_event_t *ev)
 
     default: /* NGX_HTTP_ASYNC_DL_LISTEN_READY */
 
+        if (ls->h.ping) {
+            if (ngx_http_async_dl_listen_ping(ls) != NGX_OK) {
+                return;
+            }
+
+            ngx_add_timer(&ls->timer, ls->h.ping);
+            return;
+        }
+
         if (ls->ping || ls->busy) {
             ngx_http_async_dl_listen_close(ls, "no answer to a ping");
             return;
@@ -461,6 +514,90 @@ ngx_http_async_dl_listen_timer_handler(ngx_event_t *ev)
         ngx_add_timer(&ls->timer, ls->timeout);
         return;
     }
+}
+
+
+/*
+ * A ping every h.ping ms, one at a time: one still out after the timeout
+ * means a connection that is gone or behind.  NGX_ERROR: closed.
+ */
+
+static ngx_int_t
+ngx_http_async_dl_listen_ping(ngx_http_async_dl_listen_t *ls)
+{
+    u_char   sql[96];
+    int64_t  now;
+
+    now = ngx_http_async_dl_listen_now();
+
+    if (ls->ping || ls->busy) {
+        if (now - ls->ping_sent >= (int64_t) ls->timeout) {
+            ngx_http_async_dl_listen_close(ls, "a ping did not come back "
+                                           "in time");
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    ngx_sprintf(sql, "NOTIFY %s, '%L'%Z", ls->channel, now);
+
+    if (ngx_http_async_dl_listen_send(ls, (char *) sql) != NGX_OK) {
+        ngx_http_async_dl_listen_close(ls, PQerrorMessage(ls->sock.pgconn));
+        return NGX_ERROR;
+    }
+
+    ls->ping = 1;
+    ls->ping_sent = now;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_async_dl_listen_pong(ngx_http_async_dl_listen_t *ls,
+    const char *payload)
+{
+    int64_t  sent;
+
+    sent = ngx_atoof((u_char *) payload, ngx_strlen(payload));
+
+    if (!ls->ping || sent != ls->ping_sent) {
+        /* not the one out: a ping of an earlier connection cannot come */
+        return;
+    }
+
+    ls->ping = 0;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, &ls->log, 0,
+                   "async_dl listen: ping back after %L ms",
+                   ngx_http_async_dl_listen_now() - sent);
+
+    if (!ls->worked) {
+        ngx_http_async_dl_listen_worked(ls);
+    }
+
+    ls->h.pong(ls->h.data, sent);
+}
+
+
+/*
+ * The connection works: LISTEN is in place and, with pings, the first one
+ * came back.  Only then is a failure retried at once.
+ */
+
+static void
+ngx_http_async_dl_listen_worked(ngx_http_async_dl_listen_t *ls)
+{
+    if (ls->failures) {
+        ngx_log_error(NGX_LOG_NOTICE, &ls->log, 0,
+                      "async_dl: LISTEN " NGX_HTTP_ASYNC_DL_CHANNEL
+                      " is back after %ui failures", ls->failures);
+    }
+
+    ls->failures = 0;
+    ls->backoff = 0;
+    ls->worked = 1;
 }
 
 
@@ -501,10 +638,19 @@ ngx_http_async_dl_listen_close(ngx_http_async_dl_listen_t *ls,
 
     ngx_http_async_dl_listen_set_state(ls, NGX_HTTP_ASYNC_DL_LISTEN_DOWN);
 
-    /* a connection that worked is retried at once, then with backoff */
-
     if (was_ready) {
+        ls->h.lost(ls->h.data);
+    }
+
+    /*
+     * A connection that worked is retried at once, then with backoff; one
+     * that failed before its first ping came back backs off (a ping that
+     * keeps failing must not make a loop of reconnections).
+     */
+
+    if (ls->worked) {
         ls->backoff = 0;
+        ls->worked = 0;
 
     } else if (ls->backoff == 0) {
         ls->backoff = NGX_HTTP_ASYNC_DL_LISTEN_BACKOFF;

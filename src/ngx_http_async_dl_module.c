@@ -16,6 +16,7 @@
 
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_hub.h"
+#include "ngx_http_async_dl_status_cache.h"
 
 
 /* the values a number or a time directive accepts (cmd->post) */
@@ -123,6 +124,13 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(ngx_http_async_dl_main_conf_t, pg_timeout),
       &ngx_http_async_dl_pg_timeout_bounds },
+
+    { ngx_string("async_dl_status_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_async_dl_sc_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
 
     { ngx_string("async_dl_s3_endpoint"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
@@ -305,6 +313,10 @@ ngx_http_async_dl_preconfiguration(ngx_conf_t *cf)
     }
 
     if (ngx_http_async_dl_delivery_add_variables(cf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_async_dl_sc_add_variables(cf) != NGX_OK) {
         return NGX_ERROR;
     }
 

@@ -73,6 +73,20 @@ ngx_int_t
 ngx_http_async_dl_run(ngx_http_request_t *r, const char **params,
     ngx_http_async_dl_done_pt done)
 {
+    ngx_http_async_dl_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    return ngx_http_async_dl_run_stmt(r, ctx->route->stmt_index, params, done);
+}
+
+
+/* another statement than the route's (its index in the pool's list) */
+
+ngx_int_t
+ngx_http_async_dl_run_stmt(ngx_http_request_t *r, ngx_uint_t stmt,
+    const char **params, ngx_http_async_dl_done_pt done)
+{
     ngx_http_cleanup_t              *cln;
     ngx_http_async_dl_ctx_t         *ctx;
     ngx_http_async_dl_pg_query_t    *q;
@@ -92,7 +106,7 @@ ngx_http_async_dl_run(ngx_http_request_t *r, const char **params,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    q->stmt = ctx->route->stmt_index;
+    q->stmt = stmt;
     q->params = params;
     q->handler = ngx_http_async_dl_result;
     q->data = r;

@@ -19,6 +19,8 @@
 static ngx_int_t ngx_http_async_dl_header_filter(ngx_http_request_t *r);
 static ngx_int_t ngx_http_async_dl_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
+static ngx_int_t ngx_http_async_dl_send_body(ngx_http_request_t *r,
+    ngx_uint_t status, u_char *body, size_t len, ngx_uint_t compact);
 static ngx_str_t *ngx_http_async_dl_error_body(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, u_char *msg, size_t len);
 
@@ -30,6 +32,24 @@ static ngx_http_output_body_filter_pt    ngx_http_next_body_filter;
 ngx_int_t
 ngx_http_async_dl_send_json(ngx_http_request_t *r, ngx_uint_t status,
     u_char *body, size_t len)
+{
+    return ngx_http_async_dl_send_body(r, status, body, len, 1);
+}
+
+
+/* a body already compact (the status cache's) */
+
+ngx_int_t
+ngx_http_async_dl_send_compact_json(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *body, size_t len)
+{
+    return ngx_http_async_dl_send_body(r, status, body, len, 0);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_send_body(ngx_http_request_t *r, ngx_uint_t status,
+    u_char *body, size_t len, ngx_uint_t compact)
 {
     u_char                   *p;
     size_t                    size;
@@ -48,7 +68,7 @@ ngx_http_async_dl_send_json(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
-    size = ngx_http_async_dl_compact(NULL, body, len) + 1;
+    size = (compact ? ngx_http_async_dl_compact(NULL, body, len) : len) + 1;
     r->headers_out.content_length_n = size;
 
     /* status answers are revalidated with their ETag, nothing is stored */
@@ -72,7 +92,8 @@ ngx_http_async_dl_send_json(ngx_http_request_t *r, ngx_uint_t status,
         return NGX_ERROR;
     }
 
-    p = b->last + ngx_http_async_dl_compact(b->last, body, len);
+    p = compact ? b->last + ngx_http_async_dl_compact(b->last, body, len)
+                : ngx_cpymem(b->last, body, len);
     *p++ = '\n';
     b->last = p;
     b->last_buf = (r == r->main) ? 1 : 0;

@@ -1,6 +1,9 @@
 # The stream with the real worker: 100 concurrent subscribers of one job
 # all get every file event and "completed"; a job that ended before its
 # client connected; the job's files through the stream, then the status.
+# Subscribers that arrive one by one at a job that does not change are
+# each told once ($async_dl_stream_tells): an arrival costs O(1), not a
+# walk over the job's other subscribers.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -16,7 +19,7 @@ location /v1/download/ {
     async_dl;
 }
 location = /counters {
-    return 200 "$async_dl_stream_subscribers $async_dl_stream_jobs $async_dl_stream_queries\n";
+    return 200 "$async_dl_stream_subscribers $async_dl_stream_jobs $async_dl_stream_queries $async_dl_stream_tells\n";
 }
 EOF2
 
@@ -61,6 +64,22 @@ my @evs = $st->until_event(qr/^completed$/, 5);
 is(join(' ', map { $_->{event} } @evs), 'connected completed',
    'ended before the client came: connected, completed');
 ok($st->wait_closed(1) && time - $t0 < 1, 'and closed at once');
+
+# a job nobody works on: 200 subscribers, one after the other
+stop_worker();
+my $idle = initiate({ files => [{ url => "$s->{origin}/f/m1.bin" }] })->{json}{jobId};
+my $t1 = (split ' ', request('GET', '/counters')->{content})[3];
+my @idle;
+for (1 .. 200) {
+    my $sub = sse_open("${P}stream/$idle");
+    my @e = $sub->until_event(qr/^connected$/, 5);
+    push @idle, $sub if @e && $e[-1]{event} eq 'connected';
+}
+is(scalar(@idle), 200, '200 subscribers of an idle job, one by one: connected');
+my $t2 = (split ' ', request('GET', '/counters')->{content})[3];
+cmp_ok($t2 - $t1, '<=', 200 + 1, 'each was told once (' . ($t2 - $t1)
+       . ' tells; a walk over the others would take about 20,000)');
+$_->close for @idle;
 
 ok(wait_until(sub { request('GET', '/counters')->{content} =~ /^0 0 / }, 3),
    'nothing left behind');

@@ -10,6 +10,9 @@ use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
 
+# the status route's own statement is the subject: without the status cache
+delete $ENV{ADL_STATUS_CACHE};
+
 our %alice = ('X-User' => 'alice');
 
 # the backends of nginx's pool (and its LISTEN connection)

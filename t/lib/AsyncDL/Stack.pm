@@ -574,6 +574,7 @@ sub default_http_config {
     async_dl_s3_region us-east-1;
     async_dl_s3_access_key S3RVER;
     async_dl_s3_secret_key S3RVER;
+    ${\ ($ENV{ADL_STATUS_CACHE} ? "async_dl_status_cache $ENV{ADL_STATUS_CACHE};" : '')}
 EOF
 }
 
