@@ -43,10 +43,24 @@
  * query): it gets "connected" with the current state, which says
  * everything it missed, so the value itself is not needed.
  *
- * Lifetimes: a subscriber lives in its request's pool; its request cleanup
- * takes it out of the hub and deletes its heartbeat timer at once (client
- * gone, final event sent, error), its pool cleanup drops its references to
- * shared texts once nginx is done sending them.
+ * Detached streams.  Once "connected" is out and nothing waits to be
+ * sent, a stream over HTTP/1.x (not TLS, not compressed, not rate-limited,
+ * nothing pipelined) gives its request back: the request is freed (its
+ * access log line is written then, with the bytes sent so far) along with
+ * the connection's header buffers, and the subscriber alone holds the
+ * connection: it writes its events with its own chunked framing through
+ * c->send_chain, notices the client leaving on a read, and closes the
+ * connection after the final event.  A stream then costs the connection's
+ * small pool and the subscriber, about 1.5 KB instead of a whole request
+ * (two 4 KiB pool blocks).
+ *
+ * Lifetimes: a subscriber is allocated on its own (ngx_calloc).  Until it
+ * detaches, its request owns it: the request cleanup takes it out of the
+ * hub and deletes its heartbeat timer at once (client gone, final event
+ * sent, error), the pool cleanup drops its references to shared texts once
+ * nginx is done sending them and frees it.  Detached, its connection owns
+ * it: ngx_http_async_dl_sse_close() does all of that and closes the
+ * connection.
  */
 
 
@@ -74,7 +88,8 @@ typedef enum {
 
 typedef struct {
     ngx_http_async_dl_watcher_t        watcher;   /* in the hub */
-    ngx_http_request_t                *r;
+    ngx_http_request_t                *r;         /* NULL once detached */
+    ngx_connection_t                  *c;
     ngx_http_async_dl_sse_state_e      state;
     ngx_msec_t                         heartbeat_period;
 
@@ -88,7 +103,24 @@ typedef struct {
     ngx_buf_t                          tail;      /* the blank line */
     ngx_chain_t                        out[3];
     ngx_event_t                        heartbeat;
+    ngx_event_t                        detach;    /* posted when idle */
     u_char                             text[NGX_HTTP_ASYNC_DL_SSE_HEAD];
+
+    ngx_http_cleanup_t                *cln;
+    ngx_pool_cleanup_t                *pcln;
+
+    /* detached: what is not sent yet, the chunk framing around an event */
+    ngx_chain_t                       *pending;
+    ngx_msec_t                         send_timeout;
+    ngx_buf_t                          chunk;     /* "<size>\r\n" */
+    ngx_buf_t                          crlf;      /* "\r\n", "0\r\n\r\n" */
+    ngx_chain_t                        frame[2];
+    u_char                             chunk_text[NGX_OFF_T_LEN + 2];
+
+    unsigned                           detached:1;
+    unsigned                           chunked:1;
+    unsigned                           last:1;    /* the final event went */
+    unsigned                           stays:1;   /* cannot detach */
 } ngx_http_async_dl_sse_sub_t;
 
 
@@ -116,9 +148,17 @@ static void ngx_http_async_dl_sse_finish(ngx_http_async_dl_sse_sub_t *sub,
 static void ngx_http_async_dl_sse_leave(ngx_http_async_dl_sse_sub_t *sub);
 static void ngx_http_async_dl_sse_cleanup(void *data);
 static void ngx_http_async_dl_sse_pool_cleanup(void *data);
+static ngx_int_t ngx_http_async_dl_sse_output(ngx_http_async_dl_sse_sub_t *sub,
+    ngx_uint_t last);
+static ngx_uint_t ngx_http_async_dl_sse_busy(ngx_http_async_dl_sse_sub_t *sub);
+static void ngx_http_async_dl_sse_detach(ngx_event_t *ev);
+static void ngx_http_async_dl_sse_conn_read(ngx_event_t *rev);
+static void ngx_http_async_dl_sse_conn_write(ngx_event_t *wev);
+static void ngx_http_async_dl_sse_close(ngx_http_async_dl_sse_sub_t *sub);
 
 
 static u_char  ngx_http_async_dl_sse_blank[] = "\n\n";
+static u_char  ngx_http_async_dl_sse_crlf[] = "\r\n0\r\n\r\n";
 
 
 /* GET {p}stream/{id} */
@@ -137,24 +177,31 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
 
-    sub = ngx_pcalloc(r->pool, sizeof(ngx_http_async_dl_sse_sub_t));
-    if (sub == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
     cln = ngx_http_cleanup_add(r, 0);
     pcln = ngx_pool_cleanup_add(r->pool, 0);
     if (cln == NULL || pcln == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    sub = ngx_calloc(sizeof(ngx_http_async_dl_sse_sub_t), r->connection->log);
+    if (sub == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* the request's until it detaches: freed with its pool */
+    pcln->handler = ngx_http_async_dl_sse_pool_cleanup;
+    pcln->data = sub;
+
     /*
-     * set by ngx_pcalloc():
+     * set by ngx_calloc():
      *
      *     sub->state = NGX_HTTP_ASYNC_DL_SSE_WAITING;
      */
 
     sub->r = r;
+    sub->c = r->connection;
+    sub->cln = cln;
+    sub->pcln = pcln;
     sub->watcher.handler = ngx_http_async_dl_sse_news;
     sub->watcher.data = sub;
     sub->heartbeat_period = alcf->heartbeat;
@@ -162,6 +209,9 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
     sub->heartbeat.data = sub;
     sub->heartbeat.log = r->connection->log;
     sub->heartbeat.cancelable = 1;
+    sub->detach.handler = ngx_http_async_dl_sse_detach;
+    sub->detach.data = sub;
+    sub->detach.log = r->connection->log;
 
     rc = ngx_http_async_dl_hub_watch(&sub->watcher, &ctx->job_id,
                                      &alcf->prefix, r->connection->log);
@@ -183,8 +233,6 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
 
     cln->handler = ngx_http_async_dl_sse_cleanup;
     cln->data = sub;
-    pcln->handler = ngx_http_async_dl_sse_pool_cleanup;
-    pcln->data = sub;
 
     ctx->stream = sub;
 
@@ -203,7 +251,7 @@ ngx_http_async_dl_sse_set_state(ngx_http_async_dl_sse_sub_t *sub,
         "waiting", "live", "behind", "ending", "gone"
     };
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
                    "async_dl sse: %s -> %s", names[sub->state], names[state]);
 #endif
 
@@ -219,9 +267,11 @@ ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
 {
     ngx_http_async_dl_sse_sub_t *sub = w->data;
 
+    ngx_uint_t         detached;
     ngx_connection_t  *c;
 
-    c = sub->r->connection;
+    c = sub->c;
+    detached = sub->detached;
 
     if (news == NGX_HTTP_ASYNC_DL_HUB_UNAVAILABLE) {
         ngx_http_async_dl_sse_refuse(sub, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -234,6 +284,13 @@ ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
 
     } else {
         ngx_http_async_dl_sse_update(sub);
+    }
+
+    /* sub may be gone: only the connection is looked at */
+
+    if (detached || c->data == sub) {
+        /* no request any more (detached before, or just now) */
+        return;
     }
 
     ngx_http_run_posted_requests(c);
@@ -423,15 +480,12 @@ ngx_http_async_dl_sse_created(ngx_http_request_t *r,
 static void
 ngx_http_async_dl_sse_send(ngx_http_async_dl_sse_sub_t *sub)
 {
-    ngx_connection_t              *c;
     ngx_http_async_dl_hub_job_t   *job;
     ngx_http_async_dl_hub_text_t  *t;
 
-    c = sub->r->connection;
-
     for ( ;; ) {
 
-        if (c->buffered) {
+        if (ngx_http_async_dl_sse_busy(sub)) {
             ngx_http_async_dl_sse_wait_write(sub);
             return;
         }
@@ -487,6 +541,12 @@ ngx_http_async_dl_sse_send(ngx_http_async_dl_sse_sub_t *sub)
             continue;
 
         default: /* LIVE */
+
+            if (!sub->detached && !sub->stays && !sub->detach.posted) {
+                /* idle: give the request back, from the event loop */
+                ngx_post_event(&sub->detach, &ngx_posted_events);
+            }
+
             return;
         }
     }
@@ -503,11 +563,9 @@ static ngx_int_t
 ngx_http_async_dl_sse_emit(ngx_http_async_dl_sse_sub_t *sub,
     const char *name, ngx_http_async_dl_hub_text_t *t, ngx_uint_t last)
 {
-    u_char              *p;
-    ngx_int_t            rc;
-    ngx_http_request_t  *r;
+    u_char     *p;
+    ngx_int_t   rc;
 
-    r = sub->r;
     p = sub->text;
 
     if (sub->state == NGX_HTTP_ASYNC_DL_SSE_WAITING) {
@@ -539,8 +597,8 @@ ngx_http_async_dl_sse_emit(ngx_http_async_dl_sse_sub_t *sub,
     sub->tail.flush = 1;
     sub->tail.last_in_chain = 1;
 
-    if (last) {
-        sub->tail.last_buf = (r == r->main) ? 1 : 0;
+    if (last && sub->r) {
+        sub->tail.last_buf = (sub->r == sub->r->main) ? 1 : 0;
     }
 
     sub->out[0].buf = &sub->head;
@@ -559,11 +617,11 @@ ngx_http_async_dl_sse_emit(ngx_http_async_dl_sse_sub_t *sub,
     sub->sending = t;
     t->refs++;
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
                    "async_dl sse: event %s id %uL, %uz bytes", name, t->seq,
                    t->len);
 
-    rc = ngx_http_output_filter(r, sub->out);
+    rc = ngx_http_async_dl_sse_output(sub, last);
 
     if (last) {
         ngx_http_async_dl_sse_finish(sub, rc);
@@ -586,6 +644,21 @@ ngx_http_async_dl_sse_wait_write(ngx_http_async_dl_sse_sub_t *sub)
     ngx_event_t               *wev;
     ngx_http_request_t        *r;
     ngx_http_core_loc_conf_t  *clcf;
+
+    if (sub->detached) {
+        wev = sub->c->write;
+        wev->handler = ngx_http_async_dl_sse_conn_write;
+
+        if (!wev->timer_set) {
+            ngx_add_timer(wev, sub->send_timeout);
+        }
+
+        if (ngx_handle_write_event(wev, 0) != NGX_OK) {
+            ngx_http_async_dl_sse_close(sub);
+        }
+
+        return;
+    }
 
     r = sub->r;
     wev = r->connection->write;
@@ -659,19 +732,17 @@ ngx_http_async_dl_sse_heartbeat_handler(ngx_event_t *ev)
 {
     ngx_http_async_dl_sse_sub_t *sub = ev->data;
 
-    u_char              *p;
-    ngx_int_t            rc;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
+    u_char            *p;
+    ngx_int_t          rc;
+    ngx_connection_t  *c;
 
-    r = sub->r;
-    c = r->connection;
+    c = sub->c;
 
     if (c->destroyed || sub->state == NGX_HTTP_ASYNC_DL_SSE_GONE) {
         return;
     }
 
-    if (c->buffered) {
+    if (ngx_http_async_dl_sse_busy(sub)) {
         /* the client is not reading: the send timeout deals with it */
         ngx_add_timer(&sub->heartbeat, sub->heartbeat_period);
         return;
@@ -696,10 +767,25 @@ ngx_http_async_dl_sse_heartbeat_handler(ngx_event_t *ev)
     sub->out[0].buf = &sub->head;
     sub->out[0].next = NULL;
 
-    rc = ngx_http_output_filter(r, sub->out);
+    rc = ngx_http_async_dl_sse_output(sub, 0);
+
+    if (sub->detached) {
+        if (rc == NGX_ERROR) {
+            ngx_http_async_dl_sse_close(sub);
+            return;
+        }
+
+        ngx_add_timer(&sub->heartbeat, sub->heartbeat_period);
+
+        if (sub->pending) {
+            ngx_http_async_dl_sse_wait_write(sub);
+        }
+
+        return;
+    }
 
     if (rc == NGX_ERROR) {
-        ngx_http_finalize_request(r, NGX_ERROR);
+        ngx_http_finalize_request(sub->r, NGX_ERROR);
 
     } else {
         ngx_add_timer(&sub->heartbeat, sub->heartbeat_period);
@@ -718,10 +804,23 @@ ngx_http_async_dl_sse_heartbeat_handler(ngx_event_t *ev)
 static void
 ngx_http_async_dl_sse_finish(ngx_http_async_dl_sse_sub_t *sub, ngx_int_t rc)
 {
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, sub->r->connection->log, 0,
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
                    "async_dl sse: stream ends, rc %i", rc);
 
     ngx_http_async_dl_sse_leave(sub);
+
+    if (sub->detached) {
+        if (rc != NGX_ERROR && sub->pending) {
+            /* the final event is on its way: closed once it is out */
+            sub->last = 1;
+            ngx_http_async_dl_sse_wait_write(sub);
+            return;
+        }
+
+        ngx_http_async_dl_sse_close(sub);
+        return;
+    }
+
     ngx_http_finalize_request(sub->r, rc);
 }
 
@@ -735,6 +834,10 @@ ngx_http_async_dl_sse_leave(ngx_http_async_dl_sse_sub_t *sub)
 
     if (sub->heartbeat.timer_set) {
         ngx_del_timer(&sub->heartbeat);
+    }
+
+    if (sub->detach.posted) {
+        ngx_delete_posted_event(&sub->detach);
     }
 
     ngx_http_async_dl_sse_set_state(sub, NGX_HTTP_ASYNC_DL_SSE_GONE);
@@ -769,4 +872,310 @@ ngx_http_async_dl_sse_pool_cleanup(void *data)
         ngx_http_async_dl_hub_text_release(sub->final_data);
         sub->final_data = NULL;
     }
+
+    if (sub->detach.posted) {
+        ngx_delete_posted_event(&sub->detach);
+    }
+
+    ngx_free(sub);
+}
+
+
+/* --- the stream without its request ------------------------------------- */
+
+
+/* out: through the request's filters, or framed here on the connection */
+
+static ngx_int_t
+ngx_http_async_dl_sse_output(ngx_http_async_dl_sse_sub_t *sub,
+    ngx_uint_t last)
+{
+    off_t         size;
+    ngx_chain_t  *cl, *in, *out;
+
+    in = sub->out;
+
+    if (!sub->detached) {
+        return ngx_http_output_filter(sub->r, in);
+    }
+
+    if (sub->chunked) {
+        size = 0;
+
+        for (cl = in; cl; cl = cl->next) {
+            size += ngx_buf_size(cl->buf);
+        }
+
+        ngx_memzero(&sub->chunk, sizeof(ngx_buf_t));
+        sub->chunk.start = sub->chunk_text;
+        sub->chunk.pos = sub->chunk_text;
+        sub->chunk.last = ngx_sprintf(sub->chunk_text, "%xO\r\n", size);
+        sub->chunk.end = sub->chunk.last;
+        sub->chunk.memory = 1;
+
+        /* "\r\n" ends the chunk; "0\r\n\r\n" the body, after the last */
+        ngx_memzero(&sub->crlf, sizeof(ngx_buf_t));
+        sub->crlf.start = ngx_http_async_dl_sse_crlf;
+        sub->crlf.pos = ngx_http_async_dl_sse_crlf;
+        sub->crlf.last = ngx_http_async_dl_sse_crlf
+                         + (last ? sizeof(ngx_http_async_dl_sse_crlf) - 1 : 2);
+        sub->crlf.end = sub->crlf.last;
+        sub->crlf.memory = 1;
+
+        sub->frame[0].buf = &sub->chunk;
+        sub->frame[0].next = in;
+        sub->frame[1].buf = &sub->crlf;
+        sub->frame[1].next = NULL;
+
+        for (cl = in; cl->next; cl = cl->next) { /* void */ }
+        cl->next = &sub->frame[1];
+
+        in = &sub->frame[0];
+    }
+
+    out = sub->c->send_chain(sub->c, in, 0);
+
+    if (out == NGX_CHAIN_ERROR) {
+        sub->c->error = 1;
+        return NGX_ERROR;
+    }
+
+    sub->pending = out;
+
+    return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_async_dl_sse_busy(ngx_http_async_dl_sse_sub_t *sub)
+{
+    return sub->detached ? sub->pending != NULL : sub->c->buffered != 0;
+}
+
+
+/*
+ * Posted when the stream is live and idle: the request goes when nothing
+ * of it is needed any more (see the top of this file); a stream that
+ * cannot detach says so once and keeps its request.
+ */
+
+static void
+ngx_http_async_dl_sse_detach(ngx_event_t *ev)
+{
+    ngx_http_async_dl_sse_sub_t *sub = ev->data;
+
+    ngx_chain_t                *cl;
+    ngx_connection_t           *c;
+    ngx_http_request_t         *r;
+    ngx_http_log_ctx_t         *lctx;
+    ngx_http_connection_t      *hc;
+    ngx_http_core_loc_conf_t   *clcf;
+
+    r = sub->r;
+    c = sub->c;
+
+    if (sub->detached || sub->state != NGX_HTTP_ASYNC_DL_SSE_LIVE
+        || c->buffered || r->out || c->destroyed)
+    {
+        /* not now: asked again when it is idle */
+        return;
+    }
+
+    if (r != r->main
+        || r->http_version < NGX_HTTP_VERSION_10
+        || r->http_version >= NGX_HTTP_VERSION_20
+        || r->headers_out.content_encoding
+        || r->limit_rate
+        || r->postponed
+        || r->main->count != 1
+        || r->blocked
+        || (r->header_in && r->header_in->pos < r->header_in->last)
+#if (NGX_HTTP_SSL)
+        || c->ssl
+#endif
+        )
+    {
+        sub->stays = 1;
+        return;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    sub->send_timeout = clcf->send_timeout;
+    sub->chunked = r->chunked;
+
+    /* from now on the connection owns the subscriber */
+    sub->cln->handler = NULL;
+    sub->pcln->handler = NULL;
+    sub->cln = NULL;
+    sub->pcln = NULL;
+
+    hc = r->http_connection;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "async_dl sse: the stream gives its request back");
+
+    /* the access log line, the request's pool */
+    ngx_http_free_request(r, 0);
+
+    sub->r = NULL;
+    sub->detached = 1;
+
+    c->destroyed = 0;
+    c->data = sub;
+
+    lctx = c->log->data;
+    lctx->request = NULL;
+    lctx->current_request = NULL;
+    c->log->action = "sending events";
+
+    /* the header buffers, as for an idle keepalive connection */
+
+    if (c->buffer && c->buffer->start
+        && ngx_pfree(c->pool, c->buffer->start) == NGX_OK)
+    {
+        c->buffer->start = NULL;
+        c->buffer->pos = NULL;
+        c->buffer->last = NULL;
+        c->buffer->end = NULL;
+    }
+
+    for (cl = hc->free; cl; cl = cl->next) {
+        ngx_pfree(c->pool, cl->buf->start);
+    }
+
+    for (cl = hc->busy; cl; cl = cl->next) {
+        ngx_pfree(c->pool, cl->buf->start);
+    }
+
+    hc->free = NULL;
+    hc->busy = NULL;
+    hc->nbusy = 0;
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    c->write->handler = ngx_http_empty_handler;
+    c->read->handler = ngx_http_async_dl_sse_conn_read;
+
+    if (c->read->ready) {
+        ngx_post_event(c->read, &ngx_posted_events);
+    }
+}
+
+
+/* the client may only go away: anything it sends is dropped */
+
+static void
+ngx_http_async_dl_sse_conn_read(ngx_event_t *rev)
+{
+    u_char                        buf[64];
+    ssize_t                       n;
+    ngx_uint_t                    i;
+    ngx_connection_t             *c;
+    ngx_http_async_dl_sse_sub_t  *sub;
+
+    c = rev->data;
+    sub = c->data;
+
+    if (c->close) {
+        /* nginx is shutting down: the client reconnects elsewhere */
+        ngx_http_async_dl_sse_close(sub);
+        return;
+    }
+
+    for (i = 0; i < 16; i++) {
+        n = c->recv(c, buf, sizeof(buf));
+
+        if (n == NGX_AGAIN) {
+            break;
+        }
+
+        if (n == 0 || n == NGX_ERROR) {
+            ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                           "async_dl sse: the client went away");
+            ngx_http_async_dl_sse_close(sub);
+            return;
+        }
+    }
+
+    if (ngx_handle_read_event(rev, 0) != NGX_OK) {
+        ngx_http_async_dl_sse_close(sub);
+    }
+}
+
+
+static void
+ngx_http_async_dl_sse_conn_write(ngx_event_t *wev)
+{
+    ngx_chain_t                  *out;
+    ngx_connection_t             *c;
+    ngx_http_async_dl_sse_sub_t  *sub;
+
+    c = wev->data;
+    sub = c->data;
+
+    if (wev->timedout) {
+        ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
+                      "client timed out reading the event stream");
+        c->timedout = 1;
+        ngx_http_async_dl_sse_close(sub);
+        return;
+    }
+
+    if (sub->pending) {
+        out = c->send_chain(c, sub->pending, 0);
+
+        if (out == NGX_CHAIN_ERROR) {
+            c->error = 1;
+            ngx_http_async_dl_sse_close(sub);
+            return;
+        }
+
+        sub->pending = out;
+
+        if (out) {
+            ngx_http_async_dl_sse_wait_write(sub);
+            return;
+        }
+    }
+
+    if (wev->timer_set) {
+        ngx_del_timer(wev);
+    }
+
+    wev->handler = ngx_http_empty_handler;
+
+    if (sub->last) {
+        ngx_http_async_dl_sse_close(sub);
+        return;
+    }
+
+    ngx_http_async_dl_sse_send(sub);
+}
+
+
+/* a detached stream ends: out of the hub, its texts, the connection */
+
+static void
+ngx_http_async_dl_sse_close(ngx_http_async_dl_sse_sub_t *sub)
+{
+    ngx_connection_t  *c;
+
+    c = sub->c;
+
+    ngx_http_async_dl_sse_leave(sub);
+
+    if (sub->sending) {
+        ngx_http_async_dl_hub_text_release(sub->sending);
+    }
+
+    if (sub->final_data) {
+        ngx_http_async_dl_hub_text_release(sub->final_data);
+    }
+
+    ngx_free(sub);
+
+    ngx_http_close_connection(c);
 }

@@ -18,7 +18,8 @@ events read one at a time, with deadlines
 C<sse_open($path_or_url, \%headers, %opt)> connects (to the harness's
 nginx unless given a full URL), sends a GET (or C<$opt{method}> with
 C<$opt{body}>: a streaming initiate), reads the status line and the
-headers (chunked bodies are decoded).  C<$opt{port}> overrides the port.
+headers (chunked bodies are decoded).  C<$opt{port}> overrides the port;
+C<$opt{http10}> sends an HTTP/1.0 request.
 An answer that is not an event stream keeps its body in C<{body}> (and
 C<{json}>).
 Heartbeat events are skipped unless C<< $s->{heartbeats} >> is set (they
@@ -51,7 +52,8 @@ sub sse_open {
         or die "connect $host:$port: $!";
     $sock->blocking(0);
     my $method = $opt{method} // 'GET';
-    my $req = "$method $path HTTP/1.1\r\nHost: localhost\r\n"
+    my $req = "$method $path HTTP/" . ($opt{http10} ? '1.0' : '1.1')
+            . "\r\nHost: localhost\r\n"
             . "Accept: text/event-stream\r\n";
     $req .= "$_: $headers->{$_}\r\n" for sort keys %{ $headers || {} };
     $req .= "Content-Length: " . length($opt{body}) . "\r\n"
