@@ -273,7 +273,7 @@ ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
     c = sub->c;
     detached = sub->detached;
 
-    if (news == NGX_HTTP_ASYNC_DL_HUB_UNAVAILABLE) {
+    if (news == NGX_HTTP_ASYNC_DL_HUB_UNAVAILABLE && sub->r) {
         ngx_http_async_dl_sse_refuse(sub, NGX_HTTP_SERVICE_UNAVAILABLE,
                                      "DATABASE_UNAVAILABLE",
                                      "the database is unavailable, "
@@ -986,6 +986,11 @@ ngx_http_async_dl_sse_detach(ngx_event_t *ev)
         || r->http_version >= NGX_HTTP_VERSION_20
         || r->headers_out.content_encoding
         || r->limit_rate
+        || r->limit_conn_status         /* its slot goes with the pool */
+        || r->buffered
+        || r->filter_need_in_memory     /* sub_filter, SSI, charset */
+        || r->filter_need_temporary
+        || r->expect_trailers
         || r->postponed
         || r->main->count != 1
         || r->blocked
@@ -1058,6 +1063,11 @@ ngx_http_async_dl_sse_detach(ngx_event_t *ev)
 
     c->write->handler = ngx_http_empty_handler;
     c->read->handler = ngx_http_async_dl_sse_conn_read;
+
+    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_http_async_dl_sse_close(sub);
+        return;
+    }
 
     if (c->read->ready) {
         ngx_post_event(c->read, &ngx_posted_events);

@@ -5,7 +5,8 @@
 # progress, heartbeats and the final event after that, the body ending
 # with its last chunk and the connection closed; HTTP/1.0 (no chunks, the
 # close ends it); a client that leaves is let go; nginx's graceful stop
-# ends the detached streams; a stream with limit_rate keeps its request.
+# ends the detached streams; a stream with limit_rate or limit_conn keeps
+# its request.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -16,7 +17,7 @@ use Time::HiRes qw(time sleep);
 my $s = adl();
 my $P = '/v1/download/';
 
-start_nginx(<<'EOF2');
+start_nginx(<<'EOF2', http_config => 'limit_conn_zone $binary_remote_addr zone=per_ip:1m;');
 location /v1/download/ {
     async_dl;
     async_dl_heartbeat 1s;
@@ -24,6 +25,10 @@ location /v1/download/ {
 location /slow/ {
     async_dl;
     limit_rate 100k;
+}
+location /lc/ {
+    async_dl;
+    limit_conn per_ip 100;
 }
 location = /counters {
     return 200 "$async_dl_stream_subscribers $async_dl_stream_jobs\n";
@@ -108,6 +113,11 @@ is(($slow->next_event(5) // {})->{event}, 'connected', 'a stream with limit_rate
 sleep 0.5;
 is(logged("/slow/stream/$id3"), 0, 'keeps its request (not logged yet)');
 $slow->close;
+my $lc = sse_open("/lc/stream/$id3");
+is(($lc->next_event(5) // {})->{event}, 'connected', 'a stream under limit_conn');
+sleep 0.5;
+is(logged("/lc/stream/$id3"), 0, 'keeps its request (its slot goes with it)');
+$lc->close;
 
 # --- graceful stop ----------------------------------------------------------------
 
