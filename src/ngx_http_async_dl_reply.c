@@ -37,7 +37,8 @@ ngx_http_async_dl_send_json(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
-/* a body already compact (the status cache's) */
+/* a body already compact and ending with its newline (the status cache's
+ * copy in the request's pool): sent as it is */
 
 ngx_int_t
 ngx_http_async_dl_send_compact_json(ngx_http_request_t *r, ngx_uint_t status,
@@ -68,7 +69,7 @@ ngx_http_async_dl_send_body(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_set(&r->headers_out.content_type, "application/json");
     r->headers_out.content_type_len = r->headers_out.content_type.len;
     r->headers_out.content_type_lowcase = NULL;
-    size = (compact ? ngx_http_async_dl_compact(NULL, body, len) : len) + 1;
+    size = compact ? ngx_http_async_dl_compact(NULL, body, len) + 1 : len;
     r->headers_out.content_length_n = size;
 
     /* status answers are revalidated with their ETag, nothing is stored */
@@ -87,15 +88,27 @@ ngx_http_async_dl_send_body(ngx_http_request_t *r, ngx_uint_t status,
         return rc;
     }
 
-    b = ngx_create_temp_buf(r->pool, size);
-    if (b == NULL) {
-        return NGX_ERROR;
+    if (compact) {
+        b = ngx_create_temp_buf(r->pool, size);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = b->last + ngx_http_async_dl_compact(b->last, body, len);
+        *p++ = '\n';
+        b->last = p;
+
+    } else {
+        b = ngx_calloc_buf(r->pool);
+        if (b == NULL) {
+            return NGX_ERROR;
+        }
+
+        b->pos = body;
+        b->last = body + len;
+        b->memory = 1;
     }
 
-    p = compact ? b->last + ngx_http_async_dl_compact(b->last, body, len)
-                : ngx_cpymem(b->last, body, len);
-    *p++ = '\n';
-    b->last = p;
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 

@@ -637,7 +637,6 @@ ngx_http_async_dl_sc_lookup(ngx_http_async_dl_sc_t *sc, ngx_pool_t *pool,
     fill->epoch = sh->epoch;
     fill->gen = sh->gen[slot];
     fill->done = sh->done[slot];
-    fill->started = 1;
 
     if (now >= sh->fresh_until) {
         sh->counters[NGX_HTTP_ASYNC_DL_SC_STALE]++;
@@ -669,15 +668,16 @@ ngx_http_async_dl_sc_lookup(ngx_http_async_dl_sc_t *sc, ngx_pool_t *pool,
         goto miss;
     }
 
-    p = ngx_pnalloc(pool, n->body_len + sizeof(n->etag));
+    p = ngx_pnalloc(pool, n->body_len + 1 + sizeof(n->etag));
     if (p == NULL) {
         ngx_shmtx_unlock(&sc->shpool->mutex);
         return NGX_ERROR;
     }
 
     doc->body.data = p;
-    doc->body.len = n->body_len;
+    doc->body.len = n->body_len + 1;
     p = ngx_cpymem(p, n->data + n->prefix_len + n->owner_len, n->body_len);
+    *p++ = '\n';
 
     doc->etag.data = p;
     doc->etag.len = sizeof(n->etag);
@@ -729,8 +729,7 @@ ngx_http_async_dl_sc_fill(ngx_http_async_dl_sc_t *sc,
 
     ngx_shmtx_lock(&sc->shpool->mutex);
 
-    current = fill->started
-              && fill->epoch == sh->epoch
+    current = fill->epoch == sh->epoch
               && fill->gen == sh->gen[slot]
               && fill->done == sh->done[slot];
 

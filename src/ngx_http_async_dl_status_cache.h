@@ -33,13 +33,13 @@ typedef struct {
     uint64_t                  epoch;
     uint32_t                  gen;
     uint32_t                  done;
-    unsigned                  started:1;
 } ngx_http_async_dl_sc_fill_t;
 
 
 /* a hit: copies in the request's pool */
 typedef struct {
-    ngx_str_t                 body;        /* compact JSON, no newline */
+    ngx_str_t                 body;        /* compact JSON and a newline:
+                                              the response body as it is */
     ngx_str_t                 etag;        /* "\"<md5 hex>\"" */
 } ngx_http_async_dl_sc_doc_t;
 

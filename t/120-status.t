@@ -5,15 +5,8 @@ use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
 
-# a worker's calls, played here: claim the next file, report its bytes,
-# finish it
-sub lease { "(SELECT lease_owner FROM async_dl_files WHERE job_id = '$_[0]' AND idx = $_[1])" }
-sub claim { psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5)") }
-sub progress {
-    my ($id, $idx, $done, $total) = @_;
-    psql("SELECT async_dl_file_progress('$id', $idx, " . lease($id, $idx)
-         . ", '1 minute', $done, $total, 1)");
-}
+# a worker's calls are played with claim_one(), file_progress() and
+# file_lease() (AsyncDL::Stack)
 
 run_tests(config => <<'EOF2', http_config => <<'EOF3', more_headers => "X-User: alice\nContent-Type: application/json");
 location /v1/download/ {
@@ -80,8 +73,8 @@ If-None-Match: "other"
 
 === TEST 5: a worker claims one file and reports bytes: a new document, a new ETag
 --- setup
-main::claim();
-main::progress($::id, 0, 512, 1024);
+claim_one();
+file_progress($::id, 0, 512, 1024);
 --- request
 GET /v1/download/status/$::id
 --- more_headers
@@ -97,8 +90,8 @@ isnt($res->{headers}{etag}, $::etag, 'new ETag');
 
 === TEST 6: bytesTotal once all sizes are known; progress by bytes, 512 of 2048
 --- setup
-main::claim();
-main::progress($::id, 1, 0, 1024);
+claim_one();
+file_progress($::id, 1, 0, 1024);
 --- request
 GET /v1/download/status/$::id
 --- error_code: 200
@@ -107,9 +100,9 @@ GET /v1/download/status/$::id
 
 === TEST 7: files ended, one stored: processing, its zip first
 --- setup
-psql("SELECT async_dl_file_finish('$::id', 0, " . main::lease($::id, 0) . ", 'completed', 1024, 'application/octet-stream', "
+psql("SELECT async_dl_file_finish('$::id', 0, " . file_lease($::id, 0) . ", 'completed', 1024, 'application/octet-stream', "
      . "'ab', 'k/0', 1, NULL, NULL, NULL)");
-psql("SELECT async_dl_file_finish('$::id', 1, " . main::lease($::id, 1) . ", 'failed', NULL, NULL, NULL, NULL, 3, "
+psql("SELECT async_dl_file_finish('$::id', 1, " . file_lease($::id, 1) . ", 'failed', NULL, NULL, NULL, NULL, 3, "
      . "'HTTP_STATUS', 'the origin answered 404', NULL)");
 --- request
 GET /v1/download/status/$::id

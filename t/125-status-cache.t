@@ -73,15 +73,6 @@ sub plain { scalar(() = pg_log() =~ /execute async_dl_status:/g) }
 
 sub status { request('GET', "/v1/download/status/$_[0]", $_[1] || \%alice) }
 
-# a worker's calls, played here
-sub lease { "(SELECT lease_owner FROM async_dl_files WHERE job_id = '$_[0]' AND idx = $_[1])" }
-sub claim { psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5)") }
-sub progress {
-    my ($id, $idx, $done, $total) = @_;
-    psql("SELECT async_dl_file_progress('$id', $idx, " . lease($id, $idx)
-         . ", '1 minute', $done, $total, 1)");
-}
-
 # nginx's LISTEN connections are up, and their pings come back
 ok(wait_until(sub { psql("SELECT count(*) FROM pg_stat_activity WHERE "
                          . "application_name = 'async-dl-nginx-listen'") == 2 },
@@ -162,21 +153,21 @@ sub sees {
 }
 
 status($id);
-is(claim(), 1, 'a worker claims file 0');
+is(claim_one(), 1, 'a worker claims file 0');
 sees('the claim (the job starts)', sub {
     $_[0]{status} eq 'processing' && $_[0]{files}[0]{status} eq 'downloading' });
-progress($id, 0, 1000, 5000);
+file_progress($id, 0, 1000, 5000);
 sees('its progress', sub { $_[0]{bytesDone} == 1000 });
 
 # a file that starts in a job already processing changes only the file's
 # row: it is announced all the same
 status($id);
-is(claim(), 1, 'a worker claims file 1 of the processing job');
+is(claim_one(), 1, 'a worker claims file 1 of the processing job');
 sees('the second claim', sub { $_[0]{files}[1]{status} eq 'downloading'
                                && $_[0]{files}[1]{attempts} == 1 });
 
 # a try that fails before its first byte: status, error, no byte moved
-psql("SELECT async_dl_file_finish('$id', 1, " . lease($id, 1) . ", 'pending', "
+psql("SELECT async_dl_file_finish('$id', 1, " . file_lease($id, 1) . ", 'pending', "
      . "NULL, NULL, NULL, NULL, 1, 'HTTP_STATUS', 'the origin answered 503', "
      . "now())");
 sees('a retry without bytes', sub { $_[0]{files}[1]{status} eq 'pending'
@@ -191,17 +182,17 @@ sub doc_seq {
                             . "WHERE id = '$id'"), 2;
 }
 my @steps = (
-    [claim => sub { claim() }],
-    [progress => sub { progress($id, 1, 10, 20) }],
+    [claim => sub { claim_one() }],
+    [progress => sub { file_progress($id, 1, 10, 20) }],
     ['attempts only' => sub {
-        psql("SELECT async_dl_file_progress('$id', 1, " . lease($id, 1)
+        psql("SELECT async_dl_file_progress('$id', 1, " . file_lease($id, 1)
              . ", '1 minute', 10, 20, 3)") }],
     ['handed back' => sub {
-        psql("SELECT async_dl_file_finish('$id', 1, " . lease($id, 1)
+        psql("SELECT async_dl_file_finish('$id', 1, " . file_lease($id, 1)
              . ", 'pending', NULL, NULL, NULL, NULL, 3, NULL, NULL, now())") }],
-    ['claimed again' => sub { claim() }],
+    ['claimed again' => sub { claim_one() }],
     [completed => sub {
-        psql("SELECT async_dl_file_finish('$id', 1, " . lease($id, 1)
+        psql("SELECT async_dl_file_finish('$id', 1, " . file_lease($id, 1)
              . ", 'completed', 20, 'text/plain', repeat('b', 64), 'k', 4, "
              . "NULL, NULL, NULL)") }],
 );

@@ -70,6 +70,11 @@ where not given) and returns its id; C<job_status($id)>;
 C<wait_ended($id, $seconds)> waits (30 s by default) for the job to be
 completed, failed or canceled and returns its status.
 
+A worker's calls played by hand: C<claim_one()> claims the next file as
+worker "w1" (returns how many were claimed); C<file_lease($id, $idx)> is
+the SQL for that file's lease token; C<file_progress($id, $idx, $done,
+$total)> reports its bytes under that lease.
+
 Several instances: C<start_nginx($config, instance =E<gt> $n)> starts
 nginx instance C<$n> (0, the default, is the one blocks and
 L<AsyncDL::Client/request> use) with its own folder
@@ -189,6 +194,7 @@ our @EXPORT = qw(
     wait_until error_log_mark error_log_since nginx_log origin_log add_job
     job_status wait_ended s3_proxy s3_proxy_start s3_proxy_stop s3_fault
     s3_faults s3_fault_rules s3_fault_log s3_fault_counts scripted_server
+    claim_one file_lease file_progress
 );
 # the pieces some tests and benchmarks drive by hand
 our @EXPORT_OK = qw(
@@ -893,6 +899,22 @@ sub add_job {
         . "v(i, u, n) "
         . "RETURNING job_id");
     return (split /\n/, $out)[0];
+}
+
+sub file_lease {
+    my ($id, $idx) = @_;
+    return "(SELECT lease_owner FROM async_dl_files WHERE job_id = '$id' "
+         . "AND idx = $idx)";
+}
+
+sub claim_one {
+    return psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5)");
+}
+
+sub file_progress {
+    my ($id, $idx, $done, $total) = @_;
+    return psql("SELECT async_dl_file_progress('$id', $idx, "
+                . file_lease($id, $idx) . ", '1 minute', $done, $total, 1)");
 }
 
 sub job_status {
