@@ -5,6 +5,11 @@
 #   ends (before: the rows were gone with the answer, the objects stayed);
 # - a storage delete that fails: its row is due again after a backoff, not
 #   at once; deleted once the storage answers;
+# - a long queue through a storage outage backs off with the time the
+#   storage has been down, not with the number of batches it failed (100
+#   rows fail in 4 batches a round: that put rows off for 10 minutes),
+#   and rows that fail while others succeed (SlowDown) are tried again
+#   soon: the queue is empty a few seconds after the storage is back;
 # - a callback delivered, its outcome's query lost before it was applied
 #   (the worker's backend terminated): recorded as delivered on the next
 #   connection, without waiting for the claim's lease, POSTed once.
@@ -94,6 +99,30 @@ ok(wait_until(sub { job_keys($id) == 0 }, 40, 'the object to go'),
    'deleted once the storage answers');
 ok(wait_until(sub { psql("SELECT count(*) FROM async_dl_deleted_objects") == 0 }, 10),
    'and its row removed');
+
+# --- a long queue through an outage, then SlowDown ----------------------------------
+
+stop_worker();
+my $ep = s3_proxy();
+start_worker(ASYNC_DL_S3_ENDPOINT => $ep, ASYNC_DL_RETRY_BASE => '200ms',
+             ASYNC_DL_POLL_INTERVAL => '300ms');
+s3_fault('down');
+# objects that are not there: a DeleteObject of them succeeds
+psql("INSERT INTO async_dl_deleted_objects (job_id, object_key) SELECT "
+     . "gen_random_uuid(), 'gone/' || g FROM generate_series(1, 100) g");
+psql("NOTIFY async_dl_deleted");
+sleep 8;
+ok(psql("SELECT count(*) FROM async_dl_deleted_objects") == 100,
+   '100 objects queued while the storage is down');
+my $max = psql("SELECT extract(epoch FROM max(deleted_at) - now()) FROM "
+               . "async_dl_deleted_objects");
+cmp_ok($max, '<', 15, sprintf('after 8 s down, none is put off for more '
+                              . 'than 15 s (%.1f s)', $max));
+s3_faults({ fault => 'slowdown', rate => 0.5, retry_after => 0 });
+ok(wait_until(sub { psql("SELECT count(*) FROM async_dl_deleted_objects") == 0 },
+              $max + 15, 'the queue to empty'),
+   'the storage back, half its answers SlowDown: the queue empties soon');
+s3_fault('pass');
 
 # --- a callback's outcome lost before it was applied -----------------------------
 

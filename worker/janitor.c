@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "backoff.h"
+#include "clock.h"
 #include "janitor.h"
 #include "log.h"
 
@@ -70,7 +71,8 @@ struct janitor_s {
     deletion_t       *batch;
     int               nbatch;
     int               running;      /* deletes of the batch in flight */
-    int               fails;        /* batches in a row with a failure */
+    int               fails;        /* backoff steps of this failing run */
+    int64_t           step_at;      /* the next step not before */
 };
 
 static void record_send(record_t *rec);
@@ -189,7 +191,7 @@ batch_free(janitor_t *j)
 static void
 batch_done(janitor_t *j)
 {
-    int64_t  delay = 0;
+    int64_t  delay = 0, now;
     int      i, ok = 0, failed = 0;
 
     for (i = 0; i < j->nbatch; i++) {
@@ -200,7 +202,22 @@ batch_done(janitor_t *j)
         record(j, 1, 0);
     }
     if (failed > 0) {
-        j->fails++;
+        /*
+         * The storage answered some: it is up, those failed on their own
+         * (SlowDown, a reset): try them again soon.  None answered: back
+         * off, one step per delay (not per batch, which a long queue
+         * makes many in a second: it would put rows off for the maximum
+         * long after the storage is back).
+         */
+        now = adl_now_ms();
+        if (ok > 0) {
+            j->fails = 0;
+        }
+        if (j->fails == 0 || now >= j->step_at) {
+            j->fails++;
+            j->step_at = now + adl_backoff_ms(j->env->settings->retry_base,
+                                              j->fails);
+        }
         delay = adl_backoff_ms(j->env->settings->retry_base, j->fails);
         adl_log_warn(NULL, -1, "janitor: %d of %d object(s) not deleted: "
                      "tried again in %lld ms", failed, j->nbatch,
