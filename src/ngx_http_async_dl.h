@@ -184,6 +184,7 @@ typedef struct {
     ngx_str_t                       files;         /* JSON array for SQL */
     ngx_msec_t                      timeout;
     ngx_str_t                       callback_url;  /* data NULL: none */
+    ngx_int_t                       priority;      /* -100..100 */
     u_char                          hash[65];      /* sha256 hex */
     ngx_str_t                       error;         /* 400 message */
 } ngx_http_async_dl_input_t;

@@ -200,7 +200,7 @@ ngx_http_async_dl_initiate_start(ngx_http_request_t *r)
         }
     }
 
-    params = ngx_pcalloc(r->pool, 9 * sizeof(char *));
+    params = ngx_pcalloc(r->pool, 10 * sizeof(char *));
     if (params == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -217,10 +217,11 @@ ngx_http_async_dl_initiate_start(ngx_http_request_t *r)
     params[6] = ngx_http_async_dl_num(r->pool, alcf->max_pending);
     params[7] = ngx_http_async_dl_num(r->pool, alcf->max_active);
     params[8] = (char *) alcf->prefix.data;
+    params[9] = ngx_http_async_dl_num(r->pool, (int64_t) in.priority);
 
     if (params[0] == NULL || (key.len && params[1] == NULL)
         || params[2] == NULL || params[3] == NULL || params[6] == NULL
-        || params[7] == NULL)
+        || params[7] == NULL || params[9] == NULL)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

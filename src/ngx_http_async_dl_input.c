@@ -3,7 +3,8 @@
  * The initiate body, checked with jansson.  One of
  *   {"file_ids":[70000,70001]}  {"file_id":70000}
  *   {"files":[{"url":"https://...","name":"optional.pdf"}]}
- * and optionally "timeout" ("90s", "5m" or seconds) and "callback_url".
+ * and optionally "timeout" ("90s", "5m" or seconds), "callback_url" and
+ * "priority" (-100..100, among the owner's jobs).
  * Every refusal is a 400 whose message starts with the field it is about.
  *
  * jansson allocates with malloc(): every object is released before
@@ -85,7 +86,8 @@ ngx_http_async_dl_parse_initiate(ngx_http_request_t *r,
             n++;
 
         } else if (ngx_strcmp(key, "timeout") != 0
-                   && ngx_strcmp(key, "callback_url") != 0)
+                   && ngx_strcmp(key, "callback_url") != 0
+                   && ngx_strcmp(key, "priority") != 0)
         {
             rc = ngx_http_async_dl_refuse(r, in, "%s: unknown field", key);
             goto done;
@@ -151,6 +153,22 @@ ngx_http_async_dl_parse_initiate(ngx_http_request_t *r,
         in->callback_url = s;
     }
 
+    /* the order among the owner's own jobs: higher first */
+    value = json_object_get(root, "priority");
+    in->priority = 0;
+
+    if (value && !json_is_null(value)) {
+        if (!json_is_integer(value) || json_integer_value(value) < -100
+            || json_integer_value(value) > 100)
+        {
+            rc = ngx_http_async_dl_refuse(r, in, "priority: must be an "
+                                          "integer from -100 to 100");
+            goto done;
+        }
+
+        in->priority = (ngx_int_t) json_integer_value(value);
+    }
+
     in->nfiles = json_array_size(files);
 
     if (ngx_http_async_dl_dump(r, files, JSON_COMPACT, &in->files)
@@ -168,6 +186,17 @@ ngx_http_async_dl_parse_initiate(ngx_http_request_t *r,
     canon = json_pack("{s:O,s:I,s:s?}", "files", files,
                       "timeout", (json_int_t) in->timeout,
                       "callback_url", (char *) in->callback_url.data);
+
+    /* only when given: the fingerprints of earlier requests stay valid */
+    if (canon != NULL && in->priority != 0
+        && json_object_set_new(canon, "priority",
+                               json_integer((json_int_t) in->priority))
+           != 0)
+    {
+        rc = NGX_ERROR;
+        goto done;
+    }
+
     if (canon == NULL
         || ngx_http_async_dl_dump(r, canon, JSON_COMPACT|JSON_SORT_KEYS, &s)
            != NGX_OK

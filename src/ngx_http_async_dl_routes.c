@@ -41,7 +41,8 @@ static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_health = {
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_create = {
     "async_dl_create",
     "SELECT outcome, job_id, body"
-    " FROM async_dl_job_create($1, $2, $3, $4, $5, $6, $7, $8, $9)", 9
+    " FROM async_dl_job_create($1, $2, $3, $4, $5, $6, $7, $8, $9,"
+    " $10::smallint)", 10
 };
 
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_status = {

@@ -1091,3 +1091,65 @@ Idempotency-Key: kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk
 --- error_code: 400
 --- response_json
 { error => { code => 'INVALID_REQUEST', message => qr/Idempotency-Key/ } }
+
+=== TEST 47: a priority: stored on the job and its files
+--- config
+location /v1/download/ { async_dl; async_dl_owner $http_x_user; }
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"},{"url":"https://example.com/b"}],"priority":-7}
+--- more_headers
+Content-Type: application/json
+X-User: alice
+--- error_code: 202
+--- check
+my $id = $res->{json}{jobId};
+is(psql("SELECT priority FROM async_dl_jobs WHERE id = '$id'"), -7, 'job priority');
+is(psql("SELECT string_agg(priority::text || ' ' || owner || ' ' || host, ',' ORDER BY idx) "
+        . "FROM async_dl_files WHERE job_id = '$id'"),
+   '-7 alice example.com,-7 alice example.com', 'files carry priority, owner, host');
+
+=== TEST 48: 400: a priority out of range, or not an integer
+--- config
+location /v1/download/ { async_dl; async_dl_owner $http_x_user; }
+--- setup
+$::before = main::jobs();
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/a"}],"priority":101}
+--- more_headers
+Content-Type: application/json
+X-User: alice
+--- error_code: 400
+--- response_json
+{ error => { code => 'INVALID_REQUEST', message => 'priority: must be an integer from -100 to 100' } }
+--- check
+for my $p ('-101', '1.5', '"high"', 'true', '[1]', '{}') {
+    my $r = initiate(qq({"files":[{"url":"https://example.com/a"}],"priority":$p}),
+                     { 'X-User' => 'alice' });
+    is($r->{status} . ' ' . ($r->{json}{error}{message} // ''),
+       '400 priority: must be an integer from -100 to 100', "priority $p: 400");
+}
+is(main::jobs(), $::before, 'nothing written');
+
+=== TEST 49: the priority is part of an Idempotency-Key's request; 0 is as if not given
+--- config
+location /v1/download/ { async_dl; async_dl_owner $http_x_user; }
+--- request
+POST /v1/download/initiate
+{"files":[{"url":"https://example.com/p"}],"priority":3}
+--- more_headers
+Content-Type: application/json
+X-User: alice
+Idempotency-Key: prio-1
+--- error_code: 202
+--- check
+my %h = ('X-User' => 'alice', 'Idempotency-Key' => 'prio-1');
+is(initiate('{"files":[{"url":"https://example.com/p"}],"priority":3}', \%h)->{status},
+   200, 'the same request again: replayed');
+is(initiate('{"files":[{"url":"https://example.com/p"}],"priority":4}', \%h)->{status},
+   422, 'another priority: a conflict');
+$h{'Idempotency-Key'} = 'prio-2';
+is(initiate('{"files":[{"url":"https://example.com/q"}]}', \%h)->{status}, 202, 'no priority');
+is(initiate('{"files":[{"url":"https://example.com/q"}],"priority":0}', \%h)->{status},
+   200, 'priority 0 is the same request');

@@ -43,6 +43,7 @@ adl_download_init(adl_download_t *d, const adl_download_conf_t *c)
     d->c = *c;
     d->size = -1;
     d->retry_after = -1;
+    d->http_code = 0;
     snprintf(d->content_type, sizeof(d->content_type),
              "application/octet-stream");
 }
@@ -110,6 +111,7 @@ check_response(adl_download_t *d)
           && strcasecmp(d->h_content_encoding, "identity") != 0;
     curl_easy_getinfo(d->req.easy, CURLINFO_RESPONSE_CODE, &code);
     curl_easy_getinfo(d->req.easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+    d->http_code = code;
 
     if (code == 206 && d->offset > 0) {
         if (enc) {
@@ -331,6 +333,7 @@ adl_download_start(adl_download_t *d, int64_t offset)
     d->code = NULL;
     d->transient = 0;
     d->retry_after = -1;
+    d->http_code = 0;
     d->msg[0] = '\0';
     d->errbuf[0] = '\0';
     d->offset = offset;

@@ -65,6 +65,7 @@ typedef struct {
     const char            *code;        /* DOWNLOAD_FAILED, HTTP_STATUS... */
     int                    transient;
     int64_t                retry_after; /* ms, or -1 */
+    long                   http_code;   /* the final answer's, or 0 */
     char                   msg[300];
 } adl_download_t;
 

@@ -22,6 +22,7 @@ typedef struct {
     adl_claimer_t   claim;          /* first: adl_claimer_wake */
     adl_env_t      *env;
     int             claim_limit;    /* rows asked for by the claim running */
+    int             newcomer;       /* a job arrived: claim at any room */
     adl_job_t      *jobs;
     adl_xfer_t    **xs;
     int             n;
@@ -154,27 +155,35 @@ static void
 maybe_claim(files_t *f)
 {
     const adl_settings_t  *s = f->env->settings;
-    char                   limit[16], lease[32], max[16];
-    const char            *p[5];
+    char                   limit[16], lease[32], max[16], host[16],
+                           owner[16];
+    const char            *p[7];
     int                    room = (int) s->concurrency - f->n;
     int                    batch = (int) s->concurrency / 4;
 
     if (!adl_claimer_due(&f->claim, f->env, room)) {
         return;
     }
-    /* when busy, claim in batches rather than one file at a time */
-    if (f->n > 0 && room < (batch > 0 ? batch : 1)) {
+    /* when busy, refill in batches rather than one file at a time; a job
+     * that just arrived takes the first free slot (its owner may be the
+     * one the claim serves first) */
+    if (f->n > 0 && !f->newcomer && room < (batch > 0 ? batch : 1)) {
         return;
     }
 
     snprintf(limit, sizeof(limit), "%d", room);
     snprintf(lease, sizeof(lease), "%lld milliseconds", (long long) s->lease);
     snprintf(max, sizeof(max), "%lld", (long long) s->max_attempts);
+    snprintf(host, sizeof(host), "%lld", (long long) s->per_host_concurrency);
+    snprintf(owner, sizeof(owner), "%lld",
+             (long long) s->per_owner_concurrency);
     p[0] = s->worker_id;
     p[1] = limit;
     p[2] = lease;
     p[3] = max;
     p[4] = s->s3_prefix;
+    p[5] = host;
+    p[6] = owner;
     /* the claim names and records the key each transfer writes to; it
      * dies with its connection, so that on the next one the results
      * queued meanwhile (an object stored after its lease ran out) are
@@ -183,10 +192,12 @@ maybe_claim(files_t *f)
                          "write_key, attempts, greatest(0, extract(epoch "
                          "FROM deadline - clock_timestamp()) * 1000)::bigint, "
                          "lease FROM async_dl_claim($1, $2::integer, "
-                         "$3::interval, $4::integer, $5)", 5, p,
+                         "$3::interval, $4::integer, $5, $6::integer, "
+                         "$7::integer)", 7, p,
                          claim_result, f) == 0)
     {
         f->claim_limit = room;
+        f->newcomer = 0;
     }
 }
 
@@ -231,6 +242,7 @@ files_notify(void *k, const char *channel, const char *payload)
 
     if (strcmp(channel, "async_dl_jobs") == 0) {
         f->claim.pending = 1;
+        f->newcomer = 1;
         return;
     }
     /* async_dl_cancel: the job was canceled or deleted */
@@ -264,7 +276,7 @@ files_settle(void *k, int64_t now)
     files_t     *f = k;
     adl_xfer_t  *x;
     adl_job_t   *job;
-    int          i, pass;
+    int          i, pass, ended = 0;
 
     (void) now;
     /* transfers end here, never inside a libcurl callback.  What a pass
@@ -282,7 +294,13 @@ files_settle(void *k, int64_t now)
             adl_xfer_free(x);
             job_unref(f, job);
             f->xs[i] = f->xs[--f->n];
+            ended++;
         }
+    }
+    /* a claim that came back short may have been held back by a host's or
+     * an owner's limit, which a file that ended frees: ask again */
+    if (ended > 0) {
+        f->claim.pending = 1;
     }
     maybe_claim(f);
 }

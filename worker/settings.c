@@ -58,6 +58,12 @@ static const setting_t  settings[] = {
       "object key prefix; keys are PREFIX<job id>/<index>/<name>" },
     { "ASYNC_DL_CONCURRENCY", T_INT, OFF(concurrency), "16", 1, 4096, NULL,
       "files transferred at once by this process" },
+    { "ASYNC_DL_PER_HOST_CONCURRENCY", T_INT, OFF(per_host_concurrency),
+      "4", 0, 4096, NULL, "files downloaded at once from one origin host "
+      "(host:port), all workers together (0: no limit)" },
+    { "ASYNC_DL_PER_OWNER_CONCURRENCY", T_INT, OFF(per_owner_concurrency),
+      "0", 0, 1000000, NULL, "files downloaded at once for one owner, all "
+      "workers together (0: no limit)" },
     { "ASYNC_DL_PART_SIZE", T_SIZE, OFF(part_size), "8m", 5 * MIB, 5 * GIB,
       NULL, "multipart part size; files up to this size use one PUT" },
     { "ASYNC_DL_MAX_FILE_SIZE", T_SIZE, OFF(max_file_size), "10g", 0,

@@ -32,6 +32,8 @@ typedef struct {
     int               s3_addressing;     /* 0 path, 1 virtual */
     char             *s3_prefix;
     int64_t           concurrency;
+    int64_t           per_host_concurrency;
+    int64_t           per_owner_concurrency;
     int64_t           part_size;         /* bytes */
     int64_t           max_file_size;     /* bytes, 0: no limit */
     int64_t           max_attempts;

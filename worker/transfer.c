@@ -196,6 +196,46 @@ dl_body(void *data, const char *p, size_t n)
     return n;
 }
 
+static void
+pause_result(void *data, PGresult *res)
+{
+    adl_xfer_t  *x = data;
+
+    x->db_refs--;
+    if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        XLOG(ADL_LOG_ERROR, x, "pausing the origin host failed: %s",
+             PQresultErrorMessage(res));
+    }
+    if (!adl_xfer_active(x)) {
+        end_advance(x);
+    }
+}
+
+/* The origin asked to wait (429 or 503 with Retry-After): every worker
+ * leaves its host's other files alone that long (async_dl_host_pause).
+ * Lost with the connection: each file that meets the answer pauses it. */
+static void
+pause_host(adl_xfer_t *x, int64_t delay)
+{
+    char         ms[24], reason[32];
+    const char  *p[3];
+
+    snprintf(ms, sizeof(ms), "%lld", (long long) delay);
+    snprintf(reason, sizeof(reason), "HTTP %ld", x->dl.http_code);
+    p[0] = x->url;
+    p[1] = ms;
+    p[2] = reason;
+    if (adl_db_query(x->env->db, "SELECT async_dl_host_pause($1, now() + "
+                     "$2::bigint * interval '1 millisecond', $3)", 3, p,
+                     pause_result, x) == 0)
+    {
+        x->db_refs++;
+        XLOG(ADL_LOG_INFO, x, "the origin answered HTTP %ld with "
+             "Retry-After: its host is paused for %lld ms",
+             x->dl.http_code, (long long) delay);
+    }
+}
+
 /* From the loop: the attempt ended (download.c recorded how). */
 static void
 download_ended(adl_xfer_t *x)
@@ -223,6 +263,9 @@ download_ended(adl_xfer_t *x)
         return;
     }
 
+    if (delay >= 0 && (d->http_code == 429 || d->http_code == 503)) {
+        pause_host(x, delay);
+    }
     if (d->transient && x->attempt < s->max_attempts
         && adl_upload_state(&x->up) != ADL_UP_STORED)
     {

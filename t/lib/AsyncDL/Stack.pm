@@ -882,7 +882,8 @@ sub psql {
 
 sub sql_literal { my ($v) = @_; $v =~ s/'/''/g; return "'$v'" }
 
-# add_job([urls], timeout => seconds, names => [names]): the job's id
+# add_job([urls], timeout => seconds, names => [names], owner => text,
+#         priority => -100..100): the job's id
 sub add_job {
     my ($urls, %o) = @_;
     my $t = $o{timeout} // 60;
@@ -892,9 +893,16 @@ sub add_job {
         "($_, " . sql_literal($urls->[$_]) . ", "
         . (defined $names[$_] ? sql_literal($names[$_]) : 'NULL') . ")"
     } 0 .. $#$urls;
-    my $out = psql("WITH j AS (INSERT INTO async_dl_jobs (total_files, "
-        . "timeout_ms, deadline) VALUES ($n, ${t}000, now() + interval "
-        . "'$t seconds') RETURNING id) INSERT INTO async_dl_files (job_id, "
+    # owner and priority only when given: older schemas lack priority
+    my ($cols, $given) = ('', '');
+    for my $c (grep { defined $o{$_} } qw(owner priority)) {
+        $cols .= "$c, ";
+        $given .= sql_literal($o{$c}) . ', ';
+    }
+    my $out = psql("WITH j AS (INSERT INTO async_dl_jobs (${cols}total_files, "
+        . "timeout_ms, deadline) VALUES ($given$n, ${t}000, now() + "
+        . "interval '$t seconds') RETURNING id) "
+        . "INSERT INTO async_dl_files (job_id, "
         . "idx, url, name) SELECT j.id, v.i, v.u, v.n FROM j, (VALUES $vals) "
         . "v(i, u, n) "
         . "RETURNING job_id");
