@@ -1,7 +1,8 @@
 # Fair and polite with real workers: two workers share one origin host's
 # limit (ASYNC_DL_PER_HOST_CONCURRENCY), counted at the origin; owner B's
 # job does not wait behind owner A's backlog on that host, and a job on
-# another host starts at once.
+# another host starts at once.  ASYNC_DL_MAX_TRANSFER_RATE paces each
+# download.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -56,5 +57,19 @@ is($max, 3, 'the origin saw at most 3 requests at once, and 3 were reached '
    . '(two workers of two slots each)');
 my %by = map { $_ => scalar(() = worker_log($_) =~ /stored/g) } 0, 1;
 ok($by{0} && $by{1}, "both workers took part ($by{0} and $by{1} files)");
+
+# --- a bandwidth cap per download -------------------------------------------
+stop_worker('TERM', $_) for 0, 1;
+origin_file('capped.bin', 1024 * 1024);
+start_worker(ASYNC_DL_MAX_TRANSFER_RATE => '256k');
+my $capped = add_job(["$o/f/capped.bin"], owner => 'A');
+is(wait_ended($capped, 30), 'completed', 'a capped download completed');
+# (not the origin's log: its bytes wait in the socket buffers)
+my $took = psql("SELECT round(extract(epoch FROM completed_at - started_at), 1) "
+                . "FROM async_dl_files WHERE job_id = '$capped'");
+cmp_ok($took, '>=', 3.5, "1 MiB at 256 KiB/s took the worker $took s "
+       . '(4 s; unlimited, a few ms)');
+is(psql("SELECT size FROM async_dl_files WHERE job_id = '$capped'"),
+   1024 * 1024, 'all of it, with the right size');
 
 done_testing();

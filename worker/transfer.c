@@ -78,8 +78,11 @@ struct adl_xfer_s {
     adl_download_t         dl;
     int                    attempt;          /* 1-based, all claims */
     int64_t                retry_at;
-    int                    paused;           /* for want of room */
+    int                    paused;           /* for want of room or pace */
     int64_t                received;         /* bytes hashed and kept */
+    int64_t                pace_t0;          /* this attempt's start, */
+    int64_t                pace_b0;          /* ...and x->received then */
+    size_t                 pace_want;        /* the bytes held back */
     int64_t                size;             /* announced, or -1 */
     adl_sha256_t           sha;
     char                   sha256[65];
@@ -168,6 +171,25 @@ dl_head(void *data, int64_t from)
     return adl_upload_expect(&x->up, x->size);
 }
 
+/*
+ * ASYNC_DL_MAX_TRANSFER_RATE: may this attempt take n more bytes now?  It
+ * may have rate x (now - start) bytes, and a tenth of a second ahead (the
+ * loop's tick, which lets a paced download go on).  libcurl's own limit
+ * cannot do this: it reads whatever the socket holds before it checks.
+ */
+static int
+pace_allows(const adl_xfer_t *x, size_t n, int64_t now)
+{
+    int64_t  rate = x->env->settings->max_transfer_rate;
+
+    if (rate <= 0) {
+        return 1;
+    }
+    /* in double: rate x milliseconds could pass int64_t */
+    return (double) (x->received - x->pace_b0) + (double) n
+           <= (double) rate * (double) (now - x->pace_t0 + 100) / 1000.0;
+}
+
 /* The download's bytes, inside its write callback. */
 static size_t
 dl_body(void *data, const char *p, size_t n)
@@ -177,6 +199,12 @@ dl_body(void *data, const char *p, size_t n)
     if (x->state != XF_RUNNING) {
         return 0;
     }
+    if (!pace_allows(x, n, adl_now_ms())) {
+        x->paused = 1;              /* ahead of its pace: the tick resumes */
+        x->pace_want = n;           /* libcurl hands the same bytes again */
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    x->pace_want = 0;
     if (!adl_upload_takes(&x->up, n)) {
         x->paused = 1;              /* the storage is behind */
         return CURL_WRITEFUNC_PAUSE;
@@ -299,6 +327,9 @@ start_download(adl_xfer_t *x)
         restart_from_zero(x);
     }
     x->state = XF_RUNNING;
+    x->pace_t0 = adl_now_ms();
+    x->pace_b0 = x->received;
+    x->pace_want = 0;
     if (adl_download_start(&x->dl, x->received) != 0) {
         return;                     /* ended at once: retried, as a failure */
     }
@@ -747,7 +778,8 @@ adl_xfer_settle(adl_xfer_t *x)
         upload_react(x);
         if (!adl_xfer_active(x) || !x->paused
             || !adl_download_running(&x->dl)
-            || adl_upload_room(&x->up) < ADL_UPLOAD_KICK)
+            || adl_upload_room(&x->up) < ADL_UPLOAD_KICK
+            || !pace_allows(x, x->pace_want, adl_now_ms()))
         {
             break;
         }
