@@ -31,14 +31,28 @@ ALTER TABLE async_dl_files ADD COLUMN owner text;
 ALTER TABLE async_dl_files ADD COLUMN host text;
 ALTER TABLE async_dl_files ADD COLUMN priority smallint NOT NULL DEFAULT 0;
 
--- The origin host of a URL as the limits count it: its host and port as
--- written, in lower case, without user info; '' when there is none.
+-- The origin host of a URL as the limits count it: host and port in lower
+-- case, without user info (up to the last '@', as libcurl reads it), the
+-- scheme's default port or a trailing dot; '' when there is none.
 CREATE FUNCTION async_dl_url_host(p_url text)
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT coalesce(lower(substring(p_url FROM
-        '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?([^/?#]*)')), '')
-$$;
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    scheme  text := lower(substring(p_url FROM
+                                    '^([A-Za-z][A-Za-z0-9+.-]*)://'));
+    h       text := lower(substring(p_url FROM
+                    '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#]*@)?([^/?#]*)'));
+BEGIN
+    IF h IS NULL THEN
+        RETURN '';
+    END IF;
+    IF scheme = 'http' AND h LIKE '%:80' THEN
+        h := left(h, -3);
+    ELSIF scheme = 'https' AND h LIKE '%:443' THEN
+        h := left(h, -4);
+    END IF;
+    RETURN regexp_replace(h, '\.(:[0-9]*)?$', '\1');
+END $$;
 
 CREATE FUNCTION async_dl_files_fill() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -78,6 +92,7 @@ CREATE FUNCTION async_dl_host_pause(p_url text, p_until timestamptz,
                                     p_reason text)
 RETURNS void
 LANGUAGE sql AS $$
+    DELETE FROM async_dl_hosts WHERE paused_until < now() - interval '1 hour';
     INSERT INTO async_dl_hosts AS h (host, paused_until, reason)
     VALUES (async_dl_url_host(p_url), p_until, p_reason)
     ON CONFLICT (host) DO UPDATE
@@ -163,55 +178,129 @@ BEGIN
                         async_dl_job_created(j, p_prefix)::text;
 END $$;
 
+-- Where the next claim's walk over (owner, host) pairs starts (one row).
+CREATE TABLE async_dl_claim_cursor (
+    id     boolean PRIMARY KEY DEFAULT true CHECK (id),
+    owner  text NOT NULL DEFAULT '',
+    host   text NOT NULL DEFAULT ''
+);
+INSERT INTO async_dl_claim_cursor DEFAULT VALUES;
+
 -- The pending files the next claim of p_n takes, in the order above.
 -- (ROWS 16: about a claim's size, so that the claim probes these files by
 -- their primary key instead of reading every pending file.)
 CREATE FUNCTION async_dl_claim_pick(p_n integer, p_host_limit integer,
                                     p_owner_limit integer)
 RETURNS TABLE (job_id uuid, idx integer)
-LANGUAGE plpgsql STABLE ROWS 16 AS $$
+LANGUAGE plpgsql ROWS 16 AS $$
 #variable_conflict use_column
 DECLARE
-    v_job   uuid[];
-    v_idx   integer[];
-    v_even  boolean := true;
+    v_job     uuid[];
+    v_idx     integer[];
+    v_even    boolean := true;
+    v_capped  boolean;
+    v_walk    integer := greatest(16, 4 * p_n);
+    v_owners  text[];
+    v_hosts   text[];
+    c_owner   text;
+    c_host    text;
 BEGIN
+    -- the (owner, host) pairs with files ready, one index probe each: at
+    -- most v_walk of them, from where the last claim's walk stopped, then
+    -- from the first (so that thousands of owners cost a claim no more
+    -- than v_walk probes, and each gets its turn)
+    SELECT c.owner, c.host INTO c_owner, c_host FROM async_dl_claim_cursor c;
+    c_owner := coalesce(c_owner, '');           -- (no row: from the first)
+    c_host := coalesce(c_host, '');
+    SELECT coalesce(array_agg(w.owner ORDER BY w.n), '{}'),
+           coalesce(array_agg(w.host ORDER BY w.n), '{}')
+      INTO v_owners, v_hosts
+      FROM (WITH RECURSIVE walk (owner, host, n) AS (
+                (SELECT f.owner, f.host, 1 FROM async_dl_files f
+                  WHERE f.status = 'pending' AND f.next_attempt_at <= now()
+                    AND (f.owner, f.host) >= (c_owner, c_host)
+                  ORDER BY f.owner, f.host LIMIT 1)
+                UNION ALL
+                SELECT q.owner, q.host, w.n + 1
+                  FROM walk w CROSS JOIN LATERAL (
+                       SELECT f.owner, f.host FROM async_dl_files f
+                        WHERE f.status = 'pending'
+                          AND f.next_attempt_at <= now()
+                          AND (f.owner, f.host) > (w.owner, w.host)
+                        ORDER BY f.owner, f.host LIMIT 1) q
+                 WHERE w.n <= v_walk)
+            SELECT * FROM walk) w;
+    IF cardinality(v_owners) > v_walk THEN
+        -- more to see: the next claim starts at the one left out
+        UPDATE async_dl_claim_cursor
+           SET owner = v_owners[v_walk + 1], host = v_hosts[v_walk + 1];
+        v_owners := v_owners[1:v_walk];
+        v_hosts := v_hosts[1:v_walk];
+    ELSIF (c_owner, c_host) > ('', '') THEN
+        SELECT v_owners || coalesce(array_agg(w.owner ORDER BY w.n), '{}'),
+               v_hosts || coalesce(array_agg(w.host ORDER BY w.n), '{}')
+          INTO v_owners, v_hosts
+          FROM (WITH RECURSIVE walk (owner, host, n) AS (
+                    (SELECT f.owner, f.host, 1 FROM async_dl_files f
+                      WHERE f.status = 'pending'
+                        AND f.next_attempt_at <= now()
+                        AND (f.owner, f.host) < (c_owner, c_host)
+                      ORDER BY f.owner, f.host LIMIT 1)
+                    UNION ALL
+                    SELECT q.owner, q.host, w.n + 1
+                      FROM walk w CROSS JOIN LATERAL (
+                           SELECT f.owner, f.host FROM async_dl_files f
+                            WHERE f.status = 'pending'
+                              AND f.next_attempt_at <= now()
+                              AND (f.owner, f.host) > (w.owner, w.host)
+                              AND (f.owner, f.host) < (c_owner, c_host)
+                            ORDER BY f.owner, f.host LIMIT 1) q
+                     WHERE w.n <= v_walk - cardinality(v_owners))
+                SELECT * FROM walk) w;
+        IF cardinality(v_owners) > v_walk THEN
+            -- the wrap was cut short too: on from the one left out
+            UPDATE async_dl_claim_cursor
+               SET owner = v_owners[v_walk + 1], host = v_hosts[v_walk + 1];
+            v_owners := v_owners[1:v_walk];
+            v_hosts := v_hosts[1:v_walk];
+        ELSE
+            UPDATE async_dl_claim_cursor SET owner = '', host = '';
+        END IF;
+    END IF;
+
     LOOP
         SELECT coalesce(array_agg(z.job_id ORDER BY z.ord), '{}'),
-               coalesce(array_agg(z.idx ORDER BY z.ord), '{}')
-          INTO v_job, v_idx
+               coalesce(array_agg(z.idx ORDER BY z.ord), '{}'),
+               coalesce(bool_or(z.capped), false)
+          INTO v_job, v_idx, v_capped
           FROM (
-        WITH RECURSIVE pairs (owner, host) AS (
-            -- the (owner, host) pairs with files ready, one index probe each
-            (SELECT f.owner, f.host FROM async_dl_files f
-              WHERE f.status = 'pending' AND f.next_attempt_at <= now()
-              ORDER BY f.owner, f.host LIMIT 1)
-            UNION ALL
-            SELECT q.owner, q.host
-              FROM pairs p CROSS JOIN LATERAL (
-                   SELECT f.owner, f.host FROM async_dl_files f
-                    WHERE f.status = 'pending' AND f.next_attempt_at <= now()
-                      AND (f.owner, f.host) > (p.owner, p.host)
-                    ORDER BY f.owner, f.host LIMIT 1) q
+        WITH pairs (owner, host) AS (
+            SELECT u.o, u.h FROM unnest(v_owners, v_hosts) AS u (o, h)
         ),
         running AS (
             SELECT f.owner, f.host FROM async_dl_files f
              WHERE f.status = 'downloading'
         ),
+        host_busy AS (
+            SELECT r.host, count(*) AS n FROM running r GROUP BY r.host
+        ),
+        owner_busy AS (
+            SELECT r.owner, count(*) AS n FROM running r GROUP BY r.owner
+        ),
         host_room AS (
             SELECT h.host,
                    CASE WHEN p_host_limit > 0
-                        THEN p_host_limit - (SELECT count(*) FROM running r
-                                              WHERE r.host = h.host)
+                        THEN p_host_limit - coalesce(b.n, 0)
                         ELSE p_n END AS room
               FROM (SELECT DISTINCT p.host FROM pairs p) h
+              LEFT JOIN host_busy b ON b.host = h.host
              WHERE NOT EXISTS (SELECT 1 FROM async_dl_hosts x
                                 WHERE x.host = h.host AND x.paused_until > now())
         ),
         owner_load AS (
-            SELECT o.owner, (SELECT count(*) FROM running r
-                              WHERE r.owner = o.owner) AS active
+            SELECT o.owner, coalesce(b.n, 0) AS active
               FROM (SELECT DISTINCT p.owner FROM pairs p) o
+              LEFT JOIN owner_busy b ON b.owner = o.owner
         ),
         open_pairs AS (
             SELECT p.owner, p.host, h.room, l.active
@@ -221,7 +310,15 @@ BEGIN
              WHERE p_owner_limit <= 0 OR l.active < p_owner_limit
         ),
         shape AS (
-            SELECT count(*) AS pairs, max(o.active) AS most FROM open_pairs o
+            SELECT count(DISTINCT o.owner) AS owners, max(o.active) AS most
+              FROM open_pairs o
+        ),
+        capped AS (
+            -- whether the even share held back any pair's files
+            SELECT bool_or(v_even
+                           AND (p_n + x.owners - 1) / x.owners + x.most
+                               - o.active < least(o.room, p_n)) AS c
+              FROM open_pairs o CROSS JOIN shape x
         ),
         candidates AS (
             -- first enough of each pair's files to fill the claim up to one
@@ -239,7 +336,7 @@ BEGIN
                     ORDER BY f.priority DESC, f.next_attempt_at, f.job_id, f.idx
                     LIMIT least(o.room, p_n,
                                 CASE WHEN v_even
-                                     THEN (p_n + x.pairs - 1) / x.pairs
+                                     THEN (p_n + x.owners - 1) / x.owners
                                           + x.most - o.active
                                      ELSE p_n END)) c
         ),
@@ -260,14 +357,16 @@ BEGIN
         )
         SELECT x.job_id, x.idx,
                row_number() OVER (ORDER BY x.load, x.next_attempt_at, x.job_id,
-                                           x.idx) AS ord
+                                           x.idx) AS ord,
+               (SELECT k.c FROM capped k) AS capped
           FROM by_host x
          WHERE x.nth <= x.room
          ORDER BY x.load, x.next_attempt_at, x.job_id, x.idx
          LIMIT p_n) z;
         -- an owner with fewer files than its share leaves the claim
         -- short: then once more with all of each pair's files that fit
-        EXIT WHEN NOT v_even OR cardinality(v_job) >= p_n;
+        -- (only when the share held any back)
+        EXIT WHEN NOT v_even OR NOT v_capped OR cardinality(v_job) >= p_n;
         v_even := false;
     END LOOP;
     RETURN QUERY SELECT u.j, u.i FROM unnest(v_job, v_idx) AS u (j, i);
@@ -295,6 +394,8 @@ DECLARE
     n       integer;
     r       record;
 BEGIN
+    p_host_limit := coalesce(p_host_limit, 0);
+    p_owner_limit := coalesce(p_owner_limit, 0);
     PERFORM pg_advisory_xact_lock(6920133011209537015);
 
     -- leases that ran out: few rows, found by the downloading index
@@ -318,13 +419,15 @@ BEGIN
                v_dead || coalesce(array_agg(false), '{}'),
                v_done || coalesce(array_agg(p.bytes_done), '{}')
           INTO v_job, v_idx, v_dead, v_done
-          FROM (SELECT f.job_id, f.idx, f.bytes_done FROM async_dl_files f
-                 WHERE (f.job_id, f.idx) IN (
-                           SELECT c.job_id, c.idx
-                             FROM async_dl_claim_pick(n, p_host_limit,
-                                                      p_owner_limit) c)
-                   AND f.status = 'pending'
-                   FOR UPDATE SKIP LOCKED) p;
+          FROM (SELECT f.job_id, f.idx, f.bytes_done
+                  FROM (SELECT c.job_id, c.idx
+                          FROM async_dl_claim_pick(n, p_host_limit,
+                                                   p_owner_limit) c
+                        OFFSET 0) c
+                  JOIN async_dl_files f
+                    ON f.job_id = c.job_id AND f.idx = c.idx
+                 WHERE f.status = 'pending'
+                   FOR UPDATE OF f SKIP LOCKED) p;
     END IF;
     IF cardinality(v_job) = 0 THEN
         RETURN;

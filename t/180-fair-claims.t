@@ -77,6 +77,14 @@ is(psql("SELECT count(DISTINCT host) FROM async_dl_files WHERE url LIKE "
         . "'%slow%'"), 1, 'one host key for one host:port');
 is(psql("SELECT async_dl_url_host('HTTPS://user:pw\@Example.COM:8443/a?b#c')"),
    'example.com:8443', 'host key: lower case, port kept, user info dropped');
+is(psql("SELECT string_agg(async_dl_url_host(u), ' ' ORDER BY n) FROM "
+        . "unnest(ARRAY['http://example.com:80/a', 'https://example.com:443/', "
+        . "'http://example.com.:8080/', 'https://example.com./x', "
+        . "'http://a\@b\@c.example/x', 'http://[::1]:80/x', 'ftp:x', "
+        . "'http://example.com:443/']) WITH ORDINALITY AS t (u, n)"),
+   'example.com example.com example.com:8080 example.com c.example [::1]  '
+   . 'example.com:443',
+   'default ports and trailing dots dropped; user info up to the last @');
 
 # --- per owner limit ----------------------------------------------------------
 reset_jobs();
@@ -108,14 +116,48 @@ jobs('A', 10, 'http://race.example/f');
 my $sql = "SELECT count(*) FROM async_dl_claim('w', 5, '1 minute', 5, 'dl/', 3, 0)";
 my $first = psql_bg("BEGIN; $sql; SELECT pg_sleep(1); COMMIT;");
 sleep 0.3;
+# a file nobody holds a lock on: only the count of what the first claim
+# took (once it commits) keeps the second from taking it
+jobs('B', 1, 'http://race.example/b');
 my $second = psql_bg($sql);
 my ($rc1, $out1) = psql_wait($first);
 my ($rc2, $out2) = psql_wait($second);
 is($rc1 + $rc2, 0, 'both claims ran');
 is((split /\n/, $out1)[0] + $out2, 3,
    'the later claim waited for the first and took no more than the room');
+is($out2 + 0, 0, "... not even B's file, which no lock held");
 is(psql("SELECT count(*) FROM async_dl_files WHERE status = 'downloading'"),
    3, 'three downloading from that host');
+
+# --- more owners than one claim walks: each gets its turn -------------------
+# (a claim walks at most max(16, 4 x its size) owner-host pairs, from where
+# the last one stopped)
+reset_jobs();
+my $fill = join '', map {
+    my $o = sprintf 'o%03d', $_;
+    map { "SELECT outcome FROM async_dl_job_create('$o', NULL, NULL, 600000, "
+          . "NULL, '[{\"url\": \"http://many.example/$o/$_\"}]'::json, 0, 0, "
+          . "'/v1/download/');" } 1 .. 3
+} 0 .. 99;
+psql($fill);
+my $claimed = 0;
+$claimed += scalar @{ claim(8, 0, 0) } for 1 .. 12;
+is($claimed, 96, 'twelve claims of eight');
+cmp_ok(psql("SELECT count(DISTINCT owner) FROM async_dl_files WHERE status "
+            . "= 'downloading'"), '>=', 90, 'nearly every one of 100 owners '
+       . 'got a file (32 if each claim walked the same first 32)');
+cmp_ok(psql("SELECT max(n) FROM (SELECT count(*) AS n FROM async_dl_files "
+            . "WHERE status = 'downloading' GROUP BY owner) x"), '<=', 2,
+       'and none more than two');
+psql("SELECT count(*) FROM async_dl_claim('w', 1000, '1 minute', 5, 'dl/')");
+is(psql("SELECT count(*) FROM async_dl_files WHERE status = 'pending'"), 0,
+   'claims that walk past the end go round: every file is claimed');
+
+# --- NULL limits are no limits ----------------------------------------------------
+reset_jobs();
+jobs('A', 3, 'http://null.example/f');
+is(psql("SELECT count(*) FROM async_dl_claim('w', 16, '1 minute', 5, 'dl/', "
+        . "NULL, NULL)"), 3, 'NULL limits claim as 0 does');
 
 # --- a worker of version 14 (five arguments): fair, no limits -----------------
 reset_jobs();

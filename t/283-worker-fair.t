@@ -11,7 +11,7 @@ use Time::HiRes qw(sleep time);
 
 my $s = adl();
 my $o = $s->{origin};
-origin_file('fair.bin', 24 * 1024);      # 1 s each at 24 KB/s
+origin_file('fair.bin', 24 * 1024);      # 2 s each at 12 KB/s
 origin_file('tiny.bin', 1024);
 my $other = scripted_server(sub {
     my ($c) = @_;
@@ -19,7 +19,7 @@ my $other = scripted_server(sub {
            . "\r\nhello";
 });
 
-my @ajobs = map { add_job(["$o/slow/fair.bin?rate=24k&a=$_"], owner => 'A',
+my @ajobs = map { add_job(["$o/slow/fair.bin?rate=12k&a=$_"], owner => 'A',
                       timeout => 120) } 1 .. 24;
 # two slots each: the third file at once on the host needs the other worker
 start_worker(ASYNC_DL_CONCURRENCY => 2, ASYNC_DL_PER_HOST_CONCURRENCY => 3)
@@ -39,7 +39,7 @@ is(wait_ended($jb, 20), 'completed', "B's job completed");
 cmp_ok($left->(), '>=', 8, "... before A's backlog on the same host, at its "
        . 'next free slot');
 
-is(wait_ended($_, 60), 'completed', 'an A job completed') for @ajobs;
+is(wait_ended($_, 90), 'completed', 'an A job completed') for @ajobs;
 
 # at most 3 at once at the origin, from both workers together
 my @ev;

@@ -22,7 +22,7 @@ typedef struct {
     adl_claimer_t   claim;          /* first: adl_claimer_wake */
     adl_env_t      *env;
     int             claim_limit;    /* rows asked for by the claim running */
-    int             newcomer;       /* a job arrived: claim at any room */
+    int             short_claim;    /* the last claim got less than asked */
     adl_job_t      *jobs;
     adl_xfer_t    **xs;
     int             n;
@@ -149,6 +149,7 @@ claim_result(void *data, PGresult *res)
     if (n >= f->claim_limit) {
         f->claim.pending = 1;
     }
+    f->short_claim = n >= 0 && n < f->claim_limit;
 }
 
 static void
@@ -164,10 +165,8 @@ maybe_claim(files_t *f)
     if (!adl_claimer_due(&f->claim, f->env, room)) {
         return;
     }
-    /* when busy, refill in batches rather than one file at a time; a job
-     * that just arrived takes the first free slot (its owner may be the
-     * one the claim serves first) */
-    if (f->n > 0 && !f->newcomer && room < (batch > 0 ? batch : 1)) {
+    /* when busy, claim in batches rather than one file at a time */
+    if (f->n > 0 && room < (batch > 0 ? batch : 1)) {
         return;
     }
 
@@ -197,7 +196,6 @@ maybe_claim(files_t *f)
                          claim_result, f) == 0)
     {
         f->claim_limit = room;
-        f->newcomer = 0;
     }
 }
 
@@ -242,7 +240,6 @@ files_notify(void *k, const char *channel, const char *payload)
 
     if (strcmp(channel, "async_dl_jobs") == 0) {
         f->claim.pending = 1;
-        f->newcomer = 1;
         return;
     }
     /* async_dl_cancel: the job was canceled or deleted */
@@ -298,8 +295,9 @@ files_settle(void *k, int64_t now)
         }
     }
     /* a claim that came back short may have been held back by a host's or
-     * an owner's limit, which a file that ended frees: ask again */
-    if (ended > 0) {
+     * an owner's limit (or a paused host), which a file that ended may have
+     * freed: ask again (in batches, as any refill) */
+    if (ended > 0 && f->short_claim) {
         f->claim.pending = 1;
     }
     maybe_claim(f);

@@ -59,7 +59,7 @@ static const setting_t  settings[] = {
     { "ASYNC_DL_CONCURRENCY", T_INT, OFF(concurrency), "16", 1, 4096, NULL,
       "files transferred at once by this process" },
     { "ASYNC_DL_PER_HOST_CONCURRENCY", T_INT, OFF(per_host_concurrency),
-      "4", 0, 4096, NULL, "files downloaded at once from one origin host "
+      "0", 0, 4096, NULL, "files downloaded at once from one origin host "
       "(host:port), all workers together (0: no limit)" },
     { "ASYNC_DL_MAX_TRANSFER_RATE", T_SIZE, OFF(max_transfer_rate), "0", 0,
       1 * TIB, NULL, "bytes a second one download may take from its origin "
