@@ -43,7 +43,7 @@ migrate_at_start(const adl_settings_t *s, int wait)
     }
     rc = adl_migrate(conn);
     if (rc == 0 && !s->migrate_only) {
-        rc = adl_migrate_store_ttls(conn, s);
+        rc = adl_migrate_store_settings(conn, s);
     }
     PQfinish(conn);
     return rc;

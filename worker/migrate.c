@@ -130,23 +130,35 @@ unlock:
     return rc;
 }
 
-int
-adl_migrate_store_ttls(PGconn *conn, const adl_settings_t *s)
+static int
+store(PGconn *conn, const char *sql, int64_t a, int64_t b, const char *what)
 {
-    char         c[24], f[24];
-    const char  *p[2] = { c, f };
+    char         x[24], y[24];
+    const char  *p[2] = { x, y };
     PGresult    *res;
     int          rc = 0;
 
-    snprintf(c, sizeof(c), "%lld", (long long) s->ttl_completed);
-    snprintf(f, sizeof(f), "%lld", (long long) s->ttl_failed);
-    res = PQexecParams(conn, "SELECT async_dl_lifecycle_ttls($1::bigint, "
-                       "$2::bigint)", 2, NULL, p, NULL, NULL, 0);
+    snprintf(x, sizeof(x), "%lld", (long long) a);
+    snprintf(y, sizeof(y), "%lld", (long long) b);
+    res = PQexecParams(conn, sql, 2, NULL, p, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        adl_log_error(NULL, -1, "expiry: storing the TTLs failed: %s",
+        adl_log_error(NULL, -1, "storing the %s failed: %s", what,
                       PQresultErrorMessage(res));
         rc = -1;
     }
     PQclear(res);
     return rc;
+}
+
+int
+adl_migrate_store_settings(PGconn *conn, const adl_settings_t *s)
+{
+    if (store(conn, "SELECT async_dl_lifecycle_ttls($1::bigint, $2::bigint)",
+              s->ttl_completed, s->ttl_failed, "expiry TTLs") != 0)
+    {
+        return -1;
+    }
+    return store(conn, "SELECT async_dl_claim_limits_set($1::integer, "
+                 "$2::integer)", s->per_host_concurrency,
+                 s->per_owner_concurrency, "claim limits");
 }

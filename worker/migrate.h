@@ -18,9 +18,10 @@
 /* Returns 0, or -1 after logging why. */
 int adl_migrate(PGconn *conn);
 
-/* Stores this worker's TTLs (ASYNC_DL_TTL_COMPLETED, _FAILED), which the
- * schema reads when a job ends (the last worker started wins).  0, or -1
- * after logging why. */
-int adl_migrate_store_ttls(PGconn *conn, const adl_settings_t *s);
+/* Stores the settings the schema reads (the last worker started wins):
+ * the TTLs (ASYNC_DL_TTL_COMPLETED, _FAILED), read when a job ends, and the
+ * claim limits (ASYNC_DL_PER_HOST_CONCURRENCY, _PER_OWNER_), read to say
+ * why a file waits.  0, or -1 after logging why. */
+int adl_migrate_store_settings(PGconn *conn, const adl_settings_t *s);
 
 #endif /* ADL_MIGRATE_H */

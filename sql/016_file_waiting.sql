@@ -1,0 +1,116 @@
+-- async-dl schema, version 16: the status document says why a file waits.
+--
+-- A pending file's "waiting" is the first that holds of
+--   "retry"        its next attempt is later (after a failed one)
+--   "host_paused"  its origin host asked to wait (Retry-After, 15)
+--   "host_limit"   its host has ASYNC_DL_PER_HOST_CONCURRENCY downloading
+--   "owner_limit"  its owner has ASYNC_DL_PER_OWNER_CONCURRENCY downloading
+--   "queue"        none of these: its turn for a free slot
+-- and null for a file that does not wait.  The limits are the workers'
+-- (the last one started wins, as for the TTLs).
+--
+-- These reasons change without an event of the job (another job's file
+-- ends, a pause runs out), so a status cache keeps a document with a
+-- waiting file for at most 2 seconds (async_dl_job_status_fill's expiry).
+
+CREATE TABLE async_dl_claim_limits (
+    id           boolean PRIMARY KEY DEFAULT true CHECK (id),
+    host_limit   integer NOT NULL DEFAULT 0,
+    owner_limit  integer NOT NULL DEFAULT 0
+);
+INSERT INTO async_dl_claim_limits DEFAULT VALUES;
+
+CREATE FUNCTION async_dl_claim_limits_set(p_host integer, p_owner integer)
+RETURNS void
+LANGUAGE sql AS $$
+    UPDATE async_dl_claim_limits
+       SET host_limit = coalesce(p_host, 0), owner_limit = coalesce(p_owner, 0);
+$$;
+
+CREATE FUNCTION async_dl_file_waiting(f async_dl_files)
+RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    lim  async_dl_claim_limits;
+BEGIN
+    IF f.status <> 'pending' THEN
+        RETURN NULL;
+    END IF;
+    IF f.next_attempt_at > now() THEN
+        RETURN 'retry';
+    END IF;
+    IF EXISTS (SELECT 1 FROM async_dl_hosts h
+                WHERE h.host = f.host AND h.paused_until > now())
+    THEN
+        RETURN 'host_paused';
+    END IF;
+    SELECT * INTO lim FROM async_dl_claim_limits;
+    IF lim.host_limit > 0
+       AND (SELECT count(*) FROM async_dl_files x
+             WHERE x.status = 'downloading' AND x.host = f.host)
+           >= lim.host_limit
+    THEN
+        RETURN 'host_limit';
+    END IF;
+    IF lim.owner_limit > 0
+       AND (SELECT count(*) FROM async_dl_files x
+             WHERE x.status = 'downloading' AND x.owner = f.owner)
+           >= lim.owner_limit
+    THEN
+        RETURN 'owner_limit';
+    END IF;
+    RETURN 'queue';
+END $$;
+
+-- The files of the status document (2), with "waiting".
+CREATE OR REPLACE FUNCTION async_dl_job_files_json(j async_dl_jobs,
+                                                   p_prefix text)
+RETURNS json
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT coalesce(json_agg(json_build_object(
+               'index', f.idx,
+               'fileId', f.file_id,
+               'url', f.url,
+               'name', f.name,
+               'status', f.status,
+               'size', f.size,
+               'contentType', f.content_type,
+               'sha256', f.sha256,
+               'attempts', f.attempts,
+               'waiting', async_dl_file_waiting(f),
+               'error', CASE WHEN f.error_code IS NOT NULL
+                             THEN json_build_object('code', f.error_code,
+                                                    'message',
+                                                    f.error_message) END,
+               'downloadUrl', CASE WHEN f.status = 'completed'
+                                   THEN p_prefix || j.id::text || '/files/'
+                                        || f.idx END)
+             ORDER BY f.idx), '[]'::json)
+      FROM async_dl_files f
+     WHERE f.job_id = j.id);
+END $$;
+
+-- A cache's fill (13): a document with a waiting file expires from the
+-- cache within 2 seconds, so that its reasons are at most that old.
+CREATE OR REPLACE FUNCTION async_dl_job_status_fill(p_job uuid, p_prefix text)
+RETURNS TABLE (o_owner text, o_seq bigint, o_expires_ms bigint, o_doc text)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
+    SELECT j.owner, j.event_seq,
+           CASE WHEN EXISTS (SELECT 1 FROM async_dl_files f
+                              WHERE f.job_id = j.id AND f.status = 'pending')
+                THEN least(coalesce((extract(epoch FROM j.expires_at)
+                                     * 1000)::bigint, 9223372036854775807),
+                           (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                           + 3000)
+                ELSE coalesce((extract(epoch FROM j.expires_at) * 1000)::bigint,
+                              -1) END,
+           async_dl_job_status(j.id, j.owner, p_prefix)::text
+      FROM async_dl_jobs j
+     WHERE j.id = p_job AND async_dl_job_live(j.expires_at);
+END $$;
+
+-- every cached document lacks "waiting": drop them all
+NOTIFY async_dl_events, 'flush';
