@@ -1,7 +1,8 @@
 -- async-dl schema, version 16: the status document says why a file waits.
 --
 -- A pending file's "waiting" is the first that holds of
---   "retry"        its next attempt is later (after a failed one)
+--   "retry"        its next attempt is later (handed back by a worker
+--                  that was waiting to retry it)
 --   "host_paused"  its origin host asked to wait (Retry-After, 15)
 --   "host_limit"   its host has ASYNC_DL_PER_HOST_CONCURRENCY downloading
 --   "owner_limit"  its owner has ASYNC_DL_PER_OWNER_CONCURRENCY downloading
@@ -27,48 +28,35 @@ LANGUAGE sql AS $$
        SET host_limit = coalesce(p_host, 0), owner_limit = coalesce(p_owner, 0);
 $$;
 
-CREATE FUNCTION async_dl_file_waiting(f async_dl_files)
-RETURNS text
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    lim  async_dl_claim_limits;
-BEGIN
-    IF f.status <> 'pending' THEN
-        RETURN NULL;
-    END IF;
-    IF f.next_attempt_at > now() THEN
-        RETURN 'retry';
-    END IF;
-    IF EXISTS (SELECT 1 FROM async_dl_hosts h
-                WHERE h.host = f.host AND h.paused_until > now())
-    THEN
-        RETURN 'host_paused';
-    END IF;
-    SELECT * INTO lim FROM async_dl_claim_limits;
-    IF lim.host_limit > 0
-       AND (SELECT count(*) FROM async_dl_files x
-             WHERE x.status = 'downloading' AND x.host = f.host)
-           >= lim.host_limit
-    THEN
-        RETURN 'host_limit';
-    END IF;
-    IF lim.owner_limit > 0
-       AND (SELECT count(*) FROM async_dl_files x
-             WHERE x.status = 'downloading' AND x.owner = f.owner)
-           >= lim.owner_limit
-    THEN
-        RETURN 'owner_limit';
-    END IF;
-    RETURN 'queue';
-END $$;
-
--- The files of the status document (2), with "waiting".
+-- The files of the status document (2), with "waiting": the limits read
+-- once, the owner's downloading files counted once, each host of the job's
+-- pending files looked at once.
 CREATE OR REPLACE FUNCTION async_dl_job_files_json(j async_dl_jobs,
                                                    p_prefix text)
 RETURNS json
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    lim    async_dl_claim_limits;
+    owned  bigint := 0;
 BEGIN
-    RETURN (SELECT coalesce(json_agg(json_build_object(
+    SELECT * INTO lim FROM async_dl_claim_limits;
+    IF lim.owner_limit > 0 THEN
+        SELECT count(*) INTO owned FROM async_dl_files x
+         WHERE x.status = 'downloading' AND x.owner = j.owner;
+    END IF;
+    RETURN (WITH hosts AS (
+                SELECT h.host,
+                       EXISTS (SELECT 1 FROM async_dl_hosts p
+                                WHERE p.host = h.host
+                                  AND p.paused_until > now()) AS paused,
+                       CASE WHEN lim.host_limit > 0
+                            THEN (SELECT count(*) FROM async_dl_files x
+                                   WHERE x.status = 'downloading'
+                                     AND x.host = h.host)
+                            ELSE 0 END AS busy
+                  FROM (SELECT DISTINCT f.host FROM async_dl_files f
+                         WHERE f.job_id = j.id AND f.status = 'pending') h)
+            SELECT coalesce(json_agg(json_build_object(
                'index', f.idx,
                'fileId', f.file_id,
                'url', f.url,
@@ -78,7 +66,15 @@ BEGIN
                'contentType', f.content_type,
                'sha256', f.sha256,
                'attempts', f.attempts,
-               'waiting', async_dl_file_waiting(f),
+               'waiting', CASE
+                   WHEN f.status <> 'pending' THEN NULL
+                   WHEN f.next_attempt_at > now() THEN 'retry'
+                   WHEN h.paused THEN 'host_paused'
+                   WHEN lim.host_limit > 0 AND h.busy >= lim.host_limit
+                        THEN 'host_limit'
+                   WHEN lim.owner_limit > 0 AND owned >= lim.owner_limit
+                        THEN 'owner_limit'
+                   ELSE 'queue' END,
                'error', CASE WHEN f.error_code IS NOT NULL
                              THEN json_build_object('code', f.error_code,
                                                     'message',
@@ -87,8 +83,9 @@ BEGIN
                                    THEN p_prefix || j.id::text || '/files/'
                                         || f.idx END)
              ORDER BY f.idx), '[]'::json)
-      FROM async_dl_files f
-     WHERE f.job_id = j.id);
+              FROM async_dl_files f
+              LEFT JOIN hosts h ON h.host = f.host
+             WHERE f.job_id = j.id);
 END $$;
 
 -- A cache's fill (13): a document with a waiting file expires from the

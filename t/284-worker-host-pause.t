@@ -1,7 +1,8 @@
 # An origin that answers 429 (or 503) with Retry-After pauses its host for
 # every worker: no worker starts another of its files before the pause
 # ends, while files of other hosts go on; the file that met the answer is
-# retried after it.
+# retried after it.  A worker that stops while it waits to retry a file
+# hands it back with the rest of that wait ("waiting": "retry").
 use strict;
 use warnings;
 use lib 't/lib';
@@ -54,6 +55,23 @@ ok($retry && $retry->[0] >= $req[0][0] + 4.9, 'the file that met the 429 '
    . 'was retried after its Retry-After (5 s)');
 like(worker_log(), qr/the origin answered HTTP 429 with Retry-After: its host is paused for \d+ ms/,
      'the worker says so');
+
+# --- a worker that stops while it waits to retry hands the wait on --------
+my $late = scripted_server(sub {
+    my ($c) = @_;
+    print $c "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 30\r\n"
+           . "Content-Length: 0\r\nConnection: close\r\n\r\n";
+});
+my $held = add_job(["$late/y"], owner => 'A');
+ok(wait_until(sub { worker_log() =~ /job=$held file=0 attempt 1 failed.*retrying in/ },
+              20), 'a worker waits to retry after a 503 with Retry-After: 30');
+stop_worker('TERM', $_) for 0, 1;
+is(psql("SELECT status || ' ' || (next_attempt_at > now() + interval '20 "
+        . "seconds') FROM async_dl_files WHERE job_id = '$held'"),
+   'pending true', 'stopped, it handed the file back with that wait');
+is(psql("SELECT async_dl_job_status('$held', 'A', '/v1/download/')::json "
+        . "-> 'files' -> 0 ->> 'waiting'"), 'retry',
+   'and the status says the file waits to retry');
 
 sub slurp_file { local (@ARGV, $/) = @_; return <> }
 

@@ -1,7 +1,7 @@
 /*
  * migrate: runs at start (blocking: nothing else is going on yet) and for
  * `async-dl-worker --migrate`; then, at start, stores this worker's TTLs
- * for the expiry sweep.
+ * (for the expiry sweep) and claim limits (for a file's "waiting").
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -80,8 +80,8 @@ struct adl_xfer_s {
     int64_t                retry_at;
     int                    paused;           /* for want of room or pace */
     int64_t                received;         /* bytes hashed and kept */
-    int64_t                pace_t0;          /* this attempt's start, */
-    int64_t                pace_b0;          /* ...and x->received then */
+    int64_t                pace_t0;          /* the pace counts from here */
+    int64_t                pace_taken;       /* bytes taken since then */
     size_t                 pace_want;        /* the bytes held back */
     int64_t                size;             /* announced, or -1 */
     adl_sha256_t           sha;
@@ -174,20 +174,32 @@ dl_head(void *data, int64_t from)
 /*
  * ASYNC_DL_MAX_TRANSFER_RATE: may this attempt take n more bytes now?  It
  * may have rate x (now - start) bytes, and a tenth of a second ahead (the
- * loop's tick, which lets a paced download go on).  libcurl's own limit
- * cannot do this: it reads whatever the socket holds before it checks.
+ * loop's tick, which lets a paced download go on).  pace_taken counts the
+ * bytes taken by this attempt, whatever x->received does (a restart from
+ * byte 0).  libcurl's own limit cannot do this: it reads whatever the
+ * socket holds before it checks.
  */
 static int
-pace_allows(const adl_xfer_t *x, size_t n, int64_t now)
+pace_allows(adl_xfer_t *x, size_t n, int64_t now)
 {
     int64_t  rate = x->env->settings->max_transfer_rate;
+    double   allowed, credit, most;
 
     if (rate <= 0) {
         return 1;
     }
     /* in double: rate x milliseconds could pass int64_t */
-    return (double) (x->received - x->pace_b0) + (double) n
-           <= (double) rate * (double) (now - x->pace_t0 + 100) / 1000.0;
+    allowed = (double) rate * (double) (now - x->pace_t0 + 100) / 1000.0;
+    credit = allowed - (double) x->pace_taken;
+    most = (double) rate * 0.2 > (double) n ? (double) rate * 0.2 : (double) n;
+    if (credit > most) {
+        /* time it did not use (connecting, a storage that was behind)
+         * buys no burst: the pace's start moves up, leaving a fifth of a
+         * second's bytes (or this piece) of credit */
+        x->pace_t0 += (int64_t) ((credit - most) * 1000.0 / (double) rate);
+        allowed = (double) rate * (double) (now - x->pace_t0 + 100) / 1000.0;
+    }
+    return (double) x->pace_taken + (double) n <= allowed;
 }
 
 /* The download's bytes, inside its write callback. */
@@ -221,6 +233,7 @@ dl_body(void *data, const char *p, size_t n)
         return 0;
     }
     x->received += (int64_t) n;
+    x->pace_taken += (int64_t) n;
     return n;
 }
 
@@ -328,7 +341,7 @@ start_download(adl_xfer_t *x)
     }
     x->state = XF_RUNNING;
     x->pace_t0 = adl_now_ms();
-    x->pace_b0 = x->received;
+    x->pace_taken = 0;
     x->pace_want = 0;
     if (adl_download_start(&x->dl, x->received) != 0) {
         return;                     /* ended at once: retried, as a failure */
@@ -572,9 +585,10 @@ finish_result(void *data, PGresult *res)
 static void
 write_result(adl_xfer_t *x)
 {
-    char         idx[16], size[24], attempts[16];
+    char         idx[16], size[24], attempts[16], retry[24];
     const char  *p[12];
     const char  *status;
+    int64_t      now = adl_now_ms();
 
     status = x->outcome == OUT_STORED ? "completed"
              : x->outcome == OUT_HAND_BACK ? "pending" : "failed";
@@ -600,11 +614,19 @@ write_result(adl_xfer_t *x)
     p[8] = attempts;
     p[9] = x->outcome == OUT_FAILED ? x->error_code : NULL;
     p[10] = x->outcome == OUT_FAILED ? x->error : NULL;
+    /* handed back while backing off (a shutdown): the next worker waits
+     * as long as this one would have (an origin's Retry-After) */
     p[11] = NULL;
+    if (x->outcome == OUT_HAND_BACK && x->retry_at > now) {
+        snprintf(retry, sizeof(retry), "%lld",
+                 (long long) (x->retry_at - now));
+        p[11] = retry;              /* ms from the database's now() */
+    }
 
     if (adl_db_query(x->env->db, "SELECT async_dl_file_finish($1::uuid, "
                      "$2::integer, $3, $4, $5::bigint, $6, $7, $8, "
-                     "$9::integer, $10, $11, $12::timestamptz)", 12, p,
+                     "$9::integer, $10, $11, now() + $12::bigint "
+                     "* interval '1 millisecond')", 12, p,
                      finish_result, x) != 0)
     {
         XLOG(ADL_LOG_ERROR, x, "result not recorded (out of memory): the "
@@ -731,6 +753,15 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
          * second transfer of it can start */
         xfer_end(x, OUT_DROP, NULL, "lease lost: not renewed for %lld ms",
                  (long long) (now - x->lease_until + s->lease));
+        return;
+    }
+    if (x->state == XF_BACKOFF && x->env->stopping
+        && x->retry_at - now > s->shutdown_grace)
+    {
+        /* its retry comes after the shutdown's grace: another worker takes
+         * it after the same wait, rather than this one holding the
+         * shutdown up for nothing */
+        adl_xfer_hand_back(x);
         return;
     }
     if (x->state == XF_BACKOFF && now >= x->retry_at) {
