@@ -10,9 +10,14 @@
 -- and null for a file that does not wait.  The limits are the workers'
 -- (the last one started wins, as for the TTLs).
 --
--- These reasons change without an event of the job (another job's file
--- ends, a pause runs out), so a status cache keeps a document with a
--- waiting file for at most 2 seconds (async_dl_job_status_fill's expiry).
+-- These reasons can change without an event of the job (another job's file
+-- ends, a pause or a retry's wait runs out), so a status cache keeps a
+-- document with a waiting file for at most 2 seconds when one of those can
+-- apply: the workers have limits, or a pending file waits for a retry or a
+-- paused host (async_dl_job_status_fill's expiry).  Without limits the
+-- reason is "queue" until the job changes or a pause starts, and a pause
+-- that starts empties the caches (async_dl_host_pause), so polls of queued
+-- jobs stay in the caches.
 
 CREATE TABLE async_dl_claim_limits (
     id           boolean PRIMARY KEY DEFAULT true CHECK (id),
@@ -88,8 +93,8 @@ BEGIN
              WHERE f.job_id = j.id);
 END $$;
 
--- A cache's fill (13): a document with a waiting file expires from the
--- cache within 2 seconds, so that its reasons are at most that old.
+-- A cache's fill (13): a document whose waiting reason can change without
+-- an event of its job expires from the cache within 2 seconds.
 CREATE OR REPLACE FUNCTION async_dl_job_status_fill(p_job uuid, p_prefix text)
 RETURNS TABLE (o_owner text, o_seq bigint, o_expires_ms bigint, o_doc text)
 LANGUAGE plpgsql STABLE AS $$
@@ -98,6 +103,16 @@ BEGIN
     SELECT j.owner, j.event_seq,
            CASE WHEN EXISTS (SELECT 1 FROM async_dl_files f
                               WHERE f.job_id = j.id AND f.status = 'pending')
+                 AND (EXISTS (SELECT 1 FROM async_dl_claim_limits l
+                               WHERE l.host_limit > 0 OR l.owner_limit > 0)
+                      OR EXISTS (SELECT 1 FROM async_dl_files f
+                                  WHERE f.job_id = j.id
+                                    AND f.status = 'pending'
+                                    AND (f.next_attempt_at > now()
+                                         OR EXISTS (
+                                            SELECT 1 FROM async_dl_hosts h
+                                             WHERE h.host = f.host
+                                               AND h.paused_until > now()))))
                 THEN least(coalesce((extract(epoch FROM j.expires_at)
                                      * 1000)::bigint, 9223372036854775807),
                            (extract(epoch FROM clock_timestamp()) * 1000)::bigint
@@ -107,6 +122,29 @@ BEGIN
            async_dl_job_status(j.id, j.owner, p_prefix)::text
       FROM async_dl_jobs j
      WHERE j.id = p_job AND async_dl_job_live(j.expires_at);
+END $$;
+
+-- A pause (15) that starts empties the status caches: the cached
+-- documents of the host's waiting files say "queue" (rare: a pause that is
+-- only extended does not).
+CREATE OR REPLACE FUNCTION async_dl_host_pause(p_url text, p_until timestamptz,
+                                               p_reason text)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    k    text := async_dl_url_host(p_url);
+    was  timestamptz;
+BEGIN
+    DELETE FROM async_dl_hosts WHERE paused_until < now() - interval '1 hour';
+    SELECT h.paused_until INTO was FROM async_dl_hosts h WHERE h.host = k;
+    INSERT INTO async_dl_hosts AS h (host, paused_until, reason)
+    VALUES (k, p_until, p_reason)
+    ON CONFLICT (host) DO UPDATE
+       SET paused_until = EXCLUDED.paused_until, reason = EXCLUDED.reason
+     WHERE h.paused_until < EXCLUDED.paused_until;
+    IF (was IS NULL OR was <= now()) AND p_until > now() THEN
+        PERFORM pg_notify('async_dl_events', 'flush');
+    END IF;
 END $$;
 
 -- every cached document lacks "waiting": drop them all

@@ -84,4 +84,20 @@ ok(wait_until(sub { ($doc->()->{files}[0]{waiting} // '') eq 'host_paused' },
 cmp_ok(time - $t0, '<', 5, '... within the 2 s a cached document with a '
        . 'waiting file is kept (and a poll)');
 
+# without limits, a queued job's document stays in the cache past 2 s
+psql("SELECT async_dl_claim_limits_set(0, 0)");
+my $id2 = initiate({ files => [{ url => 'http://quiet.example/f' }] },
+                   { 'X-User' => 'w' })->{json}{jobId};
+my $doc2 = sub {
+    request('GET', "/v1/download/status/$id2", { 'X-User' => 'w' })->{json};
+};
+is($doc2->()->{files}[0]{waiting}, 'queue', 'a queued job, no limits: queue');
+ok(wait_until(sub { my $h = hits(); $doc2->(); hits() > $h }, 10),
+   'its document is cached');
+sleep 2.5;
+my $h0 = hits();
+$doc2->();
+is(hits(), $h0 + 1, '... and still is after 2.5 s (nothing can change its '
+   . 'reason but an event or a pause, which empties the cache)');
+
 done_testing();
