@@ -181,6 +181,7 @@ use Exporter qw(import);
 use File::Basename qw(dirname);
 use File::Path qw(make_path);
 use File::Temp qw(tempdir);
+use Fcntl qw(O_WRONLY O_CREAT O_EXCL);
 use IO::Socket::INET;
 use JSON::PP;
 use POSIX qw(:sys_wait_h);
@@ -223,6 +224,36 @@ my $OWNER_PID = $$;
 # a port chosen there can be taken between this check and the server's bind
 # (PostgreSQL "did not start" under prove -j).  Random, so that test files
 # starting stacks at once rarely try the same one; bound to check it is free.
+# Ports free_port handed out, reserved across the test processes running
+# at once (prove -j2): a port is chosen long before its server binds it,
+# and another test choosing it meanwhile would find the first one's server
+# there.  A reservation is a file naming its process; one whose process is
+# gone is stale.
+my $PORTS = '/tmp/adl-ports';
+my @RESERVED;
+
+sub reserve_port {
+    my ($port) = @_;
+    make_path($PORTS) unless -d $PORTS;
+    my $f = "$PORTS/$port";
+    for (1 .. 2) {
+        if (sysopen my $fh, $f, O_WRONLY | O_CREAT | O_EXCL) {
+            print $fh $$;
+            close $fh;
+            push @RESERVED, $f;
+            return 1;
+        }
+        open my $in, '<', $f or next;       # gone meanwhile: try again
+        my $pid = <$in> // '';
+        close $in;
+        return 0 unless $pid =~ /^\d+$/ && !kill(0, $pid);
+        unlink $f;                          # its process is gone
+    }
+    return 0;
+}
+
+END { unlink @RESERVED if $$ == $OWNER_PID }
+
 sub free_port {
     my ($lo, $hi) = (20000, 32000);
     if (open my $fh, '<', '/proc/sys/net/ipv4/ip_local_port_range') {
@@ -235,6 +266,7 @@ sub free_port {
                                       LocalPort => $port, Proto => 'tcp')
             or next;
         close $s;
+        next unless reserve_port($port);
         return $port;
     }
     die "no free port in $lo-$hi\n";
