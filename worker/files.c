@@ -23,6 +23,9 @@ typedef struct {
     adl_env_t      *env;
     int             claim_limit;    /* rows asked for by the claim running */
     int             short_claim;    /* the last claim got less than asked */
+    int             fresh;          /* a job was created since the last claim */
+    int             newcomer;       /* ... of an owner with nothing
+                                       downloading (async_dl_jobs "idle") */
     adl_job_t      *jobs;
     adl_xfer_t    **xs;
     int             n;
@@ -161,12 +164,29 @@ maybe_claim(files_t *f)
     const char            *p[7];
     int                    room = (int) s->concurrency - f->n;
     int                    batch = (int) s->concurrency / 4;
+    int64_t                owner_limit = s->per_owner_concurrency;
 
-    if (!adl_claimer_due(&f->claim, f->env, room)) {
+    if (room <= 0) {
+        /* every slot taken: a newcomer's job may still start in one of
+         * the slots beyond them, claimed for owners with nothing
+         * downloading only (an owner limit of 1), so a backlog of long
+         * downloads cannot hold it back (the claim's first part, leases
+         * that ran out, may take one of them: that file was lost) */
+        room = (int) (s->concurrency + s->newcomer_slots) - f->n;
+        if (!f->newcomer || room <= 0) {
+            return;
+        }
+        owner_limit = 1;
+
+    } else if (f->n > 0 && room < (batch > 0 ? batch : 1) && !f->fresh) {
+        /* when busy, refill in batches rather than one file at a time; but
+         * a job created meanwhile may be an owner's first (the fair pick
+         * gives it the slot), so it is claimed for as soon as one slot is
+         * free: a new owner's pickup does not wait for a batch of another
+         * owner's backlog to end first */
         return;
     }
-    /* when busy, claim in batches rather than one file at a time */
-    if (f->n > 0 && room < (batch > 0 ? batch : 1)) {
+    if (!adl_claimer_due(&f->claim, f->env, room)) {
         return;
     }
 
@@ -174,8 +194,7 @@ maybe_claim(files_t *f)
     snprintf(lease, sizeof(lease), "%lld milliseconds", (long long) s->lease);
     snprintf(max, sizeof(max), "%lld", (long long) s->max_attempts);
     snprintf(host, sizeof(host), "%lld", (long long) s->per_host_concurrency);
-    snprintf(owner, sizeof(owner), "%lld",
-             (long long) s->per_owner_concurrency);
+    snprintf(owner, sizeof(owner), "%lld", (long long) owner_limit);
     p[0] = s->worker_id;
     p[1] = limit;
     p[2] = lease;
@@ -196,6 +215,8 @@ maybe_claim(files_t *f)
                          claim_result, f) == 0)
     {
         f->claim_limit = room;
+        f->fresh = 0;
+        f->newcomer = 0;
     }
 }
 
@@ -235,11 +256,17 @@ files_destroy(void *k)
 static void
 files_notify(void *k, const char *channel, const char *payload)
 {
-    files_t  *f = k;
-    int       i, n = 0;
+    files_t     *f = k;
+    const char  *p;
+    int          i, n = 0;
 
     if (strcmp(channel, "async_dl_jobs") == 0) {
         f->claim.pending = 1;
+        f->fresh = 1;
+        p = strchr(payload, ' ');
+        if (p != NULL && strcmp(p + 1, "idle") == 0) {
+            f->newcomer = 1;
+        }
         return;
     }
     /* async_dl_cancel: the job was canceled or deleted */

@@ -58,6 +58,9 @@ static const setting_t  settings[] = {
       "object key prefix; keys are PREFIX<job id>/<index>/<name>" },
     { "ASYNC_DL_CONCURRENCY", T_INT, OFF(concurrency), "16", 1, 4096, NULL,
       "files transferred at once by this process" },
+    { "ASYNC_DL_NEWCOMER_SLOTS", T_INT, OFF(newcomer_slots), "1", 0, 64, NULL,
+      "transfers beyond ASYNC_DL_CONCURRENCY, each only for an owner with "
+      "nothing downloading, so that a new owner's job starts at once" },
     { "ASYNC_DL_PER_HOST_CONCURRENCY", T_INT, OFF(per_host_concurrency),
       "0", 0, 4096, NULL, "files downloaded at once from one origin host "
       "(host:port), all workers together (0: no limit)" },

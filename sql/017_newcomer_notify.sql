@@ -1,0 +1,29 @@
+-- async-dl schema, version 17: a new job tells the workers whether its
+-- owner has nothing downloading.
+--
+-- The notification of a new job (async_dl_jobs) carried its id; now it is
+-- "<job id> idle" when no file of the job's owner is downloading on any
+-- worker.  A worker whose slots are all taken may then claim one file
+-- beyond them for such owners (ASYNC_DL_NEWCOMER_SLOTS), so that a new
+-- owner's job starts at once instead of after a slot of another owner's
+-- backlog frees.  Readers of the first word need not look at the second.
+-- The check reads the few downloading files (async_dl_files_downloading).
+-- (001's async_dl_jobs_notify keeps the updates.)
+
+CREATE FUNCTION async_dl_jobs_created_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- delivered at commit, when the job's files are visible too
+    PERFORM pg_notify('async_dl_jobs', NEW.id::text
+                      || CASE WHEN EXISTS (
+                              SELECT 1 FROM async_dl_files f
+                               WHERE f.status = 'downloading'
+                                 AND f.owner = NEW.owner)
+                              THEN '' ELSE ' idle' END);
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER async_dl_jobs_notify_insert ON async_dl_jobs;
+CREATE TRIGGER async_dl_jobs_notify_insert
+    AFTER INSERT ON async_dl_jobs
+    FOR EACH ROW EXECUTE FUNCTION async_dl_jobs_created_notify();
