@@ -15,6 +15,8 @@ pkgs=(
     perl libtest-base-perl libtext-diff-perl liblist-moreutils-perl
     libtest-longstring-perl liburi-perl libhttp-message-perl
     libipc-run-perl libwww-perl python3 python3-boto3
+    # an independent WebSocket client
+    python3-websockets
     clang libclang-rt-14-dev
     # benchmarks
     wrk

@@ -13,6 +13,8 @@
  *                                 streamed through nginx
  *   ngx_http_async_dl_links.c     {id}/links: the presigned links as JSON
  *   ngx_http_async_dl_sse.c       the event stream (Server-Sent Events)
+ *   ngx_http_async_dl_ws.c        the same events over a WebSocket
+ *   ngx_http_async_dl_ws_frame.c  WebSocket frames: reading, headers
  *   ngx_http_async_dl_hub.c       the jobs watched by this process's streams
  *   ngx_http_async_dl_hub_state.c a watched job's state, shared texts
  *   ngx_http_async_dl_listen.c    the hub's LISTEN connection
@@ -208,6 +210,8 @@ ngx_int_t ngx_http_async_dl_cancel(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_delete(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_download(ngx_http_request_t *r);
 char *ngx_http_async_dl_url_name(ngx_http_request_t *r, char *url);
+ngx_int_t ngx_http_async_dl_header_in(ngx_http_request_t *r,
+    const char *name, ngx_str_t *value);
 
 /* query.c: the route's statement; params[0], [1]: job id, owner */
 ngx_int_t ngx_http_async_dl_run(ngx_http_request_t *r, const char **params,

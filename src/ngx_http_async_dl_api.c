@@ -17,7 +17,7 @@
 #include "ngx_http_async_dl_sse.h"
 
 
-static ngx_int_t ngx_http_async_dl_header_in(ngx_http_request_t *r,
+ngx_int_t ngx_http_async_dl_header_in(ngx_http_request_t *r,
     const char *name, ngx_str_t *value);
 
 static ngx_int_t ngx_http_async_dl_health_done(ngx_http_request_t *r,
@@ -1078,7 +1078,7 @@ ngx_http_async_dl_url_name(ngx_http_request_t *r, char *url)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_async_dl_header_in(ngx_http_request_t *r, const char *name,
     ngx_str_t *value)
 {

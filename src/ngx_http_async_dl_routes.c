@@ -16,6 +16,7 @@
 
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_sse.h"
+#include "ngx_http_async_dl_ws.h"
 
 
 #define NGX_HTTP_ASYNC_DL_READ      (NGX_HTTP_GET|NGX_HTTP_HEAD)
@@ -105,6 +106,9 @@ static ngx_http_async_dl_route_t  ngx_http_async_dl_routes[] = {
     /* the job hub's own statement */
     { "stream/{id}", NGX_HTTP_ASYNC_DL_READ, 0,
       ngx_http_async_dl_stream, NULL, 0 },
+
+    { "ws/{id}", NGX_HTTP_GET, 0,
+      ngx_http_async_dl_ws, NULL, 0 },
 
     { "{id}", NGX_HTTP_ASYNC_DL_READ, NGX_HTTP_ASYNC_DL_R_REDIRECT,
       ngx_http_async_dl_download, &ngx_http_async_dl_stmt_file, 0 },
