@@ -27,3 +27,31 @@ DROP TRIGGER async_dl_jobs_notify_insert ON async_dl_jobs;
 CREATE TRIGGER async_dl_jobs_notify_insert
     AFTER INSERT ON async_dl_jobs
     FOR EACH ROW EXECUTE FUNCTION async_dl_jobs_created_notify();
+
+-- the check above, and the claim's count of an owner's downloading files
+CREATE INDEX async_dl_files_owner_downloading
+    ON async_dl_files (owner) WHERE status = 'downloading';
+
+-- A worker's claim beyond its slots, for the newcomer job p_job: nothing
+-- when that job has no file pending any more (another worker took it:
+-- every full worker heard the same notification), else a claim of
+-- p_limit for owners with nothing downloading only (an owner limit of 1).
+-- Like every claim it first takes back files whose lease ran out, of any
+-- owner (a worker died holding them).
+CREATE FUNCTION async_dl_claim_newcomer(p_job uuid, p_worker text,
+                                        p_limit integer, p_lease interval,
+                                        p_max_attempts integer,
+                                        p_prefix text, p_host_limit integer)
+RETURNS TABLE (job_id uuid, idx integer, url text, name text,
+               attempts integer, deadline timestamptz, file_id bigint,
+               lease text, write_key text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM async_dl_files f
+                    WHERE f.job_id = p_job AND f.status = 'pending') THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT * FROM async_dl_claim(p_worker, p_limit, p_lease,
+                                              p_max_attempts, p_prefix,
+                                              p_host_limit, 1);
+END $$;

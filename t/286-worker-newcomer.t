@@ -31,6 +31,25 @@ like($p, qr/^[0-9a-f-]{36}$/, "then P's next job's notification is the id "
      . "alone ($p)");
 psql("DELETE FROM async_dl_jobs WHERE owner = 'P'");
 
+# --- the claim beyond the slots, from PostgreSQL itself --------------------
+my $a1 = add_job(["$o/f/tiny.bin?a1"], owner => 'A');
+psql("SELECT count(*) FROM async_dl_claim('w-test', 1, '1 minute', 5)");
+my $a2 = add_job(["$o/f/tiny.bin?a2"], owner => 'A');
+my $b1 = add_job(["$o/f/tiny.bin?b1"], owner => 'B');
+sub newcomer_claim {
+    my ($job) = @_;
+    return psql("SELECT string_agg(job_id::text, ' ') FROM "
+                . "async_dl_claim_newcomer('$job', 'w-test', 4, '1 minute', 5, "
+                . "'', 0)");
+}
+is(newcomer_claim($a2), $b1, "a newcomer claim of 4 (heard of A's job) takes "
+   . "B's file alone: A has a file downloading");
+is(newcomer_claim($a2), '', '... then nothing: every owner has one');
+is(newcomer_claim($b1), '', "... nor for B's job, taken already");
+is(psql("SELECT status FROM async_dl_files WHERE job_id = '$a2'"), 'pending',
+   "A's second job still waits");
+psql("DELETE FROM async_dl_jobs WHERE owner IN ('A', 'B')");
+
 # --- with a worker -----------------------------------------------------------
 sub at_once {
     my ($re) = @_;
@@ -69,9 +88,8 @@ is(psql("SELECT count(*) FROM async_dl_files WHERE owner = 'A' AND status "
 # A has files downloading: its new job does not take the slot beyond
 my $a_new = add_job(["$o/f/tiny.bin?a=new"], owner => 'A');
 sleep 1;
-is(psql("SELECT status FROM async_dl_files WHERE job_id = '$a_new'"),
-   'pending', "A's new job waits for one of the two slots (A has files "
-   . 'downloading)');
+is($downloading->('A'), 2, "A's new job takes no slot beyond the two (A has "
+   . 'files downloading)');
 
 # two newcomers at once: one slot beyond, so one of them waits for it
 my @cd = map { add_job(["$o/slow/long.bin?rate=16k&n=$_"], owner => $_) }

@@ -2,9 +2,10 @@
  * files: the transfer kind (files.h).
  *
  * The transfers are an array of pointers, at most ASYNC_DL_CONCURRENCY of
- * them (those ending included): a claim asks for no more than the room
- * left, and the array is grown before a transfer starts, so starting
- * never fails for want of a slot.  Transfers tell files through `wake`
+ * them (those ending included), plus ASYNC_DL_NEWCOMER_SLOTS for owners
+ * with nothing downloading: a claim asks for no more than the room left,
+ * and the array is grown before a transfer starts, so starting never fails
+ * for want of a slot.  Transfers tell files through `wake`
  * that something is to be done from the loop; files then settles every
  * transfer once and frees those done.
  */
@@ -23,9 +24,10 @@ typedef struct {
     adl_env_t      *env;
     int             claim_limit;    /* rows asked for by the claim running */
     int             short_claim;    /* the last claim got less than asked */
-    int             fresh;          /* a job was created since the last claim */
-    int             newcomer;       /* ... of an owner with nothing
-                                       downloading (async_dl_jobs "idle") */
+    /* the last job created by an owner with nothing downloading
+     * (async_dl_jobs "<id> idle") since the last claim, or "" */
+    char            newcomer[40];
+    char            claiming_newcomer[40];  /* of the claim running */
     adl_job_t      *jobs;
     adl_xfer_t    **xs;
     int             n;
@@ -128,6 +130,10 @@ claim_result(void *data, PGresult *res)
     int           i, k, n;
 
     n = adl_claimer_answered(&f->claim, res, "file");
+    if (n < 0 && f->newcomer[0] == '\0') {
+        /* failed or lost with its connection: the newcomer still waits */
+        memcpy(f->newcomer, f->claiming_newcomer, sizeof(f->newcomer));
+    }
     for (i = 0; i < n; i++) {
         c.job_id = PQgetvalue(res, i, 0);
         c.idx = atoi(PQgetvalue(res, i, 1));
@@ -164,26 +170,24 @@ maybe_claim(files_t *f)
     const char            *p[7];
     int                    room = (int) s->concurrency - f->n;
     int                    batch = (int) s->concurrency / 4;
-    int64_t                owner_limit = s->per_owner_concurrency;
+    int                    rc;
 
     if (room <= 0) {
         /* every slot taken: a newcomer's job may still start in one of
          * the slots beyond them, claimed for owners with nothing
-         * downloading only (an owner limit of 1), so a backlog of long
-         * downloads cannot hold it back (the claim's first part, leases
-         * that ran out, may take one of them: that file was lost) */
+         * downloading only, unless another worker took it first */
         room = (int) (s->concurrency + s->newcomer_slots) - f->n;
-        if (!f->newcomer || room <= 0) {
+        if (f->newcomer[0] == '\0' || room <= 0) {
             return;
         }
-        owner_limit = 1;
 
-    } else if (f->n > 0 && room < (batch > 0 ? batch : 1) && !f->fresh) {
-        /* when busy, refill in batches rather than one file at a time; but
-         * a job created meanwhile may be an owner's first (the fair pick
-         * gives it the slot), so it is claimed for as soon as one slot is
-         * free: a new owner's pickup does not wait for a batch of another
-         * owner's backlog to end first */
+    } else if (f->n > 0 && room < (batch > 0 ? batch : 1)
+               && f->newcomer[0] == '\0')
+    {
+        /* when busy, refill in batches rather than one file at a time;
+         * but a newcomer's job is claimed for as soon as one slot is free
+         * (the fair pick gives it the slot) rather than after a batch of
+         * another owner's backlog ends */
         return;
     }
     if (!adl_claimer_due(&f->claim, f->env, room)) {
@@ -194,7 +198,8 @@ maybe_claim(files_t *f)
     snprintf(lease, sizeof(lease), "%lld milliseconds", (long long) s->lease);
     snprintf(max, sizeof(max), "%lld", (long long) s->max_attempts);
     snprintf(host, sizeof(host), "%lld", (long long) s->per_host_concurrency);
-    snprintf(owner, sizeof(owner), "%lld", (long long) owner_limit);
+    snprintf(owner, sizeof(owner), "%lld",
+             (long long) s->per_owner_concurrency);
     p[0] = s->worker_id;
     p[1] = limit;
     p[2] = lease;
@@ -206,17 +211,28 @@ maybe_claim(files_t *f)
      * dies with its connection, so that on the next one the results
      * queued meanwhile (an object stored after its lease ran out) are
      * written before any claim can take those files again */
-    if (adl_claimer_send(&f->claim, f->env, "SELECT job_id, idx, url, "
-                         "write_key, attempts, greatest(0, extract(epoch "
-                         "FROM deadline - clock_timestamp()) * 1000)::bigint, "
-                         "lease FROM async_dl_claim($1, $2::integer, "
-                         "$3::interval, $4::integer, $5, $6::integer, "
-                         "$7::integer)", 7, p,
-                         claim_result, f) == 0)
-    {
+    if (f->n >= (int) s->concurrency) {
+        p[6] = f->newcomer;
+        rc = adl_claimer_send(&f->claim, f->env, "SELECT job_id, idx, url, "
+                              "write_key, attempts, greatest(0, extract("
+                              "epoch FROM deadline - clock_timestamp()) "
+                              "* 1000)::bigint, lease FROM "
+                              "async_dl_claim_newcomer($7::uuid, $1, "
+                              "$2::integer, $3::interval, $4::integer, $5, "
+                              "$6::integer)", 7, p, claim_result, f);
+    } else {
+        rc = adl_claimer_send(&f->claim, f->env, "SELECT job_id, idx, url, "
+                              "write_key, attempts, greatest(0, extract("
+                              "epoch FROM deadline - clock_timestamp()) "
+                              "* 1000)::bigint, lease FROM async_dl_claim("
+                              "$1, $2::integer, $3::interval, $4::integer, "
+                              "$5, $6::integer, $7::integer)", 7, p,
+                              claim_result, f);
+    }
+    if (rc == 0) {
         f->claim_limit = room;
-        f->fresh = 0;
-        f->newcomer = 0;
+        memcpy(f->claiming_newcomer, f->newcomer, sizeof(f->newcomer));
+        f->newcomer[0] = '\0';
     }
 }
 
@@ -262,10 +278,12 @@ files_notify(void *k, const char *channel, const char *payload)
 
     if (strcmp(channel, "async_dl_jobs") == 0) {
         f->claim.pending = 1;
-        f->fresh = 1;
         p = strchr(payload, ' ');
-        if (p != NULL && strcmp(p + 1, "idle") == 0) {
-            f->newcomer = 1;
+        if (p != NULL && strcmp(p + 1, "idle") == 0
+            && (size_t) (p - payload) < sizeof(f->newcomer))
+        {
+            memcpy(f->newcomer, payload, (size_t) (p - payload));
+            f->newcomer[p - payload] = '\0';
         }
         return;
     }
