@@ -4,38 +4,15 @@
  * per request, fed by the job hub (ngx_http_async_dl_hub.c) through its
  * handler; no subscriber ever queries the database.
  *
- * A subscriber's states, in sub->state, changed only by
- * ngx_http_async_dl_sse_set_state():
+ * What a subscriber sends, and when, is its follower's
+ * (ngx_http_async_dl_follow.h): "connected" (with the "retry:" line and
+ * the job's whole status document) once the job's first state says the
+ * owner may see it, then "file" events as they come, the latest
+ * "progress", the final event named after the job's status, which ends
+ * the response.  Before that first state any failure is an ordinary JSON
+ * error (404 JOB_NOT_FOUND, 503 DATABASE_UNAVAILABLE).
  *
- *   WAITING --(the job's first state: headers, "connected")--> LIVE
- *      |    \                                                 |  ^
- *      |     \                    (a newer state; "progress") v  |
- *      |      \ (the job had ended)                           BEHIND
- *      |       v                                              |
- *      |     ENDING <-------------(the job ended, from LIVE or BEHIND)
- *      |       | (the final event: "completed", "failed", ...)
- *      v       v
- *     GONE <---+
- *
- *   WAITING -> GONE: 404 or 503 as JSON (or an initiate's JSON answer);
- *   any state -> GONE: the client went away, a send failed, the process
- *   exits.
- *
- * - WAITING: subscribed, nothing sent.  The first state of the job decides:
- *   the owner check (async_dl_owner) is made against the fetched owner; any
- *   failure is an ordinary JSON error (404 JOB_NOT_FOUND, 503
- *   DATABASE_UNAVAILABLE).  The first event, "connected", carries the
- *   "retry:" line and the job's whole status document.
- * - LIVE: up to date: "file" events are sent as they come.
- * - BEHIND: a newer state than the last one sent waits: "progress" (the
- *   latest state only, a slow client's progress is coalesced).
- * - ENDING: the job ended: the "file" events not yet sent, then the final
- *   event named after the job's status, which ends the response.
- * - GONE: out of the hub; nothing more is sent.
- *
- * A client that reads slowly keeps at most one event in flight: file
- * events wait in the job's log, progress is coalesced, the final event is
- * kept; memory does not grow with the number of events.  A heartbeat
+ * A heartbeat
  * ("event: heartbeat", data {}) is sent after async_dl_heartbeat without an
  * event.
  *
@@ -69,7 +46,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_async_dl.h"
-#include "ngx_http_async_dl_hub.h"
+#include "ngx_http_async_dl_follow.h"
 #include "ngx_http_async_dl_sse.h"
 
 
@@ -77,30 +54,15 @@
 #define NGX_HTTP_ASYNC_DL_SSE_HEAD       96     /* retry:, event:, id: */
 
 
-typedef enum {
-    NGX_HTTP_ASYNC_DL_SSE_WAITING = 0,
-    NGX_HTTP_ASYNC_DL_SSE_LIVE,
-    NGX_HTTP_ASYNC_DL_SSE_BEHIND,
-    NGX_HTTP_ASYNC_DL_SSE_ENDING,
-    NGX_HTTP_ASYNC_DL_SSE_GONE
-} ngx_http_async_dl_sse_state_e;
-
-
 typedef struct {
-    ngx_http_async_dl_watcher_t        watcher;   /* in the hub */
+    ngx_http_async_dl_follower_t       f;         /* first: the watcher */
     ngx_http_request_t                *r;         /* NULL once detached */
     ngx_connection_t                  *c;
-    ngx_http_async_dl_sse_state_e      state;
     ngx_msec_t                         heartbeat_period;
 
-    uint64_t                           seq;       /* last state sent */
-    ngx_http_async_dl_hub_status_e     final;     /* ENDING: its name */
-    ngx_http_async_dl_hub_text_t      *final_data;
-    ngx_http_async_dl_hub_text_t      *sending;   /* in flight */
-
-    ngx_buf_t                          head;      /* event:, id:, data: */
-    ngx_buf_t                          body;      /* the shared JSON */
-    ngx_buf_t                          tail;      /* the blank line */
+    ngx_buf_t                          bufs[3];   /* event:, id:, data:;
+                                                     the shared JSON; the
+                                                     blank line */
     ngx_chain_t                        out[3];
     ngx_event_t                        heartbeat;
     ngx_event_t                        detach;    /* posted when idle */
@@ -124,14 +86,9 @@ typedef struct {
 } ngx_http_async_dl_sse_sub_t;
 
 
-static void ngx_http_async_dl_sse_set_state(ngx_http_async_dl_sse_sub_t *sub,
-    ngx_http_async_dl_sse_state_e state);
 static void ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
     ngx_http_async_dl_hub_news_e news);
 static void ngx_http_async_dl_sse_start(ngx_http_async_dl_sse_sub_t *sub);
-static void ngx_http_async_dl_sse_update(ngx_http_async_dl_sse_sub_t *sub);
-static void ngx_http_async_dl_sse_follow(ngx_http_async_dl_sse_sub_t *sub,
-    ngx_http_async_dl_sse_state_e state);
 static void ngx_http_async_dl_sse_refuse(ngx_http_async_dl_sse_sub_t *sub,
     ngx_uint_t status, const char *code, const char *msg);
 static ngx_int_t ngx_http_async_dl_sse_created(ngx_http_request_t *r,
@@ -177,33 +134,19 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
 
-    cln = ngx_http_cleanup_add(r, 0);
-    pcln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL || pcln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    sub = ngx_calloc(sizeof(ngx_http_async_dl_sse_sub_t), r->connection->log);
+    /* the request's until it detaches: freed with its pool */
+    sub = ngx_http_async_dl_follow_new(r, sizeof(ngx_http_async_dl_sse_sub_t),
+                                       ngx_http_async_dl_sse_news,
+                                       ngx_http_async_dl_sse_pool_cleanup,
+                                       &cln, &pcln);
     if (sub == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    /* the request's until it detaches: freed with its pool */
-    pcln->handler = ngx_http_async_dl_sse_pool_cleanup;
-    pcln->data = sub;
-
-    /*
-     * set by ngx_calloc():
-     *
-     *     sub->state = NGX_HTTP_ASYNC_DL_SSE_WAITING;
-     */
 
     sub->r = r;
     sub->c = r->connection;
     sub->cln = cln;
     sub->pcln = pcln;
-    sub->watcher.handler = ngx_http_async_dl_sse_news;
-    sub->watcher.data = sub;
     sub->heartbeat_period = alcf->heartbeat;
     sub->heartbeat.handler = ngx_http_async_dl_sse_heartbeat_handler;
     sub->heartbeat.data = sub;
@@ -213,8 +156,8 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
     sub->detach.data = sub;
     sub->detach.log = r->connection->log;
 
-    rc = ngx_http_async_dl_hub_watch(&sub->watcher, &ctx->job_id,
-                                     &alcf->prefix, r->connection->log);
+    rc = ngx_http_async_dl_follow_watch(r, &sub->f, cln,
+                                        ngx_http_async_dl_sse_cleanup);
 
     if (rc == NGX_DECLINED) {
         /* this process has no database */
@@ -227,39 +170,9 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
                                                 "configured in this process");
     }
 
-    if (rc != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    cln->handler = ngx_http_async_dl_sse_cleanup;
-    cln->data = sub;
-
-    ctx->stream = sub;
-
-    r->write_event_handler = ngx_http_request_empty_handler;
-
-    return ngx_http_async_dl_wait(r);
+    return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR : rc;
 }
 
-
-static void
-ngx_http_async_dl_sse_set_state(ngx_http_async_dl_sse_sub_t *sub,
-    ngx_http_async_dl_sse_state_e state)
-{
-#if (NGX_DEBUG)
-    static const char  *names[] = {
-        "waiting", "live", "behind", "ending", "gone"
-    };
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
-                   "async_dl sse: %s -> %s", names[sub->state], names[state]);
-#endif
-
-    sub->state = state;
-}
-
-
-/* the hub's news of the job */
 
 static void
 ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
@@ -279,11 +192,12 @@ ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
                                      "the database is unavailable, "
                                      "retry later");
 
-    } else if (sub->state == NGX_HTTP_ASYNC_DL_SSE_WAITING) {
+    } else if (sub->f.state == NGX_HTTP_ASYNC_DL_FOLLOW_WAITING) {
         ngx_http_async_dl_sse_start(sub);
 
     } else {
-        ngx_http_async_dl_sse_update(sub);
+        ngx_http_async_dl_follow_news(&sub->f);
+        ngx_http_async_dl_sse_send(sub);
     }
 
     /* sub may be gone: only the connection is looked at */
@@ -303,24 +217,18 @@ static void
 ngx_http_async_dl_sse_start(ngx_http_async_dl_sse_sub_t *sub)
 {
     ngx_int_t                      rc;
-    ngx_str_t                      owner;
+    const char                    *name;
     ngx_connection_t              *c;
     ngx_http_request_t            *r;
     ngx_http_async_dl_ctx_t       *ctx;
-    ngx_http_async_dl_hub_job_t   *job;
+    ngx_http_async_dl_hub_text_t  *t;
     ngx_http_core_loc_conf_t      *clcf;
 
     r = sub->r;
     c = r->connection;
-    job = sub->watcher.job;
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-    owner = ctx->owner;
 
-    if (job->status == NGX_HTTP_ASYNC_DL_HUB_DELETED
-        || owner.len != job->owner.len
-        || (owner.len && ngx_memcmp(owner.data, job->owner.data, owner.len)
-                         != 0))
-    {
+    if (ngx_http_async_dl_follow_open(&sub->f, &ctx->owner) != NGX_OK) {
         ngx_http_async_dl_sse_refuse(sub, NGX_HTTP_NOT_FOUND,
                                      "JOB_NOT_FOUND", "no such job");
         return;
@@ -354,8 +262,6 @@ ngx_http_async_dl_sse_start(ngx_http_async_dl_sse_sub_t *sub)
         return;
     }
 
-    ngx_http_async_dl_hub_started(&sub->watcher);
-
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
     if (clcf->tcp_nodelay && ngx_tcp_nodelay(c) != NGX_OK) {
@@ -368,60 +274,15 @@ ngx_http_async_dl_sse_start(ngx_http_async_dl_sse_sub_t *sub)
         c->idle = 1;
     }
 
-    sub->seq = job->seq;
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
-                   "async_dl sse: streaming job %s from %uL", job->id,
-                   job->seq);
-
-    /* still WAITING: "connected" carries "retry:" */
-
-    if (ngx_http_async_dl_sse_emit(sub, "connected", job->full, 0)
-        != NGX_OK)
+    /* "connected" (with "retry:") at once, behind the header that nginx
+     * may hold back until the first flush; then what follows */
+    if (ngx_http_async_dl_follow_next(&sub->f, &name, &t) != NGX_OK
+        || ngx_http_async_dl_sse_emit(sub, name, t, 0) != NGX_OK)
     {
         ngx_http_async_dl_sse_finish(sub, NGX_ERROR);
         return;
     }
 
-    ngx_http_async_dl_sse_follow(sub, NGX_HTTP_ASYNC_DL_SSE_LIVE);
-}
-
-
-/* a state of the job, newer or not than the last one sent */
-
-static void
-ngx_http_async_dl_sse_update(ngx_http_async_dl_sse_sub_t *sub)
-{
-    ngx_http_async_dl_hub_job_t  *job;
-
-    job = sub->watcher.job;
-
-    if (sub->state == NGX_HTTP_ASYNC_DL_SSE_ENDING || sub->seq >= job->seq) {
-        return;
-    }
-
-    ngx_http_async_dl_sse_follow(sub, NGX_HTTP_ASYNC_DL_SSE_BEHIND);
-}
-
-
-/* the job ended: its final event is kept; else the state given; then send */
-
-static void
-ngx_http_async_dl_sse_follow(ngx_http_async_dl_sse_sub_t *sub,
-    ngx_http_async_dl_sse_state_e state)
-{
-    ngx_http_async_dl_hub_job_t  *job;
-
-    job = sub->watcher.job;
-
-    if (ngx_http_async_dl_hub_ended(job->status)) {
-        sub->final = job->status;
-        sub->final_data = job->full;
-        job->full->refs++;
-        state = NGX_HTTP_ASYNC_DL_SSE_ENDING;
-    }
-
-    ngx_http_async_dl_sse_set_state(sub, state);
     ngx_http_async_dl_sse_send(sub);
 }
 
@@ -480,7 +341,8 @@ ngx_http_async_dl_sse_created(ngx_http_request_t *r,
 static void
 ngx_http_async_dl_sse_send(ngx_http_async_dl_sse_sub_t *sub)
 {
-    ngx_http_async_dl_hub_job_t   *job;
+    ngx_int_t                      rc;
+    const char                    *name;
     ngx_http_async_dl_hub_text_t  *t;
 
     for ( ;; ) {
@@ -490,63 +352,27 @@ ngx_http_async_dl_sse_send(ngx_http_async_dl_sse_sub_t *sub)
             return;
         }
 
-        if (sub->sending) {
-            ngx_http_async_dl_hub_text_release(sub->sending);
-            sub->sending = NULL;
-        }
+        rc = ngx_http_async_dl_follow_next(&sub->f, &name, &t);
 
-        if (sub->state == NGX_HTTP_ASYNC_DL_SSE_GONE) {
+        if (rc == NGX_DONE) {
+            /* the final event ends the request: sub may be gone after */
+            (void) ngx_http_async_dl_sse_emit(sub, name, t, 1);
             return;
         }
 
-        job = sub->watcher.job;
-
-        t = ngx_http_async_dl_hub_next_file(&sub->watcher);
-
-        if (t) {
-            if (ngx_http_async_dl_sse_emit(sub, "file", t, 0) != NGX_OK) {
-                ngx_http_async_dl_sse_finish(sub, NGX_ERROR);
-                return;
-            }
-
-            continue;
-        }
-
-        switch (sub->state) {
-
-        case NGX_HTTP_ASYNC_DL_SSE_ENDING:
-            t = sub->final_data;
-            sub->final_data = NULL;
-            sub->seq = t->seq;
-
-            /* ends the request: sub may be gone when it returns */
-            (void) ngx_http_async_dl_sse_emit(sub,
-                      (char *) ngx_http_async_dl_hub_status_name(sub->final)
-                                                                   ->data,
-                      t, 1);
-            ngx_http_async_dl_hub_text_release(t);
-            return;
-
-        case NGX_HTTP_ASYNC_DL_SSE_BEHIND:
-            ngx_http_async_dl_sse_set_state(sub, NGX_HTTP_ASYNC_DL_SSE_LIVE);
-            sub->seq = job->seq;
-
-            if (ngx_http_async_dl_sse_emit(sub, "progress", job->summary, 0)
-                != NGX_OK)
+        if (rc == NGX_DECLINED) {
+            if (sub->f.state == NGX_HTTP_ASYNC_DL_FOLLOW_LIVE
+                && !sub->detached && !sub->stays && !sub->detach.posted)
             {
-                ngx_http_async_dl_sse_finish(sub, NGX_ERROR);
-                return;
-            }
-
-            continue;
-
-        default: /* LIVE */
-
-            if (!sub->detached && !sub->stays && !sub->detach.posted) {
                 /* idle: give the request back, from the event loop */
                 ngx_post_event(&sub->detach, &ngx_posted_events);
             }
 
+            return;
+        }
+
+        if (ngx_http_async_dl_sse_emit(sub, name, t, 0) != NGX_OK) {
+            ngx_http_async_dl_sse_finish(sub, NGX_ERROR);
             return;
         }
     }
@@ -568,54 +394,24 @@ ngx_http_async_dl_sse_emit(ngx_http_async_dl_sse_sub_t *sub,
 
     p = sub->text;
 
-    if (sub->state == NGX_HTTP_ASYNC_DL_SSE_WAITING) {
+    if (ngx_strcmp(name, "connected") == 0) {
         p = ngx_sprintf(p, "retry: %d\n", NGX_HTTP_ASYNC_DL_SSE_RETRY);
     }
 
     p = ngx_sprintf(p, "event: %s\nid: %uL\ndata: ", name, t->seq);
 
-    ngx_memzero(&sub->head, sizeof(ngx_buf_t));
-    sub->head.start = sub->text;
-    sub->head.pos = sub->text;
-    sub->head.last = p;
-    sub->head.end = p;
-    sub->head.memory = 1;
-
-    ngx_memzero(&sub->body, sizeof(ngx_buf_t));
-    sub->body.start = t->text;
-    sub->body.pos = t->text;
-    sub->body.last = t->text + t->len;
-    sub->body.end = sub->body.last;
-    sub->body.memory = 1;
-
-    ngx_memzero(&sub->tail, sizeof(ngx_buf_t));
-    sub->tail.start = ngx_http_async_dl_sse_blank;
-    sub->tail.pos = ngx_http_async_dl_sse_blank;
-    sub->tail.last = ngx_http_async_dl_sse_blank + 2;
-    sub->tail.end = sub->tail.last;
-    sub->tail.memory = 1;
-    sub->tail.flush = 1;
-    sub->tail.last_in_chain = 1;
+    ngx_http_async_dl_follow_chain(sub->out, sub->bufs, sub->text, p, t,
+                                   ngx_http_async_dl_sse_blank,
+                                   ngx_http_async_dl_sse_blank + 2);
+    sub->bufs[2].flush = 1;
+    sub->bufs[2].last_in_chain = 1;
 
     if (last && sub->r) {
-        sub->tail.last_buf = (sub->r == sub->r->main) ? 1 : 0;
+        sub->bufs[2].last_buf = (sub->r == sub->r->main) ? 1 : 0;
     }
 
-    sub->out[0].buf = &sub->head;
-    sub->out[0].next = &sub->out[1];
-    sub->out[1].buf = &sub->body;
-    sub->out[1].next = &sub->out[2];
-    sub->out[2].buf = &sub->tail;
-    sub->out[2].next = NULL;
-
-    if (t->len == 0) {
-        /* an empty buffer in the middle of a chain is an nginx alert */
-        sub->out[0].next = &sub->out[2];
-    }
-
-    /* held until nginx is done with the buffers (see send, pool cleanup) */
-    sub->sending = t;
-    t->refs++;
+    /* (the follower holds t until the next event: nginx is done with it
+     * by then, see send, pool cleanup) */
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
                    "async_dl sse: event %s id %uL, %uz bytes", name, t->seq,
@@ -738,7 +534,7 @@ ngx_http_async_dl_sse_heartbeat_handler(ngx_event_t *ev)
 
     c = sub->c;
 
-    if (c->destroyed || sub->state == NGX_HTTP_ASYNC_DL_SSE_GONE) {
+    if (c->destroyed || sub->f.state == NGX_HTTP_ASYNC_DL_FOLLOW_DONE) {
         return;
     }
 
@@ -748,23 +544,18 @@ ngx_http_async_dl_sse_heartbeat_handler(ngx_event_t *ev)
         return;
     }
 
-    if (sub->sending) {
-        ngx_http_async_dl_hub_text_release(sub->sending);
-        sub->sending = NULL;
-    }
-
     p = ngx_sprintf(sub->text, "event: heartbeat\nid: %uL\ndata: {}\n\n",
-                    sub->seq);
+                    sub->f.seq);
 
-    ngx_memzero(&sub->head, sizeof(ngx_buf_t));
-    sub->head.start = sub->text;
-    sub->head.pos = sub->text;
-    sub->head.last = p;
-    sub->head.end = p;
-    sub->head.memory = 1;
-    sub->head.flush = 1;
+    ngx_memzero(&sub->bufs[0], sizeof(ngx_buf_t));
+    sub->bufs[0].start = sub->text;
+    sub->bufs[0].pos = sub->text;
+    sub->bufs[0].last = p;
+    sub->bufs[0].end = p;
+    sub->bufs[0].memory = 1;
+    sub->bufs[0].flush = 1;
 
-    sub->out[0].buf = &sub->head;
+    sub->out[0].buf = &sub->bufs[0];
     sub->out[0].next = NULL;
 
     rc = ngx_http_async_dl_sse_output(sub, 0);
@@ -828,10 +619,6 @@ ngx_http_async_dl_sse_finish(ngx_http_async_dl_sse_sub_t *sub, ngx_int_t rc)
 static void
 ngx_http_async_dl_sse_leave(ngx_http_async_dl_sse_sub_t *sub)
 {
-    if (sub->state == NGX_HTTP_ASYNC_DL_SSE_GONE) {
-        return;
-    }
-
     if (sub->heartbeat.timer_set) {
         ngx_del_timer(&sub->heartbeat);
     }
@@ -840,8 +627,7 @@ ngx_http_async_dl_sse_leave(ngx_http_async_dl_sse_sub_t *sub)
         ngx_delete_posted_event(&sub->detach);
     }
 
-    ngx_http_async_dl_sse_set_state(sub, NGX_HTTP_ASYNC_DL_SSE_GONE);
-    ngx_http_async_dl_hub_leave(&sub->watcher);
+    ngx_http_async_dl_follow_leave(&sub->f);
 }
 
 
@@ -863,15 +649,7 @@ ngx_http_async_dl_sse_pool_cleanup(void *data)
 {
     ngx_http_async_dl_sse_sub_t *sub = data;
 
-    if (sub->sending) {
-        ngx_http_async_dl_hub_text_release(sub->sending);
-        sub->sending = NULL;
-    }
-
-    if (sub->final_data) {
-        ngx_http_async_dl_hub_text_release(sub->final_data);
-        sub->final_data = NULL;
-    }
+    ngx_http_async_dl_follow_release(&sub->f);
 
     if (sub->detach.posted) {
         ngx_delete_posted_event(&sub->detach);
@@ -974,7 +752,7 @@ ngx_http_async_dl_sse_detach(ngx_event_t *ev)
     r = sub->r;
     c = sub->c;
 
-    if (sub->detached || sub->state != NGX_HTTP_ASYNC_DL_SSE_LIVE
+    if (sub->detached || sub->f.state != NGX_HTTP_ASYNC_DL_FOLLOW_LIVE
         || c->buffered || r->out || c->destroyed)
     {
         /* not now: asked again when it is idle */
@@ -1176,14 +954,7 @@ ngx_http_async_dl_sse_close(ngx_http_async_dl_sse_sub_t *sub)
     c = sub->c;
 
     ngx_http_async_dl_sse_leave(sub);
-
-    if (sub->sending) {
-        ngx_http_async_dl_hub_text_release(sub->sending);
-    }
-
-    if (sub->final_data) {
-        ngx_http_async_dl_hub_text_release(sub->final_data);
-    }
+    ngx_http_async_dl_follow_release(&sub->f);
 
     ngx_free(sub);
 

@@ -5,30 +5,31 @@
  * through its handler like the event stream (ngx_http_async_dl_sse.c);
  * no subscriber ever queries the database.
  *
- * A subscriber's states, in sub->state:
+ * What it sends, and when, is its follower's (ngx_http_async_dl_follow.h),
+ * as for the event stream: "connected", "file" events, the latest
+ * "progress", the final event.  Each event is one text frame:
+ * {"event":"<name>","id":<seq>,"data":<the same JSON>}.
  *
- *   WAITING --(the job's first state: 101, "connected")--> LIVE <-> BEHIND
+ * The connection's states, in sub->state:
+ *
+ *   WAITING --(the job's first state: 101, "connected")--> OPEN
  *      |                                                   |
- *      |                         (the job ended)           v
- *      |                                                 ENDING
- *      |                         (the final event and a close frame 1000)
- *      v                                                   v
- *     GONE <--(the client's close, or 5 s; a fault)------ CLOSING
- *
- *   WAITING -> GONE: an ordinary JSON error (404, 503) instead of 101.
+ *      |     (the final event and a close frame 1000; the client's close;
+ *      |      a bad frame: 1002, 1007, 1009)                v
+ *      v                                                 CLOSING
+ *     GONE <--(the client's close, our close frame out, 5 s; a fault)
  *
  * - WAITING: the handshake was checked (a bad one is a 400 or 426 with a
  *   JSON error and nothing else), subscribed, nothing sent.  The first
  *   state of the job decides: the owner check is made against the fetched
- *   owner, as for the event stream.
- * - LIVE, BEHIND, ENDING: as the event stream's.  Each event is one text
- *   frame: {"event":"<name>","id":<seq>,"data":<the same JSON>}.
+ *   owner; a refusal is an ordinary JSON error (404, 503) instead of 101.
+ * - OPEN: events go out as the follower has them.
  * - CLOSING: out of the hub; our close frame is queued.  After the final
  *   event it waits up to NGX_HTTP_ASYNC_DL_WS_LINGER for the client's
- *   close; after the client's close or a bad frame (1002, 1007, 1009)
- *   the connection closes once the close frame is out.  A graceful
- *   shutdown of nginx closes the connection (the client sees 1006 and
- *   reconnects, as an event stream does).
+ *   close; after the client's close or a bad frame the connection closes
+ *   once the close frame is out.  A graceful shutdown of nginx closes the
+ *   connection (the client sees 1006 and reconnects, as an event stream
+ *   does).
  *
  * Frames go out on the connection itself (c->send_chain), after the 101
  * has left nginx's buffers: one event in flight at a time, the control
@@ -53,7 +54,7 @@
 #include <openssl/sha.h>
 
 #include "ngx_http_async_dl.h"
-#include "ngx_http_async_dl_hub.h"
+#include "ngx_http_async_dl_follow.h"
 #include "ngx_http_async_dl_ws.h"
 #include "ngx_http_async_dl_ws_frame.h"
 
@@ -66,30 +67,21 @@
 
 typedef enum {
     NGX_HTTP_ASYNC_DL_WS_WAITING = 0,
-    NGX_HTTP_ASYNC_DL_WS_LIVE,
-    NGX_HTTP_ASYNC_DL_WS_BEHIND,
-    NGX_HTTP_ASYNC_DL_WS_ENDING,
+    NGX_HTTP_ASYNC_DL_WS_OPEN,
     NGX_HTTP_ASYNC_DL_WS_CLOSING,
     NGX_HTTP_ASYNC_DL_WS_GONE
 } ngx_http_async_dl_ws_state_e;
 
 
 typedef struct {
-    ngx_http_async_dl_watcher_t        watcher;   /* in the hub */
+    ngx_http_async_dl_follower_t       f;         /* first: the watcher */
     ngx_http_request_t                *r;
     ngx_connection_t                  *c;
     ngx_http_async_dl_ws_state_e       state;
     ngx_msec_t                         heartbeat_period;
 
-    uint64_t                           seq;       /* last state sent */
-    ngx_http_async_dl_hub_status_e     final;     /* ENDING: its name */
-    ngx_http_async_dl_hub_text_t      *final_data;
-    ngx_http_async_dl_hub_text_t      *sending;   /* in flight */
-
     /* the event in flight: frame head and {"event":..,"data":, JSON, } */
-    ngx_buf_t                          head;
-    ngx_buf_t                          body;
-    ngx_buf_t                          tail;
+    ngx_buf_t                          bufs[3];
     ngx_chain_t                        out[3];
     ngx_chain_t                       *pending;   /* not sent yet */
     u_char                             text[NGX_HTTP_ASYNC_DL_WS_TEXT_MAX];
@@ -111,7 +103,7 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_async_dl_ws_handshake(ngx_http_request_t *r,
-    u_char *accept);
+    u_char *accept, ngx_int_t *answered);
 static ngx_uint_t ngx_http_async_dl_ws_has_token(ngx_str_t *value,
     const char *token);
 static void ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
@@ -119,8 +111,6 @@ static void ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
 static void ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_refuse(ngx_http_async_dl_ws_sub_t *sub,
     ngx_uint_t status, const char *code, const char *msg);
-static void ngx_http_async_dl_ws_follow(ngx_http_async_dl_ws_sub_t *sub,
-    ngx_http_async_dl_ws_state_e state);
 static void ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_emit(ngx_http_async_dl_ws_sub_t *sub,
     const char *name, ngx_http_async_dl_hub_text_t *t);
@@ -134,7 +124,6 @@ static void ngx_http_async_dl_ws_input(ngx_http_async_dl_ws_sub_t *sub,
     u_char *p, u_char *last);
 static void ngx_http_async_dl_ws_write_handler(ngx_http_request_t *r);
 static void ngx_http_async_dl_ws_timer_handler(ngx_event_t *ev);
-static void ngx_http_async_dl_ws_leave(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_end(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_cleanup(void *data);
 static void ngx_http_async_dl_ws_pool_cleanup(void *data);
@@ -152,32 +141,23 @@ ngx_http_async_dl_ws(ngx_http_request_t *r)
     ngx_int_t                      rc;
     ngx_pool_cleanup_t            *pcln;
     ngx_http_cleanup_t            *cln;
-    ngx_http_async_dl_ctx_t       *ctx;
     ngx_http_async_dl_ws_sub_t    *sub;
     ngx_http_async_dl_loc_conf_t  *alcf;
 
-    rc = ngx_http_async_dl_ws_handshake(r, accept);
-    if (rc != NGX_OK) {
-        return rc;
+    if (ngx_http_async_dl_ws_handshake(r, accept, &rc) != NGX_OK) {
+        return rc;                          /* refused, as JSON */
     }
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
     alcf = ngx_http_get_module_loc_conf(r, ngx_http_async_dl_module);
 
-    cln = ngx_http_cleanup_add(r, 0);
-    pcln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL || pcln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    sub = ngx_calloc(sizeof(ngx_http_async_dl_ws_sub_t), r->connection->log);
+    /* the request's: freed with its pool */
+    sub = ngx_http_async_dl_follow_new(r, sizeof(ngx_http_async_dl_ws_sub_t),
+                                       ngx_http_async_dl_ws_news,
+                                       ngx_http_async_dl_ws_pool_cleanup,
+                                       &cln, &pcln);
     if (sub == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    /* the request's: freed with its pool */
-    pcln->handler = ngx_http_async_dl_ws_pool_cleanup;
-    pcln->data = sub;
 
     /*
      * set by ngx_calloc():
@@ -189,8 +169,6 @@ ngx_http_async_dl_ws(ngx_http_request_t *r)
 
     sub->r = r;
     sub->c = r->connection;
-    sub->watcher.handler = ngx_http_async_dl_ws_news;
-    sub->watcher.data = sub;
     sub->heartbeat_period = alcf->heartbeat;
     sub->timer.handler = ngx_http_async_dl_ws_timer_handler;
     sub->timer.data = sub;
@@ -198,37 +176,28 @@ ngx_http_async_dl_ws(ngx_http_request_t *r)
     sub->timer.cancelable = 1;
     ngx_memcpy(sub->accept, accept, NGX_HTTP_ASYNC_DL_WS_ACCEPT_LEN);
 
-    rc = ngx_http_async_dl_hub_watch(&sub->watcher, &ctx->job_id,
-                                     &alcf->prefix, r->connection->log);
+    rc = ngx_http_async_dl_follow_watch(r, &sub->f, cln,
+                                        ngx_http_async_dl_ws_cleanup);
 
     if (rc == NGX_DECLINED) {
         return ngx_http_async_dl_db_unavailable(r, "the database is not "
                                                 "configured in this process");
     }
 
-    if (rc != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    cln->handler = ngx_http_async_dl_ws_cleanup;
-    cln->data = sub;
-
-    ctx->stream = sub;
-
-    r->write_event_handler = ngx_http_request_empty_handler;
-
-    return ngx_http_async_dl_wait(r);
+    return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR : rc;
 }
 
 
 /*
  * The client's handshake (RFC 6455, 4.2.1): HTTP/1.1, Upgrade: websocket,
  * Connection: upgrade, Sec-WebSocket-Version: 13 (else 426 naming it) and
- * a Sec-WebSocket-Key of 16 bytes; its answer in accept.
+ * a Sec-WebSocket-Key of 16 bytes: NGX_OK and its answer in accept; or
+ * NGX_DECLINED, refused with a JSON error, *answered what sending it gave.
  */
 
 static ngx_int_t
-ngx_http_async_dl_ws_handshake(ngx_http_request_t *r, u_char *accept)
+ngx_http_async_dl_ws_handshake(ngx_http_request_t *r, u_char *accept,
+    ngx_int_t *answered)
 {
     u_char     key[64], digest[SHA_DIGEST_LENGTH];
     ngx_str_t  upgrade, connection, version, k, decoded, src, dst;
@@ -236,9 +205,11 @@ ngx_http_async_dl_ws_handshake(ngx_http_request_t *r, u_char *accept)
     static const char  guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
     if (r->http_version != NGX_HTTP_VERSION_11) {
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                            "INVALID_REQUEST",
-                                            "a WebSocket needs HTTP/1.1");
+        *answered = ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                 "INVALID_REQUEST",
+                                                 "a WebSocket needs "
+                                                 "HTTP/1.1");
+        return NGX_DECLINED;
     }
 
     if (ngx_http_async_dl_header_in(r, "Upgrade", &upgrade) != NGX_OK
@@ -247,11 +218,13 @@ ngx_http_async_dl_ws_handshake(ngx_http_request_t *r, u_char *accept)
            != NGX_OK
         || !ngx_http_async_dl_ws_has_token(&connection, "upgrade"))
     {
-        return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                            "INVALID_REQUEST",
-                                            "a WebSocket handshake needs "
-                                            "\"Upgrade: websocket\" and "
-                                            "\"Connection: upgrade\"");
+        *answered = ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                                 "INVALID_REQUEST",
+                                                 "a WebSocket handshake "
+                                                 "needs \"Upgrade: "
+                                                 "websocket\" and "
+                                                 "\"Connection: upgrade\"");
+        return NGX_DECLINED;
     }
 
     if (ngx_http_async_dl_header_in(r, "Sec-WebSocket-Version", &version)
@@ -262,12 +235,14 @@ ngx_http_async_dl_ws_handshake(ngx_http_request_t *r, u_char *accept)
                                          (u_char *) "13", 2)
             != NGX_OK)
         {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            *answered = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            return NGX_DECLINED;
         }
 
-        return ngx_http_async_dl_send_error(r, 426, "UPGRADE_REQUIRED",
-                                            "only WebSocket version 13 is "
-                                            "spoken here");
+        *answered = ngx_http_async_dl_send_error(r, 426, "UPGRADE_REQUIRED",
+                                                 "only WebSocket version "
+                                                 "13 is spoken here");
+        return NGX_DECLINED;
     }
 
     if (ngx_http_async_dl_header_in(r, "Sec-WebSocket-Key", &k) != NGX_OK
@@ -295,10 +270,11 @@ ngx_http_async_dl_ws_handshake(ngx_http_request_t *r, u_char *accept)
 
 bad_key:
 
-    return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                        "INVALID_REQUEST",
-                                        "Sec-WebSocket-Key must be 16 bytes "
-                                        "in base64");
+    *answered = ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                             "INVALID_REQUEST",
+                                             "Sec-WebSocket-Key must be "
+                                             "16 bytes in base64");
+    return NGX_DECLINED;
 }
 
 
@@ -358,11 +334,9 @@ ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
             ngx_http_async_dl_ws_start(sub);
         }
 
-    } else if (news == NGX_HTTP_ASYNC_DL_HUB_STATE
-               && sub->state != NGX_HTTP_ASYNC_DL_WS_ENDING
-               && sub->seq < sub->watcher.job->seq)
-    {
-        ngx_http_async_dl_ws_follow(sub, NGX_HTTP_ASYNC_DL_WS_BEHIND);
+    } else if (news == NGX_HTTP_ASYNC_DL_HUB_STATE) {
+        ngx_http_async_dl_follow_news(&sub->f);
+        ngx_http_async_dl_ws_send(sub);
     }
 
     /* sub may be gone: only the connection is looked at */
@@ -376,26 +350,18 @@ ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
 static void
 ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub)
 {
-    ngx_int_t                     rc;
-    ngx_str_t                     owner;
-    ngx_buf_t                    *b;
-    ngx_connection_t             *c;
-    ngx_http_request_t           *r;
-    ngx_http_async_dl_ctx_t      *ctx;
-    ngx_http_async_dl_hub_job_t  *job;
-    ngx_http_core_loc_conf_t     *clcf;
+    ngx_int_t                  rc;
+    ngx_buf_t                 *b;
+    ngx_connection_t          *c;
+    ngx_http_request_t        *r;
+    ngx_http_async_dl_ctx_t   *ctx;
+    ngx_http_core_loc_conf_t  *clcf;
 
     r = sub->r;
     c = r->connection;
-    job = sub->watcher.job;
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-    owner = ctx->owner;
 
-    if (job->status == NGX_HTTP_ASYNC_DL_HUB_DELETED
-        || owner.len != job->owner.len
-        || (owner.len && ngx_memcmp(owner.data, job->owner.data, owner.len)
-                         != 0))
-    {
+    if (ngx_http_async_dl_follow_open(&sub->f, &ctx->owner) != NGX_OK) {
         ngx_http_async_dl_ws_refuse(sub, NGX_HTTP_NOT_FOUND,
                                     "JOB_NOT_FOUND", "no such job");
         return;
@@ -428,8 +394,6 @@ ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub)
         return;
     }
 
-    ngx_http_async_dl_hub_started(&sub->watcher);
-
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
 
     if (clcf->tcp_nodelay && ngx_tcp_nodelay(c) != NGX_OK) {
@@ -441,16 +405,11 @@ ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub)
     c->idle = 1;
     c->log->action = "sending job events over a WebSocket";
 
-    sub->seq = job->seq;
+    sub->state = NGX_HTTP_ASYNC_DL_WS_OPEN;
     r->read_event_handler = ngx_http_async_dl_ws_read_handler;
     r->write_event_handler = ngx_http_async_dl_ws_write_handler;
 
     ngx_add_timer(&sub->timer, sub->heartbeat_period);
-
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, c->log, 0,
-                   "async_dl ws: job %s from %uL", job->id, job->seq);
-
-    ngx_http_async_dl_ws_emit(sub, "connected", job->full);
 
     /* frames the client sent right after its handshake */
     b = r->header_in;
@@ -460,7 +419,8 @@ ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub)
         return;                             /* (sends; sub may be gone) */
     }
 
-    ngx_http_async_dl_ws_follow(sub, NGX_HTTP_ASYNC_DL_WS_LIVE);
+    /* "connected", then what follows */
+    ngx_http_async_dl_ws_send(sub);
 }
 
 
@@ -473,7 +433,7 @@ ngx_http_async_dl_ws_refuse(ngx_http_async_dl_ws_sub_t *sub,
 
     r = sub->r;
 
-    ngx_http_async_dl_ws_leave(sub);
+    ngx_http_async_dl_follow_leave(&sub->f);
 
     if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
         rc = ngx_http_async_dl_db_unavailable(r, "%s", msg);
@@ -483,30 +443,6 @@ ngx_http_async_dl_ws_refuse(ngx_http_async_dl_ws_sub_t *sub,
     }
 
     ngx_http_finalize_request(r, rc);
-}
-
-
-/* the job ended: its final event is kept; else the state given; then send */
-
-static void
-ngx_http_async_dl_ws_follow(ngx_http_async_dl_ws_sub_t *sub,
-    ngx_http_async_dl_ws_state_e state)
-{
-    ngx_http_async_dl_hub_job_t  *job;
-
-    job = sub->watcher.job;
-
-    if (sub->state < NGX_HTTP_ASYNC_DL_WS_ENDING
-        && ngx_http_async_dl_hub_ended(job->status))
-    {
-        sub->final = job->status;
-        sub->final_data = job->full;
-        job->full->refs++;
-        state = NGX_HTTP_ASYNC_DL_WS_ENDING;
-    }
-
-    sub->state = state;
-    ngx_http_async_dl_ws_send(sub);
 }
 
 
@@ -521,7 +457,7 @@ static void
 ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub)
 {
     ngx_int_t                      rc;
-    ngx_http_async_dl_hub_job_t   *job;
+    const char                    *name;
     ngx_http_async_dl_hub_text_t  *t;
 
     for ( ;; ) {
@@ -537,61 +473,29 @@ ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub)
             return;
         }
 
-        if (sub->sending) {
-            ngx_http_async_dl_hub_text_release(sub->sending);
-            sub->sending = NULL;
-        }
-
-        switch (sub->state) {
-
-        case NGX_HTTP_ASYNC_DL_WS_CLOSING:
+        if (sub->state == NGX_HTTP_ASYNC_DL_WS_CLOSING) {
             if (sub->end_when_sent) {
                 ngx_http_async_dl_ws_end(sub);
             }
 
             return;
+        }
 
-        case NGX_HTTP_ASYNC_DL_WS_GONE:
+        if (sub->state != NGX_HTTP_ASYNC_DL_WS_OPEN) {
             return;
-
-        default:
-            break;
         }
 
-        job = sub->watcher.job;
+        rc = ngx_http_async_dl_follow_next(&sub->f, &name, &t);
 
-        t = ngx_http_async_dl_hub_next_file(&sub->watcher);
-
-        if (t) {
-            ngx_http_async_dl_ws_emit(sub, "file", t);
-            continue;
+        if (rc == NGX_DECLINED) {
+            return;
         }
 
-        switch (sub->state) {
+        ngx_http_async_dl_ws_emit(sub, name, t);
 
-        case NGX_HTTP_ASYNC_DL_WS_ENDING:
-            t = sub->final_data;
-            sub->final_data = NULL;
-            sub->seq = t->seq;
-
-            ngx_http_async_dl_ws_emit(sub,
-                      (char *) ngx_http_async_dl_hub_status_name(sub->final)
-                                                                   ->data,
-                      t);
-            ngx_http_async_dl_hub_text_release(t);
-
+        if (rc == NGX_DONE) {
             /* the client closes, or the linger ends it */
             ngx_http_async_dl_ws_close(sub, NGX_HTTP_ASYNC_DL_WS_NORMAL, 0);
-            continue;
-
-        case NGX_HTTP_ASYNC_DL_WS_BEHIND:
-            sub->state = NGX_HTTP_ASYNC_DL_WS_LIVE;
-            sub->seq = job->seq;
-            ngx_http_async_dl_ws_emit(sub, "progress", job->summary);
-            continue;
-
-        default: /* LIVE */
-            return;
         }
     }
 }
@@ -615,42 +519,12 @@ ngx_http_async_dl_ws_emit(ngx_http_async_dl_ws_sub_t *sub, const char *name,
     p = ngx_http_async_dl_ws_head(sub->text, NGX_HTTP_ASYNC_DL_WS_TEXT, len);
     p = ngx_cpymem(p, prefix, last - prefix);
 
-    ngx_memzero(&sub->head, sizeof(ngx_buf_t));
-    sub->head.start = sub->text;
-    sub->head.pos = sub->text;
-    sub->head.last = p;
-    sub->head.end = p;
-    sub->head.memory = 1;
+    ngx_http_async_dl_follow_chain(sub->out, sub->bufs, sub->text, p, t,
+                                   ngx_http_async_dl_ws_brace,
+                                   ngx_http_async_dl_ws_brace + 1);
 
-    ngx_memzero(&sub->body, sizeof(ngx_buf_t));
-    sub->body.start = t->text;
-    sub->body.pos = t->text;
-    sub->body.last = t->text + t->len;
-    sub->body.end = sub->body.last;
-    sub->body.memory = 1;
-
-    ngx_memzero(&sub->tail, sizeof(ngx_buf_t));
-    sub->tail.start = ngx_http_async_dl_ws_brace;
-    sub->tail.pos = ngx_http_async_dl_ws_brace;
-    sub->tail.last = ngx_http_async_dl_ws_brace + 1;
-    sub->tail.end = sub->tail.last;
-    sub->tail.memory = 1;
-
-    sub->out[0].buf = &sub->head;
-    sub->out[0].next = &sub->out[1];
-    sub->out[1].buf = &sub->body;
-    sub->out[1].next = &sub->out[2];
-    sub->out[2].buf = &sub->tail;
-    sub->out[2].next = NULL;
-
-    if (t->len == 0) {
-        sub->out[0].next = &sub->out[2];
-    }
-
-    /* held until the frame is out (see send, pool cleanup) */
-    sub->sending = t;
-    t->refs++;
-
+    /* (the follower holds t until the next event, after this frame is
+     * out: see send, pool cleanup) */
     sub->pending = sub->out;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
@@ -721,7 +595,7 @@ ngx_http_async_dl_ws_close(ngx_http_async_dl_ws_sub_t *sub, ngx_uint_t code,
     }
 
     if (sub->state != NGX_HTTP_ASYNC_DL_WS_CLOSING) {
-        ngx_http_async_dl_ws_leave(sub);
+        ngx_http_async_dl_follow_leave(&sub->f);
         sub->state = NGX_HTTP_ASYNC_DL_WS_CLOSING;
 
         ngx_add_timer(&sub->timer, NGX_HTTP_ASYNC_DL_WS_LINGER);
@@ -930,14 +804,6 @@ ngx_http_async_dl_ws_input(ngx_http_async_dl_ws_sub_t *sub, u_char *p,
         }
     }
 
-    if (sub->state == NGX_HTTP_ASYNC_DL_WS_LIVE
-        || sub->state == NGX_HTTP_ASYNC_DL_WS_WAITING)
-    {
-        /* (WAITING: the frames that came with the handshake) */
-        ngx_http_async_dl_ws_follow(sub, NGX_HTTP_ASYNC_DL_WS_LIVE);
-        return;
-    }
-
     ngx_http_async_dl_ws_send(sub);
 }
 
@@ -981,23 +847,12 @@ ngx_http_async_dl_ws_timer_handler(ngx_event_t *ev)
 }
 
 
-static void
-ngx_http_async_dl_ws_leave(ngx_http_async_dl_ws_sub_t *sub)
-{
-    if (sub->state >= NGX_HTTP_ASYNC_DL_WS_CLOSING) {
-        return;
-    }
-
-    ngx_http_async_dl_hub_leave(&sub->watcher);
-}
-
-
 /* the end: out of the hub, the connection closed (sub is gone after) */
 
 static void
 ngx_http_async_dl_ws_end(ngx_http_async_dl_ws_sub_t *sub)
 {
-    ngx_http_async_dl_ws_leave(sub);
+    ngx_http_async_dl_follow_leave(&sub->f);
     sub->state = NGX_HTTP_ASYNC_DL_WS_GONE;
 
     if (sub->timer.timer_set) {
@@ -1015,7 +870,7 @@ ngx_http_async_dl_ws_cleanup(void *data)
 {
     ngx_http_async_dl_ws_sub_t *sub = data;
 
-    ngx_http_async_dl_ws_leave(sub);
+    ngx_http_async_dl_follow_leave(&sub->f);
     sub->state = NGX_HTTP_ASYNC_DL_WS_GONE;
 
     if (sub->timer.timer_set) {
@@ -1031,13 +886,7 @@ ngx_http_async_dl_ws_pool_cleanup(void *data)
 {
     ngx_http_async_dl_ws_sub_t *sub = data;
 
-    if (sub->sending) {
-        ngx_http_async_dl_hub_text_release(sub->sending);
-    }
-
-    if (sub->final_data) {
-        ngx_http_async_dl_hub_text_release(sub->final_data);
-    }
+    ngx_http_async_dl_follow_release(&sub->f);
 
     if (sub->timer.timer_set) {
         ngx_del_timer(&sub->timer);
