@@ -212,6 +212,8 @@ ngx_int_t ngx_http_async_dl_download(ngx_http_request_t *r);
 char *ngx_http_async_dl_url_name(ngx_http_request_t *r, char *url);
 ngx_int_t ngx_http_async_dl_header_in(ngx_http_request_t *r,
     const char *name, ngx_str_t *value);
+ngx_uint_t ngx_http_async_dl_header_has(ngx_http_request_t *r,
+    const char *name, const char *token);
 
 /* query.c: the route's statement; params[0], [1]: job id, owner */
 ngx_int_t ngx_http_async_dl_run(ngx_http_request_t *r, const char **params,

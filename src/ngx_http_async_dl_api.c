@@ -17,8 +17,10 @@
 #include "ngx_http_async_dl_sse.h"
 
 
-ngx_int_t ngx_http_async_dl_header_in(ngx_http_request_t *r,
-    const char *name, ngx_str_t *value);
+static ngx_int_t ngx_http_async_dl_header_find(ngx_http_request_t *r,
+    const char *name, const char *token, ngx_str_t *value);
+static ngx_uint_t ngx_http_async_dl_has_token(ngx_str_t *value,
+    const char *token);
 
 static ngx_int_t ngx_http_async_dl_health_done(ngx_http_request_t *r,
     PGresult *res);
@@ -1082,6 +1084,26 @@ ngx_int_t
 ngx_http_async_dl_header_in(ngx_http_request_t *r, const char *name,
     ngx_str_t *value)
 {
+    return ngx_http_async_dl_header_find(r, name, NULL, value);
+}
+
+
+ngx_uint_t
+ngx_http_async_dl_header_has(ngx_http_request_t *r, const char *name,
+    const char *token)
+{
+    ngx_str_t  value;
+
+    return ngx_http_async_dl_header_find(r, name, token, &value) == NGX_OK;
+}
+
+
+/* the first header of that name (whose value lists token, when given) */
+
+static ngx_int_t
+ngx_http_async_dl_header_find(ngx_http_request_t *r, const char *name,
+    const char *token, ngx_str_t *value)
+{
     size_t            len;
     ngx_uint_t        i;
     ngx_list_part_t  *part;
@@ -1104,10 +1126,46 @@ ngx_http_async_dl_header_in(ngx_http_request_t *r, const char *name,
         }
 
         if (h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0
+            && (token == NULL
+                || ngx_http_async_dl_has_token(&h[i].value, token)))
         {
             *value = h[i].value;
             return NGX_OK;
         }
     }
+}
+
+
+/* whether a comma-separated value lists the token, in any case */
+
+static ngx_uint_t
+ngx_http_async_dl_has_token(ngx_str_t *value, const char *token)
+{
+    u_char  *p, *last, *start;
+    size_t   len;
+
+    len = ngx_strlen(token);
+    p = value->data;
+    last = p + value->len;
+
+    while (p < last) {
+        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
+            p++;
+        }
+
+        start = p;
+
+        while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
+            p++;
+        }
+
+        if ((size_t) (p - start) == len
+            && ngx_strncasecmp(start, (u_char *) token, len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }

@@ -46,6 +46,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_async_dl.h"
+#include "ngx_http_async_dl_detach.h"
 #include "ngx_http_async_dl_follow.h"
 #include "ngx_http_async_dl_sse.h"
 
@@ -742,12 +743,9 @@ ngx_http_async_dl_sse_detach(ngx_event_t *ev)
 {
     ngx_http_async_dl_sse_sub_t *sub = ev->data;
 
-    ngx_chain_t                *cl;
-    ngx_connection_t           *c;
-    ngx_http_request_t         *r;
-    ngx_http_log_ctx_t         *lctx;
-    ngx_http_connection_t      *hc;
-    ngx_http_core_loc_conf_t   *clcf;
+    ngx_connection_t          *c;
+    ngx_http_request_t        *r;
+    ngx_http_core_loc_conf_t  *clcf;
 
     r = sub->r;
     c = sub->c;
@@ -759,25 +757,7 @@ ngx_http_async_dl_sse_detach(ngx_event_t *ev)
         return;
     }
 
-    if (r != r->main
-        || r->http_version < NGX_HTTP_VERSION_10
-        || r->http_version >= NGX_HTTP_VERSION_20
-        || r->headers_out.content_encoding
-        || r->limit_rate
-        || r->limit_conn_status         /* its slot goes with the pool */
-        || r->buffered
-        || r->filter_need_in_memory     /* sub_filter, SSI, charset */
-        || r->filter_need_temporary
-        || r->expect_trailers
-        || r->postponed
-        || r->main->count != 1
-        || r->blocked
-        || (r->header_in && r->header_in->pos < r->header_in->last)
-#if (NGX_HTTP_SSL)
-        || c->ssl
-#endif
-        )
-    {
+    if (!ngx_http_async_dl_detach_possible(r)) {
         sub->stays = 1;
         return;
     }
@@ -787,68 +767,15 @@ ngx_http_async_dl_sse_detach(ngx_event_t *ev)
     sub->send_timeout = clcf->send_timeout;
     sub->chunked = r->chunked;
 
-    /* from now on the connection owns the subscriber */
-    sub->cln->handler = NULL;
-    sub->pcln->handler = NULL;
-    sub->cln = NULL;
-    sub->pcln = NULL;
-
-    hc = r->http_connection;
-
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
-                   "async_dl sse: the stream gives its request back");
-
-    /* the access log line, the request's pool */
-    ngx_http_free_request(r, 0);
-
     sub->r = NULL;
     sub->detached = 1;
 
-    c->destroyed = 0;
-    c->data = sub;
-
-    lctx = c->log->data;
-    lctx->request = NULL;
-    lctx->current_request = NULL;
-    c->log->action = "sending events";
-
-    /* the header buffers, as for an idle keepalive connection */
-
-    if (c->buffer && c->buffer->start
-        && ngx_pfree(c->pool, c->buffer->start) == NGX_OK)
+    if (ngx_http_async_dl_detach(r, sub, &sub->cln, &sub->pcln,
+                                 ngx_http_async_dl_sse_conn_read,
+                                 "sending events")
+        != NGX_OK)
     {
-        c->buffer->start = NULL;
-        c->buffer->pos = NULL;
-        c->buffer->last = NULL;
-        c->buffer->end = NULL;
-    }
-
-    for (cl = hc->free; cl; cl = cl->next) {
-        ngx_pfree(c->pool, cl->buf->start);
-    }
-
-    for (cl = hc->busy; cl; cl = cl->next) {
-        ngx_pfree(c->pool, cl->buf->start);
-    }
-
-    hc->free = NULL;
-    hc->busy = NULL;
-    hc->nbusy = 0;
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
-    }
-
-    c->write->handler = ngx_http_empty_handler;
-    c->read->handler = ngx_http_async_dl_sse_conn_read;
-
-    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
         ngx_http_async_dl_sse_close(sub);
-        return;
-    }
-
-    if (c->read->ready) {
-        ngx_post_event(c->read, &ngx_posted_events);
     }
 }
 

@@ -54,6 +54,7 @@
 #include <openssl/sha.h>
 
 #include "ngx_http_async_dl.h"
+#include "ngx_http_async_dl_detach.h"
 #include "ngx_http_async_dl_follow.h"
 #include "ngx_http_async_dl_ws.h"
 #include "ngx_http_async_dl_ws_frame.h"
@@ -62,6 +63,8 @@
 #define NGX_HTTP_ASYNC_DL_WS_TEXT_MAX   128     /* frame head, {"event":.. */
 #define NGX_HTTP_ASYNC_DL_WS_CTL_MAX    384     /* control frames waiting */
 #define NGX_HTTP_ASYNC_DL_WS_LINGER     5000    /* for the client's close */
+#define NGX_HTTP_ASYNC_DL_WS_CLOSE_LEN  4       /* a close frame with a code */
+#define NGX_HTTP_ASYNC_DL_WS_READS      16      /* reads per read event */
 #define NGX_HTTP_ASYNC_DL_WS_ACCEPT_LEN 28      /* base64 of a SHA-1 */
 
 
@@ -75,10 +78,14 @@ typedef enum {
 
 typedef struct {
     ngx_http_async_dl_follower_t       f;         /* first: the watcher */
-    ngx_http_request_t                *r;
+    ngx_http_request_t                *r;         /* NULL once detached */
     ngx_connection_t                  *c;
     ngx_http_async_dl_ws_state_e       state;
     ngx_msec_t                         heartbeat_period;
+    ngx_msec_t                         send_timeout;
+    ngx_http_cleanup_t                *cln;
+    ngx_pool_cleanup_t                *pcln;
+    ngx_event_t                        detach;    /* posted when idle */
 
     /* the event in flight: frame head and {"event":..,"data":, JSON, } */
     ngx_buf_t                          bufs[3];
@@ -97,21 +104,23 @@ typedef struct {
 
     unsigned                           ping_out:1;   /* no pong yet */
     unsigned                           close_queued:1;
-    unsigned                           end_when_sent:1;
+    unsigned                           end_when_sent:1;  /* peer closed */
+    unsigned                           failed:1;     /* it broke the protocol */
+    unsigned                           lingering:1;  /* our close is out */
     unsigned                           discard:1;    /* input ignored */
+    unsigned                           detached:1;
+    unsigned                           stays:1;      /* cannot detach */
 } ngx_http_async_dl_ws_sub_t;
 
 
 static ngx_int_t ngx_http_async_dl_ws_handshake(ngx_http_request_t *r,
     u_char *accept, ngx_int_t *answered);
-static ngx_uint_t ngx_http_async_dl_ws_has_token(ngx_str_t *value,
-    const char *token);
 static void ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
     ngx_http_async_dl_hub_news_e news);
 static void ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_refuse(ngx_http_async_dl_ws_sub_t *sub,
     ngx_uint_t status, const char *code, const char *msg);
-static void ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub);
+static ngx_int_t ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_emit(ngx_http_async_dl_ws_sub_t *sub,
     const char *name, ngx_http_async_dl_hub_text_t *t);
 static void ngx_http_async_dl_ws_control(ngx_http_async_dl_ws_sub_t *sub,
@@ -120,9 +129,14 @@ static void ngx_http_async_dl_ws_close(ngx_http_async_dl_ws_sub_t *sub,
     ngx_uint_t code, ngx_uint_t end_when_sent);
 static ngx_int_t ngx_http_async_dl_ws_flush(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_read_handler(ngx_http_request_t *r);
-static void ngx_http_async_dl_ws_input(ngx_http_async_dl_ws_sub_t *sub,
+static void ngx_http_async_dl_ws_conn_read(ngx_event_t *rev);
+static void ngx_http_async_dl_ws_receive(ngx_http_async_dl_ws_sub_t *sub);
+static ngx_int_t ngx_http_async_dl_ws_input(ngx_http_async_dl_ws_sub_t *sub,
     u_char *p, u_char *last);
 static void ngx_http_async_dl_ws_write_handler(ngx_http_request_t *r);
+static void ngx_http_async_dl_ws_conn_write(ngx_event_t *wev);
+static void ngx_http_async_dl_ws_write(ngx_http_async_dl_ws_sub_t *sub);
+static void ngx_http_async_dl_ws_detach(ngx_event_t *ev);
 static void ngx_http_async_dl_ws_timer_handler(ngx_event_t *ev);
 static void ngx_http_async_dl_ws_end(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_cleanup(void *data);
@@ -169,7 +183,12 @@ ngx_http_async_dl_ws(ngx_http_request_t *r)
 
     sub->r = r;
     sub->c = r->connection;
+    sub->cln = cln;
+    sub->pcln = pcln;
     sub->heartbeat_period = alcf->heartbeat;
+    sub->detach.handler = ngx_http_async_dl_ws_detach;
+    sub->detach.data = sub;
+    sub->detach.log = r->connection->log;
     sub->timer.handler = ngx_http_async_dl_ws_timer_handler;
     sub->timer.data = sub;
     sub->timer.log = r->connection->log;
@@ -200,23 +219,23 @@ ngx_http_async_dl_ws_handshake(ngx_http_request_t *r, u_char *accept,
     ngx_int_t *answered)
 {
     u_char     key[64], digest[SHA_DIGEST_LENGTH];
-    ngx_str_t  upgrade, connection, version, k, decoded, src, dst;
+    ngx_str_t  version, k, decoded, src, dst;
 
     static const char  guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-    if (r->http_version != NGX_HTTP_VERSION_11) {
+    if (r->http_version != NGX_HTTP_VERSION_11
+        || r->headers_in.content_length_n > 0 || r->headers_in.chunked)
+    {
         *answered = ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
                                                  "INVALID_REQUEST",
                                                  "a WebSocket needs "
-                                                 "HTTP/1.1");
+                                                 "HTTP/1.1 and a GET "
+                                                 "without a body");
         return NGX_DECLINED;
     }
 
-    if (ngx_http_async_dl_header_in(r, "Upgrade", &upgrade) != NGX_OK
-        || !ngx_http_async_dl_ws_has_token(&upgrade, "websocket")
-        || ngx_http_async_dl_header_in(r, "Connection", &connection)
-           != NGX_OK
-        || !ngx_http_async_dl_ws_has_token(&connection, "upgrade"))
+    if (!ngx_http_async_dl_header_has(r, "Upgrade", "websocket")
+        || !ngx_http_async_dl_header_has(r, "Connection", "upgrade"))
     {
         *answered = ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
                                                  "INVALID_REQUEST",
@@ -278,40 +297,6 @@ bad_key:
 }
 
 
-/* whether a comma-separated header value has the token, in any case */
-
-static ngx_uint_t
-ngx_http_async_dl_ws_has_token(ngx_str_t *value, const char *token)
-{
-    u_char  *p, *last, *start;
-    size_t   len;
-
-    len = ngx_strlen(token);
-    p = value->data;
-    last = p + value->len;
-
-    while (p < last) {
-        while (p < last && (*p == ' ' || *p == '\t' || *p == ',')) {
-            p++;
-        }
-
-        start = p;
-
-        while (p < last && *p != ',' && *p != ' ' && *p != '\t') {
-            p++;
-        }
-
-        if ((size_t) (p - start) == len
-            && ngx_strncasecmp(start, (u_char *) token, len) == 0)
-        {
-            return 1;
-        }
-    }
-
-    return 0;
-}
-
-
 /* the hub's news of the job */
 
 static void
@@ -320,9 +305,11 @@ ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
 {
     ngx_http_async_dl_ws_sub_t *sub = w->data;
 
+    ngx_uint_t         detached;
     ngx_connection_t  *c;
 
     c = sub->c;
+    detached = sub->detached;
 
     if (sub->state == NGX_HTTP_ASYNC_DL_WS_WAITING) {
         if (news == NGX_HTTP_ASYNC_DL_HUB_UNAVAILABLE) {
@@ -336,12 +323,15 @@ ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
 
     } else if (news == NGX_HTTP_ASYNC_DL_HUB_STATE) {
         ngx_http_async_dl_follow_news(&sub->f);
-        ngx_http_async_dl_ws_send(sub);
+        (void) ngx_http_async_dl_ws_send(sub);
     }
 
     /* sub may be gone: only the connection is looked at */
 
-    ngx_http_run_posted_requests(c);
+    if (!detached) {
+        /* (a detach runs from its own event, never from here) */
+        ngx_http_run_posted_requests(c);
+    }
 }
 
 
@@ -350,6 +340,7 @@ ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
 static void
 ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub)
 {
+    u_char                    *p;
     ngx_int_t                  rc;
     ngx_buf_t                 *b;
     ngx_connection_t          *c;
@@ -395,6 +386,7 @@ ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub)
     }
 
     clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+    sub->send_timeout = clcf->send_timeout;
 
     if (clcf->tcp_nodelay && ngx_tcp_nodelay(c) != NGX_OK) {
         ngx_http_async_dl_ws_end(sub);
@@ -411,16 +403,28 @@ ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub)
 
     ngx_add_timer(&sub->timer, sub->heartbeat_period);
 
+    /* frames that came while the request waited were only peeked at */
+    if (c->read->ready) {
+        ngx_post_event(c->read, &ngx_posted_events);
+
+    } else if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
+        ngx_http_async_dl_ws_end(sub);
+        return;
+    }
+
+    /* "connected", then what follows */
+    if (ngx_http_async_dl_ws_send(sub) == NGX_DONE) {
+        return;
+    }
+
     /* frames the client sent right after its handshake */
     b = r->header_in;
 
     if (b && b->pos < b->last) {
-        ngx_http_async_dl_ws_input(sub, b->pos, b->last);
-        return;                             /* (sends; sub may be gone) */
+        p = b->pos;
+        b->pos = b->last;
+        (void) ngx_http_async_dl_ws_input(sub, p, b->last);
     }
-
-    /* "connected", then what follows */
-    ngx_http_async_dl_ws_send(sub);
 }
 
 
@@ -450,10 +454,10 @@ ngx_http_async_dl_ws_refuse(ngx_http_async_dl_ws_sub_t *sub,
  * Sends what is pending, in order: the event in flight and the control
  * frames, then "file" events, the latest progress, the final event and
  * the close frame; ends the connection once CLOSING has nothing to wait
- * for.  sub may be gone when it returns.
+ * for: then NGX_DONE, and sub is gone.
  */
 
-static void
+static ngx_int_t
 ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub)
 {
     ngx_int_t                      rc;
@@ -466,29 +470,51 @@ ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub)
 
         if (rc == NGX_ERROR) {
             ngx_http_async_dl_ws_end(sub);
-            return;
+            return NGX_DONE;
         }
 
         if (rc == NGX_AGAIN) {
-            return;
+            return NGX_OK;
         }
 
         if (sub->state == NGX_HTTP_ASYNC_DL_WS_CLOSING) {
+            /* our close frame is out */
+
             if (sub->end_when_sent) {
                 ngx_http_async_dl_ws_end(sub);
+                return NGX_DONE;
             }
 
-            return;
+            if (!sub->lingering) {
+                sub->lingering = 1;
+
+                if (sub->failed
+                    && ngx_shutdown_socket(sub->c->fd, NGX_WRITE_SHUTDOWN)
+                       == -1)
+                {
+                    ngx_http_async_dl_ws_end(sub);
+                    return NGX_DONE;
+                }
+
+                ngx_add_timer(&sub->timer, NGX_HTTP_ASYNC_DL_WS_LINGER);
+            }
+
+            return NGX_OK;
         }
 
         if (sub->state != NGX_HTTP_ASYNC_DL_WS_OPEN) {
-            return;
+            return NGX_OK;
         }
 
         rc = ngx_http_async_dl_follow_next(&sub->f, &name, &t);
 
         if (rc == NGX_DECLINED) {
-            return;
+            if (!sub->detached && !sub->stays && !sub->detach.posted) {
+                /* idle: give the request back, from the event loop */
+                ngx_post_event(&sub->detach, &ngx_posted_events);
+            }
+
+            return NGX_OK;
         }
 
         ngx_http_async_dl_ws_emit(sub, name, t);
@@ -551,7 +577,12 @@ ngx_http_async_dl_ws_control(ngx_http_async_dl_ws_sub_t *sub,
         sub->ctl_len = 0;
     }
 
-    if (sub->ctl_len + 2 + len > NGX_HTTP_ASYNC_DL_WS_CTL_MAX) {
+    /* room is kept for the close frame */
+    if (sub->ctl_len + 2 + len
+        > NGX_HTTP_ASYNC_DL_WS_CTL_MAX
+          - (opcode == NGX_HTTP_ASYNC_DL_WS_CLOSE
+             ? 0 : NGX_HTTP_ASYNC_DL_WS_CLOSE_LEN))
+    {
         ngx_log_error(NGX_LOG_INFO, sub->c->log, 0,
                       "async_dl ws: control frame dropped, the client "
                       "does not read");
@@ -569,9 +600,11 @@ ngx_http_async_dl_ws_control(ngx_http_async_dl_ws_sub_t *sub,
 
 
 /*
- * Our close frame (a code, or none for 1005), and CLOSING: out of the hub;
- * the connection ends once the frame is out (end_when_sent), or when the
- * client's close comes or the linger runs out.
+ * Our close frame (a code, or none for 1005), and CLOSING: out of the hub,
+ * no more pings.  Once the frame is out (see send) the connection ends if
+ * the client has closed (end_when_sent); else it waits up to the linger
+ * for the client's close, reading and dropping what comes (after a bad
+ * frame, with our side of the connection shut down).
  */
 
 static void
@@ -598,7 +631,9 @@ ngx_http_async_dl_ws_close(ngx_http_async_dl_ws_sub_t *sub, ngx_uint_t code,
         ngx_http_async_dl_follow_leave(&sub->f);
         sub->state = NGX_HTTP_ASYNC_DL_WS_CLOSING;
 
-        ngx_add_timer(&sub->timer, NGX_HTTP_ASYNC_DL_WS_LINGER);
+        if (sub->timer.timer_set) {
+            ngx_del_timer(&sub->timer);
+        }
     }
 }
 
@@ -612,12 +647,11 @@ ngx_http_async_dl_ws_close(ngx_http_async_dl_ws_sub_t *sub, ngx_uint_t code,
 static ngx_int_t
 ngx_http_async_dl_ws_flush(ngx_http_async_dl_ws_sub_t *sub)
 {
-    ssize_t                    n;
-    ngx_event_t               *wev;
-    ngx_chain_t               *out;
-    ngx_connection_t          *c;
-    ngx_http_request_t        *r;
-    ngx_http_core_loc_conf_t  *clcf;
+    ssize_t              n;
+    ngx_event_t         *wev;
+    ngx_chain_t         *out;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
 
     r = sub->r;
     c = sub->c;
@@ -627,7 +661,8 @@ ngx_http_async_dl_ws_flush(ngx_http_async_dl_ws_sub_t *sub)
         return NGX_ERROR;
     }
 
-    if (c->buffered) {
+    if (!sub->detached && c->buffered) {
+        /* the 101, still in nginx's buffers */
         if (ngx_http_output_filter(r, NULL) == NGX_ERROR) {
             return NGX_ERROR;
         }
@@ -675,10 +710,8 @@ ngx_http_async_dl_ws_flush(ngx_http_async_dl_ws_sub_t *sub)
 
 again:
 
-    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
     if (!wev->timer_set) {
-        ngx_add_timer(wev, clcf->send_timeout);
+        ngx_add_timer(wev, sub->send_timeout);
     }
 
     if (ngx_handle_write_event(wev, 0) != NGX_OK) {
@@ -689,16 +722,34 @@ again:
 }
 
 
+/* the write handlers: the request's, then the connection's */
+
 static void
 ngx_http_async_dl_ws_write_handler(ngx_http_request_t *r)
 {
-    ngx_connection_t            *c;
-    ngx_http_async_dl_ctx_t     *ctx;
-    ngx_http_async_dl_ws_sub_t  *sub;
+    ngx_http_async_dl_ctx_t  *ctx;
 
-    c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-    sub = ctx->stream;
+    ngx_http_async_dl_ws_write(ctx->stream);
+}
+
+
+static void
+ngx_http_async_dl_ws_conn_write(ngx_event_t *wev)
+{
+    ngx_connection_t  *c;
+
+    c = wev->data;
+    ngx_http_async_dl_ws_write(c->data);
+}
+
+
+static void
+ngx_http_async_dl_ws_write(ngx_http_async_dl_ws_sub_t *sub)
+{
+    ngx_connection_t  *c;
+
+    c = sub->c;
 
     if (c->write->timedout) {
         ngx_log_error(NGX_LOG_INFO, c->log, NGX_ETIMEDOUT,
@@ -708,24 +759,57 @@ ngx_http_async_dl_ws_write_handler(ngx_http_request_t *r)
         return;
     }
 
-    ngx_http_async_dl_ws_send(sub);
+    (void) ngx_http_async_dl_ws_send(sub);
 }
 
+
+/* the read handlers: the request's, then the connection's */
 
 static void
 ngx_http_async_dl_ws_read_handler(ngx_http_request_t *r)
 {
-    u_char                       buf[4096];
-    ssize_t                      n;
-    ngx_connection_t            *c;
-    ngx_http_async_dl_ctx_t     *ctx;
-    ngx_http_async_dl_ws_sub_t  *sub;
+    ngx_http_async_dl_ctx_t  *ctx;
 
-    c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-    sub = ctx->stream;
+    ngx_http_async_dl_ws_receive(ctx->stream);
+}
 
-    for ( ;; ) {
+
+static void
+ngx_http_async_dl_ws_conn_read(ngx_event_t *rev)
+{
+    ngx_connection_t  *c;
+
+    c = rev->data;
+
+    if (c->close) {
+        /* nginx is shutting down: the client reconnects elsewhere */
+        ngx_http_async_dl_ws_end(c->data);
+        return;
+    }
+
+    ngx_http_async_dl_ws_receive(c->data);
+}
+
+
+static void
+ngx_http_async_dl_ws_receive(ngx_http_async_dl_ws_sub_t *sub)
+{
+    u_char             buf[4096];
+    ssize_t            n;
+    ngx_uint_t         i;
+    ngx_connection_t  *c;
+
+    c = sub->c;
+
+    for (i = 0; /* void */; i++) {
+
+        if (i == NGX_HTTP_ASYNC_DL_WS_READS) {
+            /* the others' turn: on from the posted event */
+            ngx_post_event(c->read, &ngx_posted_events);
+            return;
+        }
+
         n = c->recv(c, buf, sizeof(buf));
 
         if (n == NGX_AGAIN) {
@@ -743,10 +827,8 @@ ngx_http_async_dl_ws_read_handler(ngx_http_request_t *r)
             continue;
         }
 
-        ngx_http_async_dl_ws_input(sub, buf, buf + n);
-
-        if (c->destroyed || sub->state == NGX_HTTP_ASYNC_DL_WS_GONE) {
-            return;
+        if (ngx_http_async_dl_ws_input(sub, buf, buf + n) == NGX_DONE) {
+            return;                         /* sub is gone */
         }
     }
 
@@ -756,9 +838,51 @@ ngx_http_async_dl_ws_read_handler(ngx_http_request_t *r)
 }
 
 
-/* the client's frames; then sends what they asked for (sub may be gone) */
+/*
+ * Posted when the connection is open and idle: the request goes (see
+ * ngx_http_async_dl_detach.h); one that cannot detach keeps its request.
+ */
 
 static void
+ngx_http_async_dl_ws_detach(ngx_event_t *ev)
+{
+    ngx_http_async_dl_ws_sub_t *sub = ev->data;
+
+    ngx_http_request_t  *r;
+
+    r = sub->r;
+
+    if (sub->detached || sub->state != NGX_HTTP_ASYNC_DL_WS_OPEN
+        || sub->pending || sub->ctl_len > sub->ctl_pos)
+    {
+        return;                             /* asked again when idle */
+    }
+
+    if (!ngx_http_async_dl_detach_possible(r)) {
+        sub->stays = 1;
+        return;
+    }
+
+    sub->r = NULL;
+    sub->detached = 1;
+
+    if (ngx_http_async_dl_detach(r, sub, &sub->cln, &sub->pcln,
+                                 ngx_http_async_dl_ws_conn_read,
+                                 "sending job events over a WebSocket")
+        != NGX_OK)
+    {
+        ngx_http_async_dl_ws_end(sub);
+        return;
+    }
+
+    sub->c->write->handler = ngx_http_async_dl_ws_conn_write;
+}
+
+
+/* the client's frames; then sends what they asked for (NGX_DONE: sub is
+ * gone) */
+
+static ngx_int_t
 ngx_http_async_dl_ws_input(ngx_http_async_dl_ws_sub_t *sub, u_char *p,
     u_char *last)
 {
@@ -799,51 +923,62 @@ ngx_http_async_dl_ws_input(ngx_http_async_dl_ws_sub_t *sub, u_char *p,
                           "async_dl ws: the client broke the protocol, "
                           "closing with %ui", code);
             sub->discard = 1;
-            ngx_http_async_dl_ws_close(sub, code, 1);
+            sub->failed = 1;
+            ngx_http_async_dl_ws_close(sub, code, 0);
             break;
         }
     }
 
-    ngx_http_async_dl_ws_send(sub);
+    return ngx_http_async_dl_ws_send(sub);
 }
 
 
 /* every heartbeat: a ping, or the end of a client that did not answer the
- * last one; CLOSING: the linger ran out */
+ * last one (sent in full: a client still reading an event is not asked);
+ * CLOSING: the linger ran out */
 
 static void
 ngx_http_async_dl_ws_timer_handler(ngx_event_t *ev)
 {
     ngx_http_async_dl_ws_sub_t *sub = ev->data;
 
+    ngx_uint_t         detached;
     ngx_connection_t  *c;
 
     c = sub->c;
+    detached = sub->detached;
 
     if (sub->state == NGX_HTTP_ASYNC_DL_WS_CLOSING) {
-        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, c->log, 0,
-                       "async_dl ws: no close from the client");
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "async_dl ws: no close from the client in %d ms, "
+                      "closing", NGX_HTTP_ASYNC_DL_WS_LINGER);
         ngx_http_async_dl_ws_end(sub);
-        ngx_http_run_posted_requests(c);
-        return;
-    }
 
-    if (sub->ping_out) {
+    } else if (sub->pending || sub->ctl_len > sub->ctl_pos) {
+        /* the client is not reading what we sent: send_timeout deals
+         * with that; a ping waits for it */
+        ngx_add_timer(&sub->timer, sub->heartbeat_period);
+
+    } else if (sub->ping_out) {
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "async_dl ws: the client did not answer a ping, "
                       "closing");
         c->error = 1;
         ngx_http_async_dl_ws_end(sub);
-        ngx_http_run_posted_requests(c);
-        return;
+
+    } else {
+        sub->ping_out = 1;
+        ngx_http_async_dl_ws_control(sub, NGX_HTTP_ASYNC_DL_WS_PING, NULL, 0);
+        ngx_add_timer(&sub->timer, sub->heartbeat_period);
+
+        (void) ngx_http_async_dl_ws_send(sub);
     }
 
-    sub->ping_out = 1;
-    ngx_http_async_dl_ws_control(sub, NGX_HTTP_ASYNC_DL_WS_PING, NULL, 0);
-    ngx_add_timer(&sub->timer, sub->heartbeat_period);
+    /* sub may be gone */
 
-    ngx_http_async_dl_ws_send(sub);
-    ngx_http_run_posted_requests(c);
+    if (!detached) {
+        ngx_http_run_posted_requests(c);
+    }
 }
 
 
@@ -852,14 +987,20 @@ ngx_http_async_dl_ws_timer_handler(ngx_event_t *ev)
 static void
 ngx_http_async_dl_ws_end(ngx_http_async_dl_ws_sub_t *sub)
 {
-    ngx_http_async_dl_follow_leave(&sub->f);
-    sub->state = NGX_HTTP_ASYNC_DL_WS_GONE;
+    ngx_connection_t  *c;
 
-    if (sub->timer.timer_set) {
-        ngx_del_timer(&sub->timer);
+    if (!sub->detached) {
+        /* the request cleanups do the rest */
+        ngx_http_finalize_request(sub->r, NGX_HTTP_CLOSE);
+        return;
     }
 
-    ngx_http_finalize_request(sub->r, NGX_HTTP_CLOSE);
+    c = sub->c;
+
+    ngx_http_async_dl_ws_cleanup(sub);
+    ngx_http_async_dl_ws_pool_cleanup(sub);
+
+    ngx_http_close_connection(c);
 }
 
 
@@ -876,6 +1017,10 @@ ngx_http_async_dl_ws_cleanup(void *data)
     if (sub->timer.timer_set) {
         ngx_del_timer(&sub->timer);
     }
+
+    if (sub->detach.posted) {
+        ngx_delete_posted_event(&sub->detach);
+    }
 }
 
 
@@ -890,6 +1035,10 @@ ngx_http_async_dl_ws_pool_cleanup(void *data)
 
     if (sub->timer.timer_set) {
         ngx_del_timer(&sub->timer);
+    }
+
+    if (sub->detach.posted) {
+        ngx_delete_posted_event(&sub->detach);
     }
 
     ngx_free(sub);

@@ -25,6 +25,11 @@ location /owned/ {
     async_dl;
     async_dl_owner $http_x_user;
 }
+location /limited/ {
+    async_dl;
+    async_dl_heartbeat 1s;
+    limit_rate 1m;
+}
 location /proxied/ {
     proxy_pass http://127.0.0.1:$ADL_PORT/v1/download/;
     proxy_http_version 1.1;
@@ -66,6 +71,9 @@ $r = AsyncDL::WS::handshake("/owned/ws/$owned", { %H, 'X-User' => 'bob' });
 is($r->{status}, 404, "another owner's job: 404");
 $r = request('POST', "${P}ws/$job");
 is($r->{status}, 405, 'POST: 405');
+$r = AsyncDL::WS::handshake("${P}ws/$job", { %H, 'Content-Length' => 0,
+                                             'Transfer-Encoding' => 'chunked' });
+is($r->{status}, 400, 'a handshake with a body: 400');
 
 # --- the upgrade, "connected", ping and pong ------------------------------
 my $ws = AsyncDL::WS->open("/owned/ws/$owned", { 'X-User' => 'alice' });
@@ -99,6 +107,19 @@ $f = $ws->next_frame(3);
 is($f->{opcode}, 8, 'a close is answered with a close');
 is($f->{code}, 1000, '... with its code');
 ok($ws->closed(3), 'then the server closes the connection');
+
+# Connection in two header lines; a ping sent with the handshake, before
+# the 101 (read once the connection is open)
+my $early = AsyncDL::WS->open("${P}ws/$job",
+    { Connection => ['keep-alive', 'Upgrade'] },
+    AsyncDL::WS::frame(9, 'early'));
+is($early->{status}, 101, 'Connection: keep-alive and Connection: Upgrade '
+   . 'in two lines: 101');
+my @got = map { $early->read_frame(3) } 1 .. 2;
+is(join(' ', map { $_ ? $_->{opcode} : 'none' } @got), '1 10',
+   'a ping sent with the handshake: "connected", then its pong');
+is($got[1] && $got[1]{payload}, 'early', '... with its payload');
+$early->close;
 
 # --- bad frames: the right close code, the connection closed ---------------
 my @bad = (
@@ -136,6 +157,35 @@ for my $b (@bad) {
     is($c && $c->{opcode}, 8, "$what: a close frame");
     is($c && $c->{code}, $code, "... with $code");
     ok($w->closed(3), '... and the connection closed');
+}
+
+# --- an open connection gives its request back; one that cannot keeps it --
+sub access_lines {
+    my ($path) = @_;
+    my $log = AsyncDL::Stack::slurp("$s->{dir}/nginx/logs/access.log");
+    return scalar(() = $log =~ m{"GET \Q$path\E HTTP/1\.1" 101}g);
+}
+for my $case (["${P}ws/$job", 1, 'detached'], ["/limited/ws/$job", 0,
+              'kept its request (limit_rate)'])
+{
+    my ($path, $gives, $what) = @$case;
+    my $before = access_lines($path);
+    my $w = AsyncDL::WS->open($path);
+    is(decode_json($w->next_frame(5)->{payload})->{event}, 'connected',
+       "$what: connected");
+    sleep 0.5;
+    is(access_lines($path) - $before, $gives, "$what: the access log line is "
+       . ($gives ? 'written while the connection stays' : 'not written yet'));
+    $w->send_frame(9, 'p1');
+    my $c = $w->next_frame(3);
+    is($c && $c->{payload}, 'p1', "$what: ping, pong");
+    $w->send_frame(1, "\xff");
+    $c = $w->next_frame(3);
+    is($c && $c->{code}, 1007, "$what: a bad frame, 1007");
+    ok($w->closed(3), "$what: closed (our side shut down)");
+    $w->close;
+    sleep 0.2;
+    is(access_lines($path) - $before, 1, "$what: one access log line");
 }
 
 # --- the heartbeat: pings; a client that never answers is closed ----------

@@ -3,7 +3,8 @@ package AsyncDL::WS;
 # A WebSocket client on a plain socket, for the frames an ordinary client
 # library would never send (unmasked, oversized, bad UTF-8, reserved bits).
 #
-#   my $ws = AsyncDL::WS->open($path, \%headers);   # handshake; dies if not 101
+#   my $ws = AsyncDL::WS->open($path, \%headers, $early);
+#                                  # handshake (and bytes right after it)
 #   $ws->{status}, $ws->{headers}, $ws->{accept_ok}
 #   $ws->send_frame($opcode, $payload, %o)  # o: fin => 0, mask => 0, rsv => 1
 #   $ws->send_raw($bytes)
@@ -30,12 +31,16 @@ sub _connect {
     return $sock || die "connect: $!";
 }
 
+# a header's value may be a list (one line each); $early: bytes sent in the
+# same write, right after the request (frames before the 101)
 sub _request {
-    my ($sock, $path, $headers) = @_;
+    my ($sock, $path, $headers, $early) = @_;
     my %h = (Host => 'localhost', %$headers);
     my $req = "GET $path HTTP/1.1\r\n";
-    $req .= "$_: $h{$_}\r\n" for grep { defined $h{$_} } sort keys %h;
-    print $sock "$req\r\n";
+    for my $k (grep { defined $h{$_} } sort keys %h) {
+        $req .= "$k: $_\r\n" for ref $h{$k} ? @{ $h{$k} } : $h{$k};
+    }
+    syswrite($sock, "$req\r\n" . ($early // ''));
 }
 
 sub default_headers {
@@ -63,10 +68,11 @@ sub handshake {
 }
 
 sub open {
-    my ($class, $path, $extra) = @_;
+    my ($class, $path, $extra, $early) = @_;
     my $key = new_key();
     my $sock = _connect();
-    _request($sock, $path, { default_headers($key), %{ $extra || {} } });
+    _request($sock, $path, { default_headers($key), %{ $extra || {} } },
+             $early);
     # the head only: frames may follow at once
     my $head = '';
     my $sel = IO::Select->new($sock);
@@ -87,8 +93,8 @@ sub open {
 
 sub send_raw { my ($self, $b) = @_; syswrite($self->{sock}, $b) }
 
-sub send_frame {
-    my ($self, $op, $payload, %o) = @_;
+sub frame {
+    my ($op, $payload, %o) = @_;
     my $fin = exists $o{fin} ? $o{fin} : 1;
     my $mask = exists $o{mask} ? $o{mask} : 1;
     my $len = length $payload;
@@ -105,7 +111,12 @@ sub send_frame {
     } else {
         $b .= $payload;
     }
-    $self->send_raw($b);
+    return $b;
+}
+
+sub send_frame {
+    my ($self, @a) = @_;
+    $self->send_raw(frame(@a));
 }
 
 sub _fill {
