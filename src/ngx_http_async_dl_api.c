@@ -21,6 +21,8 @@ static ngx_int_t ngx_http_async_dl_header_find(ngx_http_request_t *r,
     const char *name, const char *token, ngx_str_t *value);
 static ngx_uint_t ngx_http_async_dl_has_token(ngx_str_t *value,
     const char *token);
+static ngx_uint_t ngx_http_async_dl_has_arg(ngx_http_request_t *r,
+    const char *name);
 
 static ngx_int_t ngx_http_async_dl_health_done(ngx_http_request_t *r,
     PGresult *res);
@@ -60,12 +62,58 @@ ngx_http_async_dl_health(ngx_http_request_t *r)
 }
 
 
+/*
+ * The database answers: "ok" with the workers alive, or "degraded" when
+ * files wait and no worker is alive to take them (NO_WORKERS): 200, so
+ * that a load balancer keeps serving status polls; 503 with ?strict.
+ */
+
 static ngx_int_t
 ngx_http_async_dl_health_done(ngx_http_request_t *r, PGresult *res)
 {
-    static u_char  ok[] = "{\"status\":\"ok\"}";
+    u_char     *body, *p;
+    ngx_int_t   workers;
+    ngx_uint_t  status;
 
-    return ngx_http_async_dl_send_json(r, NGX_HTTP_OK, ok, sizeof(ok) - 1);
+    static const size_t  len = sizeof("{\"status\":\"degraded\",\"workers\":,"
+                                      "\"error\":{\"code\":\"NO_WORKERS\","
+                                      "\"message\":\"files wait to be "
+                                      "downloaded and no worker is alive\"}}")
+                               + NGX_INT_T_LEN;
+
+    if (PQntuples(res) != 1 || PQnfields(res) != 2) {
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                            "INTERNAL_ERROR", "the health "
+                                            "query answered %d rows",
+                                            PQntuples(res));
+    }
+
+    workers = ngx_atoi((u_char *) PQgetvalue(res, 0, 0),
+                       PQgetlength(res, 0, 0));
+
+    body = ngx_pnalloc(r->pool, len);
+    if (body == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    status = NGX_HTTP_OK;
+
+    if (workers == 0 && PQgetvalue(res, 0, 1)[0] == 't') {
+        p = ngx_sprintf(body, "{\"status\":\"degraded\",\"workers\":0,"
+                        "\"error\":{\"code\":\"NO_WORKERS\",\"message\":"
+                        "\"files wait to be downloaded and no worker is "
+                        "alive\"}}");
+
+        if (ngx_http_async_dl_has_arg(r, "strict")) {
+            status = NGX_HTTP_SERVICE_UNAVAILABLE;
+        }
+
+    } else {
+        p = ngx_sprintf(body, "{\"status\":\"ok\",\"workers\":%i}",
+                        workers < 0 ? 0 : workers);
+    }
+
+    return ngx_http_async_dl_send_json(r, status, body, p - body);
 }
 
 
@@ -1134,6 +1182,39 @@ ngx_http_async_dl_header_find(ngx_http_request_t *r, const char *name,
             return NGX_OK;
         }
     }
+}
+
+
+/* whether the query string has the argument, with a value or not */
+
+static ngx_uint_t
+ngx_http_async_dl_has_arg(ngx_http_request_t *r, const char *name)
+{
+    u_char  *p, *last, *start;
+    size_t   len;
+
+    len = ngx_strlen(name);
+    p = r->args.data;
+    last = p + r->args.len;
+
+    while (p < last) {
+        start = p;
+
+        while (p < last && *p != '&') {
+            p++;
+        }
+
+        if ((size_t) (p - start) >= len
+            && ngx_strncmp(start, name, len) == 0
+            && ((size_t) (p - start) == len || start[len] == '='))
+        {
+            return 1;
+        }
+
+        p++;
+    }
+
+    return 0;
 }
 
 

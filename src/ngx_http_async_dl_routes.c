@@ -36,7 +36,8 @@ static ngx_int_t ngx_http_async_dl_job_id_variable(ngx_http_request_t *r,
 /* the statements (sql/002_api.sql, sql/008_delivery.sql) */
 
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_health = {
-    "async_dl_health", "SELECT 1", 0
+    "async_dl_health",
+    "SELECT o_workers, o_waiting FROM async_dl_health()", 0
 };
 
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_create = {

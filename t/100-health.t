@@ -17,7 +17,7 @@ location /v1/download/ { async_dl; }
 GET /v1/download/health
 --- error_code: 200
 --- response_body
-{"status":"ok"}
+{"status":"ok","workers":0}
 --- response_headers
 Content-Type: application/json
 Cache-Control: no-store

@@ -102,6 +102,6 @@ location /v1/download/ {
 GET /v1/download/health
 --- error_code: 200
 --- response_body
-{"status":"ok"}
+{"status":"ok","workers":0}
 --- no_error_log
 [error]

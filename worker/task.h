@@ -1,10 +1,11 @@
 /*
  * task: what every kind of claimed work looks like to the loop.
  *
- * The worker runs five kinds of work: files (transfers), bundles (zips
+ * The worker runs six kinds of work: files (transfers), bundles (zips
  * of a job's files), callbacks (a job's final document POSTed to its
- * callback_url), expiry (stored objects past their time) and the janitor
- * (deleted objects, the deadline sweep, the queue counts).  Each kind
+ * callback_url), expiry (stored objects past their time), the janitor
+ * (deleted objects, the deadline sweep, the queue counts) and presence
+ * (the worker's heartbeat).  Each kind
  * owns its own lists and claims from PostgreSQL by itself; the loop
  * (worker.c) knows a kind only through its ops below, and a kind knows
  * the rest of the process only through the services in adl_env_t.  No

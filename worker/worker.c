@@ -35,6 +35,7 @@
 #include "expiry.h"
 #include "files.h"
 #include "janitor.h"
+#include "presence.h"
 #include "log.h"
 #include "task.h"
 #include "worker.h"
@@ -52,7 +53,7 @@
 
 static const adl_task_ops_t  *const kinds[] = {
     &adl_files_ops, &adl_bundles_ops, &adl_callbacks_ops, &adl_expiry_ops,
-    &adl_janitor_ops
+    &adl_janitor_ops, &adl_presence_ops
 };
 
 #define NKINDS  (sizeof(kinds) / sizeof(kinds[0]))
