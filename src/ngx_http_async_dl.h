@@ -151,6 +151,10 @@ typedef struct {
 typedef struct {
     ngx_http_async_dl_route_t      *route;
     ngx_str_t                       job_id;        /* $async_dl_job_id */
+    ngx_str_t                       traceparent;   /* an initiate's: its
+                                                      request's, or made up
+                                                      ($async_dl_traceparent)
+                                                    */
     ngx_str_t                       owner;
     ngx_int_t                       index;         /* {n}; else -1 */
     ngx_http_async_dl_done_pt       done;          /* the query's result */
@@ -235,6 +239,8 @@ ngx_int_t ngx_http_async_dl_parse_initiate(ngx_http_request_t *r,
 ngx_int_t ngx_http_async_dl_is_uuid(u_char *p, size_t len);
 size_t ngx_http_async_dl_utf8_char(u_char *p, u_char *last);
 ngx_int_t ngx_http_async_dl_is_text(u_char *p, size_t len);
+ngx_int_t ngx_http_async_dl_traceparent(ngx_http_request_t *r,
+    ngx_str_t *tp);
 
 /* reply.c */
 ngx_int_t ngx_http_async_dl_send_json(ngx_http_request_t *r,

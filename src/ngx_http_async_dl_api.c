@@ -250,7 +250,17 @@ ngx_http_async_dl_initiate_start(ngx_http_request_t *r)
         }
     }
 
-    params = ngx_pcalloc(r->pool, 10 * sizeof(char *));
+    /* the trace context, stored with the job and answered */
+    if (ngx_http_async_dl_traceparent(r, &ctx->traceparent) != NGX_OK
+        || ngx_http_async_dl_add_header(r, "traceparent",
+                                        ctx->traceparent.data,
+                                        ctx->traceparent.len)
+           != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params = ngx_pcalloc(r->pool, 11 * sizeof(char *));
     if (params == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -268,10 +278,11 @@ ngx_http_async_dl_initiate_start(ngx_http_request_t *r)
     params[7] = ngx_http_async_dl_num(r->pool, alcf->max_active);
     params[8] = (char *) alcf->prefix.data;
     params[9] = ngx_http_async_dl_num(r->pool, (int64_t) in.priority);
+    params[10] = ngx_http_async_dl_cstr(r->pool, &ctx->traceparent);
 
     if (params[0] == NULL || (key.len && params[1] == NULL)
         || params[2] == NULL || params[3] == NULL || params[6] == NULL
-        || params[7] == NULL || params[9] == NULL)
+        || params[7] == NULL || params[9] == NULL || params[10] == NULL)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

@@ -6,6 +6,8 @@
  * and optionally "timeout" ("90s", "5m" or seconds), "callback_url" and
  * "priority" (-100..100, among the owner's jobs).
  * Every refusal is a 400 whose message starts with the field it is about.
+ * Also the initiate's W3C trace context (traceparent), which is never
+ * refused: a malformed one is replaced, as the W3C says.
  *
  * jansson allocates with malloc(): every object is released before
  * returning, the results are copied into the request's pool.
@@ -17,6 +19,7 @@
 #include <ngx_http.h>
 
 #include <jansson.h>
+#include <openssl/rand.h>
 
 #include "ngx_http_async_dl.h"
 #include "adl_sigv4.h"
@@ -724,6 +727,82 @@ ngx_http_async_dl_dump(ngx_http_request_t *r, json_t *json, size_t flags,
     out->len = len;
 
     free(s);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The initiate's traceparent (W3C Trace Context, version 00): the
+ * request's, when well formed ("00-" 32 hex digits "-" 16 hex digits "-"
+ * 2 hex digits, in lower case, neither id all zeros); else a new trace
+ * with a new parent id, sampled.  In the request's pool.
+ */
+
+ngx_int_t
+ngx_http_async_dl_traceparent(ngx_http_request_t *r, ngx_str_t *tp)
+{
+    u_char      *p, ids[24];
+    ngx_str_t    h;
+    ngx_uint_t   i, zero_trace, zero_parent;
+
+    static const size_t  len = 55;
+
+    tp->data = ngx_pnalloc(r->pool, len);
+    if (tp->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    tp->len = len;
+
+    if (ngx_http_async_dl_header_in(r, "traceparent", &h) == NGX_OK
+        && h.len == len
+        && ngx_strncmp(h.data, "00-", 3) == 0
+        && h.data[35] == '-' && h.data[52] == '-')
+    {
+        zero_trace = 1;
+        zero_parent = 1;
+
+        for (i = 3; i < len; i++) {
+            if (i == 35 || i == 52) {
+                continue;
+            }
+
+            if (!((h.data[i] >= '0' && h.data[i] <= '9')
+                  || (h.data[i] >= 'a' && h.data[i] <= 'f')))
+            {
+                break;
+            }
+
+            if (h.data[i] != '0') {
+                if (i < 35) {
+                    zero_trace = 0;
+
+                } else if (i < 52) {
+                    zero_parent = 0;
+                }
+            }
+        }
+
+        if (i == len && !zero_trace && !zero_parent) {
+            ngx_memcpy(tp->data, h.data, len);
+            return NGX_OK;
+        }
+    }
+
+    /* a new trace: 16 bytes of trace id, 8 of parent id */
+    if (RAND_bytes(ids, sizeof(ids)) != 1) {
+        return NGX_ERROR;
+    }
+
+    ids[0] |= 1;            /* never all zeros */
+    ids[16] |= 1;
+
+    p = ngx_cpymem(tp->data, "00-", 3);
+    p = ngx_hex_dump(p, ids, 16);
+    *p++ = '-';
+    p = ngx_hex_dump(p, ids + 16, 8);
+    ngx_memcpy(p, "-01", 3);
 
     return NGX_OK;
 }

@@ -29,7 +29,7 @@ static ngx_uint_t ngx_http_async_dl_route_match(const char *shape,
     u_char *p, u_char *last, ngx_str_t *id, ngx_str_t *n);
 static ngx_int_t ngx_http_async_dl_not_allowed(ngx_http_request_t *r,
     ngx_uint_t allowed);
-static ngx_int_t ngx_http_async_dl_job_id_variable(ngx_http_request_t *r,
+static ngx_int_t ngx_http_async_dl_ctx_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
 
@@ -44,7 +44,7 @@ static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_create = {
     "async_dl_create",
     "SELECT outcome, job_id, body"
     " FROM async_dl_job_create($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-    " $10::smallint)", 10
+    " $10::smallint, $11)", 11
 };
 
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_status = {
@@ -137,6 +137,8 @@ static ngx_http_async_dl_route_t  ngx_http_async_dl_routes[] = {
 
 
 static ngx_str_t  ngx_http_async_dl_job_id_name = ngx_string("async_dl_job_id");
+static ngx_str_t  ngx_http_async_dl_traceparent_name =
+    ngx_string("async_dl_traceparent");
 
 
 /* init_main_conf: the routes' statements, in the pool's list */
@@ -178,7 +180,17 @@ ngx_http_async_dl_routes_add_variables(ngx_conf_t *cf)
         return NGX_ERROR;
     }
 
-    var->get_handler = ngx_http_async_dl_job_id_variable;
+    var->get_handler = ngx_http_async_dl_ctx_variable;
+    var->data = offsetof(ngx_http_async_dl_ctx_t, job_id);
+
+    var = ngx_http_add_variable(cf, &ngx_http_async_dl_traceparent_name,
+                                NGX_HTTP_VAR_NOCACHEABLE);
+    if (var == NULL) {
+        return NGX_ERROR;
+    }
+
+    var->get_handler = ngx_http_async_dl_ctx_variable;
+    var->data = offsetof(ngx_http_async_dl_ctx_t, traceparent);
 
     return NGX_OK;
 }
@@ -473,24 +485,34 @@ ngx_http_async_dl_not_allowed(ngx_http_request_t *r, ngx_uint_t allowed)
 }
 
 
+/* $async_dl_job_id, $async_dl_traceparent: a string of the context */
+
 static ngx_int_t
-ngx_http_async_dl_job_id_variable(ngx_http_request_t *r,
+ngx_http_async_dl_ctx_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
+    ngx_str_t                *s;
     ngx_http_async_dl_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
 
-    if (ctx == NULL || ctx->job_id.len == 0) {
+    if (ctx == NULL) {
         v->not_found = 1;
         return NGX_OK;
     }
 
-    v->len = ctx->job_id.len;
+    s = (ngx_str_t *) ((char *) ctx + data);
+
+    if (s->len == 0) {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->len = s->len;
     v->valid = 1;
     v->no_cacheable = 0;
     v->not_found = 0;
-    v->data = ctx->job_id.data;
+    v->data = s->data;
 
     return NGX_OK;
 }

@@ -41,6 +41,7 @@ struct delivery_s {
     callbacks_t    *owner;
     delivery_state_t    state;
     char                job[40];
+    char                traceparent[64];   /* the job's, or "" */
     char                lease[ADL_CLAIM_TOKEN_MAX];  /* its claim's token */
     char               *url;
     char               *body;
@@ -140,20 +141,24 @@ post_start(delivery_t *d)
 {
     const adl_settings_t  *s = d->owner->env->settings;
     struct curl_slist     *l;
-    char                   sig[160];
-    const char            *hs[4] = { "Content-Type: application/json",
+    char                   sig[160], trace[96];
+    const char            *hs[5] = { "Content-Type: application/json",
                                      "User-Agent: async-dl-worker",
-                                     "Expect:", NULL };
+                                     "Expect:", NULL, NULL };
     CURL                  *e;
-    int                    i;
+    int                    i, n = 3;
 
     if (s->callback_secret != NULL && s->callback_secret[0] != '\0') {
         if (sign(d, sig, sizeof(sig)) != 0) {
             return -1;
         }
-        hs[3] = sig;
+        hs[n++] = sig;
     }
-    for (i = 0; i < 4 && hs[i] != NULL; i++) {
+    if (d->traceparent[0] != '\0') {
+        snprintf(trace, sizeof(trace), "traceparent: %s", d->traceparent);
+        hs[n++] = trace;
+    }
+    for (i = 0; i < n; i++) {
         l = curl_slist_append(d->headers, hs[i]);
         if (l == NULL) {
             return -1;
@@ -274,6 +279,7 @@ delivery_free(delivery_t *d)
         curl_easy_cleanup(d->http.easy);
     }
     curl_slist_free_all(d->headers);
+    adl_log_untrace(d->job);
     free(d->url);
     free(d->body);
     free(d->error);
@@ -307,6 +313,9 @@ claim_result(void *data, PGresult *res)
         }
         d->owner = c;
         snprintf(d->job, sizeof(d->job), "%s", PQgetvalue(res, i, 0));
+        snprintf(d->traceparent, sizeof(d->traceparent), "%s",
+                 PQgetvalue(res, i, 4));
+        adl_log_trace(d->job, d->traceparent);
         memcpy(d->lease, c->claim.token, sizeof(d->lease));
         d->attempt = atoi(PQgetvalue(res, i, 2));
         d->next = c->list;
@@ -404,9 +413,10 @@ callbacks_tick(void *k, int64_t now)
     p[1] = limit;
     p[2] = CLAIM_LEASE;
     (void) adl_claimer_send(&c->claim, c->env, "SELECT job_id, url, "
-                            "attempts, body FROM async_dl_callback_claim("
-                            "$1, $2::integer, $3::interval)", 3, p,
-                            claim_result, c);
+                            "attempts, body, (SELECT j.traceparent FROM "
+                            "async_dl_jobs j WHERE j.id = k.job_id) FROM "
+                            "async_dl_callback_claim($1, $2::integer, "
+                            "$3::interval) k", 3, p, claim_result, c);
 }
 
 static const char *const  callbacks_channels[] = {

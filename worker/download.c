@@ -340,6 +340,14 @@ adl_download_start(adl_download_t *d, int64_t offset)
     d->from = offset;
     d->got = 0;
 
+    if (d->c.traceparent != NULL && d->c.traceparent[0] != '\0') {
+        snprintf(hdr, sizeof(hdr), "traceparent: %s", d->c.traceparent);
+        l = curl_slist_append(d->headers, hdr);
+        if (l == NULL) {
+            return not_started(d, "out of memory");
+        }
+        d->headers = l;
+    }
     if (offset > 0) {
         snprintf(hdr, sizeof(hdr), "Range: bytes=%lld-", (long long) offset);
         l = curl_slist_append(d->headers, hdr);

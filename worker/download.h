@@ -24,6 +24,7 @@ typedef struct {
     const char            *url;
     const char            *log_job;
     int                    log_idx;
+    const char            *traceparent; /* sent to the origin; or "" */
     int64_t                deadline;    /* adl_now_ms() clock */
     /* the final response is the file from byte `from` (0: again from
      * the start, whatever came before); -1 refuses it (out of memory) */

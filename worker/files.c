@@ -39,7 +39,8 @@ typedef struct {
 /* --- jobs ---------------------------------------------------------------- */
 
 static adl_job_t *
-job_get(files_t *f, const char *id, int64_t remaining_ms)
+job_get(files_t *f, const char *id, int64_t remaining_ms,
+    const char *traceparent)
 {
     adl_job_t  *j;
 
@@ -53,9 +54,11 @@ job_get(files_t *f, const char *id, int64_t remaining_ms)
         return NULL;
     }
     snprintf(j->id, sizeof(j->id), "%s", id);
+    snprintf(j->traceparent, sizeof(j->traceparent), "%s", traceparent);
     j->deadline = adl_now_ms() + remaining_ms;
     j->next = f->jobs;
     f->jobs = j;
+    adl_log_trace(j->id, j->traceparent);
     return j;
 }
 
@@ -70,6 +73,7 @@ job_unref(files_t *f, adl_job_t *job)
     for (pp = &f->jobs; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == job) {
             *pp = job->next;
+            adl_log_untrace(job->id);
             free(job);
             return;
         }
@@ -105,7 +109,8 @@ start(files_t *f, const adl_claim_t *c, int64_t remaining_ms)
     adl_xfer_t  *x;
 
     if (room_for_one(f) != 0
-        || (job = job_get(f, c->job_id, remaining_ms)) == NULL)
+        || (job = job_get(f, c->job_id, remaining_ms, c->traceparent))
+           == NULL)
     {
         adl_log_error(c->job_id, c->idx, "out of memory: file left to "
                       "its lease");
@@ -142,6 +147,7 @@ claim_result(void *data, PGresult *res)
         c.lease = PQgetvalue(res, i, 6);
         c.key = PQgetvalue(res, i, 3);
         c.claimed_at = f->claim.sent;
+        c.traceparent = PQgetvalue(res, i, 7);
 
         /* ours again: the lease ran out while the database was away.  The
          * old transfer stops at its lease's end, before this answer can
@@ -216,18 +222,20 @@ maybe_claim(files_t *f)
         rc = adl_claimer_send(&f->claim, f->env, "SELECT job_id, idx, url, "
                               "write_key, attempts, greatest(0, extract("
                               "epoch FROM deadline - clock_timestamp()) "
-                              "* 1000)::bigint, lease FROM "
-                              "async_dl_claim_newcomer($7::uuid, $1, "
+                              "* 1000)::bigint, lease, (SELECT j.traceparent "
+                              "FROM async_dl_jobs j WHERE j.id = c.job_id) "
+                              "FROM async_dl_claim_newcomer($7::uuid, $1, "
                               "$2::integer, $3::interval, $4::integer, $5, "
-                              "$6::integer)", 7, p, claim_result, f);
+                              "$6::integer) c", 7, p, claim_result, f);
     } else {
         rc = adl_claimer_send(&f->claim, f->env, "SELECT job_id, idx, url, "
                               "write_key, attempts, greatest(0, extract("
                               "epoch FROM deadline - clock_timestamp()) "
-                              "* 1000)::bigint, lease FROM async_dl_claim("
-                              "$1, $2::integer, $3::interval, $4::integer, "
-                              "$5, $6::integer, $7::integer)", 7, p,
-                              claim_result, f);
+                              "* 1000)::bigint, lease, (SELECT j.traceparent "
+                              "FROM async_dl_jobs j WHERE j.id = c.job_id) "
+                              "FROM async_dl_claim($1, $2::integer, "
+                              "$3::interval, $4::integer, $5, $6::integer, "
+                              "$7::integer) c", 7, p, claim_result, f);
     }
     if (rc == 0) {
         f->claim_limit = room;

@@ -19,6 +19,72 @@ static int  log_json;
 
 static const char  *level_names[] = { "debug", "info", "warn", "error" };
 
+/* the jobs with a trace context: few (those in flight), a list */
+typedef struct trace_s  trace_t;
+
+struct trace_s {
+    trace_t  *next;
+    int       refs;
+    char      job[40];
+    char      traceparent[64];
+};
+
+static trace_t  *traces;
+
+static trace_t *
+trace_find(const char *job)
+{
+    trace_t  *t;
+
+    for (t = traces; t != NULL; t = t->next) {
+        if (strcmp(t->job, job) == 0) {
+            return t;
+        }
+    }
+    return NULL;
+}
+
+void
+adl_log_trace(const char *job, const char *traceparent)
+{
+    trace_t  *t;
+
+    if (job == NULL || traceparent == NULL || traceparent[0] == '\0') {
+        return;
+    }
+    t = trace_find(job);
+    if (t == NULL) {
+        t = calloc(1, sizeof(trace_t));
+        if (t == NULL) {
+            return;
+        }
+        snprintf(t->job, sizeof(t->job), "%s", job);
+        snprintf(t->traceparent, sizeof(t->traceparent), "%s", traceparent);
+        t->next = traces;
+        traces = t;
+    }
+    t->refs++;
+}
+
+void
+adl_log_untrace(const char *job)
+{
+    trace_t  **pp, *t;
+
+    if (job == NULL) {
+        return;
+    }
+    for (pp = &traces; (t = *pp) != NULL; pp = &t->next) {
+        if (strcmp(t->job, job) == 0) {
+            if (--t->refs == 0) {
+                *pp = t->next;
+                free(t);
+            }
+            return;
+        }
+    }
+}
+
 void
 adl_log_init(int level, int json)
 {
@@ -35,10 +101,12 @@ adl_log(int level, const char *job, int idx, const char *fmt, ...)
     va_list         ap;
     int             n;
     ssize_t         w;
+    const trace_t  *t;
 
     if (level < log_level) {
         return;
     }
+    t = job != NULL ? trace_find(job) : NULL;
 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
@@ -65,6 +133,10 @@ adl_log(int level, const char *job, int idx, const char *fmt, ...)
         if (idx >= 0) {
             json_object_set_new(o, "file", json_integer(idx));
         }
+        if (t != NULL) {
+            json_object_set_new(o, "traceparent",
+                                json_string(t->traceparent));
+        }
         json_object_set_new(o, "msg", json_string(msg));
         s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(o);
@@ -75,11 +147,13 @@ adl_log(int level, const char *job, int idx, const char *fmt, ...)
         free(s);
 
     } else if (job != NULL && idx >= 0) {
-        n = snprintf(line, sizeof(line), "%s [%s] job=%s file=%d %s\n", ts,
-                     level_names[level], job, idx, msg);
+        n = snprintf(line, sizeof(line), "%s [%s] job=%s file=%d%s%s %s\n",
+                     ts, level_names[level], job, idx, t ? " trace=" : "",
+                     t ? t->traceparent : "", msg);
     } else if (job != NULL) {
-        n = snprintf(line, sizeof(line), "%s [%s] job=%s %s\n", ts,
-                     level_names[level], job, msg);
+        n = snprintf(line, sizeof(line), "%s [%s] job=%s%s%s %s\n", ts,
+                     level_names[level], job, t ? " trace=" : "",
+                     t ? t->traceparent : "", msg);
     } else {
         n = snprintf(line, sizeof(line), "%s [%s] %s\n", ts,
                      level_names[level], msg);

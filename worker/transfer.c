@@ -888,6 +888,7 @@ adl_xfer_start(adl_env_t *env, int *wake, adl_job_t *job,
     dc.url = x->url;
     dc.log_job = job->id;
     dc.log_idx = c->idx;
+    dc.traceparent = job->traceparent;
     dc.deadline = job->deadline;
     dc.head = dl_head;
     dc.body = dl_body;

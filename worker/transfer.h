@@ -25,6 +25,7 @@ typedef struct adl_job_s  adl_job_t;
 struct adl_job_s {
     adl_job_t  *next;
     char        id[40];
+    char        traceparent[64]; /* W3C trace context, or "" */
     int64_t     deadline;        /* adl_now_ms() clock */
     int         refs;            /* transfers */
     int64_t     last_progress;   /* throttles its progress writes */
@@ -40,6 +41,7 @@ typedef struct {
     const char  *lease;         /* this claim's lease token */
     const char  *key;           /* the object key, recorded by the claim */
     int64_t      claimed_at;    /* adl_now_ms() when the claim was sent */
+    const char  *traceparent;   /* the job's, or "" */
 } adl_claim_t;
 
 /* Starts a claimed file; NULL on allocation failure (the file is then
