@@ -57,12 +57,24 @@ like($log, qr{^POST /cb/one \Q$TP\E$}m, 'the callback got it too');
 
 my @lines = grep { /job=$id/ } split /\n/, worker_log();
 cmp_ok(scalar @lines, '>=', 1, scalar(@lines) . ' worker log lines of the job');
-is(scalar(grep { !/ trace=\Q$TP\E / } @lines), 0,
+is(scalar(grep { !/ trace=\Q$TP\E$/ } @lines), 0,
    '... every one with trace=<its traceparent>')
     or diag(join "\n", grep { !/ trace=/ } @lines);
 like(AsyncDL::Stack::slurp("$s->{dir}/nginx/logs/traced.log"),
      qr{^POST /v1/download/initiate 202 tp=\Q$TP\E$}m,
      '$async_dl_traceparent in the access log');
+
+# a job of two files: its zip's lines too
+my $TP2 = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00';
+$r = initiate({ files => [{ url => "$server/f/z1" }, { url => "$server/f/z2" }] },
+              { traceparent => $TP2 });
+my $zid = $r->{json}{jobId};
+is(wait_ended($zid, 20), 'completed', 'a job of two files completed');
+@lines = grep { /job=$zid/ } split /\n/, worker_log();
+ok(scalar(grep { /bundle/ } @lines), 'the worker logged its zip');
+is(scalar(grep { !/ trace=\Q$TP2\E$/ } @lines), 0,
+   '... every line of the job, the zip\'s included, with its traceparent')
+    or diag(join "\n", grep { !/ trace=/ } @lines);
 
 # --- none sent, or a malformed one: a new one --------------------------------
 $r = start(undef, name => 'two');

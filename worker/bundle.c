@@ -530,6 +530,7 @@ build_free(bundle_t *b)
     free(b->entries);
     free(b->chunk);
     free(b->key);
+    adl_log_untrace(b->job);
     free(b);
 }
 
@@ -549,6 +550,7 @@ build_new(bundler_t *o, PGresult *res)
     }
     b->owner = o;
     snprintf(b->job, sizeof(b->job), "%s", PQgetvalue(res, 0, 0));
+    adl_log_trace(b->job, PQgetvalue(res, 0, 8));     /* until build_free */
     memcpy(b->lease, o->claim.token, sizeof(b->lease));
     b->attempt = atoi(PQgetvalue(res, 0, 1));
     b->renewed_at = adl_now_ms();
@@ -763,9 +765,11 @@ bundler_tick(void *k, int64_t now)
     /* a claim dies with its connection: on the next one, the finishes
      * queued meanwhile go first (a stored zip is not built again) */
     (void) adl_claimer_send(&o->claim, o->env, "SELECT job_id, attempts, "
-                            "idx, name, object_key, size, mtime, zip_key "
-                            "FROM async_dl_bundle_claim($1, $2::interval, "
-                            "$3::integer, $4)", 4, p, claim_result, o);
+                            "idx, name, object_key, size, mtime, zip_key, "
+                            "(SELECT j.traceparent FROM async_dl_jobs j "
+                            "WHERE j.id = k.job_id) FROM "
+                            "async_dl_bundle_claim($1, $2::interval, "
+                            "$3::integer, $4) k", 4, p, claim_result, o);
 }
 
 static void

@@ -147,13 +147,13 @@ adl_log(int level, const char *job, int idx, const char *fmt, ...)
         free(s);
 
     } else if (job != NULL && idx >= 0) {
-        n = snprintf(line, sizeof(line), "%s [%s] job=%s file=%d%s%s %s\n",
-                     ts, level_names[level], job, idx, t ? " trace=" : "",
-                     t ? t->traceparent : "", msg);
+        n = snprintf(line, sizeof(line), "%s [%s] job=%s file=%d %s%s%s\n",
+                     ts, level_names[level], job, idx, msg,
+                     t ? " trace=" : "", t ? t->traceparent : "");
     } else if (job != NULL) {
-        n = snprintf(line, sizeof(line), "%s [%s] job=%s%s%s %s\n", ts,
-                     level_names[level], job, t ? " trace=" : "",
-                     t ? t->traceparent : "", msg);
+        n = snprintf(line, sizeof(line), "%s [%s] job=%s %s%s%s\n", ts,
+                     level_names[level], job, msg, t ? " trace=" : "",
+                     t ? t->traceparent : "");
     } else {
         n = snprintf(line, sizeof(line), "%s [%s] %s\n", ts,
                      level_names[level], msg);

@@ -2,7 +2,7 @@
  * log: one line per event on stderr, text or JSON.  Job and file events
  * carry the job id (and the file index) as fields of their own.
  *
- *   text: 2024-05-01T10:00:00.123Z [info] job=<uuid> file=0 trace=00-.. msg
+ *   text: 2024-05-01T10:00:00.123Z [info] job=<uuid> file=0 msg trace=00-..
  *   json: {"ts":"...","level":"info","job":"<uuid>","file":0,
  *          "traceparent":"00-...","msg":"..."}
  */
