@@ -35,13 +35,14 @@ LANGUAGE sql AS $$
     DELETE FROM async_dl_workers WHERE id = p_id;
 $$;
 
--- For GET {p}health: the workers alive, and whether files wait for one
--- (pending, their next attempt due: the claim's own index).
+-- For GET {p}health: the workers alive, and, only when there is none,
+-- whether files wait for one (any pending file: one probe of the claim's
+-- partial index, async_dl_files_fair).
 CREATE FUNCTION async_dl_health(OUT o_workers integer, OUT o_waiting boolean)
 LANGUAGE sql STABLE AS $$
-    SELECT (SELECT count(*)::integer FROM async_dl_workers w
-             WHERE w.seen_at + 3 * w.beat > now()),
-           EXISTS (SELECT 1 FROM async_dl_files f
-                    WHERE f.status = 'pending'
-                      AND f.next_attempt_at <= now());
+    SELECT w.n,
+           w.n = 0 AND EXISTS (SELECT 1 FROM async_dl_files f
+                                WHERE f.status = 'pending')
+      FROM (SELECT count(*)::integer AS n FROM async_dl_workers w
+             WHERE w.seen_at + 3 * w.beat > now()) w;
 $$;

@@ -733,16 +733,18 @@ ngx_http_async_dl_dump(ngx_http_request_t *r, json_t *json, size_t flags,
 
 
 /*
- * The initiate's traceparent (W3C Trace Context, version 00): the
- * request's, when well formed ("00-" 32 hex digits "-" 16 hex digits "-"
- * 2 hex digits, in lower case, neither id all zeros); else a new trace
- * with a new parent id, sampled.  In the request's pool.
+ * The initiate's traceparent (W3C Trace Context): the request's, when well
+ * formed, as version 00: "00-" 32 hex digits "-" 16 hex digits "-" 2 hex
+ * digits, in lower case, neither id all zeros.  A later version (not ff)
+ * is read the same way from its first 55 characters, followed by nothing
+ * or a "-", and passed on as version 00.  Else a new trace with a new
+ * parent id, sampled.  In the request's pool.
  */
 
 ngx_int_t
 ngx_http_async_dl_traceparent(ngx_http_request_t *r, ngx_str_t *tp)
 {
-    u_char      *p, ids[24];
+    u_char      *p, c, ids[24];
     ngx_str_t    h;
     ngx_uint_t   i, zero_trace, zero_parent;
 
@@ -756,36 +758,40 @@ ngx_http_async_dl_traceparent(ngx_http_request_t *r, ngx_str_t *tp)
     tp->len = len;
 
     if (ngx_http_async_dl_header_in(r, "traceparent", &h) == NGX_OK
-        && h.len == len
-        && ngx_strncmp(h.data, "00-", 3) == 0
-        && h.data[35] == '-' && h.data[52] == '-')
+        && h.len >= len
+        && (ngx_strncmp(h.data, "00-", 3) == 0
+            ? h.len == len
+            : ngx_strncmp(h.data, "ff", 2) != 0
+              && (h.len == len || h.data[len] == '-'))
+        && h.data[2] == '-' && h.data[35] == '-' && h.data[52] == '-')
     {
         zero_trace = 1;
         zero_parent = 1;
 
-        for (i = 3; i < len; i++) {
-            if (i == 35 || i == 52) {
+        for (i = 0; i < len; i++) {
+            if (i == 2 || i == 35 || i == 52) {
                 continue;
             }
 
-            if (!((h.data[i] >= '0' && h.data[i] <= '9')
-                  || (h.data[i] >= 'a' && h.data[i] <= 'f')))
-            {
+            c = h.data[i];
+
+            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
                 break;
             }
 
-            if (h.data[i] != '0') {
-                if (i < 35) {
+            if (c != '0') {
+                if (i > 2 && i < 35) {
                     zero_trace = 0;
 
-                } else if (i < 52) {
+                } else if (i > 35 && i < 52) {
                     zero_parent = 0;
                 }
             }
         }
 
         if (i == len && !zero_trace && !zero_parent) {
-            ngx_memcpy(tp->data, h.data, len);
+            p = ngx_cpymem(tp->data, "00", 2);
+            ngx_memcpy(p, h.data + 2, len - 2);
             return NGX_OK;
         }
     }

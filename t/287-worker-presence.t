@@ -63,11 +63,20 @@ cmp_ok(time - $t0, '>=', 1, '... not before its row is stale');
 stop_worker('TERM', 1);
 is(psql("SELECT count(*) FROM async_dl_workers WHERE id = 'w-two'"), 0,
    'a worker that stops removes its row');
+psql("DELETE FROM async_dl_jobs");
 ($st, $j) = health();
 is($j->{workers}, 0, 'health: 0 workers at once');
-is($j->{status}, 'ok', '... ok again once nothing waits')
-    if psql("SELECT count(*) FROM async_dl_files WHERE status = 'pending'") == 0;
-psql("DELETE FROM async_dl_jobs");
+is($j->{status}, 'ok', '... ok once nothing waits');
+
+# a poll interval under a second: beats once a second, never seen as dead
+start_worker(ASYNC_DL_POLL_INTERVAL => '200ms', ASYNC_DL_WORKER_ID => 'w-fast');
+ok(wait_until(sub { (health())[1]{workers} == 1 }, 5), 'a worker polling every 200 ms: alive');
+my @n;
+for (1 .. 20) { push @n, (health())[1]{workers}; sleep 0.2 }
+is(join('', @n), '1' x 20, 'counted alive at each of 20 probes over 4 s');
+is(psql("SELECT extract(epoch FROM beat) FROM async_dl_workers WHERE id = 'w-fast'"),
+   '1.000000', '... its row says it beats every second');
+stop_worker('TERM');
 
 # two sessions beat for one worker at once: one row, no error
 my @b = map { psql_bg("SELECT count(*) FROM (SELECT async_dl_worker_beat("

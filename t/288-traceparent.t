@@ -86,6 +86,7 @@ my %bad = (
     'a zero trace id' => '00-00000000000000000000000000000000-00f067aa0ba902b7-01',
     'a zero parent id' => '00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01',
     'version ff' => 'ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+    'version 00 with more' => '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x',
     'too short' => '00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01',
     'not hex' => '00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01',
 );
@@ -96,6 +97,19 @@ for my $what (sort keys %bad) {
     ok($got =~ $FORMAT && $got ne $bad{$what} && $got ne $made,
        "... a new traceparent instead ($got)");
 }
+
+# a later version: read as version 00, passed on as 00
+my $v1 = 'cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes';
+$r = start($v1, name => 'v');
+is($r->{headers}{traceparent},
+   '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01',
+   'a later version with more fields: its ids kept, as version 00');
+$r = start('cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x',
+           name => 'v');
+isnt($r->{headers}{traceparent} // '', '',
+     '... but not when the 56th character is not a dash');
+unlike($r->{headers}{traceparent}, qr/4bf92f3577b34da6a3ce929d0e0e4736/,
+       '... (a new trace then)');
 
 # --- an idempotent replay keeps the job's first ----------------------------
 $r = start($TP, name => 'key', key => 'k-trace');

@@ -9,17 +9,22 @@
 #include "presence.h"
 
 typedef enum {
-    PR_ABSENT = 0,          /* no row written on this connection yet */
-    PR_PRESENT,             /* beating */
+    PR_BEATING = 0,         /* a row is written every interval */
     PR_LEAVING,             /* stopping: the row's removal is on its way */
     PR_GONE                 /* removed (or the database did not answer) */
 } presence_state_t;
+
+/* the loop wakes at least once a second (worker.c's idle tick): a shorter
+ * beat would be missed, and the worker seem dead between */
+#define BEAT_MIN_MS  1000
 
 typedef struct {
     adl_env_t         *env;
     presence_state_t   state;
     int                running;     /* a query in flight */
+    int                row;         /* a row of ours may exist */
     int64_t            next;        /* the next beat, adl_now_ms() */
+    uint64_t           session;     /* the connection of the last beat */
 } presence_t;
 
 static void
@@ -29,7 +34,7 @@ beat_result(void *data, PGresult *res)
 
     p->running = 0;
     if (res == NULL) {
-        p->state = PR_ABSENT;       /* again on the next connection */
+        p->next = 0;                /* again on the next connection */
         return;
     }
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
@@ -45,7 +50,9 @@ gone_result(void *data, PGresult *res)
 
     p->running = 0;
     p->state = PR_GONE;
-    if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
+    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK) {
+        p->row = 0;
+    } else if (res != NULL) {
         adl_log_warn(NULL, -1, "removing the heartbeat failed: %s",
                      PQresultErrorMessage(res));
     }
@@ -68,31 +75,26 @@ presence_destroy(void *k)
     free(k);
 }
 
-/* a new database connection: a row at once */
-static void
-presence_wake(void *k)
-{
-    presence_t  *p = k;
-
-    if (p->state == PR_ABSENT) {
-        p->next = 0;
-    }
-}
-
 static void
 presence_settle(void *k, int64_t now)
 {
     presence_t            *p = k;
     const adl_settings_t  *s = p->env->settings;
-    char                   beat[32], conc[16];
+    char                   beat[48], conc[16];
     const char            *params[3];
 
     if (p->running || !adl_db_connected(p->env->db)) {
         return;
     }
+    if (adl_db_session(p->env->db) != p->session) {
+        /* a new connection: a beat at once, the row may have gone stale
+         * while the database was away */
+        p->session = adl_db_session(p->env->db);
+        p->next = 0;
+    }
 
     if (p->env->stopping) {
-        if (p->state == PR_PRESENT) {
+        if (p->state == PR_BEATING && p->row) {
             params[0] = s->worker_id;
             if (adl_db_query_live(p->env->db, "SELECT "
                                   "async_dl_worker_gone($1)", 1, params,
@@ -110,7 +112,8 @@ presence_settle(void *k, int64_t now)
     }
 
     snprintf(beat, sizeof(beat), "%lld milliseconds",
-             (long long) s->poll_interval);
+             (long long) (s->poll_interval > BEAT_MIN_MS ? s->poll_interval
+                                                         : BEAT_MIN_MS));
     snprintf(conc, sizeof(conc), "%lld", (long long) s->concurrency);
     params[0] = s->worker_id;
     params[1] = beat;
@@ -121,8 +124,9 @@ presence_settle(void *k, int64_t now)
                           beat_result, p) == 0)
     {
         p->running = 1;
-        p->state = PR_PRESENT;
-        p->next = now + s->poll_interval;
+        p->row = 1;
+        p->next = now + (s->poll_interval > BEAT_MIN_MS ? s->poll_interval
+                                                        : BEAT_MIN_MS);
     }
 }
 
@@ -141,7 +145,7 @@ const adl_task_ops_t  adl_presence_ops = {
     NULL,                           /* channels */
     presence_create,
     presence_destroy,
-    presence_wake,
+    NULL,                           /* wake: settle sees new connections */
     NULL,                           /* notify */
     NULL,                           /* poll: settle keeps the beat */
     NULL,                           /* tick */
