@@ -15,8 +15,8 @@ pkgs=(
     perl libtest-base-perl libtext-diff-perl liblist-moreutils-perl
     libtest-longstring-perl liburi-perl libhttp-message-perl
     libipc-run-perl libwww-perl python3 python3-boto3
-    # an independent WebSocket client
-    python3-websockets
+    # an independent WebSocket client, the reference Prometheus text parser
+    python3-websockets python3-prometheus-client
     clang libclang-rt-14-dev
     # benchmarks
     wrk

@@ -39,6 +39,7 @@
 #include "claim.h"
 #include "clock.h"
 #include "log.h"
+#include "metrics.h"
 #include "upload.h"
 #include "zip.h"
 
@@ -427,10 +428,19 @@ write_result(bundle_t *b)
     const char  *p[9];
 
     if (b->outcome == BO_DROP) {
+        adl_metrics.ended[ADL_M_BUNDLES][ADL_M_DROPPED]++;
         cleanup(b);
         return;
     }
     b->state = BD_FINISHING;
+    if (b->outcome == BO_STORED) {
+        adl_metrics.ended[ADL_M_BUNDLES][ADL_M_COMPLETED]++;
+        adl_metrics.upload_bytes += (uint64_t) b->size;
+    } else {
+        adl_metrics.ended[ADL_M_BUNDLES][b->outcome == BO_HAND_BACK
+                                         ? ADL_M_HANDED_BACK
+                                         : ADL_M_FAILED]++;
+    }
 
     snprintf(size, sizeof(size), "%lld", (long long) b->size);
     snprintf(files, sizeof(files), "%zu", b->nentries);

@@ -21,6 +21,7 @@
 #include "claim.h"
 #include "clock.h"
 #include "log.h"
+#include "metrics.h"
 
 #define DELIVERIES_AT_ONCE  8
 #define DELIVERY_TIMEOUT    15000           /* ms, one POST */
@@ -240,6 +241,10 @@ record(delivery_t *d, int ok, const char *error, int retry)
 
     d->state = CB_RECORDING;
     d->ok = ok;
+    adl_metrics.ended[ADL_M_CALLBACKS][ok ? ADL_M_COMPLETED
+                                       : retry && d->attempt
+                                                  < ADL_CALLBACK_ATTEMPTS
+                                         ? ADL_M_RETRIED : ADL_M_FAILED]++;
     if (error != NULL) {
         d->error = strdup(error);
         if (d->error == NULL) {

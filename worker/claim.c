@@ -7,6 +7,7 @@
 #include "claim.h"
 #include "clock.h"
 #include "log.h"
+#include "metrics.h"
 
 void
 adl_claimer_init(adl_claimer_t *c, char kind)
@@ -62,7 +63,16 @@ adl_claimer_send(adl_claimer_t *c, adl_env_t *env, const char *sql,
 int
 adl_claimer_answered(adl_claimer_t *c, PGresult *res, const char *what)
 {
+    int  k = c->kind == 'f' ? ADL_M_FILES
+             : c->kind == 'b' ? ADL_M_BUNDLES : ADL_M_CALLBACKS;
+
     c->claiming = 0;
+    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK) {
+        adl_metrics.claims[k]++;
+        adl_metrics.claimed[k] += (uint64_t) PQntuples(res);
+        adl_metric_observe(&adl_metrics.claim_seconds,
+                           (double) (adl_now_ms() - c->sent) / 1000.0);
+    }
     if (res == NULL) {
         c->pending = 1;             /* again on the next connection */
         return -1;

@@ -29,6 +29,7 @@
 #include "clock.h"
 #include "db.h"
 #include "log.h"
+#include "metrics.h"
 #include "pghosts.h"
 
 /* A query unanswered for half a lease means a dead or stuck connection
@@ -453,6 +454,7 @@ db_fail(adl_db_t *db, const char *why)
     db->fail_why[0] = '\0';
 
     db->session++;                  /* its session state is gone */
+    adl_metrics.db_reconnects++;
     watch(db, -1, 0);
     adl_pghosts_lookup_cancel(db->hosts);
     if (db->conn != NULL) {

@@ -17,6 +17,7 @@
 #include "clock.h"
 #include "files.h"
 #include "log.h"
+#include "metrics.h"
 #include "transfer.h"
 
 typedef struct {
@@ -125,6 +126,7 @@ start(files_t *f, const adl_claim_t *c, int64_t remaining_ms)
         return;
     }
     f->xs[f->n++] = x;
+    adl_metrics.transfers++;
 }
 
 static void
@@ -148,6 +150,10 @@ claim_result(void *data, PGresult *res)
         c.key = PQgetvalue(res, i, 3);
         c.claimed_at = f->claim.sent;
         c.traceparent = PQgetvalue(res, i, 7);
+        if (c.attempts == 1 && !PQgetisnull(res, i, 8)) {
+            adl_metric_observe(&adl_metrics.pickup_seconds,
+                               strtod(PQgetvalue(res, i, 8), NULL));
+        }
 
         /* ours again: the lease ran out while the database was away.  The
          * old transfer stops at its lease's end, before this answer can
@@ -166,6 +172,15 @@ claim_result(void *data, PGresult *res)
     }
     f->short_claim = n >= 0 && n < f->claim_limit;
 }
+
+/* what a claim's rows give: the claim's columns, and of the job its trace
+ * context and age (the pickup, on a file's first attempt) */
+#define CLAIM_COLUMNS                                                       \
+    "SELECT c.job_id, c.idx, c.url, c.write_key, c.attempts, "              \
+    "greatest(0, extract(epoch FROM c.deadline - clock_timestamp()) "       \
+    "* 1000)::bigint, c.lease, j.traceparent, extract(epoch FROM "          \
+    "clock_timestamp() - j.created_at) FROM "
+#define CLAIM_JOB  " c LEFT JOIN async_dl_jobs j ON j.id = c.job_id"
 
 static void
 maybe_claim(files_t *f)
@@ -219,23 +234,17 @@ maybe_claim(files_t *f)
      * written before any claim can take those files again */
     if (f->n >= (int) s->concurrency) {
         p[6] = f->newcomer;
-        rc = adl_claimer_send(&f->claim, f->env, "SELECT job_id, idx, url, "
-                              "write_key, attempts, greatest(0, extract("
-                              "epoch FROM deadline - clock_timestamp()) "
-                              "* 1000)::bigint, lease, (SELECT j.traceparent "
-                              "FROM async_dl_jobs j WHERE j.id = c.job_id) "
-                              "FROM async_dl_claim_newcomer($7::uuid, $1, "
+        rc = adl_claimer_send(&f->claim, f->env, CLAIM_COLUMNS
+                              "async_dl_claim_newcomer($7::uuid, $1, "
                               "$2::integer, $3::interval, $4::integer, $5, "
-                              "$6::integer) c", 7, p, claim_result, f);
+                              "$6::integer)" CLAIM_JOB, 7, p, claim_result,
+                              f);
     } else {
-        rc = adl_claimer_send(&f->claim, f->env, "SELECT job_id, idx, url, "
-                              "write_key, attempts, greatest(0, extract("
-                              "epoch FROM deadline - clock_timestamp()) "
-                              "* 1000)::bigint, lease, (SELECT j.traceparent "
-                              "FROM async_dl_jobs j WHERE j.id = c.job_id) "
-                              "FROM async_dl_claim($1, $2::integer, "
+        rc = adl_claimer_send(&f->claim, f->env, CLAIM_COLUMNS
+                              "async_dl_claim($1, $2::integer, "
                               "$3::interval, $4::integer, $5, $6::integer, "
-                              "$7::integer) c", 7, p, claim_result, f);
+                              "$7::integer)" CLAIM_JOB, 7, p, claim_result,
+                              f);
     }
     if (rc == 0) {
         f->claim_limit = room;
@@ -342,6 +351,7 @@ files_settle(void *k, int64_t now)
             }
             job = adl_xfer_job(x);
             adl_xfer_free(x);
+            adl_metrics.transfers--;
             job_unref(f, job);
             f->xs[i] = f->xs[--f->n];
             ended++;

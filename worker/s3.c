@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "s3.h"
 
 #define S3_MAX_RESPONSE  65536
@@ -268,6 +269,9 @@ done(adl_http_req_t *http, CURLcode rc)
     r->ok = 1;
 
 out:
+    if (!r->ok) {
+        adl_metrics.storage_errors++;
+    }
     release(r);
     r->done(r);
 }

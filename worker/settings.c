@@ -58,6 +58,9 @@ static const setting_t  settings[] = {
       "object key prefix; keys are PREFIX<job id>/<index>/<name>" },
     { "ASYNC_DL_CONCURRENCY", T_INT, OFF(concurrency), "16", 1, 4096, NULL,
       "files transferred at once by this process" },
+    { "ASYNC_DL_METRICS_LISTEN", T_STR, OFF(metrics_listen), "", 0, 0, NULL,
+      "host:port (an IP address) to serve Prometheus metrics on, for "
+      "GET; empty: none" },
     { "ASYNC_DL_NEWCOMER_SLOTS", T_INT, OFF(newcomer_slots), "1", 0, 64, NULL,
       "transfers beyond ASYNC_DL_CONCURRENCY, each only for an owner with "
       "nothing downloading, so that a new owner's job starts at once" },

@@ -35,6 +35,7 @@ typedef struct {
     int64_t           per_host_concurrency;
     int64_t           per_owner_concurrency;
     int64_t           newcomer_slots;
+    char             *metrics_listen;    /* "" when off */
     int64_t           max_transfer_rate;    /* bytes/s per download, 0: no */
     int64_t           part_size;         /* bytes */
     int64_t           max_file_size;     /* bytes, 0: no limit */

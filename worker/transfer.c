@@ -37,6 +37,7 @@
 #include "backoff.h"
 #include "clock.h"
 #include "log.h"
+#include "metrics.h"
 #include "download.h"
 #include "transfer.h"
 #include "upload.h"
@@ -234,6 +235,7 @@ dl_body(void *data, const char *p, size_t n)
     }
     x->received += (int64_t) n;
     x->pace_taken += (int64_t) n;
+    adl_metrics.download_bytes += n;
     return n;
 }
 
@@ -322,6 +324,7 @@ download_ended(adl_xfer_t *x)
         if (now + delay < x->job->deadline) {
             XLOG(ADL_LOG_WARN, x, "attempt %d failed: %s; retrying in "
                  "%lld ms", x->attempt, d->msg, (long long) delay);
+            adl_metric_retry(d->code);
             x->state = XF_BACKOFF;
             x->retry_at = now + delay;
             return;
@@ -382,6 +385,7 @@ rewind_upload(adl_xfer_t *x)
     if (delay >= 0 && x->attempt < x->env->settings->max_attempts) {
         XLOG(ADL_LOG_WARN, x, "storage: %s; starting again from byte 0 "
              "in %lld ms", x->up.error, (long long) delay);
+        adl_metric_retry("STORAGE_FAILED");
         x->state = XF_BACKOFF;
         x->retry_at = adl_now_ms() + delay;
         return;
@@ -434,14 +438,19 @@ xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
     switch (out) {
     case OUT_FAILED:
         XLOG(ADL_LOG_WARN, x, "failed %s: %s", code, x->error);
+        adl_metrics.ended[ADL_M_FILES][ADL_M_FAILED]++;
         break;
     case OUT_HAND_BACK:
         XLOG(ADL_LOG_INFO, x, "handed back: %s", x->error);
+        adl_metrics.ended[ADL_M_FILES][ADL_M_HANDED_BACK]++;
         break;
     case OUT_DROP:
         XLOG(ADL_LOG_INFO, x, "stopped: %s", x->error);
+        adl_metrics.ended[ADL_M_FILES][ADL_M_DROPPED]++;
         break;
     default:
+        adl_metrics.ended[ADL_M_FILES][ADL_M_COMPLETED]++;
+        adl_metrics.upload_bytes += (uint64_t) x->received;
         break;
     }
     x->state = XF_ENDING;

@@ -37,6 +37,7 @@
 #include "janitor.h"
 #include "presence.h"
 #include "log.h"
+#include "metrics_server.h"
 #include "task.h"
 #include "worker.h"
 
@@ -50,6 +51,7 @@
 #define TAG_DB       3
 #define TAG_ORIGIN   4          /* 4: sockets, 5: timer */
 #define TAG_STORAGE  6          /* 6: sockets, 7: timer */
+#define TAG_METRICS  8          /* its sockets carry their fd below */
 
 static const adl_task_ops_t  *const kinds[] = {
     &adl_files_ops, &adl_bundles_ops, &adl_callbacks_ops, &adl_expiry_ops,
@@ -70,6 +72,7 @@ typedef struct {
     int64_t     next_poll;
     int         handed_back;
     int64_t     stop_at;        /* grace period ends */
+    adl_metrics_server_t  *metrics;     /* ASYNC_DL_METRICS_LISTEN */
 } loop_t;
 
 
@@ -200,6 +203,9 @@ on_tick(loop_t *l)
     int      poll = 0;
 
     adl_db_tick(l->env.db, now);
+    if (l->metrics != NULL) {
+        adl_metrics_server_tick(l->metrics, now);
+    }
 
     if (!l->env.stopping && now >= l->next_poll
         && adl_db_connected(l->env.db))
@@ -372,6 +378,13 @@ setup(loop_t *l, const adl_settings_t *s)
             return -1;
         }
     }
+    if (s->metrics_listen != NULL && s->metrics_listen[0] != '\0') {
+        l->metrics = adl_metrics_server_create(s->metrics_listen, l->epfd,
+                                               TAG_METRICS);
+        if (l->metrics == NULL) {
+            return -1;
+        }
+    }
     set_tick(l, TICK_IDLE);
     return 0;
 }
@@ -386,6 +399,7 @@ teardown(loop_t *l)
             kinds[i]->destroy(l->k[i]);
         }
     }
+    adl_metrics_server_destroy(l->metrics);
     adl_db_destroy(l->env.db);
     adl_s3_destroy(l->env.s3);
     adl_http_destroy(l->env.origin);
@@ -462,6 +476,9 @@ adl_worker_run(const adl_settings_t *s)
                 break;
             case TAG_STORAGE + 1:
                 adl_http_timer_event(l.storage);
+                break;
+            case TAG_METRICS:
+                adl_metrics_server_event(l.metrics, fd, evs[i].events);
                 break;
             }
         }
