@@ -8,6 +8,7 @@ use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
 use IO::Socket::INET;
+use IO::Socket::IP;
 use IPC::Open2;
 
 my $s = adl();
@@ -94,10 +95,26 @@ cmp_ok($m->('pickup_seconds_count'), '==', 7, 'a pickup for each file\'s first a
 cmp_ok($m->('transfers_in_flight'), '==', 0, 'nothing in flight at the end');
 cmp_ok($m->('db_reconnects_total'), '==', 0, 'no connection lost yet');
 
+# IPv6 loopback
+my $p6 = AsyncDL::Stack::free_port();
+start_worker(ASYNC_DL_METRICS_LISTEN => "[::1]:$p6");
+ok(wait_until(sub {
+       my $c = IO::Socket::IP->new(PeerHost => '::1', PeerPort => $p6,
+                                   Timeout => 2) or return 0;
+       print $c "GET /metrics HTTP/1.1\r\nHost: w\r\n\r\n";
+       local $/;
+       my $raw = <$c> // '';
+       return $raw =~ /^HTTP\/1\.1 200/ && $raw =~ /async_dl_worker_claims_total/;
+   }, 10), 'a second worker serves its metrics on [::1]');
+stop_worker('TERM', 1);
+
 # a lost PostgreSQL connection
 psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
      . "application_name = 'async-dl-worker'");
 ok(wait_until(sub { ((parsed())[1]{'async_dl_worker_db_reconnects_total'} // 0) >= 1 }, 15),
    'a lost PostgreSQL connection is counted');
+sleep 2;
+cmp_ok((parsed())[1]{'async_dl_worker_db_reconnects_total'}, '==', 1,
+       '... once (the reconnect is not another)');
 
 done_testing();

@@ -362,13 +362,23 @@ build_end(bundle_t *b, bundle_outcome_t out, int transient,
         BLOG(ADL_LOG_INFO, b, "bundle stored %s (%zu files, %lld bytes, "
              "sha256 %s)", b->key, b->nentries, (long long) b->size,
              b->sha256);
+        adl_metrics.ended[ADL_M_BUNDLES][ADL_M_COMPLETED]++;
+        adl_metrics.upload_bytes += (uint64_t) b->size;
         break;
     case BO_FAILED:
         BLOG(ADL_LOG_WARN, b, "bundle failed (attempt %d): %s", b->attempt,
              b->error);
+        adl_metrics.ended[ADL_M_BUNDLES][transient
+                                         && b->attempt < MAX_ATTEMPTS
+                                         ? ADL_M_RETRIED : ADL_M_FAILED]++;
+        break;
+    case BO_HAND_BACK:
+        BLOG(ADL_LOG_INFO, b, "bundle stopped: %s", b->error);
+        adl_metrics.ended[ADL_M_BUNDLES][ADL_M_HANDED_BACK]++;
         break;
     default:
         BLOG(ADL_LOG_INFO, b, "bundle stopped: %s", b->error);
+        adl_metrics.ended[ADL_M_BUNDLES][ADL_M_DROPPED]++;
         break;
     }
 
@@ -428,19 +438,10 @@ write_result(bundle_t *b)
     const char  *p[9];
 
     if (b->outcome == BO_DROP) {
-        adl_metrics.ended[ADL_M_BUNDLES][ADL_M_DROPPED]++;
         cleanup(b);
         return;
     }
     b->state = BD_FINISHING;
-    if (b->outcome == BO_STORED) {
-        adl_metrics.ended[ADL_M_BUNDLES][ADL_M_COMPLETED]++;
-        adl_metrics.upload_bytes += (uint64_t) b->size;
-    } else {
-        adl_metrics.ended[ADL_M_BUNDLES][b->outcome == BO_HAND_BACK
-                                         ? ADL_M_HANDED_BACK
-                                         : ADL_M_FAILED]++;
-    }
 
     snprintf(size, sizeof(size), "%lld", (long long) b->size);
     snprintf(files, sizeof(files), "%zu", b->nentries);

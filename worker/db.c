@@ -453,8 +453,10 @@ db_fail(adl_db_t *db, const char *why)
                   why);
     db->fail_why[0] = '\0';
 
+    if (db->state == DB_READY) {
+        adl_metrics.db_reconnects++;    /* a connection lost */
+    }
     db->session++;                  /* its session state is gone */
-    adl_metrics.db_reconnects++;
     watch(db, -1, 0);
     adl_pghosts_lookup_cancel(db->hosts);
     if (db->conn != NULL) {

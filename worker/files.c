@@ -150,7 +150,7 @@ claim_result(void *data, PGresult *res)
         c.key = PQgetvalue(res, i, 3);
         c.claimed_at = f->claim.sent;
         c.traceparent = PQgetvalue(res, i, 7);
-        if (c.attempts == 1 && !PQgetisnull(res, i, 8)) {
+        if (!PQgetisnull(res, i, 8)) {
             adl_metric_observe(&adl_metrics.pickup_seconds,
                                strtod(PQgetvalue(res, i, 8), NULL));
         }
@@ -173,14 +173,21 @@ claim_result(void *data, PGresult *res)
     f->short_claim = n >= 0 && n < f->claim_limit;
 }
 
-/* what a claim's rows give: the claim's columns, and of the job its trace
- * context and age (the pickup, on a file's first attempt) */
+/* what a claim's rows give: the claim's columns, and of the job (looked
+ * up by key: the claim's row estimate would make a join read the table)
+ * its trace context and age, the pickup, on the file's first claim only:
+ * the subqueries see the rows as they were before the claim (the claim is
+ * a function called by this statement), when a file never claimed had no
+ * started_at (a file handed back keeps its own) */
 #define CLAIM_COLUMNS                                                       \
     "SELECT c.job_id, c.idx, c.url, c.write_key, c.attempts, "              \
     "greatest(0, extract(epoch FROM c.deadline - clock_timestamp()) "       \
-    "* 1000)::bigint, c.lease, j.traceparent, extract(epoch FROM "          \
-    "clock_timestamp() - j.created_at) FROM "
-#define CLAIM_JOB  " c LEFT JOIN async_dl_jobs j ON j.id = c.job_id"
+    "* 1000)::bigint, c.lease, (SELECT j.traceparent FROM async_dl_jobs j " \
+    "WHERE j.id = c.job_id), (SELECT extract(epoch FROM "                   \
+    "clock_timestamp() - j.created_at) FROM async_dl_jobs j JOIN "          \
+    "async_dl_files f ON f.job_id = j.id AND f.idx = c.idx WHERE j.id = "   \
+    "c.job_id AND f.started_at IS NULL) FROM "
+#define CLAIM_JOB  " c"
 
 static void
 maybe_claim(files_t *f)

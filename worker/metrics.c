@@ -8,11 +8,18 @@
 
 #include "metrics.h"
 
-adl_metrics_t  adl_metrics;
-
 /* seconds; the last bucket, +Inf, is the count */
 static const double  bounds[ADL_M_BUCKETS - 1] = {
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5
+};
+/* a pickup waits for a queue: milliseconds to minutes */
+static const double  long_bounds[ADL_M_BUCKETS - 1] = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300
+};
+
+adl_metrics_t  adl_metrics = {
+    .claim_seconds = { .bounds = bounds },
+    .pickup_seconds = { .bounds = long_bounds },
 };
 
 static const char  *outcome_names[ADL_M_OUTCOMES] = {
@@ -29,7 +36,7 @@ adl_metric_observe(adl_histogram_t *h, double seconds)
     int  i;
 
     for (i = 0; i < ADL_M_BUCKETS - 1; i++) {
-        if (seconds <= bounds[i]) {
+        if (seconds <= h->bounds[i]) {
             h->buckets[i]++;
         }
     }
@@ -49,7 +56,8 @@ adl_metric_retry(const char *reason)
     if (strspn(reason, "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
         != strlen(reason) || strlen(reason) >= sizeof(adl_metrics.reason[0]))
     {
-        reason = "OTHER";           /* a label value as the format wants */
+        adl_metrics.retries[ADL_M_REASONS]++;   /* "other" */
+        return;
     }
     for (i = 0; i < ADL_M_REASONS; i++) {
         if (adl_metrics.reason[i][0] == '\0') {
@@ -121,7 +129,7 @@ histogram(text_t *t, const char *name, const char *help,
     head(t, name, "histogram", help);
     for (i = 0; i < ADL_M_BUCKETS - 1; i++) {
         put(t, "async_dl_worker_%s_bucket{le=\"%g\"} %llu\n", name,
-            bounds[i], (unsigned long long) h->buckets[i]);
+            h->bounds[i], (unsigned long long) h->buckets[i]);
     }
     put(t, "async_dl_worker_%s_bucket{le=\"+Inf\"} %llu\n", name,
         (unsigned long long) h->buckets[ADL_M_BUCKETS - 1]);

@@ -30,6 +30,7 @@ typedef enum {
 #define ADL_M_BUCKETS  12
 
 typedef struct {
+    const double  *bounds;              /* ADL_M_BUCKETS - 1 of them */
     uint64_t  buckets[ADL_M_BUCKETS];   /* counts <= each bound */
     uint64_t  count;
     double    sum;                      /* seconds */

@@ -33,6 +33,7 @@ struct adl_metrics_server_s {
     int       fd;
     int       epfd;
     unsigned  tag;
+    int64_t   resume_at;        /* out of descriptors: accept again then */
     conn_t   *conns[MAX_CONNS];
 };
 
@@ -59,29 +60,28 @@ conn_close(adl_metrics_server_t *s, int i)
     s->conns[i] = NULL;
 }
 
-adl_metrics_server_t *
-adl_metrics_server_create(const char *addr, int epfd, unsigned tag)
+int
+adl_metrics_addr(const char *addr, struct sockaddr_storage *ss,
+    socklen_t *len)
 {
-    adl_metrics_server_t     *s;
-    struct sockaddr_storage   ss;
-    struct sockaddr_in       *in4 = (struct sockaddr_in *) &ss;
-    struct sockaddr_in6      *in6 = (struct sockaddr_in6 *) &ss;
-    char                      host[64];
-    const char               *colon;
-    socklen_t                 len;
-    long                      port;
-    char                     *end;
-    int                       one = 1;
-    size_t                    hl;
+    struct sockaddr_in   *in4 = (struct sockaddr_in *) ss;
+    struct sockaddr_in6  *in6 = (struct sockaddr_in6 *) ss;
+    char                  host[64];
+    const char           *colon;
+    long                  port;
+    char                 *end;
+    size_t                hl;
 
     colon = strrchr(addr, ':');
     if (colon == NULL || colon == addr) {
-        goto bad;
+        return -1;
     }
     port = strtol(colon + 1, &end, 10);
     hl = (size_t) (colon - addr);
-    if (*end != '\0' || port < 1 || port > 65535 || hl >= sizeof(host)) {
-        goto bad;
+    if (colon[1] == '\0' || *end != '\0' || port < 1 || port > 65535
+        || hl >= sizeof(host))
+    {
+        return -1;
     }
     if (addr[0] == '[' && hl >= 2 && addr[hl - 1] == ']') {
         memcpy(host, addr + 1, hl - 2);
@@ -90,17 +90,34 @@ adl_metrics_server_create(const char *addr, int epfd, unsigned tag)
         memcpy(host, addr, hl);
         host[hl] = '\0';
     }
-    memset(&ss, 0, sizeof(ss));
+    memset(ss, 0, sizeof(*ss));
     if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
         in4->sin_family = AF_INET;
         in4->sin_port = htons((uint16_t) port);
-        len = sizeof(*in4);
-    } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        *len = sizeof(*in4);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons((uint16_t) port);
-        len = sizeof(*in6);
-    } else {
-        goto bad;
+        *len = sizeof(*in6);
+        return 0;
+    }
+    return -1;
+}
+
+adl_metrics_server_t *
+adl_metrics_server_create(const char *addr, int epfd, unsigned tag)
+{
+    adl_metrics_server_t     *s;
+    struct sockaddr_storage   ss;
+    socklen_t                 len;
+    int                       one = 1;
+
+    if (adl_metrics_addr(addr, &ss, &len) != 0) {
+        adl_log_error(NULL, -1, "ASYNC_DL_METRICS_LISTEN: \"%s\" is not "
+                      "host:port (an IP address)", addr);
+        return NULL;
     }
 
     s = calloc(1, sizeof(adl_metrics_server_t));
@@ -129,11 +146,6 @@ adl_metrics_server_create(const char *addr, int epfd, unsigned tag)
     }
     adl_log_info(NULL, -1, "metrics: listening on %s", addr);
     return s;
-
-bad:
-    adl_log_error(NULL, -1, "ASYNC_DL_METRICS_LISTEN: \"%s\" is not "
-                  "host:port (an IP address)", addr);
-    return NULL;
 }
 
 static void
@@ -145,6 +157,14 @@ accept_all(adl_metrics_server_t *s)
     for ( ;; ) {
         fd = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE) {
+                /* the connection stays queued and the socket readable:
+                 * not watched for a second, else the loop spins */
+                adl_log_warn(NULL, -1, "metrics: out of file descriptors, "
+                             "not accepting for a second");
+                (void) watch(s, s->fd, 0, EPOLL_CTL_MOD);
+                s->resume_at = adl_now_ms() + 1000;
+            }
             return;                 /* EAGAIN, or a transient error */
         }
         for (i = 0; i < MAX_CONNS && s->conns[i] != NULL; i++) {
@@ -271,6 +291,10 @@ adl_metrics_server_tick(adl_metrics_server_t *s, int64_t now)
 {
     int  i;
 
+    if (s->resume_at != 0 && now >= s->resume_at) {
+        s->resume_at = 0;
+        (void) watch(s, s->fd, EPOLLIN, EPOLL_CTL_MOD);
+    }
     for (i = 0; i < MAX_CONNS; i++) {
         if (s->conns[i] != NULL && now - s->conns[i]->started > MAX_AGE_MS) {
             conn_close(s, i);

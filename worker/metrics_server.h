@@ -9,8 +9,14 @@
 #define ADL_METRICS_SERVER_H
 
 #include <stdint.h>
+#include <sys/socket.h>
 
 typedef struct adl_metrics_server_s  adl_metrics_server_t;
+
+/* "host:port" (an IPv4 or IPv6 address, [v6]:port) as a socket address;
+ * -1 when it is not one (settings.c checks the setting with it). */
+int adl_metrics_addr(const char *addr, struct sockaddr_storage *ss,
+    socklen_t *len);
 
 /* addr: "host:port" (an IPv4 or IPv6 address, [v6]:port); the sockets
  * are registered with data.u64 = tag << 32 | fd.  NULL when it cannot

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "metrics_server.h"
 #include "settings.h"
 
 typedef enum {
@@ -387,7 +388,9 @@ usage(FILE *f)
 static int
 check(adl_settings_t *s)
 {
-    char  err[256];
+    char                     err[256];
+    struct sockaddr_storage  ss;
+    socklen_t                sslen;
 
     if (s->database_url == NULL || s->database_url[0] == '\0') {
         fprintf(stderr, "async-dl-worker: ASYNC_DL_DATABASE_URL "
@@ -405,6 +408,16 @@ check(adl_settings_t *s)
 
     if (s->migrate_only) {
         return 0;
+    }
+
+    if (s->metrics_listen != NULL && s->metrics_listen[0] != '\0'
+        && adl_metrics_addr(s->metrics_listen, &ss, &sslen) != 0)
+    {
+        fprintf(stderr, "async-dl-worker: ASYNC_DL_METRICS_LISTEN "
+                "(--metrics-listen) must be host:port with an IP address "
+                "(127.0.0.1:9464, [::1]:9464), got \"%s\"\n",
+                s->metrics_listen);
+        return -1;
     }
 
     if (s->s3_endpoint == NULL || (strncmp(s->s3_endpoint, "http://", 7) != 0
