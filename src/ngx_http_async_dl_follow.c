@@ -84,6 +84,18 @@ ngx_http_async_dl_follow_watch(ngx_http_request_t *r,
 }
 
 
+ngx_int_t
+ngx_http_async_dl_follow_refusal(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, const char *msg)
+{
+    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        return ngx_http_async_dl_db_unavailable(r, "%s", msg);
+    }
+
+    return ngx_http_async_dl_send_error(r, status, code, "%s", msg);
+}
+
+
 void
 ngx_http_async_dl_follow_chain(ngx_chain_t *out, ngx_buf_t *bufs,
     u_char *head, u_char *head_end, ngx_http_async_dl_hub_text_t *t,

@@ -80,6 +80,13 @@ ngx_int_t ngx_http_async_dl_follow_watch(ngx_http_request_t *r,
     ngx_http_cleanup_pt cleanup);
 
 /*
+ * The JSON answer to a follow that cannot start: 503 DATABASE_UNAVAILABLE
+ * (to be retried) for a status 503, else code and msg with status.
+ */
+ngx_int_t ngx_http_async_dl_follow_refusal(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, const char *msg);
+
+/*
  * An event's buffers: head, the shared text t (left out when empty), then
  * tail; out[0] is the chain.
  */

@@ -292,7 +292,6 @@ static void
 ngx_http_async_dl_sse_refuse(ngx_http_async_dl_sse_sub_t *sub,
     ngx_uint_t status, const char *code, const char *msg)
 {
-    ngx_int_t                 rc;
     ngx_http_request_t       *r;
     ngx_http_async_dl_ctx_t  *ctx;
 
@@ -307,14 +306,8 @@ ngx_http_async_dl_sse_refuse(ngx_http_async_dl_sse_sub_t *sub,
         return;
     }
 
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
-        rc = ngx_http_async_dl_db_unavailable(r, "%s", msg);
-
-    } else {
-        rc = ngx_http_async_dl_send_error(r, status, code, "%s", msg);
-    }
-
-    ngx_http_finalize_request(r, rc);
+    ngx_http_finalize_request(r, ngx_http_async_dl_follow_refusal(r, status,
+                                                                  code, msg));
 }
 
 

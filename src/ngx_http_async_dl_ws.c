@@ -432,21 +432,10 @@ static void
 ngx_http_async_dl_ws_refuse(ngx_http_async_dl_ws_sub_t *sub,
     ngx_uint_t status, const char *code, const char *msg)
 {
-    ngx_int_t            rc;
-    ngx_http_request_t  *r;
-
-    r = sub->r;
-
     ngx_http_async_dl_follow_leave(&sub->f);
-
-    if (status == NGX_HTTP_SERVICE_UNAVAILABLE) {
-        rc = ngx_http_async_dl_db_unavailable(r, "%s", msg);
-
-    } else {
-        rc = ngx_http_async_dl_send_error(r, status, code, "%s", msg);
-    }
-
-    ngx_http_finalize_request(r, rc);
+    ngx_http_finalize_request(sub->r,
+                              ngx_http_async_dl_follow_refusal(sub->r, status,
+                                                               code, msg));
 }
 
 

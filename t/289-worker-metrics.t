@@ -46,7 +46,7 @@ sub parsed {
 }
 
 start_worker(ASYNC_DL_METRICS_LISTEN => "127.0.0.1:$port",
-             ASYNC_DL_RETRY_BASE => '100ms');
+             ASYNC_DL_RETRY_BASE => '100ms', ASYNC_DL_WORKER_ID => 'w-met');
 ok(wait_until(sub { (scrape())[0] }, 10), 'the worker serves its metrics');
 
 my ($ok, $v, $head) = parsed();
@@ -94,6 +94,21 @@ cmp_ok($m->('claim_seconds_count'), '>=', 1, 'claim round trips observed');
 cmp_ok($m->('pickup_seconds_count'), '==', 7, 'a pickup for each file\'s first attempt');
 cmp_ok($m->('transfers_in_flight'), '==', 0, 'nothing in flight at the end');
 cmp_ok($m->('db_reconnects_total'), '==', 0, 'no connection lost yet');
+
+# the gauge kept by hand against a recomputation: the files this worker
+# holds downloading, as PostgreSQL has them
+my @slow = map { add_job(["$s->{origin}/slow/m2.bin?rate=16k&g=$_"]) } 1 .. 3;
+ok(wait_until(sub { psql("SELECT count(*) FROM async_dl_files WHERE status = "
+                         . "'downloading' AND lease_owner LIKE 'w-met/%'") == 3 }, 10),
+   'three slow downloads under way');
+($ok, $v) = parsed();
+cmp_ok($v->{async_dl_worker_transfers_in_flight}, '==',
+       psql("SELECT count(*) FROM async_dl_files WHERE status = 'downloading' "
+            . "AND lease_owner LIKE 'w-met/%'"),
+       'transfers in flight = the files it holds downloading, recomputed');
+is(wait_ended($_, 30), 'completed', 'a slow job completed') for @slow;
+ok(wait_until(sub { ((parsed())[1]{async_dl_worker_transfers_in_flight} // -1) == 0 }, 5),
+   '... and the gauge is back to 0');
 
 # IPv6 loopback
 my $p6 = AsyncDL::Stack::free_port();
