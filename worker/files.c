@@ -126,7 +126,7 @@ start(files_t *f, const adl_claim_t *c, int64_t remaining_ms)
         return;
     }
     f->xs[f->n++] = x;
-    adl_metrics.transfers++;
+    adl_metrics.transfers = f->n;
 }
 
 static void
@@ -187,7 +187,6 @@ claim_result(void *data, PGresult *res)
     "clock_timestamp() - j.created_at) FROM async_dl_jobs j JOIN "          \
     "async_dl_files f ON f.job_id = j.id AND f.idx = c.idx WHERE j.id = "   \
     "c.job_id AND f.started_at IS NULL) FROM "
-#define CLAIM_JOB  " c"
 
 static void
 maybe_claim(files_t *f)
@@ -244,13 +243,13 @@ maybe_claim(files_t *f)
         rc = adl_claimer_send(&f->claim, f->env, CLAIM_COLUMNS
                               "async_dl_claim_newcomer($7::uuid, $1, "
                               "$2::integer, $3::interval, $4::integer, $5, "
-                              "$6::integer)" CLAIM_JOB, 7, p, claim_result,
+                              "$6::integer) c", 7, p, claim_result,
                               f);
     } else {
         rc = adl_claimer_send(&f->claim, f->env, CLAIM_COLUMNS
                               "async_dl_claim($1, $2::integer, "
                               "$3::interval, $4::integer, $5, $6::integer, "
-                              "$7::integer)" CLAIM_JOB, 7, p, claim_result,
+                              "$7::integer) c", 7, p, claim_result,
                               f);
     }
     if (rc == 0) {
@@ -358,12 +357,12 @@ files_settle(void *k, int64_t now)
             }
             job = adl_xfer_job(x);
             adl_xfer_free(x);
-            adl_metrics.transfers--;
             job_unref(f, job);
             f->xs[i] = f->xs[--f->n];
             ended++;
         }
     }
+    adl_metrics.transfers = f->n;       /* the gauge is the array */
     /* a claim that came back short may have been held back by a host's or
      * an owner's limit (or a paused host), which a file that ended may have
      * freed: ask again (in batches, as any refill) */

@@ -39,7 +39,8 @@ typedef struct {
 #define ADL_M_REASONS  16               /* distinct retry reasons kept */
 
 typedef struct {
-    int64_t          transfers;         /* in flight (a gauge) */
+    int64_t          transfers;         /* in flight: files.c sets it to its
+                                           array of transfers */
     uint64_t         download_bytes;    /* taken from origins */
     uint64_t         upload_bytes;      /* stored: files and zips */
     uint64_t         ended[ADL_M_KINDS][ADL_M_OUTCOMES];
