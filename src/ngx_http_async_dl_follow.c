@@ -12,6 +12,9 @@
 #include "ngx_http_async_dl_follow.h"
 
 
+static ngx_int_t ngx_http_async_dl_follow_step(
+    ngx_http_async_dl_follower_t *f, const char **name,
+    ngx_http_async_dl_hub_text_t **t);
 static void ngx_http_async_dl_follow_buf(ngx_buf_t *b, u_char *start,
     u_char *end);
 static void ngx_http_async_dl_follow_set(ngx_http_async_dl_follower_t *f,
@@ -73,10 +76,22 @@ ngx_http_async_dl_follow_watch(ngx_http_request_t *r,
         return rc;
     }
 
-    cln->handler = cleanup;
-    cln->data = f;
+    return ngx_http_async_dl_follow_wait(r, f, cln, cleanup);
+}
 
-    ctx->stream = f;
+
+ngx_int_t
+ngx_http_async_dl_follow_wait(ngx_http_request_t *r, void *sub,
+    ngx_http_cleanup_t *cln, ngx_http_cleanup_pt cleanup)
+{
+    ngx_http_async_dl_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    cln->handler = cleanup;
+    cln->data = sub;
+
+    ctx->stream = sub;
 
     r->write_event_handler = ngx_http_request_empty_handler;
 
@@ -176,6 +191,24 @@ ngx_http_async_dl_follow_news(ngx_http_async_dl_follower_t *f)
 
 ngx_int_t
 ngx_http_async_dl_follow_next(ngx_http_async_dl_follower_t *f,
+    ngx_http_async_dl_event_t *ev)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_async_dl_follow_step(f, &ev->name, &ev->t);
+
+    if (rc != NGX_DECLINED) {
+        ev->job = NULL;
+        ev->id = ev->t->seq;
+        ev->has_id = 1;
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_follow_step(ngx_http_async_dl_follower_t *f,
     const char **name, ngx_http_async_dl_hub_text_t **t)
 {
     ngx_http_async_dl_hub_job_t   *job;

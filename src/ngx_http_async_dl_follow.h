@@ -49,6 +49,19 @@ typedef enum {
 } ngx_http_async_dl_follow_state_e;
 
 
+/* an event for the transport to send */
+typedef struct {
+    const char                        *name;
+    ngx_http_async_dl_hub_text_t      *t;         /* its data */
+    u_char                            *job;       /* the job it is of, in a
+                                                     stream of all an
+                                                     owner's jobs; else
+                                                     NULL */
+    uint64_t                           id;
+    unsigned                           has_id:1;
+} ngx_http_async_dl_event_t;
+
+
 typedef struct {
     ngx_http_async_dl_watcher_t        watcher;   /* in the hub */
     ngx_http_async_dl_follow_state_e   state;
@@ -80,6 +93,13 @@ ngx_int_t ngx_http_async_dl_follow_watch(ngx_http_request_t *r,
     ngx_http_cleanup_pt cleanup);
 
 /*
+ * The subscriber is watching (its job, or its owner: mux.h): the request
+ * waits for the news, cleanup runs when it ends (any way).  NGX_DONE.
+ */
+ngx_int_t ngx_http_async_dl_follow_wait(ngx_http_request_t *r, void *sub,
+    ngx_http_cleanup_t *cln, ngx_http_cleanup_pt cleanup);
+
+/*
  * The JSON answer to a follow that cannot start: 503 DATABASE_UNAVAILABLE
  * (to be retried) for a status 503, else code and msg with status.
  */
@@ -106,13 +126,13 @@ ngx_int_t ngx_http_async_dl_follow_open(ngx_http_async_dl_follower_t *f,
 void ngx_http_async_dl_follow_news(ngx_http_async_dl_follower_t *f);
 
 /*
- * The next event owed: its name and text, held in f->sending until the
- * next call (the transport calls again only once that event is out) or
- * _release().  NGX_OK for an event, NGX_DONE for the final one (then
- * DONE), NGX_DECLINED when nothing is owed now.
+ * The next event owed (its id: the job's event seq), its text held in
+ * f->sending until the next call (the transport calls again only once
+ * that event is out) or _release().  NGX_OK for an event, NGX_DONE for the
+ * final one (then DONE), NGX_DECLINED when nothing is owed now.
  */
 ngx_int_t ngx_http_async_dl_follow_next(ngx_http_async_dl_follower_t *f,
-    const char **name, ngx_http_async_dl_hub_text_t **t);
+    ngx_http_async_dl_event_t *ev);
 
 /* Out of the hub (DONE); again is harmless. */
 void ngx_http_async_dl_follow_leave(ngx_http_async_dl_follower_t *f);

@@ -46,6 +46,7 @@
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_listen.h"
 #include "ngx_http_async_dl_status_cache.h"
+#include "ngx_http_async_dl_owner.h"
 #include "ngx_http_async_dl_hub.h"
 
 
@@ -160,7 +161,7 @@ ngx_http_async_dl_hub_init_conf(ngx_conf_t *cf,
 
     ngx_http_async_dl_hub_stmt_index = n;
 
-    return NGX_CONF_OK;
+    return ngx_http_async_dl_owner_init_conf(cf, amcf);
 }
 
 
@@ -243,6 +244,10 @@ ngx_http_async_dl_hub_init_process(ngx_cycle_t *cycle,
         return NGX_ERROR;
     }
 
+    if (ngx_http_async_dl_owner_init_process(cycle, amcf->pool) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     ngx_http_async_dl_hub = hub;
 
     return NGX_OK;
@@ -254,6 +259,7 @@ ngx_http_async_dl_hub_exit_process(ngx_cycle_t *cycle)
 {
     if (ngx_http_async_dl_hub) {
         ngx_http_async_dl_listen_stop(ngx_http_async_dl_hub->listen);
+        ngx_http_async_dl_owner_exit_process();
         ngx_http_async_dl_hub = NULL;
     }
 }
@@ -400,7 +406,7 @@ ngx_http_async_dl_hub_notify(void *data, const char *payload)
         return;
     }
 
-    /* "<job id> <event seq>[ e|p]" */
+    /* "<job id> <event seq>[ e|p|n <md5 of owner>]" */
 
     id = (u_char *) payload;
     last = id + ngx_strlen(payload);
@@ -419,6 +425,13 @@ ngx_http_async_dl_hub_notify(void *data, const char *payload)
     stale = (p + 2 == last && p[0] == ' ' && p[1] == 'p')
             ? NGX_HTTP_ASYNC_DL_HUB_STALE_PROGRESS
             : NGX_HTTP_ASYNC_DL_HUB_STALE_NOW;
+
+    if (last - p == 3 + NGX_HTTP_ASYNC_DL_OWNER_KEY_LEN
+        && p[0] == ' ' && p[1] == 'n' && p[2] == ' ')
+    {
+        /* a new job: the streams of its owner follow it */
+        ngx_http_async_dl_owner_created(id, p + 3);
+    }
 
     if (hub->cache) {
         /* before anything else: a poll after this sees the change */
@@ -520,6 +533,9 @@ ngx_http_async_dl_hub_resync(void *data)
     if (hub->cache) {
         ngx_http_async_dl_sc_flush(hub->cache, "LISTEN ready");
     }
+
+    /* their new jobs may have been missed too */
+    ngx_http_async_dl_owner_resync();
 
     if (hub->tree.root == hub->tree.sentinel) {
         return;

@@ -104,11 +104,18 @@ static ngx_http_async_dl_route_t  ngx_http_async_dl_routes[] = {
     { "status/{id}", NGX_HTTP_ASYNC_DL_READ, 0,
       ngx_http_async_dl_status, &ngx_http_async_dl_stmt_status, 0 },
 
-    /* the job hub's own statement */
+    /* the job hub's own statement; without an id, all the owner's jobs
+     * (the owners' registry's statement) */
     { "stream/{id}", NGX_HTTP_ASYNC_DL_READ, 0,
       ngx_http_async_dl_stream, NULL, 0 },
 
+    { "stream", NGX_HTTP_ASYNC_DL_READ, 0,
+      ngx_http_async_dl_stream, NULL, 0 },
+
     { "ws/{id}", NGX_HTTP_GET, 0,
+      ngx_http_async_dl_ws, NULL, 0 },
+
+    { "ws", NGX_HTTP_GET, 0,
       ngx_http_async_dl_ws, NULL, 0 },
 
     { "{id}", NGX_HTTP_ASYNC_DL_READ, NGX_HTTP_ASYNC_DL_R_REDIRECT,

@@ -48,15 +48,19 @@
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_detach.h"
 #include "ngx_http_async_dl_follow.h"
+#include "ngx_http_async_dl_mux.h"
 #include "ngx_http_async_dl_sse.h"
 
 
 #define NGX_HTTP_ASYNC_DL_SSE_RETRY      2000   /* "retry:", ms */
-#define NGX_HTTP_ASYNC_DL_SSE_HEAD       96     /* retry:, event:, id: */
+#define NGX_HTTP_ASYNC_DL_SSE_HEAD       160    /* retry:, event:, id:,
+                                                   data: {"jobId":...,"data": */
 
 
 typedef struct {
     ngx_http_async_dl_follower_t       f;         /* first: the watcher */
+    ngx_http_async_dl_mux_t           *mux;       /* all an owner's jobs:
+                                                     f is not used */
     ngx_http_request_t                *r;         /* NULL once detached */
     ngx_connection_t                  *c;
     ngx_msec_t                         heartbeat_period;
@@ -80,6 +84,7 @@ typedef struct {
     ngx_chain_t                        frame[2];
     u_char                             chunk_text[NGX_OFF_T_LEN + 2];
 
+    unsigned                           started:1; /* answered */
     unsigned                           detached:1;
     unsigned                           chunked:1;
     unsigned                           last:1;    /* the final event went */
@@ -87,8 +92,18 @@ typedef struct {
 } ngx_http_async_dl_sse_sub_t;
 
 
+static ngx_int_t ngx_http_async_dl_sse_owner(ngx_http_request_t *r,
+    ngx_http_async_dl_sse_sub_t *sub);
 static void ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
     ngx_http_async_dl_hub_news_e news);
+static void ngx_http_async_dl_sse_mux_news(void *data,
+    ngx_http_async_dl_hub_news_e news);
+static void ngx_http_async_dl_sse_tell(ngx_http_async_dl_sse_sub_t *sub,
+    ngx_http_async_dl_hub_news_e news);
+static ngx_http_async_dl_follow_state_e ngx_http_async_dl_sse_state(
+    ngx_http_async_dl_sse_sub_t *sub);
+static ngx_int_t ngx_http_async_dl_sse_next(ngx_http_async_dl_sse_sub_t *sub,
+    ngx_http_async_dl_event_t *ev);
 static void ngx_http_async_dl_sse_start(ngx_http_async_dl_sse_sub_t *sub);
 static void ngx_http_async_dl_sse_refuse(ngx_http_async_dl_sse_sub_t *sub,
     ngx_uint_t status, const char *code, const char *msg);
@@ -96,7 +111,7 @@ static ngx_int_t ngx_http_async_dl_sse_created(ngx_http_request_t *r,
     ngx_http_async_dl_ctx_t *ctx);
 static void ngx_http_async_dl_sse_send(ngx_http_async_dl_sse_sub_t *sub);
 static ngx_int_t ngx_http_async_dl_sse_emit(ngx_http_async_dl_sse_sub_t *sub,
-    const char *name, ngx_http_async_dl_hub_text_t *t, ngx_uint_t last);
+    ngx_http_async_dl_event_t *ev, ngx_uint_t last);
 static void ngx_http_async_dl_sse_wait_write(
     ngx_http_async_dl_sse_sub_t *sub);
 static void ngx_http_async_dl_sse_write_handler(ngx_http_request_t *r);
@@ -115,11 +130,11 @@ static void ngx_http_async_dl_sse_conn_write(ngx_event_t *wev);
 static void ngx_http_async_dl_sse_close(ngx_http_async_dl_sse_sub_t *sub);
 
 
-static u_char  ngx_http_async_dl_sse_blank[] = "\n\n";
+static u_char  ngx_http_async_dl_sse_blank[] = "}\n\n";
 static u_char  ngx_http_async_dl_sse_crlf[] = "\r\n0\r\n\r\n";
 
 
-/* GET {p}stream/{id} */
+/* GET {p}stream/{id}, and GET {p}stream: all the owner's jobs */
 
 
 ngx_int_t
@@ -157,6 +172,10 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
     sub->detach.data = sub;
     sub->detach.log = r->connection->log;
 
+    if (ctx->job_id.len == 0) {
+        return ngx_http_async_dl_sse_owner(r, sub);
+    }
+
     rc = ngx_http_async_dl_follow_watch(r, &sub->f, cln,
                                         ngx_http_async_dl_sse_cleanup);
 
@@ -175,12 +194,53 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
 }
 
 
+static ngx_int_t
+ngx_http_async_dl_sse_owner(ngx_http_request_t *r,
+    ngx_http_async_dl_sse_sub_t *sub)
+{
+    ngx_int_t  rc;
+
+    if (ngx_http_async_dl_mux_open(r, ngx_http_async_dl_sse_mux_news, sub,
+                                   &sub->mux, &rc)
+        != NGX_OK)
+    {
+        return rc;                          /* answered */
+    }
+
+    return ngx_http_async_dl_follow_wait(r, sub, sub->cln,
+                                         ngx_http_async_dl_sse_cleanup);
+}
+
+
+/* the hub's news of the job; the mux's of the owner's jobs */
+
 static void
 ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
     ngx_http_async_dl_hub_news_e news)
 {
     ngx_http_async_dl_sse_sub_t *sub = w->data;
 
+    if (news == NGX_HTTP_ASYNC_DL_HUB_STATE
+        && sub->f.state != NGX_HTTP_ASYNC_DL_FOLLOW_WAITING)
+    {
+        ngx_http_async_dl_follow_news(&sub->f);
+    }
+
+    ngx_http_async_dl_sse_tell(sub, news);
+}
+
+
+static void
+ngx_http_async_dl_sse_mux_news(void *data, ngx_http_async_dl_hub_news_e news)
+{
+    ngx_http_async_dl_sse_tell(data, news);
+}
+
+
+static void
+ngx_http_async_dl_sse_tell(ngx_http_async_dl_sse_sub_t *sub,
+    ngx_http_async_dl_hub_news_e news)
+{
     ngx_uint_t         detached;
     ngx_connection_t  *c;
 
@@ -193,11 +253,10 @@ ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
                                      "the database is unavailable, "
                                      "retry later");
 
-    } else if (sub->f.state == NGX_HTTP_ASYNC_DL_FOLLOW_WAITING) {
+    } else if (!sub->started) {
         ngx_http_async_dl_sse_start(sub);
 
     } else {
-        ngx_http_async_dl_follow_news(&sub->f);
         ngx_http_async_dl_sse_send(sub);
     }
 
@@ -214,22 +273,41 @@ ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
 
 /* the first answer: a JSON error, or the stream and its "connected" */
 
+static ngx_http_async_dl_follow_state_e
+ngx_http_async_dl_sse_state(ngx_http_async_dl_sse_sub_t *sub)
+{
+    return sub->mux ? sub->mux->state : sub->f.state;
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_sse_next(ngx_http_async_dl_sse_sub_t *sub,
+    ngx_http_async_dl_event_t *ev)
+{
+    return sub->mux ? ngx_http_async_dl_mux_next(sub->mux, ev)
+                    : ngx_http_async_dl_follow_next(&sub->f, ev);
+}
+
+
 static void
 ngx_http_async_dl_sse_start(ngx_http_async_dl_sse_sub_t *sub)
 {
-    ngx_int_t                      rc;
-    const char                    *name;
-    ngx_connection_t              *c;
-    ngx_http_request_t            *r;
-    ngx_http_async_dl_ctx_t       *ctx;
-    ngx_http_async_dl_hub_text_t  *t;
-    ngx_http_core_loc_conf_t      *clcf;
+    ngx_int_t                   rc;
+    ngx_connection_t           *c;
+    ngx_http_request_t         *r;
+    ngx_http_async_dl_ctx_t    *ctx;
+    ngx_http_async_dl_event_t   ev;
+    ngx_http_core_loc_conf_t   *clcf;
 
     r = sub->r;
     c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
 
-    if (ngx_http_async_dl_follow_open(&sub->f, &ctx->owner) != NGX_OK) {
+    sub->started = 1;
+
+    if (sub->mux == NULL
+        && ngx_http_async_dl_follow_open(&sub->f, &ctx->owner) != NGX_OK)
+    {
         ngx_http_async_dl_sse_refuse(sub, NGX_HTTP_NOT_FOUND,
                                      "JOB_NOT_FOUND", "no such job");
         return;
@@ -277,8 +355,8 @@ ngx_http_async_dl_sse_start(ngx_http_async_dl_sse_sub_t *sub)
 
     /* "connected" (with "retry:") at once, behind the header that nginx
      * may hold back until the first flush; then what follows */
-    if (ngx_http_async_dl_follow_next(&sub->f, &name, &t) != NGX_OK
-        || ngx_http_async_dl_sse_emit(sub, name, t, 0) != NGX_OK)
+    if (ngx_http_async_dl_sse_next(sub, &ev) != NGX_OK
+        || ngx_http_async_dl_sse_emit(sub, &ev, 0) != NGX_OK)
     {
         ngx_http_async_dl_sse_finish(sub, NGX_ERROR);
         return;
@@ -335,9 +413,8 @@ ngx_http_async_dl_sse_created(ngx_http_request_t *r,
 static void
 ngx_http_async_dl_sse_send(ngx_http_async_dl_sse_sub_t *sub)
 {
-    ngx_int_t                      rc;
-    const char                    *name;
-    ngx_http_async_dl_hub_text_t  *t;
+    ngx_int_t                   rc;
+    ngx_http_async_dl_event_t   ev;
 
     for ( ;; ) {
 
@@ -346,16 +423,17 @@ ngx_http_async_dl_sse_send(ngx_http_async_dl_sse_sub_t *sub)
             return;
         }
 
-        rc = ngx_http_async_dl_follow_next(&sub->f, &name, &t);
+        rc = ngx_http_async_dl_sse_next(sub, &ev);
 
         if (rc == NGX_DONE) {
             /* the final event ends the request: sub may be gone after */
-            (void) ngx_http_async_dl_sse_emit(sub, name, t, 1);
+            (void) ngx_http_async_dl_sse_emit(sub, &ev, 1);
             return;
         }
 
         if (rc == NGX_DECLINED) {
-            if (sub->f.state == NGX_HTTP_ASYNC_DL_FOLLOW_LIVE
+            if (ngx_http_async_dl_sse_state(sub)
+                == NGX_HTTP_ASYNC_DL_FOLLOW_LIVE
                 && !sub->detached && !sub->stays && !sub->detach.posted)
             {
                 /* idle: give the request back, from the event loop */
@@ -365,7 +443,7 @@ ngx_http_async_dl_sse_send(ngx_http_async_dl_sse_sub_t *sub)
             return;
         }
 
-        if (ngx_http_async_dl_sse_emit(sub, name, t, 0) != NGX_OK) {
+        if (ngx_http_async_dl_sse_emit(sub, &ev, 0) != NGX_OK) {
             ngx_http_async_dl_sse_finish(sub, NGX_ERROR);
             return;
         }
@@ -375,28 +453,44 @@ ngx_http_async_dl_sse_send(ngx_http_async_dl_sse_sub_t *sub)
 
 /*
  * One event: "retry:" the first time, "event:", "id:" and "data: " from
- * the subscriber's own buffer, the shared JSON, the blank line.  A final
- * event ends the response and the request.
+ * the subscriber's own buffer, the shared JSON, the blank line.  In a
+ * stream of all an owner's jobs the data of a job's event is
+ * {"jobId":"<id>","data":<the JSON>}.  A final event ends the response
+ * and the request.
  */
 
 static ngx_int_t
 ngx_http_async_dl_sse_emit(ngx_http_async_dl_sse_sub_t *sub,
-    const char *name, ngx_http_async_dl_hub_text_t *t, ngx_uint_t last)
+    ngx_http_async_dl_event_t *ev, ngx_uint_t last)
 {
-    u_char     *p;
-    ngx_int_t   rc;
+    u_char                        *p;
+    ngx_int_t                      rc;
+    ngx_http_async_dl_hub_text_t  *t;
 
     p = sub->text;
+    t = ev->t;
 
-    if (ngx_strcmp(name, "connected") == 0) {
+    if (ngx_strcmp(ev->name, "connected") == 0) {
         p = ngx_sprintf(p, "retry: %d\n", NGX_HTTP_ASYNC_DL_SSE_RETRY);
     }
 
-    p = ngx_sprintf(p, "event: %s\nid: %uL\ndata: ", name, t->seq);
+    p = ngx_sprintf(p, "event: %s\n", ev->name);
+
+    if (ev->has_id) {
+        p = ngx_sprintf(p, "id: %uL\n", ev->id);
+    }
+
+    p = ngx_cpymem(p, "data: ", 6);
+
+    if (ev->job) {
+        p = ngx_sprintf(p, "{\"jobId\":\"%*s\",\"data\":",
+                        (size_t) NGX_HTTP_ASYNC_DL_UUID_LEN, ev->job);
+    }
 
     ngx_http_async_dl_follow_chain(sub->out, sub->bufs, sub->text, p, t,
-                                   ngx_http_async_dl_sse_blank,
-                                   ngx_http_async_dl_sse_blank + 2);
+                                   ngx_http_async_dl_sse_blank
+                                   + (ev->job ? 0 : 1),
+                                   ngx_http_async_dl_sse_blank + 3);
     sub->bufs[2].flush = 1;
     sub->bufs[2].last_in_chain = 1;
 
@@ -408,8 +502,8 @@ ngx_http_async_dl_sse_emit(ngx_http_async_dl_sse_sub_t *sub,
      * by then, see send, pool cleanup) */
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
-                   "async_dl sse: event %s id %uL, %uz bytes", name, t->seq,
-                   t->len);
+                   "async_dl sse: event %s id %uL, %uz bytes", ev->name,
+                   ev->id, t->len);
 
     rc = ngx_http_async_dl_sse_output(sub, last);
 
@@ -528,7 +622,9 @@ ngx_http_async_dl_sse_heartbeat_handler(ngx_event_t *ev)
 
     c = sub->c;
 
-    if (c->destroyed || sub->f.state == NGX_HTTP_ASYNC_DL_FOLLOW_DONE) {
+    if (c->destroyed
+        || ngx_http_async_dl_sse_state(sub) == NGX_HTTP_ASYNC_DL_FOLLOW_DONE)
+    {
         return;
     }
 
@@ -538,8 +634,14 @@ ngx_http_async_dl_sse_heartbeat_handler(ngx_event_t *ev)
         return;
     }
 
-    p = ngx_sprintf(sub->text, "event: heartbeat\nid: %uL\ndata: {}\n\n",
-                    sub->f.seq);
+    p = ngx_sprintf(sub->text, "event: heartbeat\n");
+
+    if (sub->mux == NULL || sub->mux->has_horizon) {
+        p = ngx_sprintf(p, "id: %uL\n",
+                        sub->mux ? sub->mux->horizon : sub->f.seq);
+    }
+
+    p = ngx_sprintf(p, "data: {}\n\n");
 
     ngx_memzero(&sub->bufs[0], sizeof(ngx_buf_t));
     sub->bufs[0].start = sub->text;
@@ -621,6 +723,10 @@ ngx_http_async_dl_sse_leave(ngx_http_async_dl_sse_sub_t *sub)
         ngx_delete_posted_event(&sub->detach);
     }
 
+    if (sub->mux) {
+        ngx_http_async_dl_mux_leave(sub->mux);
+    }
+
     ngx_http_async_dl_follow_leave(&sub->f);
 }
 
@@ -644,6 +750,10 @@ ngx_http_async_dl_sse_pool_cleanup(void *data)
     ngx_http_async_dl_sse_sub_t *sub = data;
 
     ngx_http_async_dl_follow_release(&sub->f);
+
+    if (sub->mux) {
+        ngx_http_async_dl_mux_free(sub->mux);
+    }
 
     if (sub->detach.posted) {
         ngx_delete_posted_event(&sub->detach);
@@ -743,7 +853,8 @@ ngx_http_async_dl_sse_detach(ngx_event_t *ev)
     r = sub->r;
     c = sub->c;
 
-    if (sub->detached || sub->f.state != NGX_HTTP_ASYNC_DL_FOLLOW_LIVE
+    if (sub->detached
+        || ngx_http_async_dl_sse_state(sub) != NGX_HTTP_ASYNC_DL_FOLLOW_LIVE
         || c->buffered || r->out || c->destroyed)
     {
         /* not now: asked again when it is idle */
@@ -875,6 +986,10 @@ ngx_http_async_dl_sse_close(ngx_http_async_dl_sse_sub_t *sub)
 
     ngx_http_async_dl_sse_leave(sub);
     ngx_http_async_dl_follow_release(&sub->f);
+
+    if (sub->mux) {
+        ngx_http_async_dl_mux_free(sub->mux);
+    }
 
     ngx_free(sub);
 

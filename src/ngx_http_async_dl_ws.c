@@ -56,11 +56,13 @@
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_detach.h"
 #include "ngx_http_async_dl_follow.h"
+#include "ngx_http_async_dl_mux.h"
 #include "ngx_http_async_dl_ws.h"
 #include "ngx_http_async_dl_ws_frame.h"
 
 
-#define NGX_HTTP_ASYNC_DL_WS_TEXT_MAX   128     /* frame head, {"event":.. */
+#define NGX_HTTP_ASYNC_DL_WS_TEXT_MAX   160     /* frame head, {"event":..,
+                                                   "jobId":..,"data": */
 #define NGX_HTTP_ASYNC_DL_WS_CTL_MAX    384     /* control frames waiting */
 #define NGX_HTTP_ASYNC_DL_WS_LINGER     5000    /* for the client's close */
 #define NGX_HTTP_ASYNC_DL_WS_CLOSE_LEN  4       /* a close frame with a code */
@@ -78,6 +80,8 @@ typedef enum {
 
 typedef struct {
     ngx_http_async_dl_follower_t       f;         /* first: the watcher */
+    ngx_http_async_dl_mux_t           *mux;       /* all an owner's jobs:
+                                                     f is not used */
     ngx_http_request_t                *r;         /* NULL once detached */
     ngx_connection_t                  *c;
     ngx_http_async_dl_ws_state_e       state;
@@ -115,14 +119,21 @@ typedef struct {
 
 static ngx_int_t ngx_http_async_dl_ws_handshake(ngx_http_request_t *r,
     u_char *accept, ngx_int_t *answered);
+static ngx_int_t ngx_http_async_dl_ws_owner(ngx_http_request_t *r,
+    ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
     ngx_http_async_dl_hub_news_e news);
+static void ngx_http_async_dl_ws_mux_news(void *data,
+    ngx_http_async_dl_hub_news_e news);
+static void ngx_http_async_dl_ws_tell(ngx_http_async_dl_ws_sub_t *sub,
+    ngx_http_async_dl_hub_news_e news);
+static void ngx_http_async_dl_ws_leave(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_refuse(ngx_http_async_dl_ws_sub_t *sub,
     ngx_uint_t status, const char *code, const char *msg);
 static ngx_int_t ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_emit(ngx_http_async_dl_ws_sub_t *sub,
-    const char *name, ngx_http_async_dl_hub_text_t *t);
+    ngx_http_async_dl_event_t *ev);
 static void ngx_http_async_dl_ws_control(ngx_http_async_dl_ws_sub_t *sub,
     ngx_uint_t opcode, u_char *payload, size_t len);
 static void ngx_http_async_dl_ws_close(ngx_http_async_dl_ws_sub_t *sub,
@@ -146,7 +157,7 @@ static void ngx_http_async_dl_ws_pool_cleanup(void *data);
 static u_char  ngx_http_async_dl_ws_brace[] = "}";
 
 
-/* GET {p}ws/{id} */
+/* GET {p}ws/{id}, and GET {p}ws: all the owner's jobs */
 
 ngx_int_t
 ngx_http_async_dl_ws(ngx_http_request_t *r)
@@ -155,6 +166,7 @@ ngx_http_async_dl_ws(ngx_http_request_t *r)
     ngx_int_t                      rc;
     ngx_pool_cleanup_t            *pcln;
     ngx_http_cleanup_t            *cln;
+    ngx_http_async_dl_ctx_t       *ctx;
     ngx_http_async_dl_ws_sub_t    *sub;
     ngx_http_async_dl_loc_conf_t  *alcf;
 
@@ -194,6 +206,12 @@ ngx_http_async_dl_ws(ngx_http_request_t *r)
     sub->timer.log = r->connection->log;
     sub->timer.cancelable = 1;
     ngx_memcpy(sub->accept, accept, NGX_HTTP_ASYNC_DL_WS_ACCEPT_LEN);
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
+
+    if (ctx->job_id.len == 0) {
+        return ngx_http_async_dl_ws_owner(r, sub);
+    }
 
     rc = ngx_http_async_dl_follow_watch(r, &sub->f, cln,
                                         ngx_http_async_dl_ws_cleanup);
@@ -297,7 +315,25 @@ bad_key:
 }
 
 
-/* the hub's news of the job */
+static ngx_int_t
+ngx_http_async_dl_ws_owner(ngx_http_request_t *r,
+    ngx_http_async_dl_ws_sub_t *sub)
+{
+    ngx_int_t  rc;
+
+    if (ngx_http_async_dl_mux_open(r, ngx_http_async_dl_ws_mux_news, sub,
+                                   &sub->mux, &rc)
+        != NGX_OK)
+    {
+        return rc;                          /* answered */
+    }
+
+    return ngx_http_async_dl_follow_wait(r, sub, sub->cln,
+                                         ngx_http_async_dl_ws_cleanup);
+}
+
+
+/* the hub's news of the job; the mux's of the owner's jobs */
 
 static void
 ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
@@ -305,6 +341,27 @@ ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
 {
     ngx_http_async_dl_ws_sub_t *sub = w->data;
 
+    if (sub->state != NGX_HTTP_ASYNC_DL_WS_WAITING
+        && news == NGX_HTTP_ASYNC_DL_HUB_STATE)
+    {
+        ngx_http_async_dl_follow_news(&sub->f);
+    }
+
+    ngx_http_async_dl_ws_tell(sub, news);
+}
+
+
+static void
+ngx_http_async_dl_ws_mux_news(void *data, ngx_http_async_dl_hub_news_e news)
+{
+    ngx_http_async_dl_ws_tell(data, news);
+}
+
+
+static void
+ngx_http_async_dl_ws_tell(ngx_http_async_dl_ws_sub_t *sub,
+    ngx_http_async_dl_hub_news_e news)
+{
     ngx_uint_t         detached;
     ngx_connection_t  *c;
 
@@ -322,7 +379,6 @@ ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
         }
 
     } else if (news == NGX_HTTP_ASYNC_DL_HUB_STATE) {
-        ngx_http_async_dl_follow_news(&sub->f);
         (void) ngx_http_async_dl_ws_send(sub);
     }
 
@@ -352,7 +408,9 @@ ngx_http_async_dl_ws_start(ngx_http_async_dl_ws_sub_t *sub)
     c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
 
-    if (ngx_http_async_dl_follow_open(&sub->f, &ctx->owner) != NGX_OK) {
+    if (sub->mux == NULL
+        && ngx_http_async_dl_follow_open(&sub->f, &ctx->owner) != NGX_OK)
+    {
         ngx_http_async_dl_ws_refuse(sub, NGX_HTTP_NOT_FOUND,
                                     "JOB_NOT_FOUND", "no such job");
         return;
@@ -432,7 +490,7 @@ static void
 ngx_http_async_dl_ws_refuse(ngx_http_async_dl_ws_sub_t *sub,
     ngx_uint_t status, const char *code, const char *msg)
 {
-    ngx_http_async_dl_follow_leave(&sub->f);
+    ngx_http_async_dl_ws_leave(sub);
     ngx_http_finalize_request(sub->r,
                               ngx_http_async_dl_follow_refusal(sub->r, status,
                                                                code, msg));
@@ -449,9 +507,8 @@ ngx_http_async_dl_ws_refuse(ngx_http_async_dl_ws_sub_t *sub,
 static ngx_int_t
 ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub)
 {
-    ngx_int_t                      rc;
-    const char                    *name;
-    ngx_http_async_dl_hub_text_t  *t;
+    ngx_int_t                   rc;
+    ngx_http_async_dl_event_t   ev;
 
     for ( ;; ) {
 
@@ -495,7 +552,8 @@ ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub)
             return NGX_OK;
         }
 
-        rc = ngx_http_async_dl_follow_next(&sub->f, &name, &t);
+        rc = sub->mux ? ngx_http_async_dl_mux_next(sub->mux, &ev)
+                      : ngx_http_async_dl_follow_next(&sub->f, &ev);
 
         if (rc == NGX_DECLINED) {
             if (!sub->detached && !sub->stays && !sub->detach.posted) {
@@ -506,7 +564,7 @@ ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub)
             return NGX_OK;
         }
 
-        ngx_http_async_dl_ws_emit(sub, name, t);
+        ngx_http_async_dl_ws_emit(sub, &ev);
 
         if (rc == NGX_DONE) {
             /* the client closes, or the linger ends it */
@@ -516,18 +574,39 @@ ngx_http_async_dl_ws_send(ngx_http_async_dl_ws_sub_t *sub)
 }
 
 
-/* One event as a text frame: {"event":"<name>","id":<seq>,"data":<t>} */
+/*
+ * One event as a text frame: {"event":"<name>","id":<id>,"data":<t>};
+ * in a stream of all an owner's jobs, "jobId":"<id>" before "data" (and
+ * "id":null before the first id).
+ */
 
 static void
-ngx_http_async_dl_ws_emit(ngx_http_async_dl_ws_sub_t *sub, const char *name,
-    ngx_http_async_dl_hub_text_t *t)
+ngx_http_async_dl_ws_emit(ngx_http_async_dl_ws_sub_t *sub,
+    ngx_http_async_dl_event_t *ev)
 {
-    u_char    prefix[NGX_HTTP_ASYNC_DL_WS_TEXT_MAX], *p, *last;
-    uint64_t  len;
+    u_char                        prefix[NGX_HTTP_ASYNC_DL_WS_TEXT_MAX], *p;
+    u_char                       *last, *end;
+    uint64_t                      len;
+    ngx_http_async_dl_hub_text_t  *t;
 
-    last = ngx_snprintf(prefix, sizeof(prefix) - NGX_HTTP_ASYNC_DL_WS_HEAD_MAX,
-                        "{\"event\":\"%s\",\"id\":%uL,\"data\":", name,
-                        t->seq);
+    t = ev->t;
+    end = prefix + sizeof(prefix) - NGX_HTTP_ASYNC_DL_WS_HEAD_MAX;
+
+    last = ngx_slprintf(prefix, end, "{\"event\":\"%s\",\"id\":", ev->name);
+
+    if (ev->has_id) {
+        last = ngx_slprintf(last, end, "%uL", ev->id);
+
+    } else {
+        last = ngx_slprintf(last, end, "null");
+    }
+
+    if (ev->job) {
+        last = ngx_slprintf(last, end, ",\"jobId\":\"%*s\"",
+                            (size_t) NGX_HTTP_ASYNC_DL_UUID_LEN, ev->job);
+    }
+
+    last = ngx_slprintf(last, end, ",\"data\":");
 
     len = (last - prefix) + t->len + 1;
 
@@ -543,8 +622,8 @@ ngx_http_async_dl_ws_emit(ngx_http_async_dl_ws_sub_t *sub, const char *name,
     sub->pending = sub->out;
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
-                   "async_dl ws: event %s id %uL, %uL bytes", name, t->seq,
-                   len);
+                   "async_dl ws: event %s id %uL, %uL bytes", ev->name,
+                   ev->id, len);
 }
 
 
@@ -617,7 +696,7 @@ ngx_http_async_dl_ws_close(ngx_http_async_dl_ws_sub_t *sub, ngx_uint_t code,
     }
 
     if (sub->state != NGX_HTTP_ASYNC_DL_WS_CLOSING) {
-        ngx_http_async_dl_follow_leave(&sub->f);
+        ngx_http_async_dl_ws_leave(sub);
         sub->state = NGX_HTTP_ASYNC_DL_WS_CLOSING;
 
         if (sub->timer.timer_set) {
@@ -1000,7 +1079,7 @@ ngx_http_async_dl_ws_cleanup(void *data)
 {
     ngx_http_async_dl_ws_sub_t *sub = data;
 
-    ngx_http_async_dl_follow_leave(&sub->f);
+    ngx_http_async_dl_ws_leave(sub);
     sub->state = NGX_HTTP_ASYNC_DL_WS_GONE;
 
     if (sub->timer.timer_set) {
@@ -1022,6 +1101,10 @@ ngx_http_async_dl_ws_pool_cleanup(void *data)
 
     ngx_http_async_dl_follow_release(&sub->f);
 
+    if (sub->mux) {
+        ngx_http_async_dl_mux_free(sub->mux);
+    }
+
     if (sub->timer.timer_set) {
         ngx_del_timer(&sub->timer);
     }
@@ -1031,4 +1114,17 @@ ngx_http_async_dl_ws_pool_cleanup(void *data)
     }
 
     ngx_free(sub);
+}
+
+
+/* out of the hub, and of the owners' registry */
+
+static void
+ngx_http_async_dl_ws_leave(ngx_http_async_dl_ws_sub_t *sub)
+{
+    if (sub->mux) {
+        ngx_http_async_dl_mux_leave(sub->mux);
+    }
+
+    ngx_http_async_dl_follow_leave(&sub->f);
 }
