@@ -203,6 +203,7 @@ extern ngx_module_t  ngx_http_async_dl_module;
 char *ngx_http_async_dl_routes_init_conf(ngx_conf_t *cf,
     ngx_http_async_dl_main_conf_t *amcf);
 ngx_int_t ngx_http_async_dl_routes_add_variables(ngx_conf_t *cf);
+ngx_http_async_dl_route_t *ngx_http_async_dl_routes_table(void);
 ngx_int_t ngx_http_async_dl_handler(ngx_http_request_t *r);
 
 /* api.c: the handlers */

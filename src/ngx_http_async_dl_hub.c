@@ -45,6 +45,7 @@
 
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_listen.h"
+#include "ngx_http_async_dl_metrics.h"
 #include "ngx_http_async_dl_status_cache.h"
 #include "ngx_http_async_dl_owner.h"
 #include "ngx_http_async_dl_hub.h"
@@ -66,6 +67,7 @@ typedef struct {
     ngx_uint_t                         njobs;
     ngx_uint_t                         nfetches;
     ngx_uint_t                         ntells;
+    ngx_uint_t                         nready;    /* LISTEN was ready */
 } ngx_http_async_dl_hub_t;
 
 
@@ -532,6 +534,10 @@ ngx_http_async_dl_hub_resync(void *data)
 
     if (hub->cache) {
         ngx_http_async_dl_sc_flush(hub->cache, "LISTEN ready");
+    }
+
+    if (hub->nready++) {
+        ngx_http_async_dl_m_count(listen_reconnects);
     }
 
     /* their new jobs may have been missed too */

@@ -16,6 +16,7 @@
 
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_hub.h"
+#include "ngx_http_async_dl_metrics.h"
 #include "ngx_http_async_dl_status_cache.h"
 
 
@@ -197,6 +198,13 @@ static ngx_command_t  ngx_http_async_dl_commands[] = {
       0,
       NULL },
 
+    { ngx_string("async_dl_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_async_dl_metrics,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("async_dl_owner"),
       NGX_HTTP_ASYNC_DL_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_set_complex_value_slot,
@@ -327,7 +335,9 @@ ngx_http_async_dl_preconfiguration(ngx_conf_t *cf)
 static ngx_int_t
 ngx_http_async_dl_postconfiguration(ngx_conf_t *cf)
 {
-    if (ngx_http_async_dl_delivery_init(cf) != NGX_OK) {
+    if (ngx_http_async_dl_delivery_init(cf) != NGX_OK
+        || ngx_http_async_dl_metrics_init(cf) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -397,7 +407,9 @@ ngx_http_async_dl_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (ngx_http_async_dl_hub_init_conf(cf, amcf) != NGX_CONF_OK) {
+    if (ngx_http_async_dl_hub_init_conf(cf, amcf) != NGX_CONF_OK
+        || ngx_http_async_dl_metrics_init_conf(cf, amcf) != NGX_CONF_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
@@ -767,6 +779,7 @@ ngx_http_async_dl_init_process(ngx_cycle_t *cycle)
                                                ngx_http_async_dl_module);
 
     if (amcf == NULL || amcf->postgres.len == 0) {
+        ngx_http_async_dl_metrics_init_process(cycle);
         return NGX_OK;
     }
 
@@ -774,6 +787,8 @@ ngx_http_async_dl_init_process(ngx_cycle_t *cycle)
     if (amcf->pool == NULL) {
         return NGX_ERROR;
     }
+
+    ngx_http_async_dl_metrics_init_process(cycle);
 
     /* the LISTEN connection of the event streams */
     return ngx_http_async_dl_hub_init_process(cycle, amcf);
@@ -789,6 +804,7 @@ ngx_http_async_dl_exit_process(ngx_cycle_t *cycle)
                                                ngx_http_async_dl_module);
 
     ngx_http_async_dl_hub_exit_process(cycle);
+    ngx_http_async_dl_metrics_exit_process();
 
     if (amcf && amcf->pool) {
         ngx_http_async_dl_pg_destroy(amcf->pool);

@@ -178,6 +178,32 @@ ngx_http_async_dl_pg_last_error(ngx_http_async_dl_pg_t *pg)
 }
 
 
+void
+ngx_http_async_dl_pg_count_into(ngx_http_async_dl_pg_t *pg,
+    ngx_http_async_dl_pg_counters_t *c)
+{
+    pg->counters = c;
+}
+
+
+void
+ngx_http_async_dl_pg_stats(ngx_http_async_dl_pg_t *pg, ngx_uint_t *up,
+    ngx_uint_t *busy, ngx_uint_t *waiting)
+{
+    ngx_uint_t  i;
+
+    *up = pg->nlive;
+    *busy = 0;
+    *waiting = pg->nwaiting;
+
+    for (i = 0; i < pg->conf->size; i++) {
+        if (pg->conns[i].query) {
+            (*busy)++;
+        }
+    }
+}
+
+
 /* queries */
 
 
@@ -198,6 +224,7 @@ ngx_http_async_dl_pg_run(ngx_http_async_dl_pg_t *pg,
     }
 
     q->pg = pg;
+    q->started = ngx_current_msec;
 
     while (!ngx_queue_empty(&pg->idle)) {
         link = ngx_queue_head(&pg->idle);
@@ -212,6 +239,10 @@ ngx_http_async_dl_pg_run(ngx_http_async_dl_pg_t *pg,
     }
 
     if (pg->nlive == 0) {
+        if (pg->counters) {
+            (void) ngx_atomic_fetch_add(&pg->counters->unavailable, 1);
+        }
+
         return NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE;
     }
 
@@ -219,6 +250,11 @@ ngx_http_async_dl_pg_run(ngx_http_async_dl_pg_t *pg,
         ngx_log_error(NGX_LOG_WARN, q->log, 0,
                       "async_dl: all %ui postgres connections are busy and "
                       "%ui queries wait", pg->conf->size, pg->nwaiting);
+
+        if (pg->counters) {
+            (void) ngx_atomic_fetch_add(&pg->counters->busy, 1);
+        }
+
         return NGX_HTTP_ASYNC_DL_PG_BUSY;
     }
 

@@ -39,6 +39,26 @@ typedef enum {
 } ngx_http_async_dl_pg_status_e;
 
 
+/*
+ * What the pool counts, when given where (the metrics' shared zone):
+ * queries answered, failures by kind, the time from run to answer.
+ */
+#define NGX_HTTP_ASYNC_DL_PG_BUCKETS  12
+
+typedef struct {
+    ngx_atomic_t                        queries;
+    ngx_atomic_t                        sql_errors;
+    ngx_atomic_t                        unavailable;
+    ngx_atomic_t                        timeouts;
+    ngx_atomic_t                        busy;      /* refused, queue full */
+    ngx_atomic_t                        le[NGX_HTTP_ASYNC_DL_PG_BUCKETS + 1];
+    ngx_atomic_t                        ms;        /* sum */
+} ngx_http_async_dl_pg_counters_t;
+
+/* the buckets' upper bounds, ms (the last is +Inf) */
+extern ngx_msec_t  ngx_http_async_dl_pg_buckets[NGX_HTTP_ASYNC_DL_PG_BUCKETS];
+
+
 struct ngx_http_async_dl_pg_query_s {
     /* set by the caller */
     ngx_uint_t                          stmt;      /* index in conf->stmts */
@@ -56,6 +76,7 @@ struct ngx_http_async_dl_pg_query_s {
     ngx_http_async_dl_pg_conn_t        *conn;      /* running on it */
     ngx_queue_t                         queue;     /* in pg->waiting */
     ngx_event_t                         timer;     /* wait + run deadline */
+    ngx_msec_t                          started;   /* ngx_current_msec */
     unsigned                            waiting:1;
     unsigned                            retried:1; /* run again once */
 };
@@ -72,6 +93,12 @@ ngx_http_async_dl_pg_status_e ngx_http_async_dl_pg_run(
 void ngx_http_async_dl_pg_detach(ngx_http_async_dl_pg_query_t *q);
 
 ngx_str_t *ngx_http_async_dl_pg_last_error(ngx_http_async_dl_pg_t *pg);
+
+/* counting into c from now on; the connections up, running, waiting */
+void ngx_http_async_dl_pg_count_into(ngx_http_async_dl_pg_t *pg,
+    ngx_http_async_dl_pg_counters_t *c);
+void ngx_http_async_dl_pg_stats(ngx_http_async_dl_pg_t *pg, ngx_uint_t *up,
+    ngx_uint_t *busy, ngx_uint_t *waiting);
 
 /* the server's message of a failed statement, never NULL */
 const char *ngx_http_async_dl_pg_message(PGresult *res);

@@ -67,6 +67,7 @@ struct ngx_http_async_dl_pg_s {
     ngx_uint_t                          nwaiting;
     ngx_uint_t                          max_waiting;
     ngx_uint_t                          nlive;     /* conns not DOWN */
+    ngx_http_async_dl_pg_counters_t    *counters;  /* NULL: none */
     ngx_str_t                           last_error;
     u_char                              error[512];
     char                                setup[64];

@@ -18,6 +18,13 @@
 
 
 static void ngx_http_async_dl_pg_query_cleanup(void *data);
+static void ngx_http_async_dl_pg_count(ngx_http_async_dl_pg_query_t *q,
+    ngx_http_async_dl_pg_status_e status);
+
+
+ngx_msec_t  ngx_http_async_dl_pg_buckets[NGX_HTTP_ASYNC_DL_PG_BUCKETS] = {
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000
+};
 static void ngx_http_async_dl_pg_query_timer_handler(ngx_event_t *ev);
 
 
@@ -124,6 +131,10 @@ ngx_http_async_dl_pg_complete(ngx_http_async_dl_pg_query_t *q,
     q->status = status;
     q->result = res;
 
+    if (q->pg && q->pg->counters) {
+        ngx_http_async_dl_pg_count(q, status);
+    }
+
     /* the handler may free q and everything of its request */
     q->handler(q);
 }
@@ -146,4 +157,50 @@ ngx_http_async_dl_pg_fail_waiting(ngx_http_async_dl_pg_t *pg)
         ngx_http_async_dl_pg_complete(q, NGX_HTTP_ASYNC_DL_PG_UNAVAILABLE,
                                       NULL);
     }
+}
+
+
+/* the answer in the pool's counters: its kind, and how long it took */
+
+static void
+ngx_http_async_dl_pg_count(ngx_http_async_dl_pg_query_t *q,
+    ngx_http_async_dl_pg_status_e status)
+{
+    ngx_uint_t                        i;
+    ngx_msec_t                        ms;
+    ngx_http_async_dl_pg_counters_t  *c;
+
+    c = q->pg->counters;
+
+    switch (status) {
+
+    case NGX_HTTP_ASYNC_DL_PG_OK:
+        (void) ngx_atomic_fetch_add(&c->queries, 1);
+        break;
+
+    case NGX_HTTP_ASYNC_DL_PG_SQL_ERROR:
+        (void) ngx_atomic_fetch_add(&c->queries, 1);
+        (void) ngx_atomic_fetch_add(&c->sql_errors, 1);
+        break;
+
+    case NGX_HTTP_ASYNC_DL_PG_TIMEOUT:
+        (void) ngx_atomic_fetch_add(&c->timeouts, 1);
+        return;
+
+    default:
+        (void) ngx_atomic_fetch_add(&c->unavailable, 1);
+        return;
+    }
+
+    ms = ngx_current_msec - q->started;
+
+    for (i = 0; i < NGX_HTTP_ASYNC_DL_PG_BUCKETS; i++) {
+        if (ms <= ngx_http_async_dl_pg_buckets[i]) {
+            break;
+        }
+    }
+
+    /* the bucket it falls in; the sums are cumulated when read */
+    (void) ngx_atomic_fetch_add(&c->le[i], 1);
+    (void) ngx_atomic_fetch_add(&c->ms, (ngx_atomic_int_t) ms);
 }

@@ -148,6 +148,15 @@ static ngx_str_t  ngx_http_async_dl_traceparent_name =
     ngx_string("async_dl_traceparent");
 
 
+/* the table, for the metrics (its rows end with one whose path is NULL) */
+
+ngx_http_async_dl_route_t *
+ngx_http_async_dl_routes_table(void)
+{
+    return ngx_http_async_dl_routes;
+}
+
+
 /* init_main_conf: the routes' statements, in the pool's list */
 
 char *

@@ -48,6 +48,7 @@
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_detach.h"
 #include "ngx_http_async_dl_follow.h"
+#include "ngx_http_async_dl_metrics.h"
 #include "ngx_http_async_dl_mux.h"
 #include "ngx_http_async_dl_sse.h"
 
@@ -128,6 +129,7 @@ static void ngx_http_async_dl_sse_detach(ngx_event_t *ev);
 static void ngx_http_async_dl_sse_conn_read(ngx_event_t *rev);
 static void ngx_http_async_dl_sse_conn_write(ngx_event_t *wev);
 static void ngx_http_async_dl_sse_close(ngx_http_async_dl_sse_sub_t *sub);
+static void ngx_http_async_dl_sse_free(ngx_http_async_dl_sse_sub_t *sub);
 
 
 static u_char  ngx_http_async_dl_sse_blank[] = "}\n\n";
@@ -164,6 +166,8 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
     sub->cln = cln;
     sub->pcln = pcln;
     sub->heartbeat_period = alcf->heartbeat;
+
+    ngx_http_async_dl_m_gauge(subscribers[NGX_HTTP_ASYNC_DL_M_SSE], 1);
     sub->heartbeat.handler = ngx_http_async_dl_sse_heartbeat_handler;
     sub->heartbeat.data = sub;
     sub->heartbeat.log = r->connection->log;
@@ -507,6 +511,8 @@ ngx_http_async_dl_sse_emit(ngx_http_async_dl_sse_sub_t *sub,
 
     rc = ngx_http_async_dl_sse_output(sub, last);
 
+    ngx_http_async_dl_m_count(events[NGX_HTTP_ASYNC_DL_M_SSE]);
+
     if (last) {
         ngx_http_async_dl_sse_finish(sub, rc);
         return NGX_OK;
@@ -749,17 +755,7 @@ ngx_http_async_dl_sse_pool_cleanup(void *data)
 {
     ngx_http_async_dl_sse_sub_t *sub = data;
 
-    ngx_http_async_dl_follow_release(&sub->f);
-
-    if (sub->mux) {
-        ngx_http_async_dl_mux_free(sub->mux);
-    }
-
-    if (sub->detach.posted) {
-        ngx_delete_posted_event(&sub->detach);
-    }
-
-    ngx_free(sub);
+    ngx_http_async_dl_sse_free(sub);
 }
 
 
@@ -985,13 +981,28 @@ ngx_http_async_dl_sse_close(ngx_http_async_dl_sse_sub_t *sub)
     c = sub->c;
 
     ngx_http_async_dl_sse_leave(sub);
+    ngx_http_async_dl_sse_free(sub);
+
+    ngx_http_close_connection(c);
+}
+
+
+/* its texts, its mux and itself: the last of it */
+
+static void
+ngx_http_async_dl_sse_free(ngx_http_async_dl_sse_sub_t *sub)
+{
     ngx_http_async_dl_follow_release(&sub->f);
 
     if (sub->mux) {
         ngx_http_async_dl_mux_free(sub->mux);
     }
 
-    ngx_free(sub);
+    if (sub->detach.posted) {
+        ngx_delete_posted_event(&sub->detach);
+    }
 
-    ngx_http_close_connection(c);
+    ngx_http_async_dl_m_gauge(subscribers[NGX_HTTP_ASYNC_DL_M_SSE], -1);
+
+    ngx_free(sub);
 }

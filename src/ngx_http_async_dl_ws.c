@@ -56,6 +56,7 @@
 #include "ngx_http_async_dl.h"
 #include "ngx_http_async_dl_detach.h"
 #include "ngx_http_async_dl_follow.h"
+#include "ngx_http_async_dl_metrics.h"
 #include "ngx_http_async_dl_mux.h"
 #include "ngx_http_async_dl_ws.h"
 #include "ngx_http_async_dl_ws_frame.h"
@@ -198,6 +199,8 @@ ngx_http_async_dl_ws(ngx_http_request_t *r)
     sub->cln = cln;
     sub->pcln = pcln;
     sub->heartbeat_period = alcf->heartbeat;
+
+    ngx_http_async_dl_m_gauge(subscribers[NGX_HTTP_ASYNC_DL_M_WS], 1);
     sub->detach.handler = ngx_http_async_dl_ws_detach;
     sub->detach.data = sub;
     sub->detach.log = r->connection->log;
@@ -620,6 +623,8 @@ ngx_http_async_dl_ws_emit(ngx_http_async_dl_ws_sub_t *sub,
     /* (the follower holds t until the next event, after this frame is
      * out: see send, pool cleanup) */
     sub->pending = sub->out;
+
+    ngx_http_async_dl_m_count(events[NGX_HTTP_ASYNC_DL_M_WS]);
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, sub->c->log, 0,
                    "async_dl ws: event %s id %uL, %uL bytes", ev->name,
@@ -1104,6 +1109,8 @@ ngx_http_async_dl_ws_pool_cleanup(void *data)
     if (sub->mux) {
         ngx_http_async_dl_mux_free(sub->mux);
     }
+
+    ngx_http_async_dl_m_gauge(subscribers[NGX_HTTP_ASYNC_DL_M_WS], -1);
 
     if (sub->timer.timer_set) {
         ngx_del_timer(&sub->timer);

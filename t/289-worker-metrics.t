@@ -9,7 +9,6 @@ use lib 't/lib';
 use AsyncDL::Test;
 use IO::Socket::INET;
 use IO::Socket::IP;
-use IPC::Open2;
 
 my $s = adl();
 start_nginx(<<'EOF2');
@@ -32,17 +31,7 @@ sub scrape {
 
 sub parsed {
     my ($head, $body) = scrape();
-    my $pid = open2(my $out, my $in, '/usr/bin/python3', 't/tools/prom_parse.py');
-    print $in $body // '';
-    close $in;
-    my %v;
-    while (<$out>) {
-        my ($type, $name, $value) = /^(\S+) (\S+) (\S+)$/ or next;
-        $v{$name} = $value;
-        $v{"$name:type"} = $type;
-    }
-    waitpid($pid, 0);
-    return ($? == 0, \%v, $head);
+    return (prometheus_samples($body), $head);
 }
 
 start_worker(ASYNC_DL_METRICS_LISTEN => "127.0.0.1:$port",

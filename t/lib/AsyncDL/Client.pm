@@ -39,11 +39,13 @@ use warnings;
 
 use Exporter qw(import);
 use HTTP::Tiny;
+use IPC::Open2 ();
 use JSON::PP qw(encode_json decode_json);
 use Test::More ();
 use AsyncDL::Stack qw(adl wait_until);
 
-our @EXPORT = qw(request initiate wait_job wait_bundle encode_json decode_json);
+our @EXPORT = qw(request initiate wait_job wait_bundle encode_json decode_json
+                 prometheus_samples);
 our %EXPORT_TAGS = (all => [@EXPORT]);
 
 my $JSON = JSON::PP->new->canonical->allow_nonref;
@@ -101,6 +103,24 @@ sub wait_bundle {
     return wait_document($id,
                          sub { ($_[0]{bundle}{status} // '') =~ /^(completed|failed)$/ },
                          'its zip to be built or fail', @opt);
+}
+
+# Prometheus text through the reference parser (t/tools/prom_parse.py):
+# (parsed, { 'name{label=value,...}' => value, 'name{...}:type' => type })
+sub prometheus_samples {
+    my ($text) = @_;
+    my $pid = IPC::Open2::open2(my $out, my $in, '/usr/bin/python3',
+                                't/tools/prom_parse.py');
+    print $in $text // '';
+    close $in;
+    my %v;
+    while (<$out>) {
+        my ($type, $name, $value) = /^(\S+) (\S+) (\S+)$/ or next;
+        $v{$name} = $value;
+        $v{"$name:type"} = $type;
+    }
+    waitpid($pid, 0);
+    return ($? == 0, \%v);
 }
 
 1;
