@@ -3,52 +3,51 @@
 -- GET {p}stream and GET {p}ws without a job id follow every job of the
 -- request's owner, those created after the stream opened too.  A client
 -- that reconnects says how far it got (Last-Event-ID), and must miss the
--- changes of no job.  Event ids that hold across jobs:
+-- end of no job.  Event ids that hold across jobs:
 --
--- - Each job row keeps the transaction that changed it last
---   (change_xid: set on insert and on every change, with event_seq).
+-- - A job that has not ended is always sent whole to a stream that
+--   (re)opens: what it missed of it does not matter.
+-- - Each job row keeps the transaction that ended it (ended_xid: written
+--   once, when the status becomes completed, failed or canceled; so a
+--   later update of an ended job, a callback's, changes nothing here and
+--   keeps its updates HOT), and a deleted job leaves a tombstone with the
+--   transaction that deleted it (async_dl_job_tombstones, kept a day).
 -- - The id an owner stream gives its events is a horizon H, the oldest
---   transaction still running when it listed the owner's changes
---   (pg_snapshot_xmin); the stream gives H only once it has sent every
---   job that listing named, as new as the listing saw it.  A transaction
---   that had not ended then has an xid >= H; one that had, and whose
---   change the listing did not show, had an xid older than the previous
---   horizon, whose changes the client already had.
--- - A stream resumed from H lists the owner's jobs changed by
---   transactions >= H, and the deleted ones (async_dl_job_tombstones, kept
---   a day), with every job that has not ended (it follows those), and
---   sends each one's state.  It is told of what changes after its
---   listing by the notifications it registered for before listing.
+--   transaction still running when it listed the owner's jobs
+--   (pg_snapshot_xmin); it gives H once it has sent the end of every
+--   ended or deleted job that listing named.  A job that ended after the
+--   listing did so in a transaction that was running then, or began
+--   later: its xid is >= H.  One that ended before and was not named
+--   ended before the previous horizon, whose ends the client had.
+-- - A stream resumed from H lists the owner's jobs not ended, those ended
+--   by transactions >= H and those deleted by them, and sends each one's
+--   state.  It is told of what comes after its listing by the
+--   notifications it registered for before listing.
 -- - The notification of a new job on async_dl_events is
 --   "<job id> <event seq> n <md5 of owner>", so that the streams of its
 --   owner start following it; readers of the first two words (001) need
 --   not look further.
 
-ALTER TABLE async_dl_jobs ADD COLUMN change_xid xid8;
+ALTER TABLE async_dl_jobs ADD COLUMN ended_xid xid8;
 
-CREATE OR REPLACE FUNCTION async_dl_jobs_before_update() RETURNS trigger
+CREATE FUNCTION async_dl_jobs_ended_xid() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.event_seq := OLD.event_seq + 1;
-    NEW.updated_at := now();
-    NEW.change_xid := pg_current_xact_id();
+    NEW.ended_xid := pg_current_xact_id();
     RETURN NEW;
 END $$;
 
-CREATE FUNCTION async_dl_jobs_insert_xid() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.change_xid := pg_current_xact_id();
-    RETURN NEW;
-END $$;
+CREATE TRIGGER async_dl_jobs_ended_xid BEFORE UPDATE OF status
+    ON async_dl_jobs
+    FOR EACH ROW
+    WHEN (NEW.status IN ('completed', 'failed', 'canceled')
+          AND OLD.status NOT IN ('completed', 'failed', 'canceled'))
+    EXECUTE FUNCTION async_dl_jobs_ended_xid();
 
-CREATE TRIGGER async_dl_jobs_insert_xid BEFORE INSERT ON async_dl_jobs
-    FOR EACH ROW EXECUTE FUNCTION async_dl_jobs_insert_xid();
-
--- (the rows from before this version have none: unchanged since before
+-- (the jobs that ended before this version have none: they ended before
 -- any horizon a stream of this version gave, no listing needs them)
-CREATE INDEX async_dl_jobs_owner_change
-    ON async_dl_jobs (owner, change_xid);
+CREATE INDEX async_dl_jobs_owner_ended
+    ON async_dl_jobs (owner, ended_xid) WHERE ended_xid IS NOT NULL;
 
 
 -- Jobs deleted (DELETE, expiry), for the streams that resume after it.
@@ -59,8 +58,10 @@ CREATE TABLE async_dl_job_tombstones (
     deleted_at   timestamptz NOT NULL DEFAULT now()
 );
 
+-- (by time: the pruning below reads only what it deletes; a listing reads
+-- the owner's day of tombstones)
 CREATE INDEX async_dl_job_tombstones_owner
-    ON async_dl_job_tombstones (owner, deleted_xid);
+    ON async_dl_job_tombstones (owner, deleted_at);
 
 CREATE FUNCTION async_dl_jobs_tombstone() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -95,29 +96,31 @@ BEGIN
 END $$;
 
 
--- What an owner stream follows: the owner's jobs that have not ended,
--- and with p_since those changed by transactions from p_since on and
--- those deleted since (event_seq 0).  Every row carries the horizon
--- (see above); one row has no job, so that there is always one.
-CREATE FUNCTION async_dl_owner_changes(p_owner text, p_since xid8)
-RETURNS TABLE (horizon xid8, job_id uuid, event_seq bigint)
+-- What an owner stream follows: with p_all, the owner's jobs that have
+-- not ended (ended false); with p_since, the jobs ended by transactions
+-- from p_since on, and those deleted by them (event_seq 0).  Every row
+-- carries the horizon (see above); one row has no job, so that there is
+-- always one.
+CREATE FUNCTION async_dl_owner_changes(p_owner text, p_since xid8,
+                                       p_all boolean)
+RETURNS TABLE (horizon xid8, job_id uuid, event_seq bigint, ended boolean)
 LANGUAGE sql STABLE AS $$
     WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS x)
-    SELECT h.x, NULL::uuid, NULL::bigint FROM h
+    SELECT h.x, NULL::uuid, NULL::bigint, NULL::boolean FROM h
     UNION ALL
-    SELECT h.x, j.id, j.event_seq
+    SELECT h.x, j.id, j.event_seq, false
       FROM h, async_dl_jobs j
-     WHERE j.owner = p_owner
-       AND j.status NOT IN ('completed', 'failed', 'canceled')
+     WHERE p_all
+       AND j.owner = p_owner
+       AND j.status IN ('queued', 'processing')
     UNION ALL
-    SELECT h.x, j.id, j.event_seq
+    SELECT h.x, j.id, j.event_seq, true
       FROM h, async_dl_jobs j
      WHERE p_since IS NOT NULL
        AND j.owner = p_owner
-       AND j.change_xid >= p_since
-       AND j.status IN ('completed', 'failed', 'canceled')
+       AND j.ended_xid >= p_since
     UNION ALL
-    SELECT h.x, t.job_id, 0
+    SELECT h.x, t.job_id, 0, true
       FROM h, async_dl_job_tombstones t
      WHERE p_since IS NOT NULL
        AND t.owner = p_owner

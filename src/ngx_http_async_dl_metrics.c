@@ -3,6 +3,10 @@
  * The module's metrics (ngx_http_async_dl_metrics.h): the shared zone, the
  * requests counted at the log phase, each process's gauges, the queue
  * read at most once a second, and the Prometheus text of it all.
+ *
+ * The queue is read by a query of the process (in its own pool), never of
+ * a scrape: a scrape answers at once with the figures last read, and may
+ * start the next read.
  */
 
 
@@ -16,13 +20,10 @@
 #define NGX_HTTP_ASYNC_DL_M_ZONE_SIZE   (64 * 1024)
 #define NGX_HTTP_ASYNC_DL_M_TICK        1000   /* ms between gauges */
 #define NGX_HTTP_ASYNC_DL_M_QUEUE_AGE   1000   /* ms a queue read is kept */
-#define NGX_HTTP_ASYNC_DL_M_TEXT        16384
-
-
-typedef struct {
-    ngx_http_request_t                *r;
-    ngx_http_async_dl_pg_query_t      *q;
-} ngx_http_async_dl_m_scrape_t;
+#define NGX_HTTP_ASYNC_DL_M_TEXT        8192   /* all but the requests */
+#define NGX_HTTP_ASYNC_DL_M_LINE        96     /* a requests line */
+#define NGX_HTTP_ASYNC_DL_M_NONE        NGX_HTTP_ASYNC_DL_M_ROUTES
+#define NGX_HTTP_ASYNC_DL_M_DELIVERY    (NGX_HTTP_ASYNC_DL_M_ROUTES + 1)
 
 
 static ngx_int_t ngx_http_async_dl_m_init_zone(ngx_shm_zone_t *zone,
@@ -31,11 +32,11 @@ static ngx_int_t ngx_http_async_dl_m_log(ngx_http_request_t *r);
 static void ngx_http_async_dl_m_tick(ngx_event_t *ev);
 static void ngx_http_async_dl_m_gauges(void);
 static ngx_int_t ngx_http_async_dl_m_handler(ngx_http_request_t *r);
-static ngx_msec_t ngx_http_async_dl_m_now(void);
-static void ngx_http_async_dl_m_read(ngx_http_async_dl_pg_query_t *q);
-static void ngx_http_async_dl_m_cleanup(void *data);
-static ngx_int_t ngx_http_async_dl_m_answer(ngx_http_request_t *r);
+static uint64_t ngx_http_async_dl_m_now(void);
+static void ngx_http_async_dl_m_read_queue(void);
+static void ngx_http_async_dl_m_queue_read(ngx_http_async_dl_pg_query_t *q);
 static u_char *ngx_http_async_dl_m_text(u_char *p, u_char *last);
+static uint64_t ngx_http_async_dl_m_gauge_value(ngx_atomic_t *a);
 static char *ngx_http_async_dl_m_le(ngx_msec_t ms, u_char *buf);
 
 
@@ -55,6 +56,8 @@ static ngx_shm_zone_t              *ngx_http_async_dl_m_zone;
 static ngx_slab_pool_t             *ngx_http_async_dl_m_shpool;
 static ngx_event_t                  ngx_http_async_dl_m_timer;
 static ngx_http_async_dl_pg_t      *ngx_http_async_dl_m_pg;
+static ngx_pool_t                  *ngx_http_async_dl_m_reading; /* its query */
+static ngx_msec_t                   ngx_http_async_dl_m_pg_timeout;
 
 ngx_http_async_dl_m_t              *ngx_http_async_dl_m;
 ngx_http_async_dl_m_slot_t         *ngx_http_async_dl_m_slot;
@@ -67,8 +70,20 @@ char *
 ngx_http_async_dl_metrics_init_conf(ngx_conf_t *cf,
     ngx_http_async_dl_main_conf_t *amcf)
 {
-    ngx_int_t   n;
-    ngx_str_t   name;
+    ngx_int_t                   n;
+    ngx_str_t                   name;
+    ngx_http_async_dl_route_t  *rt;
+
+    for (n = 0, rt = ngx_http_async_dl_routes_table(); rt->path; rt++) {
+        n++;
+    }
+
+    if (n > NGX_HTTP_ASYNC_DL_M_ROUTES) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "async_dl: %i routes, metrics count %d",
+                           n, NGX_HTTP_ASYNC_DL_M_ROUTES);
+        return NGX_CONF_ERROR;
+    }
 
     /* (the version in the name: a zone of another layout is never taken
      * over by a reload) */
@@ -162,6 +177,9 @@ ngx_http_async_dl_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 void
 ngx_http_async_dl_metrics_init_process(ngx_cycle_t *cycle)
 {
+    ngx_uint_t                      i;
+    ngx_atomic_uint_t               pid;
+    ngx_http_async_dl_m_slot_t     *slot;
     ngx_http_async_dl_main_conf_t  *amcf;
 
     if (ngx_http_async_dl_m == NULL) {
@@ -171,15 +189,41 @@ ngx_http_async_dl_metrics_init_process(ngx_cycle_t *cycle)
     amcf = ngx_http_cycle_get_module_main_conf(cycle,
                                                ngx_http_async_dl_module);
 
-    if (ngx_worker < NGX_HTTP_ASYNC_DL_M_SLOTS) {
-        ngx_http_async_dl_m_slot = &ngx_http_async_dl_m->slots[ngx_worker];
-        ngx_memzero(ngx_http_async_dl_m_slot,
-                    sizeof(ngx_http_async_dl_m_slot_t));
-        ngx_http_async_dl_m_slot->pid = ngx_pid;
+    /*
+     * A free slot, or one whose process is gone without freeing it (it
+     * crashed): the old processes of a reload keep theirs meanwhile.
+     */
+
+    for (i = 0; i < NGX_HTTP_ASYNC_DL_M_SLOTS; i++) {
+        slot = &ngx_http_async_dl_m->slots[i];
+        pid = slot->pid;
+
+        if (pid != 0 && pid != (ngx_atomic_uint_t) ngx_pid
+            && (kill((ngx_pid_t) pid, 0) == 0 || ngx_errno != NGX_ESRCH))
+        {
+            continue;
+        }
+
+        if (ngx_atomic_cmp_set(&slot->pid, pid, ngx_pid)) {
+            slot->pg_conns = 0;
+            slot->pg_busy = 0;
+            slot->pg_waiting = 0;
+            slot->subscribers[0] = 0;
+            slot->subscribers[1] = 0;
+            ngx_http_async_dl_m_slot = slot;
+            break;
+        }
+    }
+
+    if (ngx_http_async_dl_m_slot == NULL) {
+        ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                      "async_dl: no metrics slot left for this process: "
+                      "its gauges are not counted");
     }
 
     if (amcf && amcf->pool) {
         ngx_http_async_dl_m_pg = amcf->pool;
+        ngx_http_async_dl_m_pg_timeout = amcf->pg_timeout;
         ngx_http_async_dl_pg_count_into(amcf->pool, &ngx_http_async_dl_m->pg);
 
         ngx_http_async_dl_m_timer.handler = ngx_http_async_dl_m_tick;
@@ -194,9 +238,14 @@ void
 ngx_http_async_dl_metrics_exit_process(void)
 {
     if (ngx_http_async_dl_m_slot) {
-        ngx_memzero(ngx_http_async_dl_m_slot,
-                    sizeof(ngx_http_async_dl_m_slot_t));
+        /* its own slot only */
+        (void) ngx_atomic_cmp_set(&ngx_http_async_dl_m_slot->pid, ngx_pid, 0);
         ngx_http_async_dl_m_slot = NULL;
+    }
+
+    if (ngx_http_async_dl_m_reading) {
+        ngx_destroy_pool(ngx_http_async_dl_m_reading);
+        ngx_http_async_dl_m_reading = NULL;
     }
 
     ngx_http_async_dl_m_pg = NULL;
@@ -242,18 +291,28 @@ ngx_http_async_dl_m_log(ngx_http_request_t *r)
     ngx_http_async_dl_ctx_t    *ctx;
     ngx_http_async_dl_route_t  *routes;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
-
-    if (ctx == NULL || r != r->main || ngx_http_async_dl_m == NULL) {
+    if (r != r->main || ngx_http_async_dl_m == NULL) {
         return NGX_OK;
     }
 
-    routes = ngx_http_async_dl_routes_table();
-    row = ctx->route ? (ngx_uint_t) (ctx->route - routes)
-                     : NGX_HTTP_ASYNC_DL_M_ROUTES;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
 
-    if (row > NGX_HTTP_ASYNC_DL_M_ROUTES) {
-        row = NGX_HTTP_ASYNC_DL_M_ROUTES;
+    if (ngx_http_async_dl_delivered(r)) {
+        /* the bytes came through the delivery location, which had the
+         * request's module context cleared */
+        row = NGX_HTTP_ASYNC_DL_M_DELIVERY;
+
+    } else if (ctx == NULL) {
+        return NGX_OK;
+
+    } else {
+        routes = ngx_http_async_dl_routes_table();
+        row = ctx->route ? (ngx_uint_t) (ctx->route - routes)
+                         : NGX_HTTP_ASYNC_DL_M_NONE;
+
+        if (row > NGX_HTTP_ASYNC_DL_M_NONE) {
+            row = NGX_HTTP_ASYNC_DL_M_NONE;
+        }
     }
 
     status = r->headers_out.status;
@@ -272,13 +331,10 @@ ngx_http_async_dl_m_log(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_async_dl_m_handler(ngx_http_request_t *r)
 {
-    ngx_int_t                       rc;
-    ngx_msec_t                      now;
-    ngx_uint_t                      read;
-    ngx_http_cleanup_t             *cln;
-    ngx_http_async_dl_m_t          *m;
-    ngx_http_async_dl_pg_query_t   *q;
-    ngx_http_async_dl_main_conf_t  *amcf;
+    size_t        size;
+    ngx_int_t     rc, n;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -289,138 +345,30 @@ ngx_http_async_dl_m_handler(ngx_http_request_t *r)
         return rc;
     }
 
-    m = ngx_http_async_dl_m;
-
-    if (m == NULL) {
+    if (ngx_http_async_dl_m == NULL) {
         return NGX_HTTP_SERVICE_UNAVAILABLE;
     }
 
     ngx_http_async_dl_m_gauges();
+    ngx_http_async_dl_m_read_queue();
 
-    /* the queue: read again by this scrape when the last read is a second
-     * old and no other process is reading it */
+    /* room for every requests line of every route, and the rest */
+    n = (NGX_HTTP_ASYNC_DL_M_ROUTES + 2) * 5;
+    size = NGX_HTTP_ASYNC_DL_M_TEXT + n * NGX_HTTP_ASYNC_DL_M_LINE;
 
-    amcf = ngx_http_get_module_main_conf(r, ngx_http_async_dl_module);
-    now = ngx_http_async_dl_m_now();
-    read = 0;
-
-    if (amcf->pool) {
-        ngx_shmtx_lock(&ngx_http_async_dl_m_shpool->mutex);
-
-        if (now - m->queue_read_at >= NGX_HTTP_ASYNC_DL_M_QUEUE_AGE
-            && (ngx_msec_int_t) (now - m->queue_reading_until) >= 0)
-        {
-            m->queue_reading_until = now + amcf->pg_timeout + 1000;
-            read = 1;
-        }
-
-        ngx_shmtx_unlock(&ngx_http_async_dl_m_shpool->mutex);
-    }
-
-    if (!read) {
-        return ngx_http_async_dl_m_answer(r);
-    }
-
-    q = ngx_http_async_dl_pg_query(r->pool, r->connection->log);
-    cln = ngx_http_cleanup_add(r, 0);
-
-    if (q == NULL || cln == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    q->stmt = ngx_http_async_dl_m_stmt_index;
-    q->params = NULL;
-    q->handler = ngx_http_async_dl_m_read;
-    q->data = r;
-
-    if (ngx_http_async_dl_pg_run(amcf->pool, q) != NGX_HTTP_ASYNC_DL_PG_OK) {
-        /* the figures as last read, and how old they are */
-        ngx_shmtx_lock(&ngx_http_async_dl_m_shpool->mutex);
-        m->queue_reading_until = 0;
-        ngx_shmtx_unlock(&ngx_http_async_dl_m_shpool->mutex);
-
-        return ngx_http_async_dl_m_answer(r);
-    }
-
-    cln->handler = ngx_http_async_dl_m_cleanup;
-    cln->data = q;
-
-    return ngx_http_async_dl_wait(r);
-}
-
-
-static ngx_msec_t
-ngx_http_async_dl_m_now(void)
-{
-    ngx_time_t  *tp;
-
-    tp = ngx_timeofday();
-
-    return (ngx_msec_t) (tp->sec * 1000 + tp->msec);
-}
-
-
-static void
-ngx_http_async_dl_m_read(ngx_http_async_dl_pg_query_t *q)
-{
-    ngx_int_t               i;
-    ngx_connection_t       *c;
-    ngx_http_request_t     *r;
-    ngx_http_async_dl_m_t  *m;
-    int64_t                 v[5];
-
-    r = q->data;
-    c = r->connection;
-    m = ngx_http_async_dl_m;
-
-    r->read_event_handler = ngx_http_block_reading;
-
-    ngx_shmtx_lock(&ngx_http_async_dl_m_shpool->mutex);
-
-    m->queue_reading_until = 0;
-
-    if (q->status == NGX_HTTP_ASYNC_DL_PG_OK && PQntuples(q->result) == 1
-        && PQnfields(q->result) == 5)
-    {
-        for (i = 0; i < 5; i++) {
-            v[i] = ngx_atoof((u_char *) PQgetvalue(q->result, 0, i),
-                             PQgetlength(q->result, 0, i));
-        }
-
-        ngx_memcpy(m->queue, v, sizeof(v));
-        m->queue_read_at = ngx_http_async_dl_m_now();
-        m->queue_reads++;
-    }
-
-    ngx_shmtx_unlock(&ngx_http_async_dl_m_shpool->mutex);
-
-    ngx_http_finalize_request(r, ngx_http_async_dl_m_answer(r));
-    ngx_http_run_posted_requests(c);
-}
-
-
-static void
-ngx_http_async_dl_m_cleanup(void *data)
-{
-    ngx_http_async_dl_pg_query_t  *q = data;
-
-    ngx_http_async_dl_pg_detach(q);
-}
-
-
-static ngx_int_t
-ngx_http_async_dl_m_answer(ngx_http_request_t *r)
-{
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
-
-    b = ngx_create_temp_buf(r->pool, NGX_HTTP_ASYNC_DL_M_TEXT);
+    b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     b->last = ngx_http_async_dl_m_text(b->pos, b->end);
+
+    if (b->last == b->end) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "async_dl: the metrics do not fit in %uz bytes", size);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;
 
@@ -443,6 +391,145 @@ ngx_http_async_dl_m_answer(ngx_http_request_t *r)
 }
 
 
+static uint64_t
+ngx_http_async_dl_m_now(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (uint64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+/*
+ * The queue is read again when the last read is a second old and no
+ * process is reading it (a reader that died holds it for its query's
+ * timeout and a second).  The answer goes to the zone; the scrape that
+ * asked has already answered with what was there.
+ */
+
+static void
+ngx_http_async_dl_m_read_queue(void)
+{
+    uint64_t                       now;
+    ngx_uint_t                     read;
+    ngx_pool_t                    *pool;
+    ngx_http_async_dl_m_t         *m;
+    ngx_http_async_dl_pg_query_t  *q;
+
+    m = ngx_http_async_dl_m;
+
+    if (ngx_http_async_dl_m_pg == NULL || ngx_http_async_dl_m_reading) {
+        return;
+    }
+
+    now = ngx_http_async_dl_m_now();
+    read = 0;
+
+    ngx_shmtx_lock(&ngx_http_async_dl_m_shpool->mutex);
+
+    if ((int64_t) (now - m->queue_read_at) >= NGX_HTTP_ASYNC_DL_M_QUEUE_AGE
+        && (int64_t) (now - m->queue_reading_until) >= 0)
+    {
+        m->queue_reading_until = now + ngx_http_async_dl_m_pg_timeout + 1000;
+        read = 1;
+    }
+
+    ngx_shmtx_unlock(&ngx_http_async_dl_m_shpool->mutex);
+
+    if (!read) {
+        return;
+    }
+
+    pool = ngx_create_pool(1024, ngx_cycle->log);
+    if (pool == NULL) {
+        goto failed;
+    }
+
+    q = ngx_http_async_dl_pg_query(pool, ngx_cycle->log);
+    if (q == NULL) {
+        goto failed;
+    }
+
+    q->stmt = ngx_http_async_dl_m_stmt_index;
+    q->params = NULL;
+    q->handler = ngx_http_async_dl_m_queue_read;
+    q->data = NULL;
+    q->uncounted = 1;
+
+    if (ngx_http_async_dl_pg_run(ngx_http_async_dl_m_pg, q)
+        != NGX_HTTP_ASYNC_DL_PG_OK)
+    {
+        goto failed;
+    }
+
+    ngx_http_async_dl_m_reading = pool;
+
+    return;
+
+failed:
+
+    if (pool) {
+        ngx_destroy_pool(pool);
+    }
+
+    ngx_shmtx_lock(&ngx_http_async_dl_m_shpool->mutex);
+    m->queue_reading_until = 0;
+    ngx_shmtx_unlock(&ngx_http_async_dl_m_shpool->mutex);
+}
+
+
+static void
+ngx_http_async_dl_m_queue_read(ngx_http_async_dl_pg_query_t *q)
+{
+    ngx_int_t               i;
+    ngx_pool_t             *pool;
+    ngx_http_async_dl_m_t  *m;
+    int64_t                 v[5];
+
+    m = ngx_http_async_dl_m;
+    pool = ngx_http_async_dl_m_reading;
+    ngx_http_async_dl_m_reading = NULL;
+
+    ngx_shmtx_lock(&ngx_http_async_dl_m_shpool->mutex);
+
+    m->queue_reading_until = 0;
+
+    if (q->status == NGX_HTTP_ASYNC_DL_PG_OK && PQntuples(q->result) == 1
+        && PQnfields(q->result) == 5)
+    {
+        for (i = 0; i < 5; i++) {
+            v[i] = ngx_atoof((u_char *) PQgetvalue(q->result, 0, i),
+                             PQgetlength(q->result, 0, i));
+        }
+
+        ngx_memcpy(m->queue, v, sizeof(v));
+        m->queue_read_at = ngx_http_async_dl_m_now();
+        m->queue_reads++;
+    }
+
+    ngx_shmtx_unlock(&ngx_http_async_dl_m_shpool->mutex);
+
+    /* the result was read: it goes with the query's pool */
+    ngx_destroy_pool(pool);
+}
+
+
+/* a gauge of one process, which a reload's old process may have taken
+ * below zero */
+
+static uint64_t
+ngx_http_async_dl_m_gauge_value(ngx_atomic_t *a)
+{
+    ngx_atomic_int_t  v;
+
+    v = (ngx_atomic_int_t) *a;
+
+    return v > 0 ? (uint64_t) v : 0;
+}
+
+
 /* the Prometheus text */
 
 static u_char *
@@ -451,8 +538,9 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
     u_char                       le[NGX_INT_T_LEN + 8];
     int64_t                      q[5];
     uint64_t                     n, cum, sum[5];
-    ngx_msec_t                   read_at;
+    uint64_t                     read_at, now;
     ngx_uint_t                   i, j, k, procs, nroutes, row;
+    ngx_atomic_uint_t            pid;
     ngx_http_async_dl_m_t       *m;
     ngx_http_async_dl_route_t   *routes;
     ngx_http_async_dl_m_slot_t  *s;
@@ -491,7 +579,7 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
         ngx_memzero(sum, sizeof(sum));
 
         for (k = i; k <= nroutes; k++) {
-            row = (k == nroutes) ? NGX_HTTP_ASYNC_DL_M_ROUTES : k;
+            row = (k == nroutes) ? NGX_HTTP_ASYNC_DL_M_NONE : k;
 
             if (k == i
                 || (i < nroutes && k < nroutes
@@ -519,6 +607,18 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
         }
     }
 
+    /* downloads whose bytes nginx streamed (async_dl_delivery proxy) */
+
+    for (j = 0; j < 5; j++) {
+        n = m->requests[NGX_HTTP_ASYNC_DL_M_DELIVERY][j];
+
+        if (n || j == 1) {
+            p = ngx_slprintf(p, last,
+                    "async_dl_requests_total{route=\"delivery\",code=\"%s\"} "
+                    "%uL\n", classes[j], n);
+        }
+    }
+
     /* PostgreSQL: the pools of all processes */
 
     procs = 0;
@@ -527,7 +627,17 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
     for (i = 0; i < NGX_HTTP_ASYNC_DL_M_SLOTS; i++) {
         s = &m->slots[i];
 
-        if (s->pid == 0) {
+        pid = s->pid;
+
+        if (pid == 0) {
+            continue;
+        }
+
+        if (pid != (ngx_atomic_uint_t) ngx_pid
+            && kill((ngx_pid_t) pid, 0) == -1 && ngx_errno == NGX_ESRCH)
+        {
+            /* its process died (killed) without freeing it: freed here */
+            (void) ngx_atomic_cmp_set(&s->pid, pid, 0);
             continue;
         }
 
@@ -535,8 +645,10 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
         sum[0] += s->pg_conns;
         sum[1] += s->pg_busy;
         sum[2] += s->pg_waiting;
-        sum[3] += s->subscribers[NGX_HTTP_ASYNC_DL_M_SSE];
-        sum[4] += s->subscribers[NGX_HTTP_ASYNC_DL_M_WS];
+        sum[3] += ngx_http_async_dl_m_gauge_value(
+                      &s->subscribers[NGX_HTTP_ASYNC_DL_M_SSE]);
+        sum[4] += ngx_http_async_dl_m_gauge_value(
+                      &s->subscribers[NGX_HTTP_ASYNC_DL_M_WS]);
     }
 
     p = ngx_slprintf(p, last,
@@ -553,6 +665,10 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
             "connection.\n"
             "# TYPE async_dl_postgres_waiting gauge\n"
             "async_dl_postgres_waiting %uL\n"
+            "# HELP async_dl_postgres_queries_total Queries answered (rows "
+            "or an SQL error).\n"
+            "# TYPE async_dl_postgres_queries_total counter\n"
+            "async_dl_postgres_queries_total %uA\n"
             "# HELP async_dl_postgres_errors_total Queries that got no "
             "answer, or an error, by kind.\n"
             "# TYPE async_dl_postgres_errors_total counter\n"
@@ -561,9 +677,9 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
             "async_dl_postgres_errors_total{kind=\"timeout\"} %uA\n"
             "async_dl_postgres_errors_total{kind=\"busy\"} %uA\n"
             "# HELP async_dl_postgres_query_seconds Time from a query's "
-            "start to its answer.\n"
+            "start to its answer (timeouts are not in it).\n"
             "# TYPE async_dl_postgres_query_seconds histogram\n",
-            procs, sum[0], sum[1], sum[2],
+            procs, sum[0], sum[1], sum[2], m->pg.queries,
             m->pg.sql_errors, m->pg.unavailable, m->pg.timeouts, m->pg.busy);
 
     cum = 0;
@@ -619,7 +735,8 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
         return p;
     }
 
-    read_at = ngx_http_async_dl_m_now() - read_at;
+    now = ngx_http_async_dl_m_now();
+    read_at = now > read_at ? now - read_at : 0;
 
     p = ngx_slprintf(p, last,
             "# HELP async_dl_jobs Jobs not ended, by status, as the "
@@ -638,7 +755,7 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
             "# HELP async_dl_queue_read_age_seconds How old the figures "
             "of the queue are (read at most once a second).\n"
             "# TYPE async_dl_queue_read_age_seconds gauge\n"
-            "async_dl_queue_read_age_seconds %uM.%03uM\n"
+            "async_dl_queue_read_age_seconds %uL.%03uL\n"
             "# HELP async_dl_queue_reads_total Reads of the queue from "
             "the database.\n"
             "# TYPE async_dl_queue_reads_total counter\n"

@@ -25,7 +25,8 @@
 
 
 #define NGX_HTTP_ASYNC_DL_M_ROUTES     24     /* rows of the route table */
-#define NGX_HTTP_ASYNC_DL_M_SLOTS      64     /* worker processes */
+#define NGX_HTTP_ASYNC_DL_M_SLOTS      128    /* worker processes, old and
+                                                 new ones of a reload */
 
 
 typedef enum {
@@ -34,7 +35,7 @@ typedef enum {
 } ngx_http_async_dl_m_transport_e;
 
 
-/* a worker process's gauges */
+/* a worker process's gauges: the slot is its while pid is its pid */
 typedef struct {
     ngx_atomic_t                    pid;
     ngx_atomic_t                    pg_conns;
@@ -45,8 +46,9 @@ typedef struct {
 
 
 typedef struct {
-    /* requests, by route row (the last: no route) and status class */
-    ngx_atomic_t                    requests[NGX_HTTP_ASYNC_DL_M_ROUTES + 1][5];
+    /* requests, by route row, then no route, then delivered through
+     * nginx; by status class */
+    ngx_atomic_t                    requests[NGX_HTTP_ASYNC_DL_M_ROUTES + 2][5];
 
     ngx_http_async_dl_pg_counters_t pg;               /* counted by it */
 
@@ -56,8 +58,8 @@ typedef struct {
     ngx_http_async_dl_m_slot_t      slots[NGX_HTTP_ASYNC_DL_M_SLOTS];
 
     /* the queue, read by one process at a time (the slab pool's mutex) */
-    ngx_msec_t                      queue_read_at;    /* wall clock, ms */
-    ngx_msec_t                      queue_reading_until;
+    uint64_t                        queue_read_at;    /* wall clock, ms */
+    uint64_t                        queue_reading_until;
     ngx_atomic_t                    queue_reads;
     int64_t                         queue[5];
 } ngx_http_async_dl_m_t;

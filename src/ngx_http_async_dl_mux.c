@@ -6,8 +6,10 @@
  * Lifetimes: the mux and its children are allocated on their own
  * (ngx_calloc) and freed by _free(), which the transport calls once
  * nothing of their texts is in flight.  A child stays in `children` while
- * it follows its job, then in `ended` (out of the hub, its last text
- * held) until a listing no longer names its job.
+ * it follows its job, then in `ended` (out of the hub) until a listing no
+ * longer names its job; it is in the mux's tree, by job id, all along.
+ * The text of the event in flight is always the mux's (mux->sending),
+ * never a child's: a child can go whatever is being sent.
  */
 
 
@@ -20,14 +22,16 @@
 
 typedef struct {
     ngx_http_async_dl_follower_t       f;         /* first: its watcher */
+    ngx_str_node_t                     sn;        /* in mux->tree */
     ngx_http_async_dl_mux_t           *mux;
     ngx_queue_t                        queue;     /* children or ended */
     ngx_queue_t                        ready;     /* in mux->ready */
-    uint64_t                           need;      /* a listing's seq */
     ngx_http_async_dl_hub_text_t      *gone;      /* "deleted", owed */
     u_char                             id[NGX_HTTP_ASYNC_DL_UUID_LEN + 1];
     unsigned                           in_ready:1;
-    unsigned                           ended:1;
+    unsigned                           ended:1;   /* its final event given */
+    unsigned                           owed:1;    /* a listing waits for
+                                                     its end */
     unsigned                           named:1;   /* by the last listing */
 } ngx_http_async_dl_mux_child_t;
 
@@ -41,13 +45,14 @@ static void ngx_http_async_dl_mux_owner_news(
 static void ngx_http_async_dl_mux_listed(ngx_http_async_dl_mux_t *mux);
 static void ngx_http_async_dl_mux_timer_handler(ngx_event_t *ev);
 static ngx_http_async_dl_mux_child_t *ngx_http_async_dl_mux_find(
-    ngx_http_async_dl_mux_t *mux, ngx_queue_t *list, u_char *id);
+    ngx_http_async_dl_mux_t *mux, u_char *id);
+static void ngx_http_async_dl_mux_list(ngx_http_async_dl_mux_t *mux,
+    ngx_msec_t after);
 static ngx_http_async_dl_mux_child_t *ngx_http_async_dl_mux_follow(
     ngx_http_async_dl_mux_t *mux, u_char *id);
 static void ngx_http_async_dl_mux_child_news(ngx_http_async_dl_watcher_t *w,
     ngx_http_async_dl_hub_news_e news);
-static void ngx_http_async_dl_mux_owe(ngx_http_async_dl_mux_child_t *child,
-    uint64_t seq);
+static void ngx_http_async_dl_mux_owe(ngx_http_async_dl_mux_child_t *child);
 static void ngx_http_async_dl_mux_ready(ngx_http_async_dl_mux_child_t *child);
 static void ngx_http_async_dl_mux_settle(ngx_http_async_dl_mux_child_t *child);
 static void ngx_http_async_dl_mux_child_end(
@@ -123,6 +128,11 @@ ngx_http_async_dl_mux_create(ngx_http_request_t *r,
         v.len = 0;
     }
 
+    if (v.len == 4 && ngx_strncmp(v.data, "null", 4) == 0) {
+        /* a WebSocket client echoing "id":null */
+        v.len = 0;
+    }
+
     if (v.len) {
         if (v.len > NGX_INT64_LEN - 1) {
             return NGX_DECLINED;
@@ -160,9 +170,11 @@ ngx_http_async_dl_mux_create(ngx_http_request_t *r,
     mux->log = r->connection->log;
     mux->period = alcf->heartbeat;
 
+    ngx_rbtree_init(&mux->tree, &mux->sentinel, ngx_str_rbtree_insert_value);
     ngx_queue_init(&mux->children);
     ngx_queue_init(&mux->ended);
     ngx_queue_init(&mux->ready);
+    mux->all = 1;
 
     mux->ow.handler = ngx_http_async_dl_mux_owner_news;
     mux->ow.data = mux;
@@ -197,12 +209,14 @@ ngx_http_async_dl_mux_watch(ngx_http_async_dl_mux_t *mux)
     }
 
     if (ngx_http_async_dl_owner_list(&mux->ow, mux->horizon,
-                                     mux->has_horizon)
+                                     mux->has_horizon, 1)
         != NGX_OK)
     {
         ngx_http_async_dl_owner_leave(&mux->ow);
         return NGX_ERROR;
     }
+
+    mux->all = 0;
 
     return NGX_OK;
 }
@@ -220,22 +234,25 @@ ngx_http_async_dl_mux_owner_news(ngx_http_async_dl_owner_watch_t *ow,
 
     case NGX_HTTP_ASYNC_DL_OWNER_CREATED:
 
-        if (ngx_http_async_dl_mux_find(mux, &mux->children, ow->created)
-            == NULL
+        if (ngx_http_async_dl_mux_find(mux, ow->created) == NULL
             && ngx_http_async_dl_mux_follow(mux, ow->created) == NULL)
         {
-            /* the next listing names it */
+            /* the next listing of all names it */
             mux->dirty = 1;
+            mux->all = 1;
         }
 
         return;
 
     case NGX_HTTP_ASYNC_DL_OWNER_RESYNC:
 
+        /* jobs created while LISTEN was away were not told: all again,
+         * the streams of this process spread over a second */
         mux->dirty = 1;
+        mux->all = 1;
 
         if (mux->state == NGX_HTTP_ASYNC_DL_FOLLOW_LIVE && ow->fetch == NULL) {
-            ngx_add_timer(&mux->timer, 1);
+            ngx_add_timer(&mux->timer, 1 + ngx_random() % 1000);
         }
 
         return;
@@ -252,17 +269,16 @@ ngx_http_async_dl_mux_owner_news(ngx_http_async_dl_owner_watch_t *ow,
         }
 
         /* again later */
-        mux->dirty = 1;
-        ngx_add_timer(&mux->timer, mux->period);
+        ngx_http_async_dl_mux_list(mux, mux->period);
         return;
     }
 }
 
 
 /*
- * A listing is in: every job it names is followed, and the horizon it
- * gives is the events' id once each is sent as new as it saw it.  Ended
- * children it does not name are forgotten.
+ * A listing is in: every job it names is followed; the horizon it gives
+ * is the events' id once every ended (or deleted) job it names has had
+ * its final event sent.  Ended children it does not name are forgotten.
  */
 
 static void
@@ -285,16 +301,7 @@ ngx_http_async_dl_mux_listed(ngx_http_async_dl_mux_t *mux)
     for (i = 0; i < mux->ow.nrows; i++) {
         row = &mux->ow.rows[i];
 
-        child = ngx_http_async_dl_mux_find(mux, &mux->ended, row->id);
-
-        if (child) {
-            /* its end was sent: later changes of an ended job are not
-             * events (callback, expiry), and a deletion is its own row */
-            child->named = 1;
-            continue;
-        }
-
-        child = ngx_http_async_dl_mux_find(mux, &mux->children, row->id);
+        child = ngx_http_async_dl_mux_find(mux, row->id);
 
         if (child == NULL) {
             child = ngx_http_async_dl_mux_follow(mux, row->id);
@@ -303,9 +310,13 @@ ngx_http_async_dl_mux_listed(ngx_http_async_dl_mux_t *mux)
             }
         }
 
-        /* deleted (seq 0): the hub's fetch will say so, as "deleted" */
-        ngx_http_async_dl_mux_owe(child, row->seq ? row->seq : child->f.seq
-                                                                + 1);
+        child->named = 1;
+
+        if (row->ended) {
+            /* its end (or deletion: the hub's "deleted") is owed, unless
+             * already given: later changes of an ended job are no events */
+            ngx_http_async_dl_mux_owe(child);
+        }
     }
 
     for (q = ngx_queue_head(&mux->ended);
@@ -361,9 +372,22 @@ failed:
     }
 
     /* again, whole, later */
-    mux->dirty = 1;
     mux->adopting = 0;
-    ngx_add_timer(&mux->timer, mux->period);
+    mux->all = 1;
+    ngx_http_async_dl_mux_list(mux, mux->period);
+}
+
+
+/* asks for a listing after some ms (0: the timer only) */
+
+static void
+ngx_http_async_dl_mux_list(ngx_http_async_dl_mux_t *mux, ngx_msec_t after)
+{
+    mux->dirty = 1;
+
+    if (after && !mux->timer.timer_set) {
+        ngx_add_timer(&mux->timer, after);
+    }
 }
 
 
@@ -387,34 +411,34 @@ ngx_http_async_dl_mux_timer_handler(ngx_event_t *ev)
     mux->dirty = 0;
 
     if (ngx_http_async_dl_owner_list(&mux->ow, mux->horizon,
-                                     mux->has_horizon)
+                                     mux->has_horizon, mux->all)
         != NGX_OK)
     {
-        mux->dirty = 1;
-        ngx_add_timer(&mux->timer, mux->period);
+        ngx_http_async_dl_mux_list(mux, mux->period);
+        return;
     }
+
+    mux->all = 0;
 }
 
 
 static ngx_http_async_dl_mux_child_t *
-ngx_http_async_dl_mux_find(ngx_http_async_dl_mux_t *mux, ngx_queue_t *list,
-    u_char *id)
+ngx_http_async_dl_mux_find(ngx_http_async_dl_mux_t *mux, u_char *id)
 {
-    ngx_queue_t                    *q;
-    ngx_http_async_dl_mux_child_t  *child;
+    ngx_str_t        key;
+    ngx_str_node_t  *sn;
 
-    for (q = ngx_queue_head(list);
-         q != ngx_queue_sentinel(list);
-         q = ngx_queue_next(q))
-    {
-        child = ngx_queue_data(q, ngx_http_async_dl_mux_child_t, queue);
+    key.data = id;
+    key.len = NGX_HTTP_ASYNC_DL_UUID_LEN;
 
-        if (ngx_memcmp(child->id, id, NGX_HTTP_ASYNC_DL_UUID_LEN) == 0) {
-            return child;
-        }
+    sn = ngx_str_rbtree_lookup(&mux->tree, &key,
+                               ngx_crc32_short(id, key.len));
+    if (sn == NULL) {
+        return NULL;
     }
 
-    return NULL;
+    return (ngx_http_async_dl_mux_child_t *)
+           ((u_char *) sn - offsetof(ngx_http_async_dl_mux_child_t, sn));
 }
 
 
@@ -439,7 +463,7 @@ ngx_http_async_dl_mux_follow(ngx_http_async_dl_mux_t *mux, u_char *id)
      * set by ngx_calloc():
      *
      *     child->f.state = NGX_HTTP_ASYNC_DL_FOLLOW_WAITING;
-     *     child->need = 0;
+     *     child->owed = 0;
      */
 
     child->mux = mux;
@@ -460,6 +484,12 @@ ngx_http_async_dl_mux_follow(ngx_http_async_dl_mux_t *mux, u_char *id)
     }
 
     ngx_queue_insert_tail(&mux->children, &child->queue);
+
+    child->sn.str.data = child->id;
+    child->sn.str.len = NGX_HTTP_ASYNC_DL_UUID_LEN;
+    child->sn.node.key = ngx_crc32_short(child->id,
+                                         NGX_HTTP_ASYNC_DL_UUID_LEN);
+    ngx_rbtree_insert(&mux->tree, &child->sn.node);
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, mux->log, 0,
                    "async_dl mux: following job %s", child->id);
@@ -522,24 +552,17 @@ ngx_http_async_dl_mux_child_news(ngx_http_async_dl_watcher_t *w,
 }
 
 
-/* a listing needs the child's state at least as new as seq */
+/* a listing needs the child's final event */
 
 static void
-ngx_http_async_dl_mux_owe(ngx_http_async_dl_mux_child_t *child, uint64_t seq)
+ngx_http_async_dl_mux_owe(ngx_http_async_dl_mux_child_t *child)
 {
-    if (child->f.state != NGX_HTTP_ASYNC_DL_FOLLOW_WAITING
-        && child->gone == NULL && child->f.seq >= seq)
-    {
+    if (child->ended || child->owed) {
         return;
     }
 
-    if (child->need == 0) {
-        child->mux->owed++;
-    }
-
-    if (seq > child->need) {
-        child->need = seq;
-    }
+    child->owed = 1;
+    child->mux->owed++;
 }
 
 
@@ -614,11 +637,16 @@ ngx_http_async_dl_mux_next(ngx_http_async_dl_mux_t *mux,
                     rc = ngx_http_async_dl_follow_next(&child->f, ev);
                 }
             }
+
+            /* the text in flight is the mux's: the child may go first */
+            mux->sending = child->f.sending;
+            child->f.sending = NULL;
         }
 
         ev->job = child->id;
 
         if (rc == NGX_DONE) {
+            /* (settles what a listing owed) */
             ngx_http_async_dl_mux_child_end(child);
 
         } else {
@@ -626,7 +654,6 @@ ngx_http_async_dl_mux_next(ngx_http_async_dl_mux_t *mux,
             ngx_http_async_dl_mux_ready(child);
         }
 
-        ngx_http_async_dl_mux_settle(child);
         goto found;
     }
 
@@ -642,7 +669,7 @@ found:
 }
 
 
-/* the child gave an event: what the listing needs of it, and the horizon */
+/* the child ended: what the listing waited for, and the horizon */
 
 static void
 ngx_http_async_dl_mux_settle(ngx_http_async_dl_mux_child_t *child)
@@ -651,13 +678,11 @@ ngx_http_async_dl_mux_settle(ngx_http_async_dl_mux_child_t *child)
 
     mux = child->mux;
 
-    if (child->need == 0
-        || (!child->ended && child->f.seq < child->need))
-    {
+    if (!child->owed) {
         return;
     }
 
-    child->need = 0;
+    child->owed = 0;
     mux->owed--;
 
     if (mux->owed == 0 && mux->adopting) {
@@ -755,6 +780,12 @@ ngx_http_async_dl_mux_free(ngx_http_async_dl_mux_t *mux)
 static void
 ngx_http_async_dl_mux_child_free(ngx_http_async_dl_mux_child_t *child)
 {
+    ngx_rbtree_delete(&child->mux->tree, &child->sn.node);
+
+    if (child->owed) {
+        child->mux->owed--;
+    }
+
     ngx_http_async_dl_follow_leave(&child->f);
     ngx_http_async_dl_follow_release(&child->f);
 

@@ -8,13 +8,14 @@
  * its job; the jobs created later too.
  *
  * Each job is a child: a follower in the hub.  The owner's new jobs come
- * from the owners' registry (owner.h), which also lists the owner's
- * changes: at the start, from the client's Last-Event-ID when it gave
- * one, and again every async_dl_heartbeat while events flow.  The events'
- * id is the horizon of the last listing whose jobs were all sent as new
- * as it saw them (sql/020_owner_stream.sql says why no job's change is
- * lost to a client that resumes from it); before the first, the client's
- * own, or none.
+ * from the owners' registry (owner.h), which also lists the owner's jobs:
+ * at the start (those not ended, and from the client's Last-Event-ID the
+ * ones that ended or were deleted since), after LISTEN came back (the
+ * same), and every async_dl_heartbeat while events flow (those that ended
+ * since the horizon).  The events' id is the horizon of the last listing
+ * whose ended jobs all had their final event sent (sql/020_owner_stream.sql
+ * says why no job's end is lost to a client that resumes from it); before
+ * the first, the client's own.
  *
  * The mux's state, in mux->state: WAITING (the first listing is asked),
  * LIVE, DONE (left).  It never ends by itself: the client leaves.
@@ -53,18 +54,22 @@ typedef struct {
     ngx_log_t                         *log;
     ngx_msec_t                         period;    /* between listings */
 
+    ngx_rbtree_t                       tree;      /* children, by job id */
+    ngx_rbtree_node_t                  sentinel;
     ngx_queue_t                        children;  /* followed */
     ngx_queue_t                        ended;     /* final event given */
     ngx_queue_t                        ready;     /* may owe an event */
 
     uint64_t                           listed;    /* horizon, adopting */
-    ngx_uint_t                         owed;      /* children it waits for */
+    ngx_uint_t                         owed;      /* ends it waits for */
     ngx_http_async_dl_hub_text_t      *connected;
     ngx_http_async_dl_hub_text_t      *sending;   /* own text in flight */
     ngx_event_t                        timer;     /* the next listing */
 
     unsigned                           adopting:1;
     unsigned                           dirty:1;   /* list again */
+    unsigned                           all:1;     /* ... with the jobs not
+                                                     ended */
     unsigned                           connected_owed:1;
 } ngx_http_async_dl_mux_t;
 

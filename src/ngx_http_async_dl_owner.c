@@ -42,8 +42,8 @@ static void ngx_http_async_dl_owner_forget(
 
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_owner_stmt = {
     "async_dl_owner_changes",
-    "SELECT horizon, job_id, event_seq"
-    " FROM async_dl_owner_changes($1, $2)", 2
+    "SELECT horizon, job_id, event_seq, ended"
+    " FROM async_dl_owner_changes($1, $2, $3)", 3
 };
 
 static ngx_uint_t                   ngx_http_async_dl_owner_stmt_index;
@@ -258,7 +258,7 @@ ngx_http_async_dl_owner_resync(void)
 
 ngx_int_t
 ngx_http_async_dl_owner_list(ngx_http_async_dl_owner_watch_t *ow,
-    uint64_t since, ngx_uint_t has_since)
+    uint64_t since, ngx_uint_t has_since, ngx_uint_t all)
 {
     u_char                        *p;
     ngx_pool_t                    *pool;
@@ -278,7 +278,7 @@ ngx_http_async_dl_owner_list(ngx_http_async_dl_owner_watch_t *ow,
     }
 
     q = ngx_http_async_dl_pg_query(pool, ow->log);
-    params = ngx_palloc(pool, 2 * sizeof(char *));
+    params = ngx_palloc(pool, 3 * sizeof(char *));
     p = ngx_pnalloc(pool, ow->owner.len + 1 + NGX_INT64_LEN + 1);
 
     if (q == NULL || params == NULL || p == NULL) {
@@ -298,6 +298,8 @@ ngx_http_async_dl_owner_list(ngx_http_async_dl_owner_watch_t *ow,
         params[1] = NULL;
     }
 
+    params[2] = all ? "t" : "f";
+
     q->stmt = ngx_http_async_dl_owner_stmt_index;
     q->params = params;
     q->handler = ngx_http_async_dl_owner_listed;
@@ -310,9 +312,9 @@ ngx_http_async_dl_owner_list(ngx_http_async_dl_owner_watch_t *ow,
 
     ow->fetch = pool;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ow->log, 0,
-                   "async_dl owner: listing since %uL (%ui)", since,
-                   has_since);
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ow->log, 0,
+                   "async_dl owner: listing since %uL (%ui), all %ui", since,
+                   has_since, all);
 
     return NGX_OK;
 }
@@ -371,7 +373,7 @@ ngx_http_async_dl_owner_rows(ngx_http_async_dl_owner_watch_t *ow,
 
     nt = PQntuples(res);
 
-    if (nt < 1 || PQnfields(res) != 3 || PQgetisnull(res, 0, 0)) {
+    if (nt < 1 || PQnfields(res) != 4 || PQgetisnull(res, 0, 0)) {
         goto invalid;
     }
 
@@ -410,6 +412,7 @@ ngx_http_async_dl_owner_rows(ngx_http_async_dl_owner_watch_t *ow,
 
         ngx_memcpy(row->id, PQgetvalue(res, i, 1), len);
         row->seq = ngx_atoof((u_char *) v, ngx_strlen(v));
+        row->ended = (PQgetvalue(res, i, 3)[0] == 't');
 
         if (row->seq == (uint64_t) NGX_ERROR) {
             goto invalid;

@@ -43,10 +43,11 @@ typedef enum {
 } ngx_http_async_dl_owner_news_e;
 
 
-/* a job a listing names: seq 0 when it was deleted */
+/* a job a listing names: ended (or deleted: seq 0), or not */
 typedef struct {
     u_char                             id[NGX_HTTP_ASYNC_DL_UUID_LEN];
     uint64_t                           seq;
+    unsigned                           ended:1;
 } ngx_http_async_dl_owner_row_t;
 
 
@@ -90,14 +91,15 @@ void ngx_http_async_dl_owner_resync(void);
 
 /*
  * _watch(): NGX_DECLINED when this process has no database, NGX_ERROR, or
- * NGX_OK.  _list(): the jobs to follow, and with has_since those changed
- * from since on (a horizon): NGX_OK and the handler is called later, or
- * NGX_ERROR (the database cannot be asked now).  _leave(): out of the
- * registry, its listing forgotten; again is harmless.
+ * NGX_OK.  _list(): with all, the jobs not ended; with has_since, those
+ * that ended (or were deleted) from since on (a horizon): NGX_OK and the
+ * handler is called later, or NGX_ERROR (the database cannot be asked
+ * now).  _leave(): out of the registry, its listing forgotten; again is
+ * harmless.
  */
 ngx_int_t ngx_http_async_dl_owner_watch(ngx_http_async_dl_owner_watch_t *ow);
 ngx_int_t ngx_http_async_dl_owner_list(ngx_http_async_dl_owner_watch_t *ow,
-    uint64_t since, ngx_uint_t has_since);
+    uint64_t since, ngx_uint_t has_since, ngx_uint_t all);
 void ngx_http_async_dl_owner_leave(ngx_http_async_dl_owner_watch_t *ow);
 
 

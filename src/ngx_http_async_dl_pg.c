@@ -239,7 +239,7 @@ ngx_http_async_dl_pg_run(ngx_http_async_dl_pg_t *pg,
     }
 
     if (pg->nlive == 0) {
-        if (pg->counters) {
+        if (pg->counters && !q->uncounted) {
             (void) ngx_atomic_fetch_add(&pg->counters->unavailable, 1);
         }
 
@@ -251,7 +251,7 @@ ngx_http_async_dl_pg_run(ngx_http_async_dl_pg_t *pg,
                       "async_dl: all %ui postgres connections are busy and "
                       "%ui queries wait", pg->conf->size, pg->nwaiting);
 
-        if (pg->counters) {
+        if (pg->counters && !q->uncounted) {
             (void) ngx_atomic_fetch_add(&pg->counters->busy, 1);
         }
 

@@ -77,6 +77,7 @@ struct ngx_http_async_dl_pg_query_s {
     ngx_queue_t                         queue;     /* in pg->waiting */
     ngx_event_t                         timer;     /* wait + run deadline */
     ngx_msec_t                          started;   /* ngx_current_msec */
+    unsigned                            uncounted:1; /* by the counters */
     unsigned                            waiting:1;
     unsigned                            retried:1; /* run again once */
 };

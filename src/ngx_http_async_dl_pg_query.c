@@ -131,7 +131,7 @@ ngx_http_async_dl_pg_complete(ngx_http_async_dl_pg_query_t *q,
     q->status = status;
     q->result = res;
 
-    if (q->pg && q->pg->counters) {
+    if (q->pg && q->pg->counters && !q->uncounted) {
         ngx_http_async_dl_pg_count(q, status);
     }
 

@@ -127,6 +127,9 @@ location @async_dl_storage {
     proxy_connect_timeout 2s;
     proxy_read_timeout 2s;
 }
+location = /metrics {
+    async_dl_metrics;
+}
 EOF
 
 __DATA__
@@ -173,6 +176,15 @@ ok(!(grep { /^x-amz-/i } keys %{ $res->{headers} }), 'no x-amz-* header')
 GET /v1/download/$::id/files/0
 --- check
 ok($res->{status} == 200 && $res->{content} eq $::bytes, 'files/0: the same bytes');
+
+=== TEST 4a: the two downloads delivered through nginx are in the metrics (their module context is gone by the log phase)
+--- request
+GET /metrics
+--- check
+my ($ok, $v) = AsyncDL::Client::prometheus_samples($res->{content});
+ok($ok, 'the metrics parse');
+cmp_ok($v->{'async_dl_requests_total{code=2xx,route=delivery}'} // 0, '>=', 2,
+       'delivered: 2xx counted under route "delivery"');
 
 === TEST 5: HEAD: 200 (a link signed for HEAD), the headers, no body
 --- request

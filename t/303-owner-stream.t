@@ -13,22 +13,25 @@ use AsyncDL::SSE;
 use AsyncDL::WS;
 use AsyncDL::Race;
 use JSON::PP;
+use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 
 my $s = adl();
 my $P = '/owned/';
+my $SLOW = AsyncDL::Stack::free_port();     # a small send buffer
 
-start_nginx(<<'EOF');
+start_nginx(<<"EOF");
+listen 127.0.0.1:$SLOW sndbuf=4096;
 location /owned/ {
     async_dl;
-    async_dl_owner $http_x_user;
+    async_dl_owner \$http_x_user;
     async_dl_heartbeat 1s;
 }
 location /v1/download/ {
     async_dl;
 }
 location = /counters {
-    return 200 "$async_dl_stream_subscribers $async_dl_stream_jobs\n";
+    return 200 "\$async_dl_stream_subscribers \$async_dl_stream_jobs\n";
 }
 EOF
 
@@ -57,12 +60,14 @@ sub progress_sql {
          . ", '1 hour', $bytes, 1000, 1)";
 }
 
-sub finish {
+sub finish_sql {
     my ($job, $idx) = @_;
-    psql("SELECT async_dl_file_finish('$job', $idx, " . lease($job, $idx)
+    return "SELECT async_dl_file_finish('$job', $idx, " . lease($job, $idx)
          . ", 'completed', 1000, 'text/plain', '" . ('ab' x 32)
-         . "', 'k/$job/$idx', 1, NULL, NULL, NULL)");
+         . "', 'k/$job/$idx', 1, NULL, NULL, NULL)";
 }
+
+sub finish { psql(finish_sql(@_)) }
 
 # what the events say of each job: its last status
 sub fold {
@@ -184,9 +189,10 @@ is($r->{json}{error}{code}, 'INVALID_REQUEST', 'INVALID_REQUEST');
 
 # --- commits out of order -----------------------------------------------------
 #
-# Transaction T1 changes job X and stays open; T2 changes job Y and commits;
+# Transaction T1 ends job X and stays open; T2 changes job Y and commits;
 # the stream sends Y and, after its next listing, an id.  The client leaves;
-# T1 commits.  Resuming from that id must bring X's change.
+# T1 commits.  Resuming from that id must bring X's end (an id taken from
+# the order of the changes, or their time, would have passed it).
 
 my ($jx, $jy) = (new_job(1, \%A), new_job(1, \%A));
 claim($jx);
@@ -196,8 +202,8 @@ $ev = $st->next_event(5);
 is($ev->{event}, 'connected', 'a new stream');
 read_until($st, 5, sub { 2 == grep { $_->{event} eq 'job' } @{ $_[0] } });
 
-my $t1 = psql_bg('BEGIN; ' . progress_sql($jx, 0, 111)
-                 . '; SELECT pg_sleep(8); COMMIT;');
+my $t1 = psql_bg('BEGIN; ' . progress_sql($jx, 0, 111) . '; '
+                 . finish_sql($jx, 0) . '; SELECT pg_sleep(8); COMMIT;');
 sleep 0.5;
 psql(progress_sql($jy, 0, 222));
 @evs = read_until($st, 5, sub {
@@ -218,10 +224,12 @@ is($rc, 0, 'T1 committed, after the client left');
 
 $st = sse_open("${P}stream", { %A, 'Last-Event-ID' => $mid });
 @evs = read_until($st, 5, sub {
-    grep { ($_->{json}{jobId} // '') eq $jx && $_->{event} eq 'job' } @{ $_[0] } });
-my ($x) = grep { ($_->{json}{jobId} // '') eq $jx && $_->{event} eq 'job' } @evs;
-ok($x, "resumed from that id: X's change, committed after, is there");
-is($x && $x->{json}{data}{bytesDone}, 111, "with X's bytes");
+    grep { ($_->{json}{jobId} // '') eq $jx && $_->{event} eq 'completed' } @{ $_[0] } });
+my ($x) = grep { ($_->{json}{jobId} // '') eq $jx && $_->{event} eq 'completed' } @evs;
+ok($x, "resumed from that id: X's end, committed after, is there");
+is($x && $x->{json}{data}{status}, 'completed', "X's final document");
+ok(!(grep { ($_->{json}{jobId} // '') eq $jx && $_->{event} eq 'job' } @evs),
+   'an ended job: its final event alone');
 $st->close;
 
 # --- PostgreSQL restarts under an open stream ----------------------------------
@@ -232,7 +240,7 @@ $st->close;
 
 $st = sse_open("${P}stream", \%A);
 is($st->next_event(5)->{event}, 'connected', 'a stream before the restart');
-read_until($st, 5, sub { 2 == grep { $_->{event} eq 'job' } @{ $_[0] } });
+read_until($st, 5, sub { grep { $_->{event} eq 'job' } @{ $_[0] } });
 pg_stop('immediate');
 pg_start();
 my $late;
@@ -248,14 +256,109 @@ ok((grep { $_->{event} eq 'job' && $_->{json}{jobId} eq ($late // '') } @evs),
    'the stream, still open, carries it');
 $st->close;
 
+# --- what a live stream says of jobs that change after their end ---------------
+#
+# A job that ended gets no second final event when its row changes later
+# (a callback's retries), even after listings no longer name it; a job
+# deleted while it runs ends with "deleted"; a stream that drops right
+# after "connected" resumes from the id "connected" gave.
+
+$st = sse_open("${P}stream", \%A);
+$ev = $st->next_event(5);
+is($ev->{event}, 'connected', 'a stream');
+my $cid = $ev->{id};
+like($cid // '', qr/^\d+$/, 'connected gives an id at once');
+my ($je, $jd) = (new_job(1, \%A), new_job(1, \%A));
+claim($je);
+finish($je, 0);
+my $del_live = request('DELETE', "${P}$jd", \%A);
+is($del_live->{status}, 204, 'a queued job deleted');
+@evs = read_until($st, 5, sub {
+    my %f = map { ($_->{json}{jobId} // '') => $_->{event} }
+            grep { $_->{event} =~ /^(completed|deleted)$/ } @{ $_[0] };
+    return $f{$je} && $f{$jd};
+});
+is(scalar(grep { ($_->{json}{jobId} // '') eq $je && $_->{event} eq 'completed' } @evs),
+   1, 'the ended job: completed, once');
+is(scalar(grep { ($_->{json}{jobId} // '') eq $jd && $_->{event} eq 'deleted' } @evs),
+   1, 'the deleted one: deleted');
+# its row changes after its end, over several listings (1 s each)
+for (1 .. 3) {
+    psql("UPDATE async_dl_jobs SET callback_error = 'try $_' WHERE id = '$je'");
+    sleep 1.1;
+}
+$st->{heartbeats} = 1;
+@evs = read_until($st, 1.5, sub { 0 });
+ok(!(grep { ($_->{json}{jobId} // '') eq $je } @evs),
+   'no second final event for it, however often its row changes');
+$st->close;
+
+# dropped right after connected: resuming from its id finds the end of a
+# job that was running then
+my $jr = new_job(1, \%A);
+claim($jr);
+$st = sse_open("${P}stream", \%A);
+$ev = $st->next_event(5);
+$cid = $ev->{id};
+$st->close;
+finish($jr, 0);
+$st = sse_open("${P}stream", { %A, 'Last-Event-ID' => $cid });
+@evs = read_until($st, 5, sub {
+    grep { ($_->{json}{jobId} // '') eq $jr && $_->{event} eq 'completed' } @{ $_[0] } });
+ok((grep { ($_->{json}{jobId} // '') eq $jr && $_->{event} eq 'completed' } @evs),
+   "resumed from connected's id: the end of a job that was running then");
+$st->close;
+
+# --- a final event in flight while the stream lists again ----------------------
+#
+# A client that reads slowly (nginx's send buffer 4 KB) while the final
+# event of a job of 400 files (a document of ~100 KB) is being sent, and the
+# stream lists again (every second): the event arrives whole.
+
+my $long = 'z' x 200;
+my $big = initiate({ files => [ map { { url => "$s->{origin}/f/$long$_" } }
+                                1 .. 400 ] }, \%A, $P);
+is($big->{status}, 202, 'a job of 400 files');
+my $bid = $big->{json}{jobId};
+$st = sse_open("${P}stream", \%A);
+$ev = $st->next_event(5);
+my $bcid = $ev->{id};
+$st->close;
+is(request('POST', "${P}$bid/cancel", \%A)->{status}, 200, 'canceled while away');
+use Socket qw(SOL_SOCKET SO_RCVBUF);
+my $slow = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $SLOW,
+                                 Proto => 'tcp') or die "connect: $!";
+setsockopt($slow, SOL_SOCKET, SO_RCVBUF, 4096);
+print $slow "GET ${P}stream HTTP/1.1\r\nHost: localhost\r\n"
+          . "Accept: text/event-stream\r\nX-User: alice\r\n"
+          . "Last-Event-ID: $bcid\r\n\r\n";
+sleep 3.5;      # not reading: three listings pass
+$slow->blocking(0);
+my $raw = '';
+my $rd_until = time + 10;
+while (time < $rd_until && $raw !~ /event: canceled\n.*?\n\n/s) {
+    my $n = sysread($slow, my $buf, 65536);
+    last if defined $n && $n == 0;
+    if (defined $n) { $raw .= $buf } else { sleep 0.02 }
+}
+close $slow;
+my ($cdata) = $raw =~ /event: canceled\n(?:id: \d+\n)?data: ([^\n]*)\n/;
+my $cj = $cdata && eval { decode_json($cdata) };
+ok($cj, 'the canceled event arrived whole: it parses ('
+        . length($cdata // '') . ' bytes)');
+is($cj && $cj->{jobId}, $bid, 'its job');
+is($cj && scalar @{ $cj->{data}{files} }, 400, 'with its 400 files');
+
 # --- the WebSocket, with the real worker --------------------------------------
 
 origin_file('o1.bin', 48 * 1024);
 origin_file('o2.bin', 32 * 1024);
 start_worker();
 
-my $ws = AsyncDL::WS->open("${P}ws", \%A);
-is($ws->{status}, 101, 'owner WebSocket: 101');
+is(AsyncDL::WS::handshake("${P}ws?lastEventId=x1", \%A)->{status}, 400,
+   'a WebSocket lastEventId that is not an id: 400');
+my $ws = AsyncDL::WS->open("${P}ws?lastEventId=null", \%A);
+is($ws->{status}, 101, 'owner WebSocket: 101 (lastEventId=null: afresh)');
 my $f = $ws->read_frame(5);
 my $msg = $f && decode_json($f->{payload});
 is($msg && $msg->{event}, 'connected', 'first frame: connected');

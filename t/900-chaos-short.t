@@ -8,7 +8,8 @@
 # S3 noise throughout.  Then every invariant of AsyncDL::Chaos must hold:
 # nothing lost, no wrong byte, no duplicate, no orphan object, no counter
 # or count drift, no stale lease, no deadlock, no hung request, every SSE
-# stream of an ended job got its final event.
+# stream of an ended job got its final event, and so did each owner's
+# stream (GET {p}stream) for every one of the owner's jobs.
 use strict;
 use warnings;
 use lib 't/lib';
@@ -30,6 +31,7 @@ is($F->{faults}{'PostgreSQL restart (immediate stop)'}, 1,
 cmp_ok($F->{faults}{'S3 slowdown (requests)'} // 0, '>', 0,
        'S3 answered SlowDown');
 cmp_ok($F->{sse}{subscriptions} // 0, '>', 0, 'jobs were followed over SSE');
+cmp_ok($F->{owners}{streams} // 0, '>', 0, 'and every owner over its owner stream');
 ok(!grep({ $_ >= 1e9 } values %{ $F->{recovery} }),
    'after every fault a new job completed');
 
@@ -42,7 +44,8 @@ my %names = (lost => 'every accepted job ended or was deleted',
              leases => 'no lease of a dead worker left past its end',
              deadlocks => 'no deadlock in PostgreSQL',
              hung => 'every request answered within async_dl_postgres_timeout + 1 s',
-             sse => 'every SSE stream of an ended job got its final event');
+             sse => 'every SSE stream of an ended job got its final event',
+             owner => 'every ended job\'s end reached its owner\'s stream');
 for my $k (sort keys %names) {
     my @v = @{ $r->{violations}{$k} };
     is(scalar @v, 0, $names{$k})

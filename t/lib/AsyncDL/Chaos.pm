@@ -80,6 +80,9 @@ to empty their queues (C<janitor_wait> s), and checks:
     sse         every SSE subscription of an ended job got its final
                 event (completed, failed, canceled or deleted); a job
                 deleted while its subscriber was away may answer 404
+    owner       every ended job's final event reached its owner's stream
+                (GET {p}stream, one per owner, reconnecting with
+                Last-Event-ID through every fault), with its status
 
 Every list of C<< $r->{violations} >> must be empty.  Figures: jobs,
 faults by kind, outcomes, recovery times, requests, dead tuples and index
@@ -621,13 +624,23 @@ sub client_main {
 
 # One process following the announced jobs of the plan marked sse, each on
 # the other nginx instance than the one that accepted it, reconnecting with
-# Last-Event-ID as EventSource does.  Writes sse.json at the end.
+# Last-Event-ID as EventSource does; and one owner stream (GET {p}stream)
+# per owner, opened before any job, alternately on each instance, which
+# reconnects with its Last-Event-ID and keeps each job's last final event.
+# Writes sse.json and owners.json at the end.
 sub sse_main {
     my ($plan, $stop_file) = @_;
     my %plan = map { $_->{n} => $_ } @$plan;
     my $announce = "$DIR/announce.log";
     my $pos = 0;
     my %subs;
+    my %announced;                          # job id => owner
+    my %owners = map { $_->{owner} => 1 } @$plan;
+    my $k = 0;
+    for my $o (sort keys %owners) {
+        $subs{"owner:$o"} = { id => "owner:$o", owner => $o, inst => $k++ % 2,
+                              owner_stream => 1, due => time, finals => {} };
+    }
     my $rq = "$DIR/req-sse.log";
     open my $rqh, '>>', $rq or die "$rq: $!";
     $rqh->autoflush(1);
@@ -647,7 +660,8 @@ sub sse_main {
             return;
         }
         $sock->blocking(0);
-        my $req = "GET ${API}stream/$sub->{id} HTTP/1.1\r\nHost: localhost\r\n"
+        my $path = $sub->{owner_stream} ? 'stream' : "stream/$sub->{id}";
+        my $req = "GET ${API}$path HTTP/1.1\r\nHost: localhost\r\n"
                 . "Accept: text/event-stream\r\nX-User: $sub->{owner}\r\n"
                 . (defined $sub->{last_id}
                    ? "Last-Event-ID: $sub->{last_id}\r\n" : '')
@@ -677,6 +691,18 @@ sub sse_main {
         return unless defined $ev{event};
         $sub->{last_id} = $ev{id} if defined $ev{id};
         $sub->{events}{$ev{event}}++;
+        if ($sub->{owner_stream}) {
+            # {"jobId":..,"data":..}: a job's final event, kept
+            my $d = eval { $JSON->decode($ev{data} // '') };
+            if ($d && $d->{jobId}
+                && $ev{event} =~ /^(completed|failed|canceled|deleted)$/)
+            {
+                $sub->{finals}{ $d->{jobId} } = $ev{event};
+                $sub->{final_counts}{ $d->{jobId} } = doc_counts($d->{data})
+                    if $ev{event} ne 'deleted' && ref $d->{data};
+            }
+            return;
+        }
         if ($ev{event} =~ /^(completed|failed|canceled|deleted)$/) {
             $sub->{final} = $ev{event};
             $sub->{final_at} = time;
@@ -761,6 +787,7 @@ sub sse_main {
                 $pos = tell $fh;
                 my ($n, $id, $inst) = split ' ', $l;
                 my $p = $plan{$n} or next;
+                $announced{$id} = $p->{owner};
                 next unless $p->{sse};
                 $subs{$id} = { id => $id, n => $n, owner => $p->{owner},
                                inst => 1 - $inst, due => time };
@@ -782,8 +809,13 @@ sub sse_main {
         }
         if (-e $stop_file) {
             $stop_seen //= time;
-            my $open_n = grep { !$_->{done} } values %subs;
-            last if !$open_n || time - $stop_seen > 15;
+            my $open_n = grep { !$_->{done} && !$_->{owner_stream} } values %subs;
+            # the owner streams: until each has the end of all its jobs
+            my $owed = grep {
+                my $o = $subs{"owner:$announced{$_}"};
+                !($o && $o->{finals}{$_});
+            } keys %announced;
+            last if (!$open_n && !$owed) || time - $stop_seen > 20;
         }
     }
     my %out;
@@ -791,8 +823,12 @@ sub sse_main {
         $out{$sub->{id}} = { map { $_ => $sub->{$_} }
                              grep { !/^(sock|raw|body)$/ } keys %$sub };
     }
+    my %own = map { $_ => delete $out{$_} } grep { /^owner:/ } keys %out;
     open my $o, '>', "$DIR/sse.json" or die $!;
     print $o $JSON->encode(\%out);
+    close $o;
+    open $o, '>', "$DIR/owners.json" or die $!;
+    print $o $JSON->encode({ streams => \%own, announced => \%announced });
     close $o;
 }
 
@@ -1518,6 +1554,40 @@ sub finish_checks {
     }
     $F{sse} = \%sf;
 
+    # the owner streams: each announced job's end, on its owner's stream
+    my $ow = eval { local $/; open my $fh, '<', "$DIR/owners.json" or die;
+                    $JSON->decode(<$fh>) } || {};
+    my %of = (streams => scalar keys %{ $ow->{streams} || {} });
+    for my $st (values %{ $ow->{streams} || {} }) {
+        $of{opens} += $st->{opens} // 0;
+        $of{reconnects} += $st->{reconnects} // 0;
+        $of{stalls} += $st->{stalls} // 0;
+        $of{'final events'} += scalar keys %{ $st->{finals} || {} };
+    }
+    for my $id (sort keys %{ $ow->{announced} || {} }) {
+        my $owner = $ow->{announced}{$id};
+        my $st = $ow->{streams}{"owner:$owner"} || {};
+        my $fin = $st->{finals}{$id};
+        my $j = $db{$id};
+        my $ended = ($j && $j->[1] =~ /^(completed|failed|canceled)$/)
+                 || $ends{$id} || exists $del{$id};
+        next unless $ended;
+        if (!$fin) {
+            violation('owner', $id, "owner stream of $owner: no final event "
+                      . "for job $id (" . ($j ? "job $j->[1]" : 'deleted')
+                      . "); opens " . ($st->{opens} // 0) . ', answers '
+                      . $JSON->encode($st->{codes} || {}));
+        } elsif ($fin ne 'deleted' && $j && $fin ne $j->[1]) {
+            violation('owner', $id, "owner stream of $owner: job $id ended "
+                      . "'$fin' but the job is $j->[1]");
+        } elsif (my $c = $st->{final_counts}{$id}) {
+            violation('counters', "owner $id", "owner stream: job ${id}'s "
+                      . "final event said $c, its files say $want->{$id}")
+                if $want->{$id} && $c ne $want->{$id};
+        }
+    }
+    $F{owners} = \%of;
+
     # the worker logs: transfers of one file at once, attempts
     my @wlogs = map { slurp_file($_->{log}) } @{ $s->{workers} || [] };
     my $att = worker_transfers(@wlogs);
@@ -1586,7 +1656,7 @@ sub finish_checks {
 
     my %viol = map { my $c = $_; $c => [map { $V{$c}{$_} } sort keys %{ $V{$c} || {} }] }
                qw(lost wrong_bytes duplicates orphans counters counts leases
-                  deadlocks hung sse);
+                  deadlocks hung sse owner);
     return { violations => \%viol, figures => \%F, dir => $DIR,
              seed => $O{seed} };
 }
@@ -1602,6 +1672,7 @@ my @ORDER = (
     [deadlocks => 'deadlocks'],
     [hung => 'hung requests'],
     [sse => 'SSE without final event'],
+    [owner => 'owner stream without a job\'s end'],
 );
 
 sub human {
@@ -1651,6 +1722,8 @@ sub report {
         join ', ', map { "$_ $q->{codes}{$_}" } sort keys %{ $q->{codes} };
     push @out, '  SSE: ' . join ', ', map { "$_ $F->{sse}{$_}" }
         sort keys %{ $F->{sse} };
+    push @out, '  owner streams: ' . join ', ', map { "$_ $F->{owners}{$_}" }
+        sort keys %{ $F->{owners} || {} };
     push @out, '  worker: ' . join ', ', map { "$_ $F->{worker}{$_}" }
         sort keys %{ $F->{worker} };
     push @out, sprintf "  bucket objects at the end: %d", $F->{objects};
