@@ -168,6 +168,13 @@ export function list(options = {}) {
   return call(o, 'GET', qs ? `jobs?${qs}` : 'jobs');
 }
 
+// An error of the caller's onUpdate: reported as uncaught (the console,
+// window.onerror), without stopping the follow.
+function report(err) {
+  if (typeof globalThis.reportError === 'function') globalThis.reportError(err);
+  else setTimeout(() => { throw err; }, 0);
+}
+
 function isFinal(doc) {
   return !!doc && FINAL.has(doc.status);
 }
@@ -310,7 +317,7 @@ export function follow(jobId, onUpdate, options) {
       event, transport: handle.transport, final, speed,
     };
     if (onUpdate) {
-      try { onUpdate(update); } catch (err) { setTimeout(() => { throw err; }); }
+      try { onUpdate(update); } catch (err) { report(err); }
     }
     if (final) {
       stopped = true;
