@@ -131,6 +131,10 @@ function render(me, u) {
     parts.push(u.bytesTotal ? `${bytes(u.bytesDone)} of ${bytes(u.bytesTotal)}` : bytes(u.bytesDone));
   }
   if (u.speed != null) parts.push(`${bytes(Math.round(u.speed))}/s`);
+  if (u.final && u.startedAt && u.completedAt && u.bytesDone) {
+    const secs = (Date.parse(u.completedAt) - Date.parse(u.startedAt)) / 1000;
+    if (secs > 0) parts.push(`${bytes(Math.round(u.bytesDone / secs))}/s on average over ${secs.toFixed(1)} s`);
+  }
   if (u.totalFiles != null) {
     parts.push(`${u.completedFiles || 0} of ${u.totalFiles} files stored`
                + (u.failedFiles ? `, ${u.failedFiles} failed` : ''));

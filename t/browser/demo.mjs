@@ -118,6 +118,7 @@ await scenario('eventsource', async () => {
         s.files.every((f) => f.bar === 100 && f.status === 'completed'), s.files);
   check('sizes shown', s.files.every((f) => /\d.*(B|KiB|MiB)$/.test(f.size)), s.files);
   check('bytes and file counts shown', /of 3 files stored/.test(s.bytes) && /KiB|MiB/.test(s.bytes), s.bytes);
+  check('the average speed shown', /\/s on average over [\d.]+ s/.test(s.bytes), s.bytes);
   check('no error shown', s.jobError === '' && s.files.every((f) => f.error === ''), s);
   check('cancel disabled once ended, download enabled', !s.cancelEnabled && s.zipEnabled, s);
   await page.waitForSelector(`#jobs tbody tr[data-job="${id}"]`);
@@ -181,7 +182,11 @@ await scenario('reload', async () => {
   fact('job_reload', id);
   await page.waitForFunction(() => document.querySelector('#job-status').textContent === 'processing'
                              && document.querySelector('#job-progress').value > 0, null, { timeout: 30000 });
+  let speedShown = true;
+  await page.waitForFunction(() => /[KM]iB\/s/.test(document.querySelector('#job-bytes').textContent),
+                             null, { timeout: 5000 }).catch(() => { speedShown = false; });
   const before = await shown(page);
+  check('a running job shows its speed', speedShown, before.bytes);
   await page.reload();
   const after = await page.evaluate(() => ({ hash: location.hash, shown: document.querySelector('#job-id').textContent }));
   check('after a reload the page shows the same job', after.shown === id, { id, after });
