@@ -62,8 +62,8 @@ start_worker();
 
 my %sha;
 my %size = ('a.bin' => 300_000, 'b.bin' => 200_000, 'c.bin' => 100_001,
-            'slow1.bin' => 640 * 1024, 'slow2.bin' => 384 * 1024,
-            'slow3.bin' => 384 * 1024, 'slow4.bin' => 1024 * 1024);
+            'slow1.bin' => 640 * 1024, 'slow2.bin' => 512 * 1024,
+            'slow3.bin' => 512 * 1024, 'slow4.bin' => 1024 * 1024);
 for my $n (sort keys %size) {
     $sha{$n} = file_sha256(origin_file($n, $size{$n}));
 }
