@@ -117,11 +117,14 @@ function fileRow(me, f) {
 
 function render(me, u) {
   const st = $('#job-status');
-  st.textContent = u.status;
-  st.className = `status ${u.status}`;
-  $('#transport').textContent = u.transport === 'eventsource'
+  if (st.textContent !== u.status) {   // a live region: only real changes
+    st.textContent = u.status;
+    st.className = `status ${u.status}`;
+  }
+  const how = u.transport === 'eventsource'
     ? 'live: event stream'
     : `polling${me.following.reason ? ` (${me.following.reason})` : ''}`;
+  if ($('#transport').textContent !== how) $('#transport').textContent = how;
   $('#transport').dataset.transport = u.transport;
   const pct = Math.max(0, Math.min(100, u.progress || 0));
   $('#job-progress').value = pct;
