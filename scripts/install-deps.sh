@@ -22,6 +22,8 @@ pkgs=(
     wrk
     # the S3-compatible test server runs on node
     nodejs
+    # the browser tests (t/610): headless chromium, a font for its pages
+    chromium fonts-liberation
 )
 
 missing=()
@@ -51,4 +53,11 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 if [ ! -d "$here/t/s3/node_modules/@20minutes/s3rver" ]; then
     echo "install-deps: npm ci in t/s3" >&2
     (cd "$here/t/s3" && npm ci --silent --no-audit --no-fund)
+fi
+
+# The browser tests' driver (playwright-core, for /usr/bin/chromium: it
+# downloads no browser) from the committed lockfile.
+if [ ! -d "$here/t/browser/node_modules/playwright-core" ]; then
+    echo "install-deps: npm ci in t/browser" >&2
+    (cd "$here/t/browser" && npm ci --silent --no-audit --no-fund)
 fi

@@ -67,6 +67,7 @@ sed -e "s|/usr/lib/nginx/modules/ngx_http_async_dl_module.so|$MODULE|" \
     -e "s|port=5432|port=$PG_PORT|" \
     -e "s|127\.0\.0\.1:9000|127.0.0.1:$S3_PORT|g" \
     -e "s|/var/lib/async-dl|$RUN|g" \
+    -e "s|/usr/share/async-dl/clients|$top/clients|g" \
     "$top/nginx.conf.example" >"$RUN/nginx.conf"
 
 # the worker, allowed to fetch from this machine's own nginx
@@ -97,7 +98,9 @@ cat <<MSG
 
 async-dl is running on http://127.0.0.1:$PORT  (logs in $RUN/logs)
 
-Jobs belong to the X-User header (async_dl_owner \$http_x_user):
+The demo page: http://127.0.0.1:$PORT/  (clients/demo, on clients/js)
+
+Jobs belong to the X-User header (or the demo page's adl_user cookie):
 
   health:   curl http://127.0.0.1:$PORT/v1/download/health
   initiate: curl -i -X POST http://127.0.0.1:$PORT/v1/download/initiate -H 'X-User: demo' \\

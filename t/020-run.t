@@ -92,6 +92,20 @@ my $file = request('GET', $r->{headers}{location});
 is($file->{status}, 200, 'to a link the S3 store serves');
 is(length $file->{content}, 1024 * 1024, 'with the sample file');
 
+# the demo page at /, its client module as JavaScript (a module script
+# needs the type), and the owner from the page's cookie (EventSource sends
+# no headers)
+$r = request('GET', "http://127.0.0.1:$port/");
+is($r->{status}, 200, 'make run serves the demo page at /');
+like($r->{content}, qr{<script type="module" src="app.js">}, '... the page on app.js');
+$r = request('GET', "http://127.0.0.1:$port/js/async-dl.js");
+is($r->{status}, 200, '... and the client module');
+like($r->{headers}{'content-type'} // '', qr{^text/javascript}, '... as JavaScript');
+$r = request('GET', "$base/status/$id", { Cookie => 'adl_user=demo' });
+is($r->{status}, 200, "the adl_user cookie is the owner where X-User is absent");
+is(request('GET', "$base/status/$id", { Cookie => 'adl_user=other' })->{status}, 404,
+   "... another owner's cookie sees no job");
+
 kill 'INT', $pid;
 my $until = time + 30;
 sleep 0.1 while waitpid($pid, WNOHANG) == 0 && time < $until;

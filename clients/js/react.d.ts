@@ -1,0 +1,23 @@
+import type { Options, InitiateOptions, Initiated, Update, Link, Job } from './async-dl.js';
+
+export interface UseDownloadOptions extends Options {
+  /** a job to follow from the start (e.g. kept in the URL across reloads) */
+  jobId?: string;
+}
+
+export interface UseDownload {
+  jobId: string | null;
+  /** the last update of the followed job (null before the first) */
+  job: Update | null;
+  /** the last failure of a call, or of following the job */
+  error: Error | null;
+  start(files: Array<number | string | { url: string; name?: string }>,
+        options?: InitiateOptions): Promise<Initiated>;
+  follow(jobId: string): void;
+  cancel(): Promise<Job | undefined>;
+  remove(): Promise<void>;
+  /** the zip (or the only file), or file `index`, once ready */
+  download(index?: number): Promise<Link | undefined>;
+}
+
+export declare function useDownload(options?: UseDownloadOptions): UseDownload;
