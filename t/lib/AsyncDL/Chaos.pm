@@ -81,8 +81,9 @@ to empty their queues (C<janitor_wait> s), and checks:
                 event (completed, failed, canceled or deleted); a job
                 deleted while its subscriber was away may answer 404
     owner       every ended job's final event reached its owner's stream
-                (GET {p}stream, one per owner, reconnecting with
-                Last-Event-ID through every fault), with its status
+                (GET {p}stream, one per owner, dropped every 2 to 8 s and
+                resumed with Last-Event-ID, through every fault), with its
+                status
 
 Every list of C<< $r->{violations} >> must be empty.  Figures: jobs,
 faults by kind, outcomes, recovery times, requests, dead tuples and index
@@ -626,7 +627,8 @@ sub client_main {
 # the other nginx instance than the one that accepted it, reconnecting with
 # Last-Event-ID as EventSource does; and one owner stream (GET {p}stream)
 # per owner, opened before any job, alternately on each instance, which
-# reconnects with its Last-Event-ID and keeps each job's last final event.
+# drops every few seconds and reconnects with its Last-Event-ID, and keeps
+# each job's last final event.
 # Writes sse.json and owners.json at the end.
 sub sse_main {
     my ($plan, $stop_file) = @_;
@@ -801,6 +803,15 @@ sub sse_main {
             if ($sub->{sock} && $now - $sub->{last_byte} > 20) {
                 $sub->{stalls}++;
                 $close->($sub, 0.3);
+            }
+            # an owner stream drops every 2 to 8 s and resumes from its
+            # Last-Event-ID, whatever the faults are doing meanwhile
+            if ($sub->{owner_stream} && $sub->{sock} && $sub->{head}
+                && $now - $sub->{started} > ($sub->{drop_after} //= 2 + rand 6))
+            {
+                delete $sub->{drop_after};
+                $sub->{drops}++;
+                $close->($sub, 0.2 + rand 1);
             }
         }
         for my $sock ($sel->can_read(0.1)) {
@@ -1562,6 +1573,7 @@ sub finish_checks {
         $of{opens} += $st->{opens} // 0;
         $of{reconnects} += $st->{reconnects} // 0;
         $of{stalls} += $st->{stalls} // 0;
+        $of{drops} += $st->{drops} // 0;
         $of{'final events'} += scalar keys %{ $st->{finals} || {} };
     }
     for my $id (sort keys %{ $ow->{announced} || {} }) {
