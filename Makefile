@@ -3,6 +3,8 @@
 #   make                  module (.so against Debian's nginx) + worker
 #   make NGINX_SRC=DIR    the same module against an upstream nginx tree
 #   make deb              the Debian packages, in build/deb/ (debian/)
+#   make test-nginx-releases   the API tests against other nginx releases
+#                         (scripts/nginx-releases.sh $(NGINX_RELEASES))
 #   make run              the whole stack on 127.0.0.1:$(PORT)
 #   make test             the suite (prove t/)
 #   make test-sanitize    the suite with -fsanitize=address,undefined
@@ -70,7 +72,8 @@ MODULE_SO := $(NGX_OBJS)/ngx_http_async_dl_module.so
 WORKER    := $(BUILD)/async-dl-worker
 TOOLS     := $(BUILD)/sigv4_tool
 
-.PHONY: all module worker tools deps run test test-sanitize bench chaos clean deb
+.PHONY: all module worker tools deps run test test-sanitize bench chaos clean deb \
+        test-nginx-releases
 
 all: module worker tools
 
@@ -115,7 +118,8 @@ DEB_DEPS := $(MODULE_SRCS) $(filter-out $(BUILD)/%,$(WORKER_SRCS)) \
             Makefile README.md nginx.conf.example docs/openapi.yaml \
             $(shell find debian -type f)
 
-deb: $(DEB_OUT)/built
+deb: deps
+	$(MAKE) $(DEB_OUT)/built
 
 $(DEB_OUT)/built: $(DEB_DEPS)
 	rm -rf $(DEB_OUT) && mkdir -p $(DEB_OUT)/src
@@ -139,6 +143,11 @@ test: deps
 
 test-sanitize:
 	$(MAKE) SANITIZE=1 test
+
+# trixie: Debian 13's nginx (its upstream tarball, through apt-get source)
+NGINX_RELEASES ?= trixie
+test-nginx-releases: deps
+	scripts/nginx-releases.sh $(NGINX_RELEASES)
 
 bench: deps
 	$(MAKE) all
