@@ -38,9 +38,10 @@ from_suite() {
     # files of the package (.dsc, .debian.tar.xz) cannot be had, but keeps
     # each file it got, checked against the suite's signed index.
     (cd "$out/$suite" && apt-get "${o[@]}" -qq source --download-only \
-        "nginx/$suite" >&2) || true
+        "nginx/$suite" > "$out/$suite.log" 2>&1) || true
     local orig
     orig=$(ls "$out/$suite"/nginx_*.orig.tar.gz 2>/dev/null) || {
+        cat "$out/$suite.log" >&2
         echo "apt-get source brought no nginx_*.orig.tar.gz from $suite" >&2
         return 1
     }
