@@ -2,6 +2,9 @@
 #
 #   make                  module (.so against Debian's nginx) + worker
 #   make NGINX_SRC=DIR    the same module against an upstream nginx tree
+#   make deb              the Debian packages, in build/deb/ (debian/)
+#   make test-nginx-releases   the API tests against other nginx releases
+#                         (scripts/nginx-releases.sh $(NGINX_RELEASES))
 #   make run              the whole stack on 127.0.0.1:$(PORT)
 #   make test             the suite (prove t/)
 #   make test-sanitize    the suite with -fsanitize=address,undefined
@@ -69,7 +72,8 @@ MODULE_SO := $(NGX_OBJS)/ngx_http_async_dl_module.so
 WORKER    := $(BUILD)/async-dl-worker
 TOOLS     := $(BUILD)/sigv4_tool
 
-.PHONY: all module worker tools deps run test test-sanitize bench chaos clean
+.PHONY: all module worker tools deps run test test-sanitize bench chaos clean deb \
+        test-nginx-releases
 
 all: module worker tools
 
@@ -90,9 +94,9 @@ $(BUILD)/adl_migrations.c: $(wildcard sql/*.sql) scripts/embed-sql.sh
 	scripts/embed-sql.sh sql/*.sql > $@.tmp && mv $@.tmp $@
 
 $(WORKER): $(WORKER_SRCS) $(WORKER_HDRS)
-	$(CC) $(CFLAGS) $(SAN_FLAGS) $(WFLAGS) \
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(SAN_FLAGS) $(WFLAGS) \
 	    $$(pkg-config --cflags $(PKGS_WORKER)) -o $@ $(WORKER_SRCS) \
-	    $(SAN_FLAGS) $$(pkg-config --libs $(PKGS_WORKER)) -lm
+	    $(LDFLAGS) $(SAN_FLAGS) $$(pkg-config --libs $(PKGS_WORKER)) -lm
 
 $(BUILD)/sigv4_tool: t/tools/sigv4_tool.c common/adl_sigv4.c common/adl_sigv4.h
 	@mkdir -p $(BUILD)
@@ -101,6 +105,30 @@ $(BUILD)/sigv4_tool: t/tools/sigv4_tool.c common/adl_sigv4.c common/adl_sigv4.h
 
 deps:
 	scripts/install-deps.sh
+
+# --- the Debian packages -------------------------------------------------
+#
+# dpkg-buildpackage writes its results next to the tree it builds, so it
+# builds a copy of this one in build/deb/src: the .deb files land in
+# build/deb/.  Remade only when a file that goes into them changed.
+
+DEB_OUT  := $(CURDIR)/build/deb
+DEB_DEPS := $(MODULE_SRCS) $(filter-out $(BUILD)/%,$(WORKER_SRCS)) \
+            $(WORKER_HDRS) $(wildcard sql/*.sql) scripts/embed-sql.sh \
+            Makefile README.md nginx.conf.example docs/openapi.yaml \
+            $(shell find debian -type f)
+
+deb: deps
+	$(MAKE) $(DEB_OUT)/built
+
+$(DEB_OUT)/built: $(DEB_DEPS)
+	rm -rf $(DEB_OUT) && mkdir -p $(DEB_OUT)/src
+	tar -c --exclude-vcs --exclude=./build --exclude='./build-*' \
+	    --exclude=./tmp --exclude=node_modules . | tar -x -C $(DEB_OUT)/src
+	cd $(DEB_OUT)/src && dpkg-buildpackage -b -us -uc -J \
+	    > $(DEB_OUT)/build.log 2>&1 || { tail -40 $(DEB_OUT)/build.log; exit 1; }
+	rm -rf $(DEB_OUT)/src
+	ls $(DEB_OUT)/*.deb > $@
 
 run: deps
 	$(MAKE) all
@@ -115,6 +143,11 @@ test: deps
 
 test-sanitize:
 	$(MAKE) SANITIZE=1 test
+
+# trixie: Debian 13's nginx (its upstream tarball, through apt-get source)
+NGINX_RELEASES ?= trixie
+test-nginx-releases: deps
+	scripts/nginx-releases.sh $(NGINX_RELEASES)
 
 bench: deps
 	$(MAKE) all

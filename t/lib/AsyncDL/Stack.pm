@@ -86,6 +86,12 @@ C<restart_worker($n, %env)> starts worker C<$n> again with its settings
 C<pg_stop('immediate')> crashes PostgreSQL (C<'fast'> by default);
 C<pg_log()> is its log.
 
+C<start_nginx($config, modules =E<gt> $text, prefix =E<gt> $dir)>: $text
+in place of the C<load_module> line of the built module (e.g. the
+packaged C<include /etc/nginx/modules-enabled/*.conf;>), and nginx's
+prefix (C<-p>; the instance's folder by default), against which relative
+C<load_module> paths resolve.
+
 C<start_nginx($config, pg_conninfo =E<gt> $conninfo)> keeps the default
 async_dl_* http directives but with another libpq conninfo (placeholders
 such as C<$ADL_PG_PORT> are expanded); C<s3_endpoint =E<gt> $url> likewise
@@ -657,7 +663,7 @@ sub nginx_conf {
 daemon off;
 master_process on;
 worker_processes ${\ ($opt{workers} // 1)};
-load_module $MODULE;
+${\ ($opt{modules} // "load_module $MODULE;")}
 error_log $d/logs/error.log $level;
 pid $d/logs/nginx.pid;
 ${\ ($opt{main_config} // '')}
@@ -709,7 +715,8 @@ sub start_nginx {
 
     my $t = "$S{dir}/logs/nginx-t" . ($n ? "-$n" : '') . '.log';
     unlink $t;
-    my $pid = spawn($t, {sanitizer_env()}, $NGINX, '-t', '-p', "$d/", '-c',
+    my $prefix = $opt{prefix} // "$d/";
+    my $pid = spawn($t, {sanitizer_env()}, $NGINX, '-t', '-p', $prefix, '-c',
                     "$d/nginx.conf");
     waitpid($pid, 0);
     my $ok = $? == 0;
@@ -719,7 +726,7 @@ sub start_nginx {
     $ok or die "nginx -t failed:\n" . slurp($t);
 
     $inst->{pid} = spawn("$d/logs/stderr.log", {sanitizer_env()}, $NGINX,
-                         '-p', "$d/", '-c', "$d/nginx.conf");
+                         '-p', $prefix, '-c', "$d/nginx.conf");
     $S{nginx_pid} = $inst->{pid} unless $n;
     wait_port($inst->{port}, $n ? "nginx $n" : 'nginx', $inst->{pid});
     return undef;
