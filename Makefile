@@ -116,7 +116,8 @@ DEB_OUT  := $(CURDIR)/build/deb
 DEB_DEPS := $(MODULE_SRCS) $(filter-out $(BUILD)/%,$(WORKER_SRCS)) \
             $(WORKER_HDRS) $(wildcard sql/*.sql) scripts/embed-sql.sh \
             Makefile README.md nginx.conf.example docs/openapi.yaml \
-            $(shell find debian -type f)
+            $(shell find debian -type f) \
+            $(wildcard /usr/share/nginx/src/debian/libnginx-mod.abisubstvars)
 
 deb: deps
 	$(MAKE) $(DEB_OUT)/built

@@ -9,7 +9,11 @@
 # (its link set aside the Debian way) and both are purged: nothing is left.
 #
 # Installing packages needs root (CI runs as root).  One run at a time on a
-# machine: a lock serialises test runs of several checkouts.
+# machine: a lock serialises test runs of several checkouts.  A machine
+# that has either package installed by someone else, or a system nginx
+# running (the module package reloads it), is left alone: the test skips,
+# saying why.  What it installed is recorded in a stamp file, so that only
+# its own installation is ever purged (also one left by a run that died).
 use strict;
 use warnings;
 use Cwd qw(abs_path);
@@ -50,6 +54,8 @@ $ENV{DEBIAN_FRONTEND} = 'noninteractive';
 open my $lock, '>', '/run/lock/async-dl-deb-test.lock' or die "lock: $!";
 flock $lock, LOCK_EX or die "flock: $!";
 
+my $STAMP = '/var/lib/async-dl-deb-test.stamp';
+
 my $tmp = File::Temp::tempdir('adl-deb-XXXXXX', TMPDIR => 1, CLEANUP => 1);
 
 # run(@cmd): its exit status and its output (stdout and stderr)
@@ -76,9 +82,31 @@ sub purge_all {
     return run(@APT, 'purge', @here);
 }
 
-# whatever happens, the machine is left without them
+# a machine where someone installed them, or runs nginx, is not ours
+for my $pkg ($MOD_PKG, $WRK_PKG) {
+    next if installed($pkg) =~ /^(unknown|not-installed|config-files)$/;
+    next if -e $STAMP;              # an earlier run of this test's
+    plan skip_all => "$pkg is installed on this machine, not by this test: "
+                   . 'it is left alone';
+}
+if (open my $pf, '<', '/run/nginx.pid') {
+    my $pid = <$pf> // '';
+    chomp $pid;
+    plan skip_all => "a system nginx runs here (pid $pid): installing the "
+                   . 'module would reload it'
+        if $pid =~ /^\d+$/ && kill(0, $pid);
+}
+
+# whatever happens, the machine is left without what this test installed
 my $owner = $$;
-END { local $?; purge_all() if $$ == $owner }
+END {
+    local $?;
+    if ($$ == $owner && -e $STAMP) {
+        my ($rc, $out) = purge_all();
+        if ($rc) { diag("purging what the test installed failed:\n$out") }
+        else { unlink $STAMP }
+    }
+}
 
 # --- make deb -------------------------------------------------------------
 
@@ -100,8 +128,12 @@ diag(sprintf 'make deb: %d s', time - $t0);
 # --- install ----------------------------------------------------------------
 
 {
-    my ($rc, $out) = purge_all();       # a run that died before its END
-    is($rc, 0, 'no earlier installation left') or diag($out);
+    my ($rc, $out) = (0, '');
+    ($rc, $out) = purge_all() if -e $STAMP;     # a run that died
+    is($rc, 0, 'no earlier installation of this test left') or diag($out);
+    open my $st, '>', $STAMP or die "$STAMP: $!";
+    print $st "installed by t/700-deb.t\n";
+    close $st;
     ($rc, $out) = run(@APT, 'install', '--no-install-recommends', $mod_deb,
                       $wrk_deb);
     is($rc, 0, 'apt-get install of both packages') or diag($out);
@@ -173,12 +205,19 @@ my (undef, $help) = run('/usr/sbin/async-dl-worker', '--help');
 my @settings = $help =~ /^  --[a-z0-9-]+, (ASYNC_DL_[A-Z0-9_]+)$/mg;
 cmp_ok(scalar @settings, '>=', 20, scalar(@settings) . ' settings in --help');
 my $envfile = AsyncDL::Stack::slurp($ENVFILE);
+my $example = AsyncDL::Stack::slurp(
+    '/usr/share/doc/async-dl-worker/examples/worker.env');
 my (undef, $man) = run('zcat', $MAN);
-is_deeply([grep { $envfile !~ /^#\Q$_\E=/m } @settings], [],
-          "$ENVFILE lists every setting");
+is_deeply([grep { $example !~ /^#\Q$_\E=/m } @settings], [],
+          'the example settings file lists every setting');
+my @required = $help =~ /^  --[a-z0-9-]+, (ASYNC_DL_[A-Z0-9_]+)\n {6}[^\n]*\(required/mg;
+cmp_ok(scalar @required, '>=', 5, scalar(@required) . ' required settings');
+is_deeply([sort($envfile =~ /^#(ASYNC_DL_[A-Z0-9_]+)=/mg)], [sort @required],
+          "$ENVFILE: the required settings alone (a conffile that new "
+          . 'settings do not change)');
 is_deeply([grep { $man !~ /\Q$_\E/ } @settings], [],
           'the manual page describes every setting');
-is(scalar(grep { /^[^#\s]/ } split /\n/, $envfile), 0,
+is(scalar(grep { /^[^#\s]/ } split /\n/, $envfile . $example), 0,
    '... all commented out: the defaults');
 
 # --- a job end to end through the installed files -------------------------
