@@ -10,7 +10,7 @@ use Test::More;
 my @files = sort glob('clients/js/test/*.test.mjs');
 ok(@files >= 3, 'the test files are there: ' . join(' ', @files));
 
-my $out = `node --test --test-reporter=tap @files 2>&1`;
+my $out = `node --test --test-timeout=60000 --test-reporter=tap @files 2>&1`;
 my $rc = $? >> 8;
 my $n = 0;
 for my $line (split /\n/, $out) {

@@ -97,6 +97,12 @@ export interface Options {
   idleTimeout?: number;
   /** stream errors in a row before the client polls, default 3 */
   maxStreamFailures?: number;
+  /** ms of polls that went well before a stream that failed, or was refused
+   * with a 5xx, is tried again (doubling with each return), default 30000 */
+  streamRetryAfter?: number;
+  /** aborts the requests; stops a follow (done resolves to null) and a
+   * download waiting for its job (rejects with ABORTED) */
+  signal?: AbortSignal;
   /** replaces fetch (tests, or an authenticated fetch) */
   fetch?: typeof fetch;
   /** replaces EventSource; null: never use one */
@@ -129,11 +135,14 @@ export interface FollowOptions extends Options {
 export interface Following {
   /** closes the stream, stops polling; done resolves to null */
   stop(): void;
-  /** the final update; rejects with AsyncDLError for a job that cannot be followed */
+  /** the final update, or null after stop() (or options.signal's abort);
+   * rejects with AsyncDLError for a job that cannot be followed, or
+   * BAD_RESPONSE after three 200s in a row without a JSON document */
   done: Promise<Update | null>;
   /** 'eventsource' or 'poll' (null before the first attempt) */
   readonly transport: 'eventsource' | 'poll' | null;
-  /** why the client polls: 'no-eventsource', 'blocked', 'refused', 'failing', 'asked' */
+  /** why the client polls: 'no-eventsource', 'blocked', 'refused', 'failing',
+   * 'asked'; null while on the stream (again) */
   readonly reason: string | null;
 }
 
@@ -142,7 +151,8 @@ export interface DownloadOptions extends Options {
   index?: number;
   /** wait for the job to end first (default true) */
   wait?: boolean;
-  /** what to do with the link; default location.assign; null: nothing */
+  /** what to do with the link; default location.assign; null: nothing.
+   * A link that is not http: or https: is refused first (UNSAFE_LINK). */
   navigate?: ((url: string, link: Link) => void) | null;
 }
 

@@ -13,7 +13,9 @@
 // follow() listens on the job's event stream (EventSource) and falls back to
 // polling the status route, with backoff, when EventSource is missing, when
 // no event comes within `blockedTimeout` (a proxy that buffers the stream),
-// when the server refuses the stream, or when it keeps failing.  EventSource
+// when the server refuses the stream, or when it keeps failing; in the last
+// two cases it tries the stream again after `streamRetryAfter` of polls that
+// went well (a refused stream only if it is refused no more).  EventSource
 // sends cookies, never headers: where the owner is a header, the stream
 // needs the same owner from a cookie or from the proxy in front (see
 // README, "The browser client"), else it is refused and the client polls.
@@ -37,6 +39,7 @@ export const DEFAULTS = Object.freeze({
   blockedTimeout: 5000,
   idleTimeout: 45000,
   maxStreamFailures: 3,
+  streamRetryAfter: 30000,
 });
 
 /** An answer of the API that is not a success, or a job that cannot be followed. */
@@ -71,10 +74,18 @@ function jobPath(jobId) {
   return encodeURIComponent(id);
 }
 
+// Retry-After in seconds: delay-seconds, or an HTTP date (RFC 9110 10.2.3).
 function retryAfterOf(r) {
   const v = r.headers && r.headers.get('Retry-After');
-  const n = v == null ? NaN : Number(v);
-  return Number.isFinite(n) && n >= 0 ? n : null;
+  if (v == null) return null;
+  const s = String(v).trim();
+  if (/^\d+$/.test(s)) return Number(s);
+  const t = Date.parse(s);
+  return Number.isFinite(t) ? Math.max(0, Math.ceil((t - Date.now()) / 1000)) : null;
+}
+
+function abortedError() {
+  return new AsyncDLError('aborted', { code: 'ABORTED' });
 }
 
 async function errorOf(r) {
@@ -87,9 +98,16 @@ async function errorOf(r) {
   });
 }
 
+// POST and DELETE carry X-Requested-With: a header a cross-site form or
+// <img> cannot send, so a server that takes the owner from a cookie can
+// refuse those without it (CSRF; see README, "The browser client").
 async function call(o, method, path, { body, headers } = {}) {
-  const h = { Accept: 'application/json', ...o.headers, ...(headers || {}) };
+  const h = { Accept: 'application/json',
+              ...(method === 'POST' || method === 'DELETE' ? { 'X-Requested-With': 'XMLHttpRequest' } : {}),
+              ...o.headers, ...(headers || {}) };
   const init = { method, headers: h, credentials: o.credentials, cache: 'no-store' };
+  if (o.signal) init.signal = o.signal;
+  if (o.signal && o.signal.aborted) throw abortedError();
   if (body !== undefined) {
     h['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -98,6 +116,7 @@ async function call(o, method, path, { body, headers } = {}) {
   try {
     r = await fetchOf(o)(o.base + path, init);
   } catch (err) {
+    if (o.signal && o.signal.aborted) throw abortedError();
     throw new AsyncDLError(`network error: ${err && err.message ? err.message : err}`,
                            { code: 'NETWORK_ERROR' });
   }
@@ -179,17 +198,35 @@ function isFinal(doc) {
   return !!doc && FINAL.has(doc.status);
 }
 
+// A link the API gave, before it is followed: only http: and https:.  A
+// hostile or broken API answering javascript:... must not run script in
+// the page (location.assign would).
+function checkLink(url) {
+  let u = null;
+  try {
+    const loc = globalThis.location;
+    u = new URL(String(url), loc && loc.href ? loc.href : undefined);
+  } catch { /* not a URL */ }
+  if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:')) {
+    throw new AsyncDLError(`refused a link that is not http: or https: (${u ? u.protocol : 'not a URL'})`,
+                           { code: 'UNSAFE_LINK' });
+  }
+}
+
 /**
  * Waits until the job can be downloaded, then goes to its link: the zip of
  * a multi-file job (or its only file), or file `index`.  The link is a
  * presigned one from {p}{id}/links, so the owner's headers are sent where
- * a plain navigation could not send them.  Resolves to the link.
+ * a plain navigation could not send them.  Resolves to the link; rejects
+ * with UNSAFE_LINK for a link that is not http(s), and with ABORTED when
+ * options.signal aborts (the wait for a running job included).
  */
 export async function download(jobId, options = {}) {
   const o = settings(options);
   let doc = await status(jobId, o);
   if (!isFinal(doc) && o.wait !== false) {
     doc = await follow(jobId, null, o).done;
+    if (doc === null) throw abortedError();   // only the signal stops this follow
   }
   const index = o.index == null ? null : Number(o.index);
   const refuse = (code, message) => { throw new AsyncDLError(message, { status: 409, code }); };
@@ -210,6 +247,8 @@ export async function download(jobId, options = {}) {
   const link = index != null ? (l.files || []).find((x) => x.index === index)
     : l.bundle || ((l.files || []).length === 1 && doc.totalFiles === 1 ? l.files[0] : null);
   if (!link) refuse('NOT_READY', 'no link for it yet');
+  checkLink(link.url);
+  if (o.signal && o.signal.aborted) throw abortedError();
   const go = o.navigate === undefined
     ? (url) => globalThis.location.assign(url)
     : o.navigate;
@@ -254,9 +293,10 @@ function fileBytes(doc) {
  * Follows a job until its final event.  onUpdate(update) gets the job's
  * status document as it is now (files included), plus `event`,
  * `transport`, `final` and `speed`.  Returns {stop(), done, transport,
- * reason}: done resolves to the final update (or null after stop()), and
- * rejects with an AsyncDLError when the job cannot be followed (an unknown
- * job, another owner's, a refused request).
+ * reason}: done resolves to the final update (or null after stop(), or
+ * once options.signal aborts), and rejects with an AsyncDLError when the job
+ * cannot be followed (an unknown job, another owner's, a refused request,
+ * status answers that are not JSON three times in a row).
  */
 export function follow(jobId, onUpdate, options) {
   const o = settings(options);
@@ -271,6 +311,10 @@ export function follow(jobId, onUpdate, options) {
   let failures = 0;
   let etag = null;
   let interval = o.pollInterval;
+  let okSince = null;                   // polls that went well since then
+  let badBodies = 0;                    // 200s without a JSON document, in a row
+  let retryStream = false;              // go back to the stream after a while
+  let streamReturns = 0;
   let stopped = false;
   let resolveDone;
   let rejectDone;
@@ -290,20 +334,21 @@ export function follow(jobId, onUpdate, options) {
     clear('idle');
     if (es) { const e = es; es = null; e.close(); }
   }
-  function stop() {
-    if (stopped) return;
+  function end() {
     stopped = true;
     closeStream();
     for (const t of timers.values()) clearTimeout(t);
     timers.clear();
+    if (o.signal) o.signal.removeEventListener('abort', stop);
+  }
+  function stop() {
+    if (stopped) return;
+    end();
     resolveDone(null);
   }
   function fail(err) {
     if (stopped) return;
-    stopped = true;
-    closeStream();
-    for (const t of timers.values()) clearTimeout(t);
-    timers.clear();
+    end();
     rejectDone(err);
   }
 
@@ -320,10 +365,7 @@ export function follow(jobId, onUpdate, options) {
       try { onUpdate(update); } catch (err) { report(err); }
     }
     if (final) {
-      stopped = true;
-      closeStream();
-      for (const t of timers.values()) clearTimeout(t);
-      timers.clear();
+      end();
       resolveDone(update);
     }
   }
@@ -349,6 +391,7 @@ export function follow(jobId, onUpdate, options) {
   // --- the event stream ---------------------------------------------------
   function openStream() {
     handle.transport = 'eventsource';
+    handle.reason = null;
     const qs = lastEventId != null ? `?lastEventId=${encodeURIComponent(lastEventId)}` : '';
     let source;
     try {
@@ -398,7 +441,56 @@ export function follow(jobId, onUpdate, options) {
     handle.transport = 'poll';
     handle.reason = reason;
     interval = o.pollInterval;
+    okSince = null;
+    // A stream that failed, or was refused (maybe a 503), may work again
+    // later; a missing EventSource will not come back, and a proxy that
+    // held the stream back will hold it back again.
+    retryStream = reason === 'failing' || reason === 'refused';
     poll();
+  }
+
+  // The stream's own answer, as EventSource gets it (no headers of ours,
+  // its credentials): EventSource does not tell why it was refused.
+  async function probeStream() {
+    const ctl = typeof AbortController === 'function' ? new AbortController() : null;
+    try {
+      const r = await fetchOf(o)(`${o.base}stream/${id}`, {
+        headers: { Accept: 'text/event-stream' },
+        credentials: o.withCredentials ? 'include' : 'same-origin',
+        cache: 'no-store',
+        signal: ctl ? ctl.signal : undefined,
+      });
+      try { if (r.body && r.body.cancel) r.body.cancel().catch(() => {}); } catch { /* gone */ }
+      if (ctl) ctl.abort();
+      return r.status;
+    } catch {
+      return 0;
+    }
+  }
+
+  // After streamRetryAfter (doubling with each return, up to 8 times) of
+  // polls that went well: the stream again.  A refused stream is asked
+  // first: still a 5xx, 408, 429 or no answer: wait again; another refusal
+  // (401, 403, 404: the stream is not for this page): poll to the end.
+  async function backToStream() {
+    if (handle.reason === 'refused') {
+      const st = await probeStream();
+      if (stopped) return;
+      if (st < 200 || st > 299) {
+        if (st === 0 || st === 408 || st === 429 || st >= 500) okSince = now();
+        else retryStream = false;
+        again(interval);
+        return;
+      }
+    }
+    streamReturns += 1;
+    failures = 0;
+    openStream();
+  }
+  function polledWell() {
+    if (okSince == null) okSince = now();
+    const wait = o.streamRetryAfter * Math.min(2 ** streamReturns, 8);
+    return retryStream && typeof ES === 'function' && now() - okSince >= wait;
   }
 
   // --- polling ------------------------------------------------------------
@@ -419,25 +511,43 @@ export function follow(jobId, onUpdate, options) {
       r = await fetchOf(o)(`${o.base}status/${id}`,
                            { headers, credentials: o.credentials, cache: 'no-store' });
     } catch {
+      okSince = null;
       if (!stopped) again(backoff(2));  // the network: try again later
       return;
     }
     if (stopped) return;
-    if (r.status === 304) return again(backoff(1.25));
+    if (r.status === 304) {
+      if (polledWell()) return backToStream();
+      return again(backoff(1.25));
+    }
     if (r.ok) {
       let data;
-      try { data = await r.json(); } catch { return again(backoff(2)); }
+      try { data = await r.json(); } catch { data = undefined; }
       if (stopped) return;
+      if (!data || typeof data !== 'object') {
+        // a 200 that is no status document (a captive portal, a proxy's
+        // page): a few times may be chance, more is not going to change
+        okSince = null;
+        if (++badBodies >= 3) {
+          return fail(new AsyncDLError(
+            `the status answer is not a JSON document (${badBodies} times in a row)`,
+            { status: r.status, code: 'BAD_RESPONSE' }));
+        }
+        return again(backoff(2));
+      }
+      badBodies = 0;
       const changed = !doc || data.updatedAt !== doc.updatedAt || data.status !== doc.status
         || data.bytesDone !== doc.bytesDone;
       etag = (r.headers && r.headers.get('ETag')) || null;
       apply('status', data);
       if (!stopped) {
         if (changed) interval = o.pollInterval;
+        if (polledWell()) return backToStream();
         again(changed ? interval : backoff(1.25));
       }
       return;
     }
+    okSince = null;
     const err = await errorOf(r);
     if (stopped) return;
     if (r.status === 404 && doc) {      // it was there: deleted, or expired
@@ -445,11 +555,17 @@ export function follow(jobId, onUpdate, options) {
                                 error: { code: err.code, message: err.message } });
     }
     if (r.status === 408 || r.status === 429 || r.status >= 500) {
-      return again(backoff(2, (err.retryAfter || 0) * 1000));
+      // backoff within maxPollInterval, but never before Retry-After
+      const after = (err.retryAfter || 0) * 1000;
+      return again(Math.max(backoff(2, after), after));
     }
     fail(err);                          // 400, 401, 403, 404: it will not change
   }
 
+  if (o.signal) {
+    if (o.signal.aborted) { stop(); return handle; }
+    o.signal.addEventListener('abort', stop, { once: true });
+  }
   if (o.transport !== 'poll' && typeof ES === 'function') {
     openStream();
   } else {

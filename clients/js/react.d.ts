@@ -1,7 +1,8 @@
 import type { Options, InitiateOptions, Initiated, Update, Link, Job } from './async-dl.js';
 
 export interface UseDownloadOptions extends Options {
-  /** a job to follow from the start (e.g. kept in the URL across reloads) */
+  /** a job to follow (e.g. kept in the URL across reloads); a new value
+   * is followed instead */
   jobId?: string;
 }
 
@@ -16,7 +17,8 @@ export interface UseDownload {
   follow(jobId: string): void;
   cancel(): Promise<Job | undefined>;
   remove(): Promise<void>;
-  /** the zip (or the only file), or file `index`, once ready */
+  /** the zip (or the only file), or file `index`, once ready; a wait
+   * for a running job ends at unmount (resolves undefined) */
   download(index?: number): Promise<Link | undefined>;
 }
 

@@ -123,3 +123,68 @@ test('createClient binds the options; a call can add to them', async () => {
   assert.equal(fetch.calls[0].url, '/x/jobs?limit=1');
   assert.equal(fetch.calls[0].init.headers['X-User'], 'carol');
 });
+
+test('download refuses a link that is not http(s): a hostile API cannot run script', async () => {
+  const job = doc({ status: 'completed', bundle: { status: 'completed' },
+                    files: [{ index: 0, status: 'completed' }, { index: 1, status: 'completed' }] });
+  for (const bad of ['javascript:alert(document.cookie)', ' JavaScript:alert(1)',
+                     'data:text/html,<script>alert(1)</script>', 'vbscript:x', 'not a url']) {
+    const went = [];
+    const fetch = server(job, { jobId: 'j1', files: [{ index: 0, url: bad }],
+                                bundle: { name: 'j1.zip', url: bad } });
+    await assert.rejects(download('j1', { fetch, navigate: (u) => went.push(u) }),
+                         (e) => e instanceof AsyncDLError && e.code === 'UNSAFE_LINK'
+                           && /not http: or https:/.test(e.message), `the zip's link ${bad}`);
+    await assert.rejects(download('j1', { fetch, index: 0, navigate: (u) => went.push(u) }),
+                         { code: 'UNSAFE_LINK' }, `a file's link ${bad}`);
+    assert.deepEqual(went, [], `never navigated to ${bad}`);
+  }
+  // the default navigation too: location.assign is never called
+  const assigned = [];
+  const prev = globalThis.location;
+  globalThis.location = { href: 'https://app.example/', assign: (u) => assigned.push(u) };
+  try {
+    const fetch = server(job, { jobId: 'j1', files: [], bundle: { url: 'javascript:alert(1)' } });
+    await assert.rejects(download('j1', { fetch }), { code: 'UNSAFE_LINK' });
+    const ok = server(job, { jobId: 'j1', files: [], bundle: { url: 'http://s3/zip' } });
+    await download('j1', { fetch: ok });
+  } finally {
+    globalThis.location = prev;
+  }
+  assert.deepEqual(assigned, ['http://s3/zip'], 'only the http link was assigned');
+});
+
+test('POST and DELETE send X-Requested-With (a cookie-owned API can refuse cross-site ones)', async () => {
+  const fetch = fakeFetch((url, init) => (init.method === 'DELETE' ? new Response(null, { status: 204 })
+    : json(init.method === 'POST' && url.endsWith('/initiate') ? 202 : 200, { jobId: 'j1' })));
+  await initiate([1], { fetch });
+  await cancel('j1', { fetch });
+  await remove('j1', { fetch });
+  await status('j1', { fetch });
+  await list({ fetch });
+  assert.deepEqual(fetch.calls.map((c) => [c.init.method, c.init.headers['X-Requested-With']]),
+                   [['POST', 'XMLHttpRequest'], ['POST', 'XMLHttpRequest'], ['DELETE', 'XMLHttpRequest'],
+                    ['GET', undefined], ['GET', undefined]]);
+});
+
+test('download with an AbortSignal: the wait for a running job stops, ABORTED', { timeout: 5000 }, async () => {
+  const ctl = new AbortController();
+  let polls = 0;
+  const fetch = fakeFetch((url, init) => {
+    if (url.endsWith('/links')) throw new Error('no links after an abort');
+    polls += 1;
+    assert.equal(init.signal === undefined || init.signal === ctl.signal, true);
+    return json(200, doc());
+  });
+  const p = download('j1', { fetch, EventSource: null, pollInterval: 5, navigate: null, signal: ctl.signal });
+  await new Promise((r) => setTimeout(r, 30));
+  assert.ok(polls >= 2, `it waits for the job (${polls} polls)`);
+  ctl.abort();
+  await assert.rejects(p, { code: 'ABORTED' });
+  const n = polls;
+  await new Promise((r) => setTimeout(r, 30));
+  assert.equal(polls, n, 'no poll after the abort');
+  await assert.rejects(download('j1', { fetch, signal: ctl.signal, navigate: null }), { code: 'ABORTED' },
+                       'an aborted signal: nothing asked');
+  assert.equal(polls, n);
+});

@@ -6,9 +6,30 @@ import assert from 'node:assert/strict';
 import { follow, AsyncDLError } from '../async-dl.js';
 import { FakeEventSource as ES, fakeFetch, json, doc, clock } from './fakes.mjs';
 
-beforeEach(() => ES.reset());
-
+// a fetch that must not be called: its throw lands inside poll()'s try,
+// where it would only look like a network error, so the tests that use it
+// check its calls instead
 const never = fakeFetch(() => { throw new Error('no poll expected'); });
+
+beforeEach(() => { ES.reset(); never.calls.length = 0; });
+
+// setTimeout and clearTimeout counted while a test runs (real timers)
+function liveTimers(t) {
+  const live = new Set();
+  const { setTimeout: st, clearTimeout: ct } = globalThis;
+  globalThis.setTimeout = (fn, ms, ...a) => {
+    const h = st(() => { live.delete(h); fn(...a); }, ms);
+    live.add(h);
+    return h;
+  };
+  globalThis.clearTimeout = (h) => { live.delete(h); ct(h); };
+  t.after(() => {
+    globalThis.setTimeout = st;
+    globalThis.clearTimeout = ct;
+    for (const h of live) ct(h);
+  });
+  return live;
+}
 
 test('the stream: events merged into the document, stopped at the final one', async (t) => {
   const c = clock(t);
@@ -49,6 +70,7 @@ test('the stream: events merged into the document, stopped at the final one', as
   assert.equal(await f.done, last, 'done resolves to the final update');
   es.emit('progress', { progress: 1 }, 8);
   assert.equal(updates.length, 5, 'nothing after the final event');
+  assert.equal(never.calls.length, 0, 'no poll');
 });
 
 test('a deleted job ends the follow', async () => {
@@ -60,6 +82,7 @@ test('a deleted job ends the follow', async () => {
   assert.equal(u.status, 'deleted');
   assert.equal(u.error.code, 'JOB_DELETED');
   assert.equal(u.files.length, 2, 'what was known of the files stays');
+  assert.equal(never.calls.length, 0, 'no poll');
 });
 
 test('no EventSource: polls with the headers, ETag revalidation, until the end', async (t) => {
@@ -183,6 +206,7 @@ test('lastEventId given: the first connection resumes there', () => {
   const f = follow('j 1', null, { EventSource: ES, fetch: never, lastEventId: 7 });
   assert.equal(ES.last().url, '/v1/download/stream/j%201?lastEventId=7');
   f.stop();
+  assert.equal(never.calls.length, 0, 'no poll');
 });
 
 test('polling backs off while nothing changes, and on errors, within maxPollInterval', async (t) => {
@@ -258,8 +282,211 @@ test('an onUpdate that throws does not stop the follow', async () => {
     ES.last().emit('completed', doc({ status: 'completed' }), 2);
     assert.deepEqual(seen, ['connected', 'completed']);
     assert.equal((await f.done).status, 'completed');
+    assert.equal(never.calls.length, 0, 'no poll');
   } finally {
     if (had) globalThis.reportError = had; else delete globalThis.reportError;
   }
   assert.deepEqual(reported, ['render bug', 'render bug'], 'the error is reported, not swallowed');
+});
+
+test('stop() during the stream: the stream closed, no timer left, done null', async (t) => {
+  const live = liveTimers(t);
+  const f = follow('j1', null, { EventSource: ES, fetch: never });
+  const es = ES.last();
+  assert.equal(live.size, 1, 'the blocked timer waits for the first event');
+  es.emit('connected', doc(), 1);
+  es.fail();                            // reconnecting: blocked timer again
+  es.emit('progress', { progress: 20 }, 2);
+  assert.ok(live.size >= 1, 'the idle timer runs while the stream is open');
+  f.stop();
+  assert.ok(es.closed, 'the EventSource is closed');
+  assert.equal(live.size, 0, 'no timer left');
+  assert.equal(await f.done, null);
+  es.emit('completed', doc({ status: 'completed' }), 3);
+  assert.equal(live.size, 0, 'a late event arms nothing');
+  assert.equal(never.calls.length, 0, 'no poll');
+});
+
+test('stop() while a poll is in flight: its answer arms no timer', async (t) => {
+  const live = liveTimers(t);
+  let answer;
+  const fetch = fakeFetch(() => new Promise((r) => { answer = r; }));
+  const f = follow('j1', null, { EventSource: null, fetch });
+  await new Promise((r) => setImmediate(r));
+  assert.equal(fetch.calls.length, 1);
+  f.stop();
+  answer(json(200, doc()));
+  for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(live.size, 0, 'no timer left');
+  assert.equal(fetch.calls.length, 1);
+  assert.equal(await f.done, null);
+});
+
+test('an AbortSignal stops the follow like stop()', async () => {
+  const ctl = new AbortController();
+  const f = follow('j1', null, { EventSource: ES, fetch: never, signal: ctl.signal });
+  const es = ES.last();
+  ctl.abort();
+  assert.ok(es.closed);
+  assert.equal(await f.done, null);
+  const g = follow('j1', null, { EventSource: ES, fetch: never, signal: ctl.signal });
+  assert.equal(ES.instances.length, 1, 'an aborted signal: nothing opened');
+  assert.equal(await g.done, null);
+  assert.equal(never.calls.length, 0);
+});
+
+test('a failing stream: polls, then the stream again after streamRetryAfter of good polls', async (t) => {
+  const c = clock(t);
+  const fetch = fakeFetch(() => json(200, doc()), c);      // running, never changing
+  const f = follow('j1', null, { EventSource: ES, fetch, now: () => c.now, maxStreamFailures: 1,
+                                 pollInterval: 1000, maxPollInterval: 2000,
+                                 streamRetryAfter: 10000, blockedTimeout: 100000 });
+  ES.last().emit('connected', doc(), 5);
+  ES.last().fail();
+  assert.equal(f.reason, 'failing');
+  await c.advance(9000, 100);
+  assert.equal(ES.instances.length, 1, 'polls for streamRetryAfter first');
+  assert.equal(f.transport, 'poll');
+  await c.advance(3000, 100);
+  assert.equal(ES.instances.length, 2, 'then the stream again');
+  assert.equal(ES.last().url, '/v1/download/stream/j1?lastEventId=5', 'where it left off');
+  assert.equal(f.transport, 'eventsource');
+  assert.equal(f.reason, null);
+  const polls = fetch.calls.length;
+  ES.last().emit('progress', { progress: 30 }, 6);
+  await c.advance(5000, 100);
+  assert.equal(fetch.calls.length, polls, 'no polls while on the stream');
+  ES.last().fail();                     // failing again: polls, and waits twice as long
+  assert.equal(f.reason, 'failing');
+  await c.advance(18000, 100);
+  assert.equal(ES.instances.length, 2, 'the second return waits 2 x streamRetryAfter');
+  await c.advance(4000, 100);
+  assert.equal(ES.instances.length, 3);
+  ES.last().emit('completed', doc({ status: 'completed' }), 7);
+  assert.equal((await f.done).status, 'completed');
+});
+
+test('the wait for the stream counts polls that went well in a row', async (t) => {
+  const c = clock(t);
+  let n = 0;
+  const fetch = fakeFetch(() => (++n === 4 ? json(503, { error: { code: 'DATABASE_UNAVAILABLE' } })
+    : json(200, doc())), c);
+  follow('j1', null, { EventSource: ES, fetch, now: () => c.now, maxStreamFailures: 1,
+                       pollInterval: 1000, maxPollInterval: 1000, streamRetryAfter: 5000,
+                       blockedTimeout: 100000 });
+  ES.last().fail();
+  await c.advance(7500, 100);
+  assert.equal(ES.instances.length, 1, 'the 503 at the 4th poll started the count again');
+  await c.advance(2000, 100);
+  assert.equal(ES.instances.length, 2);
+  ES.last().emit('completed', doc({ status: 'completed' }), 1);
+});
+
+function probing(streamAnswers) {
+  const probes = [];
+  return {
+    probes,
+    handler: (url, init) => {
+      if (url.includes('/stream/')) {
+        probes.push(init);
+        const st = streamAnswers.length > 1 ? streamAnswers.shift() : streamAnswers[0];
+        return st === 200
+          ? new Response('retry: 1000\n\n', { status: 200, headers: { 'Content-Type': 'text/event-stream' } })
+          : json(st, { error: { code: `HTTP_${st}` } });
+      }
+      return json(200, doc());
+    },
+  };
+}
+
+test('a refused stream (a 503): asked again after streamRetryAfter, back on it once it answers', async (t) => {
+  const c = clock(t);
+  const p = probing([503, 200]);
+  const fetch = fakeFetch(p.handler, c);
+  const f = follow('j1', null, { EventSource: ES, fetch, now: () => c.now, headers: { 'X-User': 'al' },
+                                 pollInterval: 1000, maxPollInterval: 1000, streamRetryAfter: 5000 });
+  ES.last().fail({ closed: true });
+  assert.equal(f.reason, 'refused');
+  await c.advance(5500, 100);
+  assert.equal(p.probes.length, 1, 'the stream is asked after streamRetryAfter');
+  assert.equal(p.probes[0].headers['X-User'], undefined, '... as EventSource asks it: no headers of ours');
+  assert.equal(p.probes[0].headers.Accept, 'text/event-stream');
+  assert.equal(ES.instances.length, 1, 'still a 503: polls on');
+  assert.equal(f.transport, 'poll');
+  await c.advance(5500, 100);
+  assert.equal(p.probes.length, 2);
+  assert.equal(ES.instances.length, 2, 'answered: the stream again');
+  assert.equal(f.transport, 'eventsource');
+  ES.last().emit('completed', doc({ status: 'completed' }), 1);
+  assert.equal((await f.done).status, 'completed');
+});
+
+test('a stream refused with a 4xx (no owner cookie): polls to the end, asked once', async (t) => {
+  const c = clock(t);
+  const p = probing([401]);
+  const fetch = fakeFetch(p.handler, c);
+  const f = follow('j1', null, { EventSource: ES, fetch, now: () => c.now,
+                                 pollInterval: 1000, maxPollInterval: 1000, streamRetryAfter: 5000 });
+  ES.last().fail({ closed: true });
+  await c.advance(30000, 100);
+  assert.equal(p.probes.length, 1, 'a 401 is not asked again');
+  assert.equal(ES.instances.length, 1);
+  assert.equal(f.transport, 'poll');
+  assert.ok(fetch.calls.length > 20, 'polling went on');
+  f.stop();
+});
+
+test('no stream again after a buffering proxy or without EventSource', async (t) => {
+  const c = clock(t);
+  const fetch = fakeFetch(() => json(200, doc()), c);
+  const f = follow('j1', null, { EventSource: ES, fetch, now: () => c.now, blockedTimeout: 100,
+                                 pollInterval: 1000, maxPollInterval: 1000, streamRetryAfter: 2000 });
+  await c.advance(20000, 100);
+  assert.equal(f.reason, 'blocked');
+  assert.equal(ES.instances.length, 1, 'held back once, held back again: not retried');
+  assert.ok(fetch.calls.every((x) => x.url.includes('/status/')), 'never asked');
+  f.stop();
+});
+
+test('200s that are not JSON documents: done rejects after 3 in a row, saying so', async (t) => {
+  const c = clock(t);
+  const fetch = fakeFetch(() => new Response('<html>Sign in to the Wi-Fi</html>', { status: 200 }), c);
+  const f = follow('j1', null, { EventSource: null, fetch, pollInterval: 100 });
+  await c.advance(5000, 100);
+  await assert.rejects(f.done, (e) => e instanceof AsyncDLError && e.code === 'BAD_RESPONSE'
+                                      && /not a JSON document \(3 times in a row\)/.test(e.message));
+  assert.equal(fetch.calls.length, 3, 'no poll after');
+
+  let n = 0;
+  const mixed = fakeFetch(() => {
+    n += 1;
+    if (n === 3) return json(200, doc());
+    if (n === 4) return json(200, null);  // JSON, but no document
+    if (n >= 6) return json(200, doc({ status: 'completed' }));
+    return new Response('oops', { status: 200 });
+  }, c);
+  const g = follow('j1', null, { EventSource: null, fetch: mixed, pollInterval: 100 });
+  await c.advance(20000, 100);
+  assert.equal((await g.done).status, 'completed', 'a document between them starts the count again');
+});
+
+test('Retry-After beyond maxPollInterval is honoured, as seconds or as a date', async (t) => {
+  const c = clock(t);
+  let n = 0;
+  const fetch = fakeFetch(() => {
+    n += 1;
+    if (n === 1) return json(429, { error: { code: 'RATE_LIMITED' } }, { 'Retry-After': '30' });
+    if (n === 2) {
+      return json(503, { error: { code: 'DATABASE_UNAVAILABLE' } },
+                  { 'Retry-After': new Date(Date.now() + 20000).toUTCString() });
+    }
+    return json(200, doc({ status: 'completed' }));
+  }, c);
+  const f = follow('j1', null, { EventSource: null, fetch, pollInterval: 100, maxPollInterval: 10000 });
+  await c.advance(70000, 100);
+  const at = fetch.calls.map((x) => x.at);
+  assert.equal(at.length, 3, `polls at ${at}`);
+  assert.ok(at[1] - at[0] >= 30000, `a 429 with Retry-After: 30 waits 30 s (${at[1] - at[0]})`);
+  assert.ok(at[2] - at[1] >= 18000, `an HTTP date 20 s ahead: about 20 s (${at[2] - at[1]})`);
+  assert.equal((await f.done).status, 'completed');
 });

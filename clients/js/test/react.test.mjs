@@ -1,6 +1,7 @@
 // useDownload (react.js) on a small hooks runtime standing in for 'react':
 // start follows the new job, updates re-render, cancel and download reach
-// the API, unmount stops the follow, a job id resumes, failures land in error.
+// the API, unmount stops the follow (and a download still waiting), a job
+// id resumes and is followed when it changes, failures land in error.
 import { test, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { register } from 'node:module';
@@ -86,4 +87,51 @@ test('a refused start is in error and thrown', async () => {
   await tick();
   assert.equal(h.result.error.code, 'INVALID_REQUEST');
   assert.equal(h.result.jobId, null);
+});
+
+test('cancel right after start, from the same render, cancels the new job', async () => {
+  const fetch = api();
+  const h = renderHook(() => useDownload({ fetch, EventSource: ES }));
+  const { start, cancel } = h.result;          // one render's functions, as in a handler
+  await start([70000]);
+  const r = await cancel();
+  assert.equal(r && r.status, 'canceled', 'not a no-op for want of a job id');
+  assert.equal(fetch.calls[1].url, '/v1/download/j1/cancel');
+  h.unmount();
+});
+
+test('options.jobId: a new value is followed', async () => {
+  const fetch = api();
+  let jobId = 'j1';
+  const h = renderHook(() => useDownload({ fetch, EventSource: ES, jobId }));
+  const first = ES.last();
+  assert.equal(first.url, '/v1/download/stream/j1');
+  jobId = 'j2';
+  h.rerender();
+  await tick();
+  assert.equal(h.result.jobId, 'j2');
+  assert.ok(first.closed, 'the old job is no longer followed');
+  assert.equal(ES.last().url, '/v1/download/stream/j2', 'the new one is');
+  const n = ES.instances.length;
+  h.rerender();
+  await tick();
+  assert.equal(ES.instances.length, n, 'the same value: nothing new');
+  h.unmount();
+  assert.ok(ES.last().closed);
+});
+
+test('a download waiting for a running job stops at unmount', { timeout: 5000 }, async () => {
+  const fetch = fakeFetch((url) => {
+    if (url.endsWith('/links')) throw new Error('no links after unmount');
+    return json(200, doc());                      // running
+  });
+  const h = renderHook(() => useDownload({ fetch, EventSource: ES, jobId: 'j1' }));
+  const p = h.result.download();
+  for (let i = 0; i < 5; i++) await tick();
+  const waiting = ES.instances.filter((e) => !e.closed);
+  assert.equal(waiting.length, 2, 'the hook\'s follow and the download\'s');
+  h.unmount();
+  assert.ok(ES.instances.every((e) => e.closed), 'both closed at unmount');
+  assert.equal(await p, undefined, 'the download resolves quietly');
+  assert.equal(h.result.error, null);
 });

@@ -1,6 +1,7 @@
 // Just enough of React's hooks to run useDownload in node: useState,
 // useRef, useCallback, useEffect (after each render, cleaned up when their
-// deps change and at unmount), a re-render a microtask after a state change.
+// deps change and at unmount), a re-render a microtask after a state change
+// or on rerender().
 let current = null;
 
 function slot(make) {
@@ -65,6 +66,8 @@ export function renderHook(hook) {
   return {
     get result() { return inst.result; },
     get renders() { return inst.renders; },
+    /** renders again now (the hook reads new props from its closure) */
+    rerender() { inst.render(); },
     unmount() {
       inst.alive = false;
       for (const s of inst.slots) if (s && typeof s.cleanup === 'function') s.cleanup();
