@@ -2,7 +2,8 @@
 # `make run`: the whole service on loopback, in the foreground.
 # PostgreSQL (a private cluster), the S3-compatible store, the worker and
 # nginx with the module on 127.0.0.1:$PORT, configured from
-# nginx.conf.example, plus sample files served by the same nginx.
+# nginx.conf.example plus the demo page's parts (below), and sample files
+# served by the same nginx.
 # Ctrl-C stops everything this script started.
 set -euo pipefail
 
@@ -62,13 +63,69 @@ for i in 0 1 2 3 4; do
     chmod 644 "$f"
 done
 
+# --- the demo page's parts: `make run` only, never nginx.conf.example ---
+# The page (clients/demo at /, the client module clients/js at /js/) and an
+# owner for its event streams: EventSource sends cookies but no headers, so
+# where X-User is absent the adl_user cookie the page sets is the owner.
+# That cookie is whatever the browser claims, with no login behind it: a
+# stand-in for one on loopback.  A real deployment sets the owner from its
+# login (README, "The browser client").
+cat >"$RUN/demo-http.conf" <<'DEMO'
+# the demo's owner: X-User, else the adl_user cookie (an unauthenticated claim)
+map $http_x_user $async_dl_demo_owner {
+    ""      $cookie_adl_user;
+    default $http_x_user;
+}
+# the demo's CSRF guard: a POST or DELETE that only the cookie owns must
+# carry X-Requested-With (the client sends it), which a cross-site form or
+# a simple cross-site fetch (POST {id}/cancel has no body) cannot send
+map "$http_x_user:$request_method:$http_x_requested_with:$cookie_adl_user" $async_dl_demo_csrf {
+    default                           0;
+    "~^:(POST|PUT|PATCH|DELETE)::."   1;
+}
+DEMO
+cat >"$RUN/demo-api.conf" <<'DEMO'
+# the demo's owner, instead of nginx.conf.example's `async_dl_owner $http_x_user;`
+async_dl_owner $async_dl_demo_owner;
+if ($async_dl_demo_csrf) {
+    error_page 418 = @async_dl_demo_csrf;
+    return 418;
+}
+DEMO
+cat >"$RUN/demo-server.conf" <<DEMO
+# the demo page, and the client module it imports (module scripts need
+# their JavaScript type)
+location / {
+    root $top/clients/demo;
+    types { text/html html; text/css css; text/javascript js; }
+}
+location /js/ {
+    alias $top/clients/js/;
+    types { text/javascript js; text/plain ts; }
+}
+# the CSRF guard's answer (demo-api.conf), in the API's JSON
+location @async_dl_demo_csrf {
+    default_type application/json;
+    return 403 '{"error":{"code":"CSRF_REFUSED","message":"a POST or DELETE owned by the adl_user cookie needs an X-Requested-With header"}}\n';
+}
+DEMO
+
 sed -e "s|/usr/lib/nginx/modules/ngx_http_async_dl_module.so|$MODULE|" \
     -e "s|127\.0\.0\.1:8080|127.0.0.1:$PORT|g" \
     -e "s|port=5432|port=$PG_PORT|" \
     -e "s|127\.0\.0\.1:9000|127.0.0.1:$S3_PORT|g" \
     -e "s|/var/lib/async-dl|$RUN|g" \
-    -e "s|/usr/share/async-dl/clients|$top/clients|g" \
+    -e "0,/^    server {/s||    include $RUN/demo-http.conf;      # the demo's (scripts/run.sh)\n\n    server {|" \
+    -e "s|^\( *\)async_dl_owner \$http_x_user;|\1include $RUN/demo-api.conf;      # the demo's (scripts/run.sh)|" \
+    -e "s|^\( *\)# (.make run. adds the demo page here.*|\1include $RUN/demo-server.conf;   # the demo's (scripts/run.sh)|" \
     "$top/nginx.conf.example" >"$RUN/nginx.conf"
+for part in demo-http demo-api demo-server; do
+    n=$(grep -c "include $RUN/$part.conf;" "$RUN/nginx.conf" || true)
+    if [ "$n" != 1 ]; then
+        echo "run.sh: nginx.conf.example changed: the demo's $part.conf went in $n times, not once" >&2
+        exit 1
+    fi
+done
 
 # the worker, allowed to fetch from this machine's own nginx
 ASYNC_DL_DATABASE_URL=$DB_URL \
@@ -100,7 +157,8 @@ async-dl is running on http://127.0.0.1:$PORT  (logs in $RUN/logs)
 
 The demo page: http://127.0.0.1:$PORT/  (clients/demo, on clients/js)
 
-Jobs belong to the X-User header (or the demo page's adl_user cookie):
+Jobs belong to the X-User header (here only, for the demo page's event
+streams, the adl_user cookie stands in for it: anyone can claim any owner):
 
   health:   curl http://127.0.0.1:$PORT/v1/download/health
   initiate: curl -i -X POST http://127.0.0.1:$PORT/v1/download/initiate -H 'X-User: demo' \\
