@@ -1,23 +1,45 @@
 // The demo page: starts jobs, follows them with the client module, offers
-// their files.  Query parameters: ?api=/prefix/ (the API's location,
-// default /v1/download/).
+// their files.  Query parameters: ?api=/prefix/ (the API's location on this
+// page's origin, default /v1/download/), ?blocked=ms (the client's
+// blockedTimeout, for tests).
 import { createClient, AsyncDLError } from './js/async-dl.js';
 
 const $ = (sel) => document.querySelector(sel);
 const params = new URLSearchParams(location.search);
-const API = params.get('api') || '/v1/download/';
+const DEFAULT_API = '/v1/download/';
+
+// ?api= only on this page's origin: another origin's API would choose the
+// links this page goes to, and get the owner's header
+function apiOf(v) {
+  if (!v) return { base: DEFAULT_API, refused: false };
+  try {
+    const u = new URL(v, location.href);
+    if (u.origin === location.origin) return { base: u.pathname, refused: false };
+  } catch { /* not a URL */ }
+  return { base: DEFAULT_API, refused: true };
+}
+const api = apiOf(params.get('api'));
+const API = api.base;
+const blocked = Number(params.get('blocked'));
+const TIMINGS = Number.isFinite(blocked) && blocked > 0 ? { blockedTimeout: blocked } : {};
 
 let client = null;
+let owner = null;
 let current = null;     // { jobId, following, rows: Map(index -> row) }
+let listed = 0;         // the last jobs list asked for: older answers are dropped
 
 // --- the owner: a header on every fetch, a cookie for the event stream
-// (EventSource cannot send headers; nginx.conf.example takes X-User, else
-// the adl_user cookie)
-function setOwner(owner) {
-  const v = encodeURIComponent(owner);
+// (EventSource cannot send headers).  `make run` takes X-User, else this
+// adl_user cookie: an unauthenticated claim, for the demo only (README,
+// "The browser client").
+function setOwner(name) {
+  const v = encodeURIComponent(name);
   document.cookie = `adl_user=${v}; path=/; SameSite=Strict`;
-  localStorage.setItem('adl-owner', owner);
-  client = createClient({ base: API, headers: { 'X-User': v } });
+  localStorage.setItem('adl-owner', name);
+  const changed = owner !== null && owner !== name;
+  owner = name;
+  client = createClient({ base: API, headers: { 'X-User': v }, ...TIMINGS });
+  if (changed) hideJob();   // the job shown is the previous owner's
 }
 
 // --- formatting
@@ -61,6 +83,13 @@ function rememberJob(jobId) {
     sessionStorage.removeItem('adl-job');
     history.replaceState(null, '', `${location.pathname}${location.search}`);
   }
+}
+
+function hideJob() {
+  if (current) current.following.stop();
+  current = null;
+  $('#job').hidden = true;
+  rememberJob(null);
 }
 
 function showJob(jobId) {
@@ -192,8 +221,10 @@ async function save(jobId, index) {
 // --- the owner's jobs
 async function refreshJobs() {
   const body = $('#jobs tbody');
+  const mine = ++listed;
   try {
     const r = await client.list({ limit: 20 });
+    if (mine !== listed) return;        // a later list (another owner's?) was asked
     showError($('#jobs-error'), null);
     body.replaceChildren(...r.jobs.map((j) => el('tr', { 'data-job': j.jobId },
       el('td', {}, el('button', {
@@ -208,7 +239,7 @@ async function refreshJobs() {
       el('td', { class: 'numbers', text: new Date(j.createdAt).toLocaleString() }))));
     $('#jobs-empty').hidden = r.jobs.length > 0;
   } catch (err) {
-    showError($('#jobs-error'), err);
+    if (mine === listed) showError($('#jobs-error'), err);
   }
 }
 
@@ -251,21 +282,25 @@ $('#cancel').addEventListener('click', async () => {
 $('#delete').addEventListener('click', async () => {
   if (!current) return;
   const me = current;
+  // its files go too: ask first
+  if (!window.confirm(`Delete job ${me.jobId} and its stored files?`)) return;
   try {
     await client.remove(me.jobId);
-    me.following.stop();
-    current = null;
-    $('#job').hidden = true;
-    rememberJob(null);
+    if (current === me) hideJob();
+    // the focused button is hidden now: focus the list the job left
+    $('#jobs-h').focus();
     refreshJobs();
   } catch (err) { showError($('#job-error'), err); }
 });
 $('#refresh').addEventListener('click', refreshJobs);
 
-// a reload (or a shared link) picks the job up again: #job=<id>, else
-// this tab's last job
+// a reload (or a link shared with the same owner) picks the job up again:
+// #job=<id>, else this tab's last job
 $('#owner').value = localStorage.getItem('adl-owner') || 'demo';
 setOwner($('#owner').value.trim());
+if (api.refused) {
+  showError($('#form-error'), `?api= must be on this page's origin; using ${DEFAULT_API}`);
+}
 const fromHash = /^#job=([0-9a-fA-F-]{36})$/.exec(location.hash);
 const resume = fromHash ? fromHash[1] : sessionStorage.getItem('adl-job');
 if (resume) showJob(resume);
