@@ -14,7 +14,11 @@ function apiOf(v) {
   if (!v) return { base: DEFAULT_API, refused: false };
   try {
     const u = new URL(v, location.href);
-    if (u.origin === location.origin) return { base: u.pathname, refused: false };
+    // (the base is given whole: a path "//host/" alone would be read as
+    // another host's, protocol-relative)
+    if (u.origin === location.origin) {
+      return { base: u.origin + u.pathname, refused: false };
+    }
   } catch { /* not a URL */ }
   return { base: DEFAULT_API, refused: true };
 }

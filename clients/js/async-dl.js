@@ -316,6 +316,7 @@ export function follow(jobId, onUpdate, options) {
   let retryStream = false;              // go back to the stream after a while
   let streamReturns = 0;
   let stopped = false;
+  let probing = null;                   // the stream probe in flight (its abort)
   let resolveDone;
   let rejectDone;
   const done = new Promise((res, rej) => { resolveDone = res; rejectDone = rej; });
@@ -336,6 +337,7 @@ export function follow(jobId, onUpdate, options) {
   }
   function end() {
     stopped = true;
+    if (probing) probing.abort();
     closeStream();
     for (const t of timers.values()) clearTimeout(t);
     timers.clear();
@@ -451,8 +453,12 @@ export function follow(jobId, onUpdate, options) {
 
   // The stream's own answer, as EventSource gets it (no headers of ours,
   // its credentials): EventSource does not tell why it was refused.
+  // A probe whose answer is held back (a buffering proxy) is given up
+  // after blockedTimeout, as no answer; stop() gives it up at once.
   async function probeStream() {
     const ctl = typeof AbortController === 'function' ? new AbortController() : null;
+    probing = ctl;
+    if (ctl) arm('probe', o.blockedTimeout, () => ctl.abort());
     try {
       const r = await fetchOf(o)(`${o.base}stream/${id}`, {
         headers: { Accept: 'text/event-stream' },
@@ -465,6 +471,9 @@ export function follow(jobId, onUpdate, options) {
       return r.status;
     } catch {
       return 0;
+    } finally {
+      probing = null;
+      clear('probe');
     }
   }
 

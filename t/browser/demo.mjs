@@ -312,6 +312,25 @@ await scenario('api_origin', async () => {
   await context.close();
 });
 
+// --- 8b. a path of this origin that reads as another host ("//host/"):
+// the requests stay on this origin
+await scenario('api_protocol_relative', async () => {
+  const errorsBefore = pageErrors.length;
+  const asked = [];
+  const { page, context } = await newPage({ query: '?api=/.//evil.invalid/v1/download/' });
+  page.on('request', (rq) => asked.push(new URL(rq.url()).host));
+  // an owner change lists the owner's jobs: through the API base
+  await page.fill('#owner', `${OWNER}-b`);
+  await page.dispatchEvent('#owner', 'change');
+  await page.waitForTimeout(800);
+  check('... and asks its own origin', asked.some((h) => !h.startsWith('evil.invalid')), asked);
+  check('?api=/.//host/ sends nothing to that host',
+        !asked.some((h) => h.startsWith('evil.invalid')), asked);
+  // (that path has no API on this origin: its 404s are this scenario's own)
+  pageErrors.length = errorsBefore;
+  await context.close();
+});
+
 check('no error in the pages\' consoles', pageErrors.length === 0, pageErrors);
 fact('ms_total', Date.now() - T0);
 await browser.close();

@@ -421,6 +421,56 @@ test('a refused stream (a 503): asked again after streamRetryAfter, back on it o
   assert.equal((await f.done).status, 'completed');
 });
 
+// a fetch whose stream answers are held back until aborted (a buffering
+// proxy), its polls answered at once
+function heldStream() {
+  const probes = [];
+  return {
+    probes,
+    handler: (url, init) => {
+      if (!url.includes('/stream/')) return json(200, doc());
+      probes.push(init);
+      return new Promise((resolve, reject) => {
+        init.signal.addEventListener('abort', () => reject(new Error('aborted')));
+      });
+    },
+  };
+}
+
+test('a stream probe held back: given up after blockedTimeout, polling goes on', async (t) => {
+  const c = clock(t);
+  const p = heldStream();
+  const fetch = fakeFetch(p.handler, c);
+  const f = follow('j1', null, { EventSource: ES, fetch, now: () => c.now, pollInterval: 1000,
+                                 maxPollInterval: 1000, streamRetryAfter: 5000,
+                                 blockedTimeout: 2000 });
+  ES.last().fail({ closed: true });
+  await c.advance(5500, 100);
+  assert.equal(p.probes.length, 1, 'the stream is asked');
+  const polls = fetch.calls.length;
+  await c.advance(4000, 100);
+  assert.ok(p.probes[0].signal.aborted, 'the probe was given up');
+  assert.ok(fetch.calls.length > polls + 1, 'polls went on after it');
+  assert.equal(f.transport, 'poll');
+  f.stop();
+});
+
+test('stop() during a stream probe aborts it', async (t) => {
+  const c = clock(t);
+  const p = heldStream();
+  const fetch = fakeFetch(p.handler, c);
+  const f = follow('j1', null, { EventSource: ES, fetch, now: () => c.now, pollInterval: 1000,
+                                 maxPollInterval: 1000, streamRetryAfter: 5000,
+                                 blockedTimeout: 60000 });
+  ES.last().fail({ closed: true });
+  await c.advance(5500, 100);
+  assert.equal(p.probes.length, 1);
+  f.stop();
+  await c.settle();
+  assert.ok(p.probes[0].signal.aborted, 'stop() gave the probe up');
+  assert.equal(await f.done, null);
+});
+
 test('a stream refused with a 4xx (no owner cookie): polls to the end, asked once', async (t) => {
   const c = clock(t);
   const p = probing([401]);
