@@ -431,14 +431,22 @@ ngx_http_async_dl_hub_notify(void *data, const char *payload)
     if (last - p == 3 + NGX_HTTP_ASYNC_DL_OWNER_KEY_LEN
         && p[0] == ' ' && p[1] == 'n' && p[2] == ' ')
     {
-        /* a new job: the streams of its owner follow it */
+        /*
+         * A new job: the streams of its owner follow it.  Nothing of it
+         * can be in the status cache older than it is (nothing is kept
+         * of a job that did not exist), so the cache is left alone: a
+         * first poll's fill under way is kept.
+         */
         ngx_http_async_dl_owner_created(id, p + 3);
+        goto watched;
     }
 
     if (hub->cache) {
         /* before anything else: a poll after this sees the change */
         ngx_http_async_dl_sc_invalidate(hub->cache, id, seq);
     }
+
+watched:
 
     hash = ngx_crc32_short(id, NGX_HTTP_ASYNC_DL_UUID_LEN);
 
