@@ -64,38 +64,36 @@ static void ngx_http_async_dl_mux_child_free(
 ngx_int_t
 ngx_http_async_dl_mux_open(ngx_http_request_t *r,
     ngx_http_async_dl_mux_handler_pt handler, void *data,
-    ngx_http_async_dl_mux_t **mux, ngx_int_t *rc)
+    ngx_http_async_dl_mux_t **mux, ngx_http_cleanup_t *cln,
+    ngx_http_cleanup_pt cleanup)
 {
     ngx_int_t  n;
 
     n = ngx_http_async_dl_mux_create(r, handler, data, mux);
 
     if (n == NGX_DECLINED) {
-        *rc = ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
-                                           "INVALID_REQUEST",
-                                           "Last-Event-ID (lastEventId) is "
-                                           "not an id of this stream");
-        return NGX_DECLINED;
+        return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                            "INVALID_REQUEST",
+                                            "Last-Event-ID (lastEventId) is "
+                                            "not an id of this stream");
     }
 
     if (n != NGX_OK) {
-        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-        return NGX_DECLINED;
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     n = ngx_http_async_dl_mux_watch(*mux);
 
     if (n != NGX_OK) {
-        *rc = ngx_http_async_dl_db_unavailable(r, "%s",
+        return ngx_http_async_dl_db_unavailable(r, "%s",
                                       n == NGX_DECLINED
                                       ? "the database is not configured in "
                                         "this process"
                                       : "the database is unavailable, retry "
                                         "later");
-        return NGX_DECLINED;
     }
 
-    return NGX_OK;
+    return ngx_http_async_dl_follow_wait(r, data, cln, cleanup);
 }
 
 
@@ -106,7 +104,7 @@ ngx_http_async_dl_mux_create(ngx_http_request_t *r,
     ngx_http_async_dl_mux_handler_pt handler, void *data,
     ngx_http_async_dl_mux_t **out)
 {
-    u_char                        *p;
+    off_t                          n;
     uint64_t                       since;
     ngx_str_t                      v;
     ngx_uint_t                     has_since;
@@ -134,18 +132,12 @@ ngx_http_async_dl_mux_create(ngx_http_request_t *r,
     }
 
     if (v.len) {
-        if (v.len > NGX_INT64_LEN - 1) {
+        n = ngx_atoof(v.data, v.len);       /* digits only, no overflow */
+        if (n == NGX_ERROR) {
             return NGX_DECLINED;
         }
 
-        for (p = v.data; p < v.data + v.len; p++) {
-            if (*p < '0' || *p > '9') {
-                return NGX_DECLINED;
-            }
-
-            since = since * 10 + (*p - '0');
-        }
-
+        since = (uint64_t) n;
         has_since = 1;
     }
 

@@ -76,15 +76,17 @@ typedef struct {
 
 /*
  * For the request (its owner, location, Last-Event-ID or ?lastEventId):
- * registers for the owner's new jobs and lists its jobs.  NGX_OK, *mux
- * (freed by _free(), also when it fails later) and the handler is called
- * later; or NGX_DECLINED and the request was answered (a JSON error: 400
- * for an id this stream does not give, 503 without the database), *rc
- * what answering gave.
+ * registers for the owner's new jobs and lists its jobs, and the request
+ * waits (ngx_http_async_dl_follow_wait(), with cln and cleanup).  Returns
+ * what the content handler returns: NGX_DONE, *mux set (freed by _free(),
+ * also when it fails later) and the handler called later; or the answer
+ * given (a JSON error: 400 for an id this stream does not give, 503
+ * without the database).
  */
 ngx_int_t ngx_http_async_dl_mux_open(ngx_http_request_t *r,
     ngx_http_async_dl_mux_handler_pt handler, void *data,
-    ngx_http_async_dl_mux_t **mux, ngx_int_t *rc);
+    ngx_http_async_dl_mux_t **mux, ngx_http_cleanup_t *cln,
+    ngx_http_cleanup_pt cleanup);
 
 /* the next event owed (LIVE): NGX_OK, or NGX_DECLINED when none is now */
 ngx_int_t ngx_http_async_dl_mux_next(ngx_http_async_dl_mux_t *mux,

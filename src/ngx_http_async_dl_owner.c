@@ -367,7 +367,7 @@ ngx_http_async_dl_owner_rows(ngx_http_async_dl_owner_watch_t *ow,
 {
     char                           *v;
     size_t                          len;
-    uint64_t                        n;
+    off_t                           n;
     ngx_int_t                       i, nt;
     ngx_http_async_dl_owner_row_t  *row;
 
@@ -377,17 +377,14 @@ ngx_http_async_dl_owner_rows(ngx_http_async_dl_owner_watch_t *ow,
         goto invalid;
     }
 
-    n = 0;
+    v = PQgetvalue(res, 0, 0);
+    n = ngx_atoof((u_char *) v, PQgetlength(res, 0, 0));
 
-    for (v = PQgetvalue(res, 0, 0); *v; v++) {
-        if (*v < '0' || *v > '9' || n > ((uint64_t) -1 - 9) / 10) {
-            goto invalid;
-        }
-
-        n = n * 10 + (*v - '0');
+    if (n == NGX_ERROR) {
+        goto invalid;
     }
 
-    ow->horizon = n;
+    ow->horizon = (uint64_t) n;
     ow->nrows = 0;
     ow->rows = ngx_palloc(pool, nt * sizeof(ngx_http_async_dl_owner_row_t));
 

@@ -93,8 +93,6 @@ typedef struct {
 } ngx_http_async_dl_sse_sub_t;
 
 
-static ngx_int_t ngx_http_async_dl_sse_owner(ngx_http_request_t *r,
-    ngx_http_async_dl_sse_sub_t *sub);
 static void ngx_http_async_dl_sse_news(ngx_http_async_dl_watcher_t *w,
     ngx_http_async_dl_hub_news_e news);
 static void ngx_http_async_dl_sse_mux_news(void *data,
@@ -177,7 +175,9 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
     sub->detach.log = r->connection->log;
 
     if (ctx->job_id.len == 0) {
-        return ngx_http_async_dl_sse_owner(r, sub);
+        return ngx_http_async_dl_mux_open(r, ngx_http_async_dl_sse_mux_news,
+                                          sub, &sub->mux, cln,
+                                          ngx_http_async_dl_sse_cleanup);
     }
 
     rc = ngx_http_async_dl_follow_watch(r, &sub->f, cln,
@@ -195,24 +195,6 @@ ngx_http_async_dl_stream(ngx_http_request_t *r)
     }
 
     return rc == NGX_ERROR ? NGX_HTTP_INTERNAL_SERVER_ERROR : rc;
-}
-
-
-static ngx_int_t
-ngx_http_async_dl_sse_owner(ngx_http_request_t *r,
-    ngx_http_async_dl_sse_sub_t *sub)
-{
-    ngx_int_t  rc;
-
-    if (ngx_http_async_dl_mux_open(r, ngx_http_async_dl_sse_mux_news, sub,
-                                   &sub->mux, &rc)
-        != NGX_OK)
-    {
-        return rc;                          /* answered */
-    }
-
-    return ngx_http_async_dl_follow_wait(r, sub, sub->cln,
-                                         ngx_http_async_dl_sse_cleanup);
 }
 
 

@@ -120,8 +120,6 @@ typedef struct {
 
 static ngx_int_t ngx_http_async_dl_ws_handshake(ngx_http_request_t *r,
     u_char *accept, ngx_int_t *answered);
-static ngx_int_t ngx_http_async_dl_ws_owner(ngx_http_request_t *r,
-    ngx_http_async_dl_ws_sub_t *sub);
 static void ngx_http_async_dl_ws_news(ngx_http_async_dl_watcher_t *w,
     ngx_http_async_dl_hub_news_e news);
 static void ngx_http_async_dl_ws_mux_news(void *data,
@@ -213,7 +211,9 @@ ngx_http_async_dl_ws(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_async_dl_module);
 
     if (ctx->job_id.len == 0) {
-        return ngx_http_async_dl_ws_owner(r, sub);
+        return ngx_http_async_dl_mux_open(r, ngx_http_async_dl_ws_mux_news,
+                                          sub, &sub->mux, cln,
+                                          ngx_http_async_dl_ws_cleanup);
     }
 
     rc = ngx_http_async_dl_follow_watch(r, &sub->f, cln,
@@ -315,24 +315,6 @@ bad_key:
                                              "Sec-WebSocket-Key must be "
                                              "16 bytes in base64");
     return NGX_DECLINED;
-}
-
-
-static ngx_int_t
-ngx_http_async_dl_ws_owner(ngx_http_request_t *r,
-    ngx_http_async_dl_ws_sub_t *sub)
-{
-    ngx_int_t  rc;
-
-    if (ngx_http_async_dl_mux_open(r, ngx_http_async_dl_ws_mux_news, sub,
-                                   &sub->mux, &rc)
-        != NGX_OK)
-    {
-        return rc;                          /* answered */
-    }
-
-    return ngx_http_async_dl_follow_wait(r, sub, sub->cln,
-                                         ngx_http_async_dl_ws_cleanup);
 }
 
 

@@ -185,6 +185,8 @@ $st->close;
 # a Last-Event-ID this stream does not give
 $r = request('GET', "${P}stream", { %A, 'Last-Event-ID' => 'abc' });
 is($r->{status}, 400, 'a Last-Event-ID that is not a horizon: 400');
+is(request('GET', "${P}stream", { %A, 'Last-Event-ID' => '9' x 30 })->{status},
+   400, 'one past 64 bits: 400');
 is($r->{json}{error}{code}, 'INVALID_REQUEST', 'INVALID_REQUEST');
 
 # --- commits out of order -----------------------------------------------------
