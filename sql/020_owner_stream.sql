@@ -37,7 +37,11 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE TRIGGER async_dl_jobs_ended_xid BEFORE UPDATE OF status
+-- Not "UPDATE OF status": a multi-file job completes in the update that
+-- records its zip, whose statement names only bundle_status (the BEFORE
+-- trigger async_dl_jobs_bundle, 007, sets the status).  Named to run after
+-- it (triggers of one kind run in name order), so WHEN sees that status.
+CREATE TRIGGER async_dl_jobs_ended_xid BEFORE UPDATE
     ON async_dl_jobs
     FOR EACH ROW
     WHEN (NEW.status IN ('completed', 'failed', 'canceled')

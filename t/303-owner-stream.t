@@ -189,6 +189,32 @@ is(request('GET', "${P}stream", { %A, 'Last-Event-ID' => '9' x 30 })->{status},
    400, 'one past 64 bits: 400');
 is($r->{json}{error}{code}, 'INVALID_REQUEST', 'INVALID_REQUEST');
 
+# --- a multi-file job, completed with its zip, while away ----------------------
+#
+# Its end is recorded by the update that stores the zip (the worker's own
+# async_dl_bundle_claim and _finish): a resume must bring it too.
+
+my $mj = new_job(2, \%A);
+claim($mj);
+$st = sse_open("${P}stream", \%A);
+my $mid0 = $st->next_event(5)->{id};
+$st->close;
+finish($mj, 0);
+finish($mj, 1);
+psql("SELECT count(*) FROM async_dl_bundle_claim('w', '1 hour', 5) "
+     . "WHERE job_id = '$mj'");
+psql("SELECT async_dl_bundle_finish('$mj', "
+     . "(SELECT bundle_lease_owner FROM async_dl_jobs WHERE id = '$mj'), "
+     . "'completed', 'k/$mj.zip', 100, '" . ('cd' x 32) . "', 2, NULL, NULL)");
+is(psql("SELECT status FROM async_dl_jobs WHERE id = '$mj'"), 'completed',
+   'the two-file job completed with its zip');
+$st = sse_open("${P}stream", { %A, 'Last-Event-ID' => $mid0 });
+@evs = read_until($st, 5, sub {
+    grep { ($_->{json}{jobId} // '') eq $mj && $_->{event} eq 'completed' } @{ $_[0] } });
+ok((grep { ($_->{json}{jobId} // '') eq $mj && $_->{event} eq 'completed' } @evs),
+   'resumed: the end of the job the zip completed');
+$st->close;
+
 # --- commits out of order -----------------------------------------------------
 #
 # Transaction T1 ends job X and stays open; T2 changes job Y and commits;
