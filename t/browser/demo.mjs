@@ -305,9 +305,10 @@ await scenario('api_origin', async () => {
   const s = await page.evaluate(() => ({ error: document.querySelector('#form-error').textContent,
                                          hidden: document.querySelector('#form-error').hidden }));
   check("?api= on another origin is refused, saying so", !s.hidden && /origin/.test(s.error), s);
-  await page.waitForFunction(() => !document.querySelector('#jobs-empty').hidden
-                             || document.querySelectorAll('#jobs tbody tr').length > 0,
-                             null, { timeout: 10000 });
+  // (the owner has jobs from the scenarios before: waiting for "no job"
+  // too would pass on the empty list shown before the answer)
+  await page.waitForFunction(() => document.querySelectorAll('#jobs tbody tr').length > 0,
+                             null, { timeout: 10000 }).catch(() => {});
   check('... the page uses its own API', (await page.locator('#jobs tbody tr').count()) >= 1);
   await context.close();
 });
