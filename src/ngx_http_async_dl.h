@@ -212,6 +212,7 @@ ngx_int_t ngx_http_async_dl_initiate(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_status(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_jobs(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_cancel(ngx_http_request_t *r);
+ngx_int_t ngx_http_async_dl_pause(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_delete(ngx_http_request_t *r);
 ngx_int_t ngx_http_async_dl_download(ngx_http_request_t *r);
 char *ngx_http_async_dl_url_name(ngx_http_request_t *r, char *url);

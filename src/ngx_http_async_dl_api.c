@@ -45,6 +45,10 @@ static ngx_int_t ngx_http_async_dl_status_done(ngx_http_request_t *r,
     PGresult *res);
 static ngx_int_t ngx_http_async_dl_jobs_done(ngx_http_request_t *r,
     PGresult *res);
+static ngx_int_t ngx_http_async_dl_pause_done(ngx_http_request_t *r,
+    PGresult *res);
+static ngx_int_t ngx_http_async_dl_changed(ngx_http_request_t *r,
+    PGresult *res, const char *ok1, const char *ok2);
 static ngx_int_t ngx_http_async_dl_cancel_done(ngx_http_request_t *r,
     PGresult *res);
 static ngx_int_t ngx_http_async_dl_delete_done(ngx_http_request_t *r,
@@ -890,6 +894,36 @@ ngx_http_async_dl_cancel(ngx_http_request_t *r)
 static ngx_int_t
 ngx_http_async_dl_cancel_done(ngx_http_request_t *r, PGresult *res)
 {
+    return ngx_http_async_dl_changed(r, res, "canceled", "canceled");
+}
+
+
+/* POST {p}{id}/pause and POST {p}{id}/resume (the route's statement) */
+
+ngx_int_t
+ngx_http_async_dl_pause(ngx_http_request_t *r)
+{
+    return ngx_http_async_dl_run_job(r, ngx_http_async_dl_pause_done);
+}
+
+
+static ngx_int_t
+ngx_http_async_dl_pause_done(ngx_http_request_t *r, PGresult *res)
+{
+    return ngx_http_async_dl_changed(r, res, "paused", "resumed");
+}
+
+
+/*
+ * The answer of a route that changes a job (cancel, pause, resume): the
+ * row (outcome, status document); an outcome other than ok1 or ok2 is the
+ * status of a job that ended.
+ */
+
+static ngx_int_t
+ngx_http_async_dl_changed(ngx_http_request_t *r, PGresult *res,
+    const char *ok1, const char *ok2)
+{
     char  *outcome;
 
     if (PQntuples(res) == 0) {
@@ -899,7 +933,7 @@ ngx_http_async_dl_cancel_done(ngx_http_request_t *r, PGresult *res)
 
     outcome = PQgetvalue(res, 0, 0);
 
-    if (ngx_strcmp(outcome, "canceled") != 0) {
+    if (ngx_strcmp(outcome, ok1) != 0 && ngx_strcmp(outcome, ok2) != 0) {
         return ngx_http_async_dl_send_error(r, NGX_HTTP_CONFLICT,
                                             "JOB_FINISHED",
                                             "the job already ended: %s",

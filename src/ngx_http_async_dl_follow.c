@@ -229,6 +229,7 @@ ngx_http_async_dl_follow_step(ngx_http_async_dl_follower_t *f,
 
     case NGX_HTTP_ASYNC_DL_FOLLOW_WAITING:
         f->seq = job->seq;
+        f->paused = (job->status == NGX_HTTP_ASYNC_DL_HUB_PAUSED);
         *name = "connected";
         *t = job->full;
         ngx_http_async_dl_follow_hold(f, job->full);
@@ -264,6 +265,12 @@ ngx_http_async_dl_follow_step(ngx_http_async_dl_follower_t *f,
     case NGX_HTTP_ASYNC_DL_FOLLOW_BEHIND:
         f->seq = job->seq;
         *name = "progress";
+
+        if (f->paused != (job->status == NGX_HTTP_ASYNC_DL_HUB_PAUSED)) {
+            f->paused = !f->paused;
+            *name = f->paused ? "paused" : "resumed";
+        }
+
         *t = job->summary;
         ngx_http_async_dl_follow_hold(f, job->summary);
         ngx_http_async_dl_follow_set(f, NGX_HTTP_ASYNC_DL_FOLLOW_LIVE);

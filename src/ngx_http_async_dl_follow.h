@@ -5,6 +5,9 @@
  * ngx_http_async_dl_ws.c): "connected" with the status document, a "file"
  * event as each file ends, the latest "progress" (a slow client's are
  * coalesced), then the final event named after the job's status.  It holds
+ * "paused" and "resumed" are the "progress" in which the job's pause
+ * changed from the last state given (a pause and a resume between two
+ * of a slow client's events give a "progress").  A follower holds
  * the text of the event in flight, so a client that reads slowly holds at
  * most one event, and memory does not grow with the number of events.
  *
@@ -70,6 +73,7 @@ typedef struct {
     ngx_http_async_dl_hub_text_t      *final_data;
     ngx_http_async_dl_hub_text_t      *sending;   /* the event in flight */
     ngx_log_t                         *log;
+    unsigned                           paused:1;  /* as last given */
 } ngx_http_async_dl_follower_t;
 
 

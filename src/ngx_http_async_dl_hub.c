@@ -109,7 +109,7 @@ static void ngx_http_async_dl_hub_job_free(ngx_http_async_dl_hub_job_t *job);
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_hub_stmt = {
     "async_dl_events_state",
     "SELECT o_owner, o_seq, o_status, o_states, o_summary, o_files, o_full"
-    " FROM async_dl_job_events_state($1, $2)", 2
+    " FROM async_dl_job_events_state($1, $2, true)", 2
 };
 
 

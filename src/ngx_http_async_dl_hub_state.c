@@ -25,6 +25,7 @@ static void ngx_http_async_dl_hub_state_set(ngx_http_async_dl_hub_job_t *job,
 static ngx_str_t  ngx_http_async_dl_hub_names[] = {
     ngx_string("queued"),
     ngx_string("processing"),
+    ngx_string("paused"),
     ngx_string("completed"),
     ngx_string("failed"),
     ngx_string("canceled"),

@@ -60,6 +60,16 @@ static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_cancel = {
     "SELECT outcome, body FROM async_dl_job_cancel_status($1, $2, $3)", 3
 };
 
+static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_pause = {
+    "async_dl_pause",
+    "SELECT outcome, body FROM async_dl_job_pause_status($1, $2, $3, true)", 3
+};
+
+static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_resume = {
+    "async_dl_resume",
+    "SELECT outcome, body FROM async_dl_job_pause_status($1, $2, $3, false)", 3
+};
+
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_stmt_delete = {
     "async_dl_delete", "SELECT async_dl_job_delete($1, $2)", 2
 };
@@ -129,6 +139,12 @@ static ngx_http_async_dl_route_t  ngx_http_async_dl_routes[] = {
 
     { "{id}/cancel", NGX_HTTP_POST, 0,
       ngx_http_async_dl_cancel, &ngx_http_async_dl_stmt_cancel, 0 },
+
+    { "{id}/pause", NGX_HTTP_POST, 0,
+      ngx_http_async_dl_pause, &ngx_http_async_dl_stmt_pause, 0 },
+
+    { "{id}/resume", NGX_HTTP_POST, 0,
+      ngx_http_async_dl_pause, &ngx_http_async_dl_stmt_resume, 0 },
 
     { "{id}/links", NGX_HTTP_ASYNC_DL_READ, 0,
       ngx_http_async_dl_links, &ngx_http_async_dl_stmt_links, 0 },

@@ -48,7 +48,7 @@ etag: header.etag
 is_deeply([sort keys %{ $res->{json} }],
           [sort qw(jobId status progress totalFiles completedFiles failedFiles
                    bytesDone bytesTotal downloadUrl error createdAt updatedAt
-                   startedAt completedAt expiresAt bundle callback files)],
+                   startedAt completedAt expiresAt pausedAt bundle callback files)],
           'exactly the fields');
 is_deeply([sort keys %{ $res->{json}{files}[0] }],
           [sort qw(index fileId url name status size contentType sha256

@@ -297,7 +297,7 @@ files_notify(void *k, const char *channel, const char *payload)
 {
     files_t     *f = k;
     const char  *p;
-    int          i, n = 0;
+    int          i, n = 0, pause;
 
     if (strcmp(channel, "async_dl_jobs") == 0) {
         f->claim.pending = 1;
@@ -310,17 +310,24 @@ files_notify(void *k, const char *channel, const char *payload)
         }
         return;
     }
-    /* async_dl_cancel: the job was canceled or deleted */
+    /* async_dl_cancel: the job was canceled or deleted; async_dl_pause:
+     * paused (its files wait in the database for the resume) */
+    pause = strcmp(channel, "async_dl_pause") == 0;
     for (i = 0; i < f->n; i++) {
         if (adl_xfer_active(f->xs[i])
             && strcmp(adl_xfer_job(f->xs[i])->id, payload) == 0)
         {
-            adl_xfer_cancel(f->xs[i]);
+            if (pause) {
+                adl_xfer_hand_back(f->xs[i], "the job was paused");
+            } else {
+                adl_xfer_cancel(f->xs[i]);
+            }
             n++;
         }
     }
     if (n > 0) {
-        adl_log_info(payload, -1, "canceled: stopped %d transfer(s)", n);
+        adl_log_info(payload, -1, "%s: stopped %d transfer(s)",
+                     pause ? "paused" : "canceled", n);
     }
 }
 
@@ -380,7 +387,7 @@ files_hand_back(void *k)
 
     for (i = 0; i < f->n; i++) {
         if (adl_xfer_active(f->xs[i])) {
-            adl_xfer_hand_back(f->xs[i]);
+            adl_xfer_hand_back(f->xs[i], "shutting down");
         }
     }
 }
@@ -406,7 +413,7 @@ files_unrecorded(const void *k)
 }
 
 static const char *const  files_channels[] = {
-    "async_dl_jobs", "async_dl_cancel", NULL
+    "async_dl_jobs", "async_dl_cancel", "async_dl_pause", NULL
 };
 
 const adl_task_ops_t  adl_files_ops = {

@@ -770,7 +770,7 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
         /* its retry comes after the shutdown's grace: another worker takes
          * it after the same wait, rather than this one holding the
          * shutdown up for nothing */
-        adl_xfer_hand_back(x);
+        adl_xfer_hand_back(x, "shutting down");
         return;
     }
     if (x->state == XF_BACKOFF && now >= x->retry_at) {
@@ -850,12 +850,12 @@ adl_xfer_lease_lost(adl_xfer_t *x)
 }
 
 void
-adl_xfer_hand_back(adl_xfer_t *x)
+adl_xfer_hand_back(adl_xfer_t *x, const char *why)
 {
     /* an attempt under way is interrupted, not made; one waiting for its
      * retry has already been counted, failed */
     x->uncounted = x->state != XF_BACKOFF;
-    xfer_end(x, OUT_HAND_BACK, NULL, "shutting down");
+    xfer_end(x, OUT_HAND_BACK, NULL, "%s", why);
 }
 
 adl_xfer_t *

@@ -64,8 +64,9 @@ void adl_xfer_cancel(adl_xfer_t *x);
 /* Claimed again by this worker: the lease ran out; stop, write nothing. */
 void adl_xfer_lease_lost(adl_xfer_t *x);
 
-/* Shutting down: stop and hand the file back (pending). */
-void adl_xfer_hand_back(adl_xfer_t *x);
+/* Shutting down, or the job was paused: stop and hand the file back
+ * (pending), the attempt under way not counted; why: for the log. */
+void adl_xfer_hand_back(adl_xfer_t *x, const char *why);
 
 /* Frees it, whatever its state (done, or at exit). */
 void adl_xfer_free(adl_xfer_t *x);

@@ -1,7 +1,7 @@
 // Types of async-dl.js (the browser client of the /v1/download/ API).
 
-export type JobStatus = 'queued' | 'processing' | 'completed' | 'failed' | 'canceled';
-export type FileStatus = 'pending' | 'downloading' | 'completed' | 'failed' | 'canceled';
+export type JobStatus = 'queued' | 'processing' | 'paused' | 'completed' | 'failed' | 'canceled';
+export type FileStatus = 'pending' | 'downloading' | 'paused' | 'completed' | 'failed' | 'canceled';
 
 export interface FileError {
   code: 'TIMEOUT' | 'DOWNLOAD_FAILED' | 'HTTP_STATUS' | 'TOO_LARGE' | 'BLOCKED_ADDRESS'
@@ -52,6 +52,8 @@ export interface Job {
   startedAt: string | null;
   completedAt: string | null;
   expiresAt: string | null;
+  /** when the job was paused; null when it is not */
+  pausedAt?: string | null;
   bundle: Bundle | null;
   files: JobFile[];
 }
@@ -66,8 +68,9 @@ export interface UpdateFile extends JobFile {
 /** What follow() hands onUpdate: the job as it is now, and how it came. */
 export interface Update extends Job {
   files: UpdateFile[];
-  /** the stream's event (connected, progress, file, completed, failed,
-   *  canceled, deleted), or 'status' for a polled document */
+  /** the stream's event (connected, progress, paused, resumed, file,
+   *  completed, failed, canceled, deleted), or 'status' for a polled
+   *  document */
   event: string;
   transport: 'eventsource' | 'poll';
   /** the last update: status completed, failed, canceled or deleted */
@@ -194,6 +197,8 @@ export declare function follow(jobId: string, onUpdate: ((u: Update) => void) | 
                                options?: FollowOptions): Following;
 export declare function status(jobId: string, options?: Options): Promise<Job>;
 export declare function cancel(jobId: string, options?: Options): Promise<Job>;
+export declare function pause(jobId: string, options?: Options): Promise<Job>;
+export declare function resume(jobId: string, options?: Options): Promise<Job>;
 export declare function remove(jobId: string, options?: Options): Promise<void>;
 export declare function links(jobId: string, options?: Options): Promise<Links>;
 export declare function download(jobId: string, options?: DownloadOptions): Promise<Link>;
@@ -204,6 +209,8 @@ export interface Client {
   initiate: typeof initiate;
   status: typeof status;
   cancel: typeof cancel;
+  pause: typeof pause;
+  resume: typeof resume;
   remove: typeof remove;
   links: typeof links;
   download: typeof download;

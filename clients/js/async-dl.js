@@ -24,8 +24,8 @@
 export const FINAL_STATUSES = Object.freeze(['completed', 'failed', 'canceled', 'deleted']);
 
 const FINAL = new Set(FINAL_STATUSES);
-const STREAM_EVENTS = ['connected', 'progress', 'file', 'completed', 'failed',
-                       'canceled', 'deleted', 'heartbeat'];
+const STREAM_EVENTS = ['connected', 'progress', 'paused', 'resumed', 'file', 'completed',
+                       'failed', 'canceled', 'deleted', 'heartbeat'];
 
 /** The defaults of every option (see async-dl.d.ts, Options). */
 export const DEFAULTS = Object.freeze({
@@ -164,6 +164,16 @@ export function status(jobId, options) {
 /** POST {p}{id}/cancel: stops the job, keeps its record; resolves to the job. */
 export function cancel(jobId, options) {
   return call(settings(options), 'POST', `${jobPath(jobId)}/cancel`);
+}
+
+/** POST {p}{id}/pause: stops the job's transfers until resume(); resolves to the job. */
+export function pause(jobId, options) {
+  return call(settings(options), 'POST', `${jobPath(jobId)}/pause`);
+}
+
+/** POST {p}{id}/resume: lets a paused job go on; resolves to the job. */
+export function resume(jobId, options) {
+  return call(settings(options), 'POST', `${jobPath(jobId)}/resume`);
 }
 
 /** DELETE {p}{id}: cancels the job and removes it and what it stored. */
@@ -375,9 +385,15 @@ export function follow(jobId, onUpdate, options) {
   // One event (or a polled document) merged into the document.
   function apply(event, data) {
     if (!data || typeof data !== 'object') return;
-    if (event === 'progress' || event === 'deleted') {
+    if (event === 'progress' || event === 'deleted' || event === 'paused' || event === 'resumed') {
       doc = { ...(doc || { jobId: String(jobId), files: [] }), ...data };
       if (!Array.isArray(doc.files)) doc.files = [];
+      // the summary carries no files: a pause holds those not ended
+      const held = { paused: ['pending', 'downloading'], resumed: ['paused'] }[event];
+      if (held) {
+        const to = event === 'paused' ? 'paused' : 'pending';
+        doc.files = doc.files.map((f) => (held.includes(f.status) ? { ...f, status: to } : f));
+      }
     } else if (event === 'file') {
       if (!doc) return;                 // a file before connected: not expected
       const files = (doc.files || []).slice();
@@ -591,6 +607,8 @@ export function createClient(options = {}) {
     initiate: bound(initiate),
     status: bound(status),
     cancel: bound(cancel),
+    pause: bound(pause),
+    resume: bound(resume),
     remove: bound(remove),
     links: bound(links),
     download: bound(download),

@@ -2,7 +2,7 @@
 // links and download send and make of the answers.  A fake fetch.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { initiate, initiateBody, cancel, remove, list, links, download, status, createClient,
+import { initiate, initiateBody, cancel, pause, resume, remove, list, links, download, status, createClient,
          AsyncDLError } from '../async-dl.js';
 import { fakeFetch, json, doc } from './fakes.mjs';
 
@@ -51,9 +51,11 @@ test('cancel, remove, list, links: their routes and methods', async () => {
   });
   const o = { fetch, headers: { 'X-User': 'bob' } };
   assert.deepEqual(await cancel('j1', o), { url: '/v1/download/j1/cancel', method: 'POST' });
+  assert.deepEqual(await pause('j1', o), { url: '/v1/download/j1/pause', method: 'POST' });
+  assert.deepEqual(await resume('j1', o), { url: '/v1/download/j1/resume', method: 'POST' });
   assert.equal(await remove('j1', o), undefined);
-  assert.equal(fetch.calls[1].url, '/v1/download/j1');
-  assert.equal(fetch.calls[1].init.method, 'DELETE');
+  assert.equal(fetch.calls[3].url, '/v1/download/j1');
+  assert.equal(fetch.calls[3].init.method, 'DELETE');
   assert.equal((await list(o)).url, '/v1/download/jobs');
   assert.equal((await list({ ...o, limit: 5, status: 'completed', cursor: 'c/1' })).url,
                '/v1/download/jobs?limit=5&status=completed&cursor=c%2F1');

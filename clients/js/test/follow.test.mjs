@@ -73,6 +73,26 @@ test('the stream: events merged into the document, stopped at the final one', as
   assert.equal(never.calls.length, 0, 'no poll');
 });
 
+test('paused and resumed: the job and its files not ended are held, then let go', async () => {
+  const updates = [];
+  const f = follow('j1', (u) => updates.push(u), { EventSource: ES, fetch: never });
+  const es = ES.last();
+  es.emit('connected', doc({ status: 'processing',
+                             files: [{ index: 0, status: 'completed', size: 5, error: null },
+                                     { index: 1, status: 'downloading', size: null, error: null }] }), 1);
+  es.emit('paused', { jobId: 'j1', status: 'paused', pausedAt: '2026-12-01T00:00:00.000Z' }, 2);
+  es.emit('resumed', { jobId: 'j1', status: 'processing', pausedAt: null }, 3);
+  assert.deepEqual(updates.map((u) => u.event), ['connected', 'paused', 'resumed']);
+  assert.equal(updates[1].status, 'paused');
+  assert.deepEqual(updates[1].files.map((x) => x.status), ['completed', 'paused'],
+                   'a pause holds the files not ended');
+  assert.equal(updates[1].final, false, 'a pause is not an end');
+  assert.deepEqual(updates[2].files.map((x) => x.status), ['completed', 'pending'],
+                   'a resume lets them go: pending until claimed');
+  assert.equal(es.closed, false, 'the stream stays open');
+  f.stop();
+});
+
 test('a deleted job ends the follow', async () => {
   const updates = [];
   const f = follow('j1', (u) => updates.push(u), { EventSource: ES, fetch: never });
