@@ -1,5 +1,5 @@
 -- async-dl schema, version 21: the transactions that make a promise commit
--- durably, whatever synchronous_commit the server or role sets.
+-- durably on this server, also where synchronous_commit is off.
 --
 -- With synchronous_commit = off, a COMMIT returns before its WAL is
 -- written; a crash (or an immediate shutdown) then loses the last
@@ -22,7 +22,8 @@
 -- then waits for its WAL, and for a synchronous standby where the server
 -- has one, as on a default server).  Progress, lease renewals, callbacks'
 -- bookkeeping and heartbeats keep the server's setting: losing them costs
--- nothing but a repeated report.  On a default server (on) nothing changes.
+-- nothing but a repeated report.  On a default server (on) nothing changes;
+-- local and remote_write flush locally already, and are left as they are.
 --
 -- Inserts and deletes fire a statement trigger: one call per statement.
 -- Updates fire a row trigger whose WHEN compares the old and new values

@@ -18,44 +18,32 @@
 --   job is paused (a transfer the worker handed back on the pause, a
 --   retry's backoff, a lease that ran out): one place, whichever path.
 --   The resume makes them due at once.
--- - A paused job's leases do not run out: the pause sets the lease of
---   each file downloading to infinity, and a renewal keeps it so.  A
---   claim takes over a lease that ran out (a worker died) straight to
---   another worker: not while the job is paused.  The worker hands the
---   file back on the notification below; if it died, the resume lets the
---   lease run out at once and a claim takes it over.
+-- - A worker that died holding a paused job's file does not pass it on:
+--   the claim takes over a lease that ran out only of a job not paused;
+--   one of a paused job goes back to pending (held, its attempt not
+--   counted).  The claim also checks, once it holds a row, that the file
+--   is still due: a pause that committed after it picked the file and
+--   before it locked it keeps the file.
 -- - The workers hear of a pause on async_dl_pause (payload: the job id)
 --   and hand back the job's transfers; the streams hear of it on
 --   async_dl_events (an "e" notification: at once, not throttled).
 -- - A file that ends while its job is paused ends as usual (its upload
---   was committing); a job whose last file ends so ends, and is no longer
---   paused.  A zip being built goes on: the pause stops file transfers.
+--   was committing); a job whose last file ends so ends.  A job whose
+--   files have all ended (its zip is being built) is not shown paused: a
+--   pause stops file transfers only.
 
 ALTER TABLE async_dl_jobs ADD COLUMN paused_at timestamptz,
                           ADD COLUMN paused_left interval;
 
--- What the documents show: the stored status, or "paused".
-CREATE FUNCTION async_dl_shown_status(p_status text, p_paused_at timestamptz,
-                                      p_live text[])
-RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN p_paused_at IS NOT NULL AND p_status = ANY (p_live)
-                THEN 'paused' ELSE p_status END
-$$;
-
--- While its job is paused, a file that becomes pending waits for the
--- resume, and a renewal of a file's lease keeps it from running out.
+-- A file that becomes pending while its job is paused waits for the
+-- resume.
 CREATE FUNCTION async_dl_files_hold_paused() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM async_dl_jobs j
                 WHERE j.id = NEW.job_id AND j.paused_at IS NOT NULL)
     THEN
-        IF NEW.status = 'pending' THEN
-            NEW.next_attempt_at := 'infinity';
-        ELSE
-            NEW.lease_until := 'infinity';
-        END IF;
+        NEW.next_attempt_at := 'infinity';
     END IF;
     RETURN NEW;
 END $$;
@@ -65,13 +53,13 @@ CREATE TRIGGER async_dl_files_hold_paused
     FOR EACH ROW WHEN (NEW.status = 'pending')
     EXECUTE FUNCTION async_dl_files_hold_paused();
 
-CREATE TRIGGER async_dl_files_keep_paused_lease
-    BEFORE UPDATE OF lease_until ON async_dl_files
-    FOR EACH ROW
-    WHEN (OLD.lease_until = 'infinity' AND NEW.status = 'downloading'
-          AND NEW.lease_owner IS NOT DISTINCT FROM OLD.lease_owner
-          AND NEW.lease_until IS NOT NULL)
-    EXECUTE FUNCTION async_dl_files_hold_paused();
+-- Is the job paused, as the documents show it: paused, not ended, and
+-- with a file not ended.
+CREATE FUNCTION async_dl_job_paused(j async_dl_jobs) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT j.paused_at IS NOT NULL AND j.status IN ('queued', 'processing')
+           AND j.completed_files + j.failed_files < j.total_files
+$$;
 
 -- POST {p}{id}/pause (p_pause) and POST {p}{id}/resume: NULL when there
 -- is no such job of p_owner; else "paused" or "resumed" (also when it
@@ -103,8 +91,6 @@ BEGIN
          WHERE id = p_job;
         UPDATE async_dl_files SET next_attempt_at = 'infinity'
          WHERE job_id = p_job AND status = 'pending';
-        UPDATE async_dl_files SET lease_until = 'infinity'
-         WHERE job_id = p_job AND status = 'downloading';
         PERFORM pg_notify('async_dl_pause', p_job::text);
     ELSE
         UPDATE async_dl_jobs
@@ -114,11 +100,6 @@ BEGIN
         UPDATE async_dl_files SET next_attempt_at = now()
          WHERE job_id = p_job AND status = 'pending'
            AND next_attempt_at = 'infinity';
-        -- a lease still held since the pause: its worker died (a live one
-        -- handed the file back within a second of the pause)
-        UPDATE async_dl_files SET lease_until = now()
-         WHERE job_id = p_job AND status = 'downloading'
-           AND lease_until = 'infinity';
         -- the workers claim again (as for a new job: 001's channel)
         PERFORM pg_notify('async_dl_jobs', p_job::text);
     END IF;
@@ -153,8 +134,8 @@ RETURNS json
 LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
         'jobId', j.id,
-        'status', async_dl_shown_status(j.status, j.paused_at,
-                                        '{queued,processing}'),
+        'status', CASE WHEN async_dl_job_paused(j) THEN 'paused'
+                       ELSE j.status END,
         'progress', async_dl_job_progress(j),
         'totalFiles', j.total_files,
         'completedFiles', j.completed_files,
@@ -171,7 +152,7 @@ LANGUAGE sql STABLE AS $$
         'startedAt', async_dl_iso(j.started_at),
         'completedAt', async_dl_iso(j.completed_at),
         'expiresAt', async_dl_iso(j.expires_at),
-        'pausedAt', CASE WHEN j.status IN ('queued', 'processing')
+        'pausedAt', CASE WHEN async_dl_job_paused(j)
                          THEN async_dl_iso(j.paused_at) END)
 $$;
 
@@ -186,8 +167,7 @@ DECLARE
     owned  bigint := 0;
     held   timestamptz;
 BEGIN
-    held := CASE WHEN j.status IN ('queued', 'processing')
-                 THEN j.paused_at END;
+    held := CASE WHEN async_dl_job_paused(j) THEN j.paused_at END;
     SELECT * INTO lim FROM async_dl_claim_limits;
     IF lim.owner_limit > 0 AND held IS NULL THEN
         SELECT count(*) INTO owned FROM async_dl_files x
@@ -211,8 +191,9 @@ BEGIN
                'fileId', f.file_id,
                'url', f.url,
                'name', f.name,
-               'status', async_dl_shown_status(f.status, held,
-                                               '{pending,downloading}'),
+               'status', CASE WHEN held IS NOT NULL
+                                   AND f.status IN ('pending', 'downloading')
+                              THEN 'paused' ELSE f.status END,
                'size', f.size,
                'contentType', f.content_type,
                'sha256', f.sha256,
@@ -252,9 +233,7 @@ LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY
     SELECT j.owner, j.event_seq,
-           CASE WHEN p_shown
-                THEN async_dl_shown_status(j.status, j.paused_at,
-                                           '{queued,processing}')
+           CASE WHEN p_shown AND async_dl_job_paused(j) THEN 'paused'
                 ELSE j.status END,
            coalesce(f.states, ''),
            async_dl_job_summary(j, p_prefix)::text,
@@ -275,3 +254,186 @@ BEGIN
                   WITH ORDINALITY AS x (e, n)) f ON true
      WHERE j.id = p_job;
 END $$;
+
+-- 15's claim, which leaves paused jobs alone: a lease of a paused job
+-- that ran out goes back to pending (held) instead of to this worker, and
+-- a file picked as due is taken only if it is still due once locked (the
+-- pick reads without locks: a pause may commit in between).
+DROP FUNCTION async_dl_claim(text, integer, interval, integer, text,
+                             integer, integer);
+CREATE FUNCTION async_dl_claim(p_worker text, p_limit integer,
+                               p_lease interval, p_max_attempts integer,
+                               p_prefix text DEFAULT NULL,
+                               p_host_limit integer DEFAULT 0,
+                               p_owner_limit integer DEFAULT 0)
+RETURNS TABLE (job_id uuid, idx integer, url text, name text,
+               attempts integer, deadline timestamptz, file_id bigint,
+               lease text, write_key text)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan AS $$
+#variable_conflict use_column
+DECLARE
+    v_job   uuid[];
+    v_idx   integer[];
+    v_dead  boolean[];
+    v_done  bigint[];
+    n       integer;
+    r       record;
+BEGIN
+    p_host_limit := coalesce(p_host_limit, 0);
+    p_owner_limit := coalesce(p_owner_limit, 0);
+    PERFORM pg_advisory_xact_lock(6920133011209537015);
+
+    -- leases of paused jobs that ran out (their worker died before it
+    -- handed the file back): pending, held until the resume, the attempt
+    -- not counted, as the worker's own hand-back would have done
+    FOR r IN
+        SELECT f.job_id, f.idx, f.lease_owner, f.attempts
+          FROM async_dl_files f
+          JOIN async_dl_jobs j ON j.id = f.job_id
+         WHERE f.status = 'downloading' AND f.lease_until < now()
+           AND j.paused_at IS NOT NULL
+         ORDER BY f.lease_until
+         LIMIT p_limit
+           FOR UPDATE OF f SKIP LOCKED
+    LOOP
+        PERFORM async_dl_file_finish(r.job_id, r.idx, r.lease_owner,
+                                     'pending', NULL, NULL, NULL, NULL,
+                                     greatest(r.attempts - 1, 0), NULL, NULL,
+                                     now());
+    END LOOP;
+
+    -- leases that ran out: few rows, found by the downloading index
+    SELECT coalesce(array_agg(p.job_id), '{}'),
+           coalesce(array_agg(p.idx), '{}'),
+           coalesce(array_agg(p.attempts >= p_max_attempts), '{}'),
+           coalesce(array_agg(p.bytes_done), '{}')
+      INTO v_job, v_idx, v_dead, v_done
+      FROM (SELECT f.job_id, f.idx, f.attempts, f.bytes_done
+              FROM async_dl_files f
+             WHERE f.status = 'downloading' AND f.lease_until < now()
+               AND NOT EXISTS (SELECT 1 FROM async_dl_jobs j
+                                WHERE j.id = f.job_id
+                                  AND j.paused_at IS NOT NULL)
+             ORDER BY f.lease_until
+             LIMIT p_limit
+               FOR UPDATE OF f SKIP LOCKED) p;
+
+    -- files that fail here take no room in the claim
+    n := p_limit - (SELECT count(*) FROM unnest(v_dead) d WHERE NOT d);
+    IF n > 0 THEN
+        SELECT v_job || coalesce(array_agg(p.job_id), '{}'),
+               v_idx || coalesce(array_agg(p.idx), '{}'),
+               v_dead || coalesce(array_agg(false), '{}'),
+               v_done || coalesce(array_agg(p.bytes_done), '{}')
+          INTO v_job, v_idx, v_dead, v_done
+          FROM (SELECT f.job_id, f.idx, f.bytes_done
+                  FROM (SELECT c.job_id, c.idx
+                          FROM async_dl_claim_pick(n, p_host_limit,
+                                                   p_owner_limit) c
+                        OFFSET 0) c
+                  JOIN async_dl_files f
+                    ON f.job_id = c.job_id AND f.idx = c.idx
+                 WHERE f.status = 'pending' AND f.next_attempt_at <= now()
+                   FOR UPDATE OF f SKIP LOCKED) p;
+    END IF;
+    IF cardinality(v_job) = 0 THEN
+        RETURN;
+    END IF;
+
+    UPDATE async_dl_files f
+       SET status = 'failed', lease_owner = NULL, lease_until = NULL,
+           error_code = 'WORKER_LOST',
+           error_message = 'gave up after ' || f.attempts || ' attempts: '
+                           || 'the last one''s worker stopped renewing '
+                           || 'its lease',
+           completed_at = now(), updated_at = now()
+      FROM unnest(v_job, v_idx, v_dead) AS u (j, i, dead)
+     WHERE u.dead AND f.job_id = u.j AND f.idx = u.i;
+
+    -- a key an earlier attempt wrote under another worker's prefix is
+    -- nobody's once this claim writes elsewhere
+    INSERT INTO async_dl_deleted_objects (job_id, object_key)
+    SELECT f.job_id, f.write_key
+      FROM unnest(v_job, v_idx, v_dead) AS u (j, i, dead)
+      JOIN async_dl_files f ON f.job_id = u.j AND f.idx = u.i
+     WHERE NOT u.dead AND p_prefix IS NOT NULL AND f.write_key IS NOT NULL
+       AND f.write_key <> async_dl_object_key(p_prefix, f.job_id, f.idx,
+                                              f.name, f.url);
+
+    UPDATE async_dl_files f
+       SET status = 'downloading',
+           lease_owner = p_worker || '/' || nextval('async_dl_lease_seq'),
+           lease_until = now() + p_lease,
+           attempts = f.attempts + 1,
+           started_at = coalesce(f.started_at, now()),
+           write_key = CASE WHEN p_prefix IS NULL THEN f.write_key
+                            ELSE async_dl_object_key(p_prefix, f.job_id,
+                                                     f.idx, f.name, f.url)
+                       END,
+           bytes_done = 0, updated_at = now()
+      FROM unnest(v_job, v_idx, v_dead) AS u (j, i, dead)
+     WHERE NOT u.dead AND f.job_id = u.j AND f.idx = u.i;
+
+    -- their jobs, in id order: failed files, and the bytes of reclaimed
+    -- files, which start again from 0
+    FOR r IN
+        SELECT u.j, count(*) FILTER (WHERE u.dead) AS failed,
+               coalesce(sum(u.done) FILTER (WHERE NOT u.dead), 0) AS lost
+          FROM unnest(v_job, v_dead, v_done) AS u (j, dead, done)
+         GROUP BY u.j ORDER BY u.j
+    LOOP
+        PERFORM async_dl_job_add(r.j, 0, r.failed::integer, 0,
+                                 (-r.lost)::bigint, 0,
+                                 true, false);
+    END LOOP;
+
+    RETURN QUERY
+    SELECT f.job_id, f.idx, f.url, f.name, f.attempts, j.deadline,
+           f.file_id, f.lease_owner, f.write_key
+      FROM unnest(v_job, v_idx, v_dead) AS u (j, i, dead)
+      JOIN async_dl_files f ON f.job_id = u.j AND f.idx = u.i
+      JOIN async_dl_jobs j ON j.id = f.job_id
+     WHERE NOT u.dead;
+END $$;
+
+-- 5's progress report, which also renews the lease: refused (false, "no
+-- longer ours": the worker stops) while the job is paused.  A worker that
+-- missed the pause's notification (its connection was down) stops at its
+-- next report; its lease then runs out and the claim above holds the file.
+CREATE OR REPLACE FUNCTION async_dl_file_progress(p_job uuid, p_idx integer,
+                                                  p_worker text,
+                                                  p_lease interval,
+                                                  p_bytes bigint,
+                                                  p_size bigint,
+                                                  p_attempts integer)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    f async_dl_files;
+    n async_dl_files;
+BEGIN
+    SELECT * INTO f FROM async_dl_files
+     WHERE job_id = p_job AND idx = p_idx FOR UPDATE;
+    IF NOT FOUND OR f.status <> 'downloading'
+       OR f.lease_owner IS DISTINCT FROM p_worker
+       OR EXISTS (SELECT 1 FROM async_dl_jobs j
+                   WHERE j.id = p_job AND j.paused_at IS NOT NULL)
+    THEN
+        RETURN false;
+    END IF;
+
+    UPDATE async_dl_files
+       SET bytes_done = p_bytes, size = coalesce(p_size, size),
+           attempts = greatest(attempts, p_attempts),
+           lease_until = now() + p_lease, updated_at = now()
+     WHERE job_id = p_job AND idx = p_idx
+    RETURNING * INTO n;
+
+    PERFORM async_dl_job_file_changed(f, n);
+    RETURN true;
+END $$;
+
+-- The documents changed shape ("pausedAt"): the status caches start
+-- afresh (13).
+NOTIFY async_dl_events, 'flush';

@@ -4,7 +4,10 @@
 # frozen (SIGSTOP) before the transaction, PostgreSQL is stopped with
 # "immediate" (its processes quit without writing the WAL buffers), and
 # only then is the WAL writer let go, to die of that stop.  A commit that
-# did not write its WAL itself is then lost, as the control shows.
+# did not write its WAL itself is then lost, as the control shows.  (The
+# initiate, cancel and DELETE functions set synchronous_commit themselves
+# since schemas 5, 6 and 15; the claim, the stored result and the queued
+# deletions rely on schema 21's triggers.)
 use strict;
 use warnings;
 use lib 't/lib';

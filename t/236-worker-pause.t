@@ -11,6 +11,7 @@ use lib 't/lib';
 use AsyncDL::Test;
 use AsyncDL::SSE;
 use IO::Handle;
+use JSON::PP;
 use Time::HiRes qw(time sleep);
 
 my $s = adl();
@@ -120,53 +121,101 @@ my $j3 = initiate({ files => [{ url => "$o/slow/big.bin?rate=1m" }] }, \%alice)-
 is(post('pause', $j3)->{status}, 200, 'a queued job paused');
 is(request('DELETE', "$P$j3", \%alice)->{status}, 204, 'a paused job can be deleted');
 
-# --- a pause racing a claim: two sessions ------------------------------------
+# --- pauses racing claims and workers: two sessions -------------------------
 stop_worker();
+sub files_of {
+    my ($j) = @_;
+    return psql("SELECT string_agg(status || ' ' || attempts || ' ' "
+                . "|| (next_attempt_at = 'infinity'), ',' ORDER BY idx) "
+                . "FROM async_dl_files WHERE job_id = '$j'");
+}
+
+# a pause that commits after a claim picked the file and before it locked
+# it: the claim's pick is made to sleep after it picked
 my $j4 = add_job(["$o/f/big.bin"], owner => 'carol');
-open my $a, '|-', 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $s->{pg_port}, '-U', 'postgres',
-    '-d', 'postgres' or die;
-$a->autoflush(1);
-print $a "BEGIN; SELECT async_dl_job_pause('$j4', 'carol', true);\n";
-ok(wait_until(sub {
-    psql("SELECT count(*) FROM pg_locks l JOIN async_dl_jobs j ON true WHERE j.id = '$j4' "
-         . "AND l.relation = 'async_dl_jobs'::regclass AND l.mode = 'RowShareLock' "
-         . "AND l.pid <> pg_backend_pid()") > 0 }, 5), 'session A holds the pause open');
-is(psql("SELECT count(*) FROM async_dl_claim('w1', 5, '1 minute', 5) WHERE job_id = '$j4'"), 0,
-   'session B: a claim during the pause takes nothing of the job');
-print $a "COMMIT;\n";
-close $a;
-is(psql("SELECT paused_at IS NOT NULL FROM async_dl_jobs WHERE id = '$j4'"), 't', 'the pause committed');
+psql("ALTER FUNCTION async_dl_claim_pick(integer, integer, integer) "
+     . "RENAME TO async_dl_claim_pick_real");
+psql(q{CREATE FUNCTION async_dl_claim_pick(p_n integer, p_host_limit integer,
+                                          p_owner_limit integer)
+RETURNS TABLE (job_id uuid, idx integer) LANGUAGE plpgsql ROWS 16 AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM async_dl_claim_pick_real(p_n, p_host_limit,
+                                                        p_owner_limit);
+    PERFORM pg_sleep(1.5);
+END $$});
+my $pid = fork // die;
+if ($pid == 0) {
+    my $n = psql("SELECT count(*) FROM async_dl_claim('w1', 5, '1 minute', 5)");
+    open my $fh, '>', "$s->{dir}/claim.out" or die;
+    print $fh $n;
+    close $fh;
+    POSIX::_exit(0);
+}
+sleep 0.5;
+is(psql("SELECT async_dl_job_pause('$j4', 'carol', true)"), 'paused',
+   'session A pauses while session B\'s claim sits between its pick and its lock');
+waitpid $pid, 0;
+is(AsyncDL::Stack::slurp("$s->{dir}/claim.out"), '0', 'session B claims nothing');
+is(files_of($j4), 'pending 0 true', 'the file stays pending, held');
+psql("DROP FUNCTION async_dl_claim_pick(integer, integer, integer)");
+psql("ALTER FUNCTION async_dl_claim_pick_real(integer, integer, integer) "
+     . "RENAME TO async_dl_claim_pick");
 is(psql("SELECT count(*) FROM async_dl_claim('w1', 5, '1 minute', 5) WHERE job_id = '$j4'"), 0,
    'a claim after the pause takes nothing of the job');
 is(psql("SELECT async_dl_job_pause('$j4', 'carol', false)"), 'resumed', 'resumed');
 is(psql("SELECT count(*) FROM async_dl_claim('w1', 5, '1 minute', 5) WHERE job_id = '$j4'"), 1,
    'a claim after the resume takes the file');
 
-# a claimed file whose job is paused: its lease does not run out (its
-# worker may have died), renewals keep it so, and no claim takes it over;
-# the resume lets it run out and a claim takes it over
-is(psql("SELECT async_dl_job_pause('$j4', 'carol', true)"), 'paused', 'paused while claimed');
-is(psql("SELECT lease_until = 'infinity' FROM async_dl_files WHERE job_id = '$j4'"), 't',
-   'the lease of a paused job does not run out');
+# pause, then resume at once, before the live worker's hand-back lands:
+# the hand-back is taken (its attempt not counted), nothing fails
 my $lease = psql("SELECT lease_owner FROM async_dl_files WHERE job_id = '$j4'");
-is(psql("SELECT async_dl_file_progress('$j4', 0, '$lease', '1 minute', 10, 100, 1)"), 't',
-   'its worker renews it');
-is(psql("SELECT lease_until = 'infinity' FROM async_dl_files WHERE job_id = '$j4'"), 't',
-   '  and it still does not run out');
-is(psql("SELECT count(*) FROM async_dl_claim('w2', 5, '1 minute', 5) WHERE job_id = '$j4'"), 0,
-   'no claim takes it over while paused');
-is(psql("SELECT async_dl_job_pause('$j4', 'carol', false)"), 'resumed', 'resumed');
-is(psql("SELECT lease_until <= now() FROM async_dl_files WHERE job_id = '$j4'"), 't',
-   'the resume lets the lease run out');
-is(psql("SELECT count(*) FROM async_dl_claim('w2', 5, '1 minute', 5) WHERE job_id = '$j4'"), 1,
-   'a claim takes it over');
-is(psql("SELECT lease_until < 'infinity' FROM async_dl_files WHERE job_id = '$j4'"), 't',
-   '  with a lease that runs');
+is(psql("SELECT async_dl_job_pause('$j4', 'carol', true)"), 'paused', 'paused while claimed');
+is(psql("SELECT async_dl_file_progress('$j4', 0, '$lease', '1 minute', 10, 100, 1)"), 'f',
+   'a progress report while paused is refused (a worker that missed the notification stops)');
+is(psql("SELECT async_dl_job_pause('$j4', 'carol', false)"), 'resumed', 'resumed at once');
+is(psql("SELECT count(*) FROM async_dl_claim('w2', 5, '1 minute', 1) WHERE job_id = '$j4'"), 0,
+   'a claim does not take over the live lease');
+is(psql("SELECT async_dl_file_finish('$j4', 0, '$lease', 'pending', NULL, NULL, NULL, "
+        . "NULL, 0, NULL, NULL, now())"), 't', "the worker's late hand-back is taken");
+is(files_of($j4), 'pending 0 false', '  pending, due, the attempt not counted');
+is(psql("SELECT status FROM async_dl_jobs WHERE id = '$j4'"), 'processing', '  the job goes on');
+
+# a worker that died holding a paused job's file: its lease runs out, the
+# claim holds the file (not passed on, the attempt not counted) and frees
+# its host's slot for another owner
+my $c1 = add_job(["$o/f/big.bin?c1"], owner => 'carol');
+psql("DELETE FROM async_dl_jobs WHERE id = '$j4'");
+is(psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5, NULL, 1) WHERE job_id = '$c1'"), 1,
+   "carol's file claimed (1 a host)");
+is(psql("SELECT async_dl_job_pause('$c1', 'carol', true)"), 'paused', 'paused; its worker died');
+my $c2 = add_job(["$o/f/big.bin?c2"], owner => 'dave');
+is(psql("SELECT count(*) FROM async_dl_claim('w2', 1, '1 minute', 5, NULL, 1)"), 0,
+   "dave's file on the same host waits while the lease runs");
+psql("UPDATE async_dl_files SET lease_until = now() - interval '1 second' WHERE job_id = '$c1'");
+is(psql("SELECT string_agg(job_id::text, ',') FROM async_dl_claim('w2', 1, '1 minute', 5, NULL, 1)"), $c2,
+   "once it ran out, the next claim takes dave's file, not carol's");
+is(files_of($c1), 'pending 0 true', "carol's file is pending, held, the attempt not counted");
+is(psql("SELECT bytes_done FROM async_dl_jobs WHERE id = '$c1'"), 0, '  and its bytes are back to 0');
+psql("DELETE FROM async_dl_jobs WHERE id IN ('$c1', '$c2')");
+
+# a multi-file job whose files all end while paused is not shown paused
+my $d = add_job(["$o/f/big.bin?d0", "$o/f/big.bin?d1"], owner => 'carol');
+is(psql("SELECT count(*) FROM async_dl_claim('w1', 2, '1 minute', 5) WHERE job_id = '$d'"), 2,
+   'both files of a job claimed');
+is(psql("SELECT async_dl_job_pause('$d', 'carol', true)"), 'paused', 'paused');
+for my $i (0, 1) {
+    my $l = psql("SELECT lease_owner FROM async_dl_files WHERE job_id = '$d' AND idx = $i");
+    psql("SELECT async_dl_file_finish('$d', $i, '$l', 'completed', 5, 'x/y', '"
+         . ('ab' x 32) . "', 'k$i', 1, NULL, NULL, NULL)");
+}
+my $doc = JSON::PP->new->decode(psql("SELECT async_dl_job_status('$d', 'carol', '/p/')"));
+is($doc->{status}, 'processing', 'its files ended while paused: processing (its zip is due), not paused');
+is($doc->{pausedAt}, undef, '  no pausedAt');
 
 # pause and cancel racing: whichever commits first, the job ends canceled
 # and nothing is left held
 my $j5 = add_job(["$o/f/big.bin"], owner => 'carol');
-open $a, '|-', 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $s->{pg_port}, '-U', 'postgres',
+open my $a, '|-', 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $s->{pg_port}, '-U', 'postgres',
     '-d', 'postgres' or die;
 $a->autoflush(1);
 print $a "BEGIN; SELECT async_dl_job_pause('$j5', 'carol', true);\n";

@@ -181,8 +181,9 @@ claim_result(void *data, PGresult *res)
  * started_at (a file handed back keeps its own) */
 #define CLAIM_COLUMNS                                                       \
     "SELECT c.job_id, c.idx, c.url, c.write_key, c.attempts, "              \
-    "greatest(0, extract(epoch FROM c.deadline - clock_timestamp()) "       \
-    "* 1000)::bigint, c.lease, (SELECT j.traceparent FROM async_dl_jobs j " \
+    "greatest(0, extract(epoch FROM least(c.deadline, clock_timestamp() "   \
+    "+ interval '10 years') - clock_timestamp()) * 1000)::bigint, "         \
+    "c.lease, (SELECT j.traceparent FROM async_dl_jobs j "                  \
     "WHERE j.id = c.job_id), (SELECT extract(epoch FROM "                   \
     "clock_timestamp() - j.created_at) FROM async_dl_jobs j JOIN "          \
     "async_dl_files f ON f.job_id = j.id AND f.idx = c.idx WHERE j.id = "   \
@@ -317,12 +318,12 @@ files_notify(void *k, const char *channel, const char *payload)
         if (adl_xfer_active(f->xs[i])
             && strcmp(adl_xfer_job(f->xs[i])->id, payload) == 0)
         {
-            if (pause) {
-                adl_xfer_hand_back(f->xs[i], "the job was paused");
-            } else {
+            if (!pause) {
                 adl_xfer_cancel(f->xs[i]);
+                n++;
+            } else {
+                n += adl_xfer_pause(f->xs[i]);
             }
-            n++;
         }
     }
     if (n > 0) {

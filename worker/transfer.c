@@ -858,6 +858,16 @@ adl_xfer_hand_back(adl_xfer_t *x, const char *why)
     xfer_end(x, OUT_HAND_BACK, NULL, "%s", why);
 }
 
+int
+adl_xfer_pause(adl_xfer_t *x)
+{
+    if (x->state == XF_FLUSHING) {
+        return 0;
+    }
+    adl_xfer_hand_back(x, "the job was paused");
+    return 1;
+}
+
 adl_xfer_t *
 adl_xfer_start(adl_env_t *env, int *wake, adl_job_t *job,
     const adl_claim_t *c)

@@ -68,6 +68,10 @@ void adl_xfer_lease_lost(adl_xfer_t *x);
  * (pending), the attempt under way not counted; why: for the log. */
 void adl_xfer_hand_back(adl_xfer_t *x, const char *why);
 
+/* The job was paused: hand the file back as above, unless all of it was
+ * downloaded (its upload is finishing: it ends as usual).  1: stopped. */
+int adl_xfer_pause(adl_xfer_t *x);
+
 /* Frees it, whatever its state (done, or at exit). */
 void adl_xfer_free(adl_xfer_t *x);
 
