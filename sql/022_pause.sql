@@ -27,6 +27,17 @@
 -- - The workers hear of a pause on async_dl_pause (payload: the job id)
 --   and hand back the job's transfers; the streams hear of it on
 --   async_dl_events (an "e" notification: at once, not throttled).
+-- - What a paused file keeps.  A file going up as a multipart upload
+--   keeps its upload and the parts it stored: the worker handing it back
+--   records them (async_dl_file_checkpoint: the key, the upload id, the
+--   parts' ETags, the bytes they hold, the SHA-256 state after them, the
+--   origin's size, validator and type) in resume.  The next worker to
+--   claim the file goes on from there with a Range request, and says so
+--   (async_dl_file_resumed: resumedFrom in the file's document, 0 when the
+--   origin sent the whole file again); the upload is its own from then on.
+--   An upload that nobody will go on with (the file ends otherwise, its
+--   job is deleted, a worker cannot use it) is queued for the janitor to
+--   abort, as a deleted object with its upload id.
 -- - A file that ends while its job is paused ends as usual (its upload
 --   was committing); a job whose last file ends so ends.  A job whose
 --   files have all ended (its zip is being built) is not shown paused: a
@@ -34,6 +45,125 @@
 
 ALTER TABLE async_dl_jobs ADD COLUMN paused_at timestamptz,
                           ADD COLUMN paused_left interval;
+ALTER TABLE async_dl_files ADD COLUMN resume jsonb,
+                           ADD COLUMN resumed_from bigint;
+ALTER TABLE async_dl_deleted_objects ADD COLUMN upload_id text;
+
+-- The janitor's take, with the upload to abort (NULL: delete the object).
+DROP FUNCTION async_dl_deleted_take(bigint, integer);
+CREATE FUNCTION async_dl_deleted_take(p_lease_ms bigint, p_limit integer)
+RETURNS TABLE (o_id bigint, o_job uuid, o_key text, o_upload_id text)
+LANGUAGE sql AS $$
+    UPDATE async_dl_deleted_objects
+       SET deleted_at = now() + p_lease_ms * interval '1 millisecond'
+     WHERE id IN (SELECT id FROM async_dl_deleted_objects
+                   WHERE deleted_at <= now()
+                   ORDER BY id LIMIT p_limit FOR UPDATE SKIP LOCKED)
+    RETURNING id, job_id, object_key, upload_id
+$$;
+
+-- A kept upload nobody will go on with: aborted by the janitor.
+CREATE FUNCTION async_dl_resume_abort(p_job uuid, p_resume jsonb)
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_resume ->> 'uploadId' IS NOT NULL AND p_resume ->> 'key' IS NOT NULL
+    THEN
+        INSERT INTO async_dl_deleted_objects (job_id, object_key, upload_id)
+        VALUES (p_job, p_resume ->> 'key', p_resume ->> 'uploadId');
+        PERFORM pg_notify('async_dl_deleted', p_job::text);
+    END IF;
+END $$;
+
+-- The worker handing a paused file back records what it stored: true
+-- when the file is still its own.  A kept upload it replaces is aborted.
+CREATE FUNCTION async_dl_file_checkpoint(p_job uuid, p_idx integer,
+                                         p_worker text, p_resume jsonb)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    old jsonb;
+BEGIN
+    SELECT f.resume INTO old FROM async_dl_files f
+     WHERE f.job_id = p_job AND f.idx = p_idx AND f.status = 'downloading'
+       AND f.lease_owner = p_worker
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF old ->> 'uploadId' IS DISTINCT FROM p_resume ->> 'uploadId' THEN
+        PERFORM async_dl_resume_abort(p_job, old);
+    END IF;
+    UPDATE async_dl_files SET resume = p_resume
+     WHERE job_id = p_job AND idx = p_idx;
+    RETURN true;
+END $$;
+
+-- The worker that claimed a file with a checkpoint took it up, from byte
+-- p_from (its bytes count as done again), or, p_drop, could not (its
+-- upload is aborted); p_from 0 later: the origin sent the whole file
+-- again.  Either way the upload is no longer the row's to keep.
+CREATE FUNCTION async_dl_file_resumed(p_job uuid, p_idx integer,
+                                      p_worker text, p_from bigint,
+                                      p_drop boolean)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    f async_dl_files;
+    n async_dl_files;
+BEGIN
+    SELECT * INTO f FROM async_dl_files
+     WHERE job_id = p_job AND idx = p_idx FOR UPDATE;
+    IF NOT FOUND OR f.status <> 'downloading'
+       OR f.lease_owner IS DISTINCT FROM p_worker
+    THEN
+        RETURN false;
+    END IF;
+    IF p_drop THEN
+        PERFORM async_dl_resume_abort(p_job, f.resume);
+    END IF;
+    UPDATE async_dl_files
+       SET resume = NULL,
+           resumed_from = CASE WHEN p_drop THEN resumed_from ELSE p_from END,
+           bytes_done = CASE WHEN p_drop THEN bytes_done
+                             ELSE greatest(bytes_done, p_from) END,
+           updated_at = now()
+     WHERE job_id = p_job AND idx = p_idx
+    RETURNING * INTO n;
+    PERFORM async_dl_job_file_changed(f, n);
+    RETURN true;
+END $$;
+
+-- A file that ends, or whose job is deleted, with an upload kept: the
+-- upload is aborted.  A file handed back with one counts its bytes as
+-- done (they are stored).
+CREATE FUNCTION async_dl_files_resume_end() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM async_dl_resume_abort(OLD.job_id, OLD.resume);
+        RETURN OLD;
+    END IF;
+    IF NEW.status = 'pending' THEN
+        NEW.bytes_done := coalesce((NEW.resume ->> 'offset')::bigint, 0);
+        RETURN NEW;
+    END IF;
+    PERFORM async_dl_resume_abort(NEW.job_id, NEW.resume);
+    NEW.resume := NULL;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER async_dl_files_resume_end
+    BEFORE UPDATE OF status ON async_dl_files
+    FOR EACH ROW
+    WHEN (NEW.resume IS NOT NULL
+          AND NEW.status IN ('pending', 'completed', 'failed', 'canceled'))
+    EXECUTE FUNCTION async_dl_files_resume_end();
+
+CREATE TRIGGER async_dl_files_resume_delete
+    BEFORE DELETE ON async_dl_files
+    FOR EACH ROW WHEN (OLD.resume IS NOT NULL)
+    EXECUTE FUNCTION async_dl_files_resume_end();
 
 -- A file that becomes pending while its job is paused waits for the
 -- resume.
@@ -211,6 +341,7 @@ BEGIN
                              THEN json_build_object('code', f.error_code,
                                                     'message',
                                                     f.error_message) END,
+               'resumedFrom', f.resumed_from,
                'downloadUrl', CASE WHEN f.status = 'completed'
                                    THEN p_prefix || j.id::text || '/files/'
                                         || f.idx END)

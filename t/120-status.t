@@ -52,7 +52,7 @@ is_deeply([sort keys %{ $res->{json} }],
           'exactly the fields');
 is_deeply([sort keys %{ $res->{json}{files}[0] }],
           [sort qw(index fileId url name status size contentType sha256
-                   attempts waiting error downloadUrl)], 'file fields');
+                   attempts waiting error resumedFrom downloadUrl)], 'file fields');
 
 === TEST 3: If-None-Match that matches: 304 without a body
 --- request

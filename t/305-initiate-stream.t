@@ -87,7 +87,7 @@ is($b->{status}, 404, "another owner: 404 on alice's job");
 # with a second job
 my $def = psql("SELECT pg_get_functiondef('async_dl_job_events_state'::regproc)");
 psql("CREATE OR REPLACE FUNCTION async_dl_job_events_state(p_job uuid, "
-     . "p_prefix text) RETURNS TABLE (o_owner text, o_seq bigint, o_status "
+     . "p_prefix text, p_shown boolean DEFAULT false) RETURNS TABLE (o_owner text, o_seq bigint, o_status "
      . "text, o_states text, o_summary text, o_files text, o_full text) "
      . "LANGUAGE plpgsql STABLE AS \$\$ BEGIN RAISE EXCEPTION 'unreadable'; "
      . "END \$\$");

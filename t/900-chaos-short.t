@@ -1,8 +1,8 @@
 # The short fault-injection run (issue 9; bench/chaos is the long one):
 # two nginx instances and two workers on one database and bucket, about 80
 # jobs (small, three-file, large without Content-Length so that multipart
-# uploads get killed, failing and flaky origins, callbacks), cancels and
-# deletes (some while the zip is built), SSE subscribers and pollers, short
+# uploads get killed, failing and flaky origins, callbacks), cancels,
+# deletes (some while the zip is built), pauses each followed by a resume, SSE subscribers and pollers, short
 # TTLs; meanwhile two worker SIGKILLs, a PostgreSQL crash (immediate stop),
 # S3 down for a few seconds and answering 503 SlowDown for a while, a little
 # S3 noise throughout.  Then every invariant of AsyncDL::Chaos must hold:
@@ -26,6 +26,7 @@ my @report = report($r, 20);
 cmp_ok($F->{jobs}{accepted}, '>=', 0.9 * $F->{jobs}{planned},
        'most planned jobs were accepted');
 is($F->{faults}{'worker SIGKILL'}, $o{worker_kills}, 'workers were killed');
+cmp_ok($F->{jobs}{'paused, then resumed'}, '>', 0, 'jobs were paused (and resumed)');
 is($F->{faults}{'PostgreSQL restart (immediate stop)'}, 1,
    'PostgreSQL was crashed');
 cmp_ok($F->{faults}{'S3 slowdown (requests)'} // 0, '>', 0,

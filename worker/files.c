@@ -150,6 +150,7 @@ claim_result(void *data, PGresult *res)
         c.key = PQgetvalue(res, i, 3);
         c.claimed_at = f->claim.sent;
         c.traceparent = PQgetvalue(res, i, 7);
+        c.resume = PQgetisnull(res, i, 9) ? NULL : PQgetvalue(res, i, 9);
         if (!PQgetisnull(res, i, 8)) {
             adl_metric_observe(&adl_metrics.pickup_seconds,
                                strtod(PQgetvalue(res, i, 8), NULL));
@@ -187,7 +188,8 @@ claim_result(void *data, PGresult *res)
     "WHERE j.id = c.job_id), (SELECT extract(epoch FROM "                   \
     "clock_timestamp() - j.created_at) FROM async_dl_jobs j JOIN "          \
     "async_dl_files f ON f.job_id = j.id AND f.idx = c.idx WHERE j.id = "   \
-    "c.job_id AND f.started_at IS NULL) FROM "
+    "c.job_id AND f.started_at IS NULL), (SELECT f.resume::text FROM "      \
+    "async_dl_files f WHERE f.job_id = c.job_id AND f.idx = c.idx) FROM "
 
 static void
 maybe_claim(files_t *f)

@@ -3,8 +3,10 @@
  * other work.
  *
  * Deleted objects.  The stored objects of deleted jobs (and the orphans
- * of canceled files and dropped zips) are queued in PostgreSQL; the
- * janitor deletes them from the storage a batch at a time:
+ * of canceled files and dropped zips, and the multipart uploads paused
+ * files kept that nobody will go on with: a row with an upload id) are
+ * queued in PostgreSQL; the janitor deletes them (aborts those uploads)
+ * from the storage a batch at a time:
  *
  *     IDLE --due, room--> TAKING --rows--> DELETING --all answered--> IDLE
  *            (NOTIFY,        |                  each DeleteObject;
@@ -13,7 +15,7 @@
  *
  *   TAKING     async_dl_deleted_take: up to DELETE_BATCH rows that are
  *              due, held for a lease by moving their time past it
- *   DELETING   DeleteObject each
+ *   DELETING   DeleteObject (AbortMultipartUpload) each
  *   then       the rows of the deleted objects go (async_dl_deleted_done);
  *              those that failed are due again after a backoff
  *              (async_dl_deleted_retry).  These record queries run on
@@ -52,6 +54,7 @@ struct deletion_s {
     char            row[24];
     char            job_id[40];
     char           *key;
+    char           *upload_id;      /* a kept upload to abort, or NULL */
     int             running;
     int             ok;
 };
@@ -181,6 +184,7 @@ batch_free(janitor_t *j)
             adl_s3_cancel(j->env->s3, &j->batch[i].r);
         }
         free(j->batch[i].key);
+        free(j->batch[i].upload_id);
     }
     free(j->batch);
     j->batch = NULL;
@@ -245,12 +249,17 @@ deleted(adl_s3_req_t *r)
     d->running = 0;
     j->running--;
     d->ok = r->ok;
-    if (r->ok) {
+    if (r->ok && d->upload_id != NULL) {
+        adl_log_info(d->job_id, -1, "aborted upload %s of %s", d->upload_id,
+                     d->key);
+    } else if (r->ok) {
         adl_log_info(d->job_id, -1, "deleted object %s", d->key);
     } else {
         /* due again later: a warning, not an error */
-        adl_log_warn(d->job_id, -1, "deleting object %s failed: %s; will "
-                     "try again", d->key, r->error);
+        adl_log_warn(d->job_id, -1, "%s %s failed: %s; will try again",
+                     d->upload_id != NULL ? "aborting the upload of"
+                                          : "deleting object",
+                     d->key, r->error);
     }
 }
 
@@ -289,11 +298,18 @@ taken(void *data, PGresult *res)
         snprintf(d->row, sizeof(d->row), "%s", PQgetvalue(res, i, 0));
         snprintf(d->job_id, sizeof(d->job_id), "%s", PQgetvalue(res, i, 1));
         d->key = strdup(PQgetvalue(res, i, 2));
+        if (!PQgetisnull(res, i, 3)) {
+            d->upload_id = strdup(PQgetvalue(res, i, 3));
+            if (d->upload_id == NULL) {
+                continue;           /* not ok: due again later */
+            }
+        }
         if (d->key == NULL) {
             continue;               /* not ok: due again later */
         }
-        d->r.op = S3_DELETE;
+        d->r.op = d->upload_id != NULL ? S3_ABORT : S3_DELETE;
         d->r.key = d->key;
+        d->r.upload_id = d->upload_id;
         d->r.done = deleted;
         d->r.data = d;
         if (adl_s3_start(j->env->s3, &d->r) != 0) {
@@ -400,7 +416,7 @@ janitor_settle(void *k, int64_t now)
     snprintf(lease, sizeof(lease), "%lld",
              (long long) j->env->settings->lease);
     snprintf(limit, sizeof(limit), "%d", DELETE_BATCH);
-    if (adl_db_query(j->env->db, "SELECT o_id, o_job, o_key FROM "
+    if (adl_db_query(j->env->db, "SELECT o_id, o_job, o_key, o_upload_id FROM "
                      "async_dl_deleted_take($1::bigint, $2::integer)",
                      2, p, taken, j) == 0)
     {

@@ -226,7 +226,8 @@ done(adl_http_req_t *http, CURLcode rc)
         r->ok = 1;
         goto out;
     }
-    if (r->op == S3_DELETE && r->status == 404) {
+    if ((r->op == S3_DELETE || r->op == S3_ABORT) && r->status == 404) {
+        /* gone already (an upload completed or aborted: NoSuchUpload) */
         r->ok = 1;
         goto out;
     }

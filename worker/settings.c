@@ -76,6 +76,10 @@ static const setting_t  settings[] = {
       "workers together (0: no limit)" },
     { "ASYNC_DL_PART_SIZE", T_SIZE, OFF(part_size), "8m", 5 * MIB, 5 * GIB,
       NULL, "multipart part size; files up to this size use one PUT" },
+    { "ASYNC_DL_STREAM_PUT", T_BOOL, OFF(stream_put), "on", 0, 0, NULL,
+      "a file of known size above one part (up to 5 GiB) goes up as one "
+      "streamed PUT: one request, one part of memory; off: as a multipart "
+      "upload, two parts of memory, whose stored parts a paused file keeps" },
     { "ASYNC_DL_MAX_FILE_SIZE", T_SIZE, OFF(max_file_size), "10g", 0,
       5 * TIB, NULL, "largest file accepted, else TOO_LARGE (0: no limit)" },
     { "ASYNC_DL_MAX_ATTEMPTS", T_INT, OFF(max_attempts), "5", 1, 100, NULL,

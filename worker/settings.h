@@ -38,6 +38,7 @@ typedef struct {
     char             *metrics_listen;    /* "" when off */
     int64_t           max_transfer_rate;    /* bytes/s per download, 0: no */
     int64_t           part_size;         /* bytes */
+    int               stream_put;        /* one streamed PUT above a part */
     int64_t           max_file_size;     /* bytes, 0: no limit */
     int64_t           max_attempts;
     int64_t           retry_base;        /* ms */

@@ -26,6 +26,14 @@
  * When an object may have been stored that no completed row of ours
  * records, the file's row decides whether it is an orphan for the janitor
  * (check_orphan).
+ *
+ * A paused job's transfer is handed back keeping its multipart upload
+ * (adl_upload_keep): once the part under way has answered, the parts
+ * stored, the bytes they hold and the SHA-256 state after them (saved as
+ * each part's last byte is hashed) are recorded with the hand-back
+ * (async_dl_file_checkpoint).  A transfer claimed with such a record
+ * takes it up: the upload goes on after those parts, the hash from that
+ * state, the download from that byte with Range and If-Range.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -33,8 +41,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
 #include "adl_sigv4.h"
 #include "backoff.h"
+#include "checkpoint.h"
+#include "hash.h"
 #include "clock.h"
 #include "log.h"
 #include "metrics.h"
@@ -85,8 +97,17 @@ struct adl_xfer_s {
     int64_t                pace_taken;       /* bytes taken since then */
     size_t                 pace_want;        /* the bytes held back */
     int64_t                size;             /* announced, or -1 */
-    adl_sha256_t           sha;
+    adl_hash_t             sha;
     char                   sha256[65];
+    struct {
+        int                part;             /* 0: none */
+        char               state[ADL_HASH_STATE_LEN + 1];
+    }                      marks[4];         /* the hash after part n */
+    int64_t                resumed_from;     /* a checkpoint's byte, or 0 */
+    int                    restart_due;      /* ...the origin said no: tell */
+    int                    keep;             /* hand back keeping parts */
+    int                    kept_written;
+    char                  *checkpoint;       /* written with the result */
 
     /* storage */
     adl_upload_t           up;
@@ -112,6 +133,7 @@ static void write_result(adl_xfer_t *x);
 static void end_advance(adl_xfer_t *x);
 static int check_orphan(adl_xfer_t *x);
 static void stop_download(adl_xfer_t *x);
+static void report_resumed(adl_xfer_t *x, int64_t from, int drop);
 
 #define XLOG(level, x, ...)  adl_log(level, (x)->job->id, (x)->idx, __VA_ARGS__)
 
@@ -138,6 +160,148 @@ adl_xfer_active(const adl_xfer_t *x)
 }
 
 
+/* --- a paused file's stored parts ---------------------------------------- */
+
+/* The hash after part n's last byte, kept for a few parts: the parts
+ * stored when a pause comes are at most that many behind the hash. */
+static void
+mark(adl_xfer_t *x, int part)
+{
+    int  i = part % 4;
+
+    x->marks[i].part = adl_hash_save(&x->sha, x->marks[i].state) == 0
+                       ? part : 0;
+}
+
+/* The download's bytes into the hash, cut at the parts' ends. */
+static void
+hash_bytes(adl_xfer_t *x, const char *p, size_t n)
+{
+    int64_t  part = (int64_t) x->up.c.part_size, left;
+    size_t   take;
+
+    while (n > 0) {
+        left = part - x->received % part;
+        take = (int64_t) n < left ? n : (size_t) left;
+        adl_hash_update(&x->sha, p, take);
+        x->received += (int64_t) take;
+        p += take;
+        n -= take;
+        if (x->received % part == 0) {
+            mark(x, (int) (x->received / part));
+        }
+    }
+}
+
+/* Handed back for a pause, the upload settled: the record of the parts it
+ * kept goes with the result (none: the file starts again from byte 0). */
+static void
+keep_parts(adl_xfer_t *x)
+{
+    adl_upload_t        *u = &x->up;
+    adl_checkpoint_t     c;
+    int                  n = u->stored_parts;
+
+    if (u->upload_id == NULL || n == 0 || x->marks[n % 4].part != n) {
+        XLOG(ADL_LOG_INFO, x, "paused: no part stored to keep");
+        adl_upload_drop_kept(&x->up);
+        return;
+    }
+    memset(&c, 0, sizeof(c));
+    c.key = x->key;
+    c.upload_id = u->upload_id;
+    c.nparts = n;
+    c.offset = (int64_t) n * (int64_t) u->c.part_size;
+    c.hash = x->marks[n % 4].state;
+    c.size = x->size;
+    c.validator = x->dl.validator;
+    c.content_type = x->dl.content_type;
+    x->checkpoint = adl_checkpoint_text(&c, &u->parts);
+    if (x->checkpoint == NULL) {
+        XLOG(ADL_LOG_WARN, x, "paused: the stored parts cannot be recorded "
+             "(out of memory, or an ETag or header that is not UTF-8): the "
+             "file starts again from byte 0");
+        adl_upload_drop_kept(&x->up);
+        return;
+    }
+    XLOG(ADL_LOG_INFO, x, "paused: keeping %d part(s), %lld bytes, of "
+         "upload %s", n, (long long) c.offset, u->upload_id);
+}
+
+static void
+resumed_result(void *data, PGresult *res)
+{
+    adl_xfer_t  *x = data;
+
+    x->db_refs--;
+    if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
+        XLOG(ADL_LOG_ERROR, x, "recording the resume failed: %s",
+             PQresultErrorMessage(res));
+    }
+    if (!adl_xfer_active(x)) {
+        end_advance(x);
+    }
+}
+
+/* The file's row learns where this transfer went on from (0: the origin
+ * sent the whole file again), or, drop, that its record was of no use. */
+static void
+report_resumed(adl_xfer_t *x, int64_t from, int drop)
+{
+    char         idx[16], at[24];
+    const char  *p[5];
+
+    snprintf(idx, sizeof(idx), "%d", x->idx);
+    snprintf(at, sizeof(at), "%lld", (long long) from);
+    p[0] = x->job->id;
+    p[1] = idx;
+    p[2] = x->lease;
+    p[3] = at;
+    p[4] = drop ? "true" : "false";
+    if (adl_db_query(x->env->db, "SELECT async_dl_file_resumed($1::uuid, "
+                     "$2::integer, $3, $4::bigint, $5::boolean)", 5, p,
+                     resumed_result, x) == 0)
+    {
+        x->db_refs++;
+    }
+}
+
+/* Claimed with the record of a paused file's stored parts: the upload,
+ * the hash and the download go on after them. */
+static void
+take_up(adl_xfer_t *x, const char *text)
+{
+    adl_checkpoint_t  c;
+    int64_t           part = (int64_t) x->up.c.part_size;
+
+    if (adl_checkpoint_parse(&c, text) != 0
+        || strcmp(c.key, x->key) != 0
+        || c.offset != (int64_t) c.nparts * part
+        || adl_hash_restore(&x->sha, c.hash, c.offset) != 0
+        || adl_upload_resume(&x->up, c.upload_id, c.etags, c.nparts) != 0)
+    {
+        adl_hash_init(&x->sha);
+        XLOG(ADL_LOG_WARN, x, "the record of the stored parts cannot be "
+             "taken up (another key or part size, or malformed): from "
+             "byte 0");
+        report_resumed(x, 0, 1);
+        adl_checkpoint_free(&c);
+        return;
+    }
+    x->received = c.offset;
+    x->size = c.size;
+    x->dl.size = c.size;
+    snprintf(x->dl.validator, sizeof(x->dl.validator), "%s", c.validator);
+    snprintf(x->dl.content_type, sizeof(x->dl.content_type), "%s",
+             c.content_type);
+    x->resumed_from = c.offset;
+    XLOG(ADL_LOG_INFO, x, "resuming after %d stored part(s) of upload %s: "
+         "from byte %lld", c.nparts, c.upload_id, (long long) c.offset);
+    report_resumed(x, c.offset, 0);
+    adl_checkpoint_free(&c);
+}
+
+
 /* --- the download -------------------------------------------------------- */
 
 /* Starts over from byte 0: the origin sends the whole body again, or the
@@ -145,11 +309,14 @@ adl_xfer_active(const adl_xfer_t *x)
 static void
 restart_from_zero(adl_xfer_t *x)
 {
-    adl_sha256_free(&x->sha);
-    memset(&x->sha, 0, sizeof(x->sha));
-    adl_sha256_init(&x->sha);
+    adl_hash_init(&x->sha);
+    memset(x->marks, 0, sizeof(x->marks));
     x->received = 0;
     adl_upload_restart(&x->up);
+    if (x->resumed_from > 0) {
+        x->resumed_from = 0;
+        x->restart_due = 1;         /* told from the loop */
+    }
 }
 
 /* The download's final response, before its first byte: the file from
@@ -229,11 +396,7 @@ dl_body(void *data, const char *p, size_t n)
         adl_download_fail(&x->dl, "DOWNLOAD_FAILED", 1, "out of memory");
         return 0;
     }
-    if (adl_sha256_update(&x->sha, p, n) != 0) {
-        adl_download_fail(&x->dl, "DOWNLOAD_FAILED", 0, "SHA-256 failed");
-        return 0;
-    }
-    x->received += (int64_t) n;
+    hash_bytes(x, p, n);
     x->pace_taken += (int64_t) n;
     adl_metrics.download_bytes += n;
     return n;
@@ -295,10 +458,7 @@ download_ended(adl_xfer_t *x)
     {
         /* (a failure after the last byte, which the streamed PUT has
          * stored already: the file is whole) */
-        if (adl_sha256_final_hex(&x->sha, x->sha256) != 0) {
-            xfer_end(x, OUT_FAILED, "DOWNLOAD_FAILED", "SHA-256 failed");
-            return;
-        }
+        adl_hash_final_hex(&x->sha, x->sha256);
         XLOG(ADL_LOG_DEBUG, x, "downloaded %lld bytes",
              (long long) x->received);
         x->state = XF_FLUSHING;
@@ -467,11 +627,16 @@ end_begin(adl_xfer_t *x)
     x->state = XF_CLOSING;
     stop_download(x);
     x->paused = 0;
-    adl_upload_stop(&x->up, 1);
-    if (x->outcome == OUT_DROP) {
-        x->recorded = 1;
+    if (x->keep) {
+        /* the checkpoint and the result once the part under way answered */
+        adl_upload_keep(&x->up);
     } else {
-        write_result(x);
+        adl_upload_stop(&x->up, 1);
+        if (x->outcome == OUT_DROP) {
+            x->recorded = 1;
+        } else {
+            write_result(x);
+        }
     }
     end_advance(x);
 }
@@ -488,6 +653,11 @@ end_advance(adl_xfer_t *x)
         || us == ADL_UP_ABORTING)
     {
         return;
+    }
+    if (x->keep && !x->kept_written) {
+        x->kept_written = 1;
+        keep_parts(x);
+        write_result(x);
     }
     if (x->outcome == OUT_DROP && us == ADL_UP_STORED
         && x->sha256[0] != '\0')
@@ -582,9 +752,11 @@ finish_result(void *data, PGresult *res)
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         XLOG(ADL_LOG_ERROR, x, "recording the result failed: %s",
              PQresultErrorMessage(res));
+        adl_upload_drop_kept(&x->up);       /* nobody will go on with it */
     } else if (PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] != 't') {
         XLOG(ADL_LOG_INFO, x, "result not recorded: the file is no longer "
              "ours (canceled, deleted or lease lost)");
+        adl_upload_drop_kept(&x->up);
     } else if (x->outcome == OUT_STORED) {
         x->recorded_stored = 1;
     }
@@ -595,7 +767,7 @@ static void
 write_result(adl_xfer_t *x)
 {
     char         idx[16], size[24], attempts[16], retry[24];
-    const char  *p[12];
+    const char  *p[13];
     const char  *status;
     int64_t      now = adl_now_ms();
 
@@ -632,10 +804,21 @@ write_result(adl_xfer_t *x)
         p[11] = retry;              /* ms from the database's now() */
     }
 
-    if (adl_db_query(x->env->db, "SELECT async_dl_file_finish($1::uuid, "
-                     "$2::integer, $3, $4, $5::bigint, $6, $7, $8, "
-                     "$9::integer, $10, $11, now() + $12::bigint "
-                     "* interval '1 millisecond')", 12, p,
+    /* a paused file's stored parts are recorded first, in the same
+     * statement: a connection lost under it loses both or neither */
+    p[12] = x->checkpoint;
+    if (adl_db_query(x->env->db, x->checkpoint == NULL
+                     ? "SELECT async_dl_file_finish($1::uuid, "
+                       "$2::integer, $3, $4, $5::bigint, $6, $7, $8, "
+                       "$9::integer, $10, $11, now() + $12::bigint "
+                       "* interval '1 millisecond')"
+                     : "SELECT async_dl_file_finish($1::uuid, "
+                       "$2::integer, $3, $4, $5::bigint, $6, $7, $8, "
+                       "$9::integer, $10, $11, now() + $12::bigint "
+                       "* interval '1 millisecond') FROM (SELECT "
+                       "async_dl_file_checkpoint($1::uuid, $2::integer, $3, "
+                       "$13::jsonb) OFFSET 0) k",
+                     x->checkpoint == NULL ? 12 : 13, p,
                      finish_result, x) != 0)
     {
         XLOG(ADL_LOG_ERROR, x, "result not recorded (out of memory): the "
@@ -650,10 +833,10 @@ adl_xfer_free(adl_xfer_t *x)
 {
     stop_download(x);
     adl_upload_free(&x->up);
-    adl_sha256_free(&x->sha);
     free(x->url);
     free(x->key);
     free(x->lease);
+    free(x->checkpoint);
     free(x);
 }
 
@@ -807,6 +990,10 @@ adl_xfer_settle(adl_xfer_t *x)
     if (x->state == XF_ENDING) {
         end_begin(x);
     }
+    if (x->restart_due) {
+        x->restart_due = 0;
+        report_resumed(x, 0, 0);
+    }
     /* the upload's answers and next requests; then the download, when
      * the upload has room again: an unpause may deliver data at once,
      * which may give a waiting PUT its data: a few rounds settle it */
@@ -865,6 +1052,7 @@ adl_xfer_pause(adl_xfer_t *x)
         return 0;
     }
     adl_xfer_hand_back(x, "the job was paused");
+    x->keep = x->outcome == OUT_HAND_BACK;
     return 1;
 }
 
@@ -891,10 +1079,8 @@ adl_xfer_start(adl_env_t *env, int *wake, adl_job_t *job,
     x->url = strdup(c->url);
     x->lease = strdup(c->lease);
     x->key = strdup(c->key);
-    if (x->url == NULL || x->lease == NULL || x->key == NULL
-        || adl_sha256_init(&x->sha) != 0)
-    {
-        adl_sha256_free(&x->sha);
+    adl_hash_init(&x->sha);
+    if (x->url == NULL || x->lease == NULL || x->key == NULL) {
         free(x->url);
         free(x->key);
         free(x->lease);
@@ -928,6 +1114,7 @@ adl_xfer_start(adl_env_t *env, int *wake, adl_job_t *job,
     uc.log_what = "storage";
     uc.wake = wake;
     adl_upload_init(&x->up, &uc);
+    x->up.no_stream = !env->settings->stream_put;
 
     XLOG(ADL_LOG_INFO, x, "claimed (attempt %d) %s", x->attempt, x->url);
 
@@ -942,6 +1129,9 @@ adl_xfer_start(adl_env_t *env, int *wake, adl_job_t *job,
         x->state = XF_RUNNING;
         xfer_end(x, OUT_FAILED, "TIMEOUT", "the job's deadline passed");
         return x;
+    }
+    if (c->resume != NULL) {
+        take_up(x, c->resume);
     }
     start_download(x);
     return x;

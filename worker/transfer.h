@@ -42,6 +42,8 @@ typedef struct {
     const char  *key;           /* the object key, recorded by the claim */
     int64_t      claimed_at;    /* adl_now_ms() when the claim was sent */
     const char  *traceparent;   /* the job's, or "" */
+    const char  *resume;        /* a paused file's stored parts (JSON,
+                                   checkpoint.h), or NULL */
 } adl_claim_t;
 
 /* Starts a claimed file; NULL on allocation failure (the file is then

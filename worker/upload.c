@@ -18,6 +18,7 @@
                                      __VA_ARGS__)
 
 static void next_request(adl_upload_t *u);
+static void after_stop(adl_upload_t *u);
 
 
 /* --- state ---------------------------------------------------------------- */
@@ -53,7 +54,7 @@ adl_upload_init(adl_upload_t *u, const adl_upload_conf_t *c)
 void
 adl_upload_free(adl_upload_t *u)
 {
-    if (u->upload_id != NULL && !u->abort_done
+    if (u->upload_id != NULL && !u->abort_done && !u->keep
         && u->state != ADL_UP_STORED)
     {
         ULOG(ADL_LOG_WARN, u, "exiting: multipart upload %s of %s left "
@@ -67,6 +68,47 @@ adl_upload_free(adl_upload_t *u)
     adl_parts_free(&u->parts);
     free(u->upload_id);
     u->upload_id = NULL;
+}
+
+void
+adl_upload_keep(adl_upload_t *u)
+{
+    u->keep = 1;
+    adl_upload_stop(u, 1);
+}
+
+void
+adl_upload_drop_kept(adl_upload_t *u)
+{
+    if (u->keep && u->state == ADL_UP_STOPPED && u->upload_id != NULL) {
+        u->keep = 0;
+        after_stop(u);
+    }
+}
+
+int
+adl_upload_resume(adl_upload_t *u, const char *upload_id,
+    const char *const *etags, int n)
+{
+    int  i;
+
+    if (u->upload_id != NULL || u->written != 0) {
+        return -1;
+    }
+    for (i = 0; i < n; i++) {
+        if (adl_parts_set(&u->parts, i + 1, etags[i]) != 0) {
+            return -1;
+        }
+    }
+    u->upload_id = strdup(upload_id);
+    if (u->upload_id == NULL) {
+        return -1;
+    }
+    u->next_part = n + 1;
+    u->stored_parts = n;
+    u->written = (int64_t) n * (int64_t) u->c.part_size;
+    u->no_stream = 1;
+    return 0;
 }
 
 adl_upload_state_t
@@ -280,6 +322,7 @@ adl_upload_restart(adl_upload_t *u)
         u->up_part = 0;
     }                               /* else dropped when it answers */
     u->next_part = 1;
+    u->stored_parts = 0;
     u->retry_at = 0;                /* tries go on counting: the backoff
                                      * grows across restarts */
     /* a streamed PUT of the old data under way is cancelled by run() */
@@ -566,6 +609,22 @@ next_request(adl_upload_t *u)
     }
 }
 
+/* The part under way was stored (an answer of this generation): its ETag
+ * is kept; -1 when out of memory (nothing changed). */
+static int
+part_stored(adl_upload_t *u)
+{
+    if (adl_parts_set(&u->parts, u->up_part, u->req.etag) != 0) {
+        return -1;
+    }
+    if (u->up_part == u->stored_parts + 1) {
+        u->stored_parts = u->up_part;
+    }
+    u->up.len = 0;
+    u->up_part = 0;
+    return 0;
+}
+
 /* The end, once nothing that may store the object is under way. */
 static void
 after_stop(adl_upload_t *u)
@@ -573,7 +632,7 @@ after_stop(adl_upload_t *u)
     if (u->state == ADL_UP_STORED) {
         return;
     }
-    if (u->upload_id == NULL) {
+    if (u->upload_id == NULL || u->keep) {
         set_state(u, ADL_UP_STOPPED);
         return;
     }
@@ -609,6 +668,12 @@ answered_stopping(adl_upload_t *u, adl_s3_op_t op)
                 ULOG(ADL_LOG_WARN, u, "out of memory: multipart upload %s "
                      "left unaborted", r->new_upload_id);
             }
+        }
+        break;
+    case S3_PART:
+        /* kept: a part of this data that answered is stored */
+        if (r->ok && u->keep && u->req_gen == u->gen) {
+            part_stored(u);
         }
         break;
     case S3_PUT:
@@ -691,12 +756,10 @@ answered(adl_upload_t *u, int64_t now)
         }
         break;
     case S3_PART:
-        if (adl_parts_set(&u->parts, u->up_part, r->etag) != 0) {
+        if (part_stored(u) != 0) {
             oom(u, now);            /* the same part again */
             return;
         }
-        u->up.len = 0;
-        u->up_part = 0;
         break;
     case S3_PUT:
     case S3_COMPLETE:
@@ -760,6 +823,9 @@ adl_upload_stop(adl_upload_t *u, int settle)
         case S3_CREATE:
         case S3_COMPLETE:
             settles = 1;
+            break;
+        case S3_PART:
+            settles = u->keep;      /* kept: its ETag counts */
             break;
         case S3_PUT:
             /* a streamed PUT can store the object only once it has all

@@ -14,6 +14,10 @@
  *   any --stop--> SETTLING (a PUT, Complete or Create under way answers
  *                 first, when the owner lets it) --> ABORTING --> STOPPED
  *                 (or STORED, when what settled stored the object)
+ *   any --keep--> as stop, but a part under way answers first too and the
+ *                 multipart upload is not aborted: STOPPED with its
+ *                 upload id and the parts stored, for another process to
+ *                 go on with (resume(): a paused file)
  *
  * The state changes only in set_state().  Nothing here starts, stops or
  * unpauses a request inside a libcurl callback: write(), close(),
@@ -91,6 +95,8 @@ typedef struct {
     adl_parts_t          parts;
     int                  room_wanted;   /* wake the owner for room */
     int                  stopped;       /* stop() was called */
+    int                  keep;          /* ...by keep(): not aborted */
+    int                  stored_parts;  /* of this generation, from 1 */
 
     /* the streamed PUT */
     int64_t              body_len;
@@ -151,6 +157,21 @@ void adl_upload_run(adl_upload_t *u, int64_t now);
  * may store the object, or create an upload, answers first), then an
  * unfinished multipart upload is aborted.  From the loop only. */
 void adl_upload_stop(adl_upload_t *u, int settle);
+
+/* As stop(u, 1), but the multipart upload is kept with the parts it
+ * stored (a part under way answers first): STOPPED, then upload_id and
+ * stored_parts say what there is (or STORED).  From the loop only. */
+void adl_upload_keep(adl_upload_t *u);
+
+/* A kept upload nobody will record after all: aborted (ABORTING, then
+ * STOPPED).  From the loop only. */
+void adl_upload_drop_kept(adl_upload_t *u);
+
+/* Before the first write: go on with the multipart upload upload_id,
+ * whose parts 1..n (etags) hold the data's first n x part_size bytes; the
+ * next write is the byte after them.  -1: out of memory. */
+int adl_upload_resume(adl_upload_t *u, const char *upload_id,
+    const char *const *etags, int n);
 
 adl_upload_state_t adl_upload_state(const adl_upload_t *u);
 

@@ -138,7 +138,7 @@ sub chaos_defaults {
         big_timeout_share => 0.15,
         multi_share => 0.12, wide_share => 0.03, fail_share => 0.12,
         callback => 0.05,
-        cancel => 0.2, delete => 0.1, sse => 0.3,
+        cancel => 0.2, delete => 0.1, pause => 0.08, sse => 0.3,
         ttl_completed => 60, ttl_failed => 30,
         lease => 3, poll_interval => 1, concurrency => 12,
         pg_timeout => 2, settle => 240, janitor_wait => 90,
@@ -149,7 +149,7 @@ sub chaos_defaults {
 sub short_defaults {
     return (
         chaos_defaults(),
-        jobs => 80, load => 45, clients => 2,
+        jobs => 80, load => 45, clients => 2, pause => 0.12,
         worker_kills => 2, pg_restarts => 1, pg_long => 0,
         s3_down => 4, s3_slowdown => 6,
         big_share => 0.05, big_min => 6, big_max => 8, big_rate => '1m',
@@ -410,6 +410,10 @@ sub make_plan {
                                                          : 'delete_after')
                        : 'delete_mid';
             $j{delay} = $delay;
+        } elsif ($a < $O{cancel} + $O{delete} + $O{pause}) {
+            # paused after the delay, resumed 0.5 to 3 s later
+            $j{action} = 'pause';
+            $j{delay} = $delay;
         } else {
             $j{action} = 'none';
         }
@@ -528,7 +532,7 @@ sub client_main {
                     $st->{phase} = 'track';
                     $st->{next} = time + 0.2;
                     $st->{act_at} = time + ($p->{delay} // 0)
-                        if $p->{action} =~ /^(cancel|delete_mid)$/;
+                        if $p->{action} =~ /^(cancel|delete_mid|pause)$/;
                     append_line("$DIR/announce.log",
                                 "$p->{n} $st->{id} $st->{inst}");
                 } elsif ($code =~ /^(5\d\d)$/ && time - $st->{first} < 90) {
@@ -545,7 +549,21 @@ sub client_main {
             my $id = $st->{id};
             my $inst = int rand 2;
             if ($st->{act_at} && time >= $st->{act_at}) {
-                if ($p->{action} eq 'cancel') {
+                if ($p->{action} eq 'pause') {
+                    # pause, then resume; an ended job (409) needs neither
+                    my $what = $st->{paused} ? 'resume' : 'pause';
+                    my ($code) = $call->($st, 'POST', "$id/$what", $inst);
+                    $st->{"${what}_sent"}++;
+                    $st->{act_at} = time + 0.5;
+                    if ($code == 200 && $what eq 'pause') {
+                        $st->{paused} = time;
+                        $st->{act_at} = time + 0.5 + rand 2.5;
+                    } elsif ($code == 200 || $code == 409) {
+                        delete $st->{act_at};
+                    } elsif ($code == 404) {
+                        $st->{gone} = time; $finish->($st); next;
+                    }
+                } elsif ($p->{action} eq 'cancel') {
                     my ($code) = $call->($st, 'POST', "$id/cancel", $inst);
                     $st->{cancel_sent}++;
                     $st->{cancel_code} = $code;
@@ -1650,6 +1668,7 @@ sub finish_checks {
         refused => scalar(grep { $_->{refused} } @recs),
         kinds => \%kinds,
         'cancels sent' => scalar(grep { $_->{cancel_sent} } @recs),
+        'paused, then resumed' => scalar(grep { $_->{paused} } @recs),
         'deletes sent' => scalar(grep { $_->{delete_sent} } @recs),
         'deleted while the zip was pending/building'
             => scalar(grep { $_->{delete_bundle_state} } @recs),

@@ -445,8 +445,10 @@ events { worker_connections 1024; }
 http {
     include /etc/nginx/mime.types;
     default_type application/octet-stream;
-    # when each request started (\$msec is when it ended): for benchmarks
-    log_format adl '\$msec \$request_time \$status \$request_uri';
+    # when each request started (\$msec is when it ended): for benchmarks;
+    # then the Range it asked for ("-": none)
+    log_format adl '\$msec \$request_time \$status \$request_uri '
+                   '"\$http_range"';
     access_log $d/logs/access.log adl;
     client_body_temp_path $d/tmp/body;
     proxy_temp_path $d/tmp/proxy;

@@ -1,0 +1,127 @@
+# A paused file keeps what it stored: a 50 MiB download going up as a
+# multipart upload (ASYNC_DL_STREAM_PUT=off) is paused, stops growing (its
+# bytes in the status, its parts in the bucket), is resumed by ANOTHER
+# worker, which asks the origin for the rest with Range and If-Range, and
+# ends with the origin's SHA-256.  An origin that ignores Range sends the
+# whole file again: the file says so (resumedFrom 0) and still ends right.
+# A paused file whose job is deleted has its kept upload aborted.
+use strict;
+use warnings;
+use lib 't/lib';
+use AsyncDL::Test;
+use File::Find;
+use Time::HiRes qw(time sleep);
+
+my $s = adl();
+my $o = $s->{origin};
+my %alice = ('X-User' => 'alice');
+my $P = '/v1/download/';
+my $MIB = 1024 * 1024;
+my $PART = 5 * $MIB;
+
+start_nginx(<<'EOF2');
+location /v1/download/ {
+    async_dl;
+    async_dl_owner $http_x_user;
+}
+EOF2
+
+origin_file('fifty.bin', 50 * $MIB);
+my $want = file_sha256("$s->{dir}/origin/f/fifty.bin");
+my %w = (ASYNC_DL_STREAM_PUT => 'off', ASYNC_DL_PART_SIZE => '5m');
+start_worker(%w, ASYNC_DL_WORKER_ID => 'w-one');
+
+sub bucket_bytes {
+    my $n = 0;
+    find(sub { $n += -s $_ if -f $_ }, "$s->{dir}/s3") if -d "$s->{dir}/s3";
+    return $n;
+}
+sub doc { return request('GET', "${P}status/$_[0]", \%alice)->{json} }
+sub post { my ($what, $job) = @_; return request('POST', "$P$job/$what", \%alice) }
+sub ranges {
+    my ($path) = @_;
+    return map { /"(bytes=[^"]*)"$/ ? $1 : () }
+           grep { index($_, $path) >= 0 } split /\n/, origin_log();
+}
+
+# --- pause, kept parts, resume by another worker ----------------------------
+my $job = initiate({ files => [{ url => "$o/slow/fifty.bin?rate=6m" }], timeout => 300 },
+                   \%alice)->{json}{jobId};
+ok(wait_until(sub { (doc($job)->{bytesDone} // 0) > 18 * $MIB }, 30), 'more than 18 MiB downloaded');
+is(post('pause', $job)->{status}, 200, 'paused');
+ok(wait_until(sub { worker_log() =~ /job=$job file=0 paused: keeping (\d+) part\(s\), (\d+) bytes/ }, 5),
+   'the worker kept the parts it stored');
+my ($nparts, $kept) = worker_log() =~ /job=$job file=0 paused: keeping (\d+) part\(s\), (\d+) bytes/;
+cmp_ok($nparts, '>=', 3, "$nparts parts kept");
+is($kept, $nparts * $PART, "  $kept bytes, whole parts");
+ok(wait_until(sub { psql("SELECT status FROM async_dl_files WHERE job_id = '$job'") eq 'pending' }, 5),
+   'the file was handed back');
+my $d1 = doc($job);
+is($d1->{status}, 'paused', 'the job is paused');
+is($d1->{bytesDone}, $kept, 'bytesDone: the bytes its kept parts hold');
+my $rec = psql("SELECT resume::text FROM async_dl_files WHERE job_id = '$job'");
+like($rec, qr/"uploadId"/, 'the file records its upload');
+my $b1 = bucket_bytes();
+cmp_ok($b1, '>=', $kept, "the bucket holds the kept parts ($b1 bytes)");
+sleep 2;
+is(doc($job)->{bytesDone}, $kept, 'paused: bytesDone does not grow');
+is(bucket_bytes(), $b1, 'paused: the bucket does not grow');
+
+# another worker takes it up
+stop_worker('TERM', 0);
+start_worker(%w, ASYNC_DL_WORKER_ID => 'w-two');
+is(post('resume', $job)->{status}, 200, 'resumed');
+my $st = wait_ended($job, 60);
+is($st, 'completed', 'the job completes');
+my $f = doc($job)->{files}[0];
+is($f->{sha256}, $want, "the recorded SHA-256 is the origin's");
+is($f->{resumedFrom}, $kept, "resumedFrom: $kept");
+my $key = psql("SELECT object_key FROM async_dl_files WHERE job_id = '$job'");
+is(sha256_hex(s3_object($key) // ''), $want, "the stored object is the origin's file");
+like(worker_log(), qr/job=$job file=0 resuming after $nparts stored part\(s\) of upload \S+: from byte $kept/,
+     'the second worker went on after the kept parts');
+is_deeply([ranges('/slow/fifty.bin')], ["bytes=$kept-"],
+          "the origin was asked for the rest: Range bytes=$kept-");
+is(psql("SELECT resume IS NULL FROM async_dl_files WHERE job_id = '$job'"), 't',
+   'no record left once completed');
+
+# --- an origin that ignores Range: the whole file again ---------------------
+origin_file('norange.bin', 20 * $MIB);
+my $want2 = file_sha256("$s->{dir}/origin/f/norange.bin");
+# /trickle/: fast for the first 11 MiB, then slow; /noranges/ is used by the
+# resume (the URL is the same file: the path is switched below)
+my $j2 = initiate({ files => [{ url => "$o/trickle/norange.bin?after=11m&rate=500k" }] },
+                  \%alice)->{json}{jobId};
+ok(wait_until(sub { (doc($j2)->{bytesDone} // 0) > 11 * $MIB }, 30), 'the second job passed 11 MiB');
+is(post('pause', $j2)->{status}, 200, 'paused');
+ok(wait_until(sub { worker_log() =~ /job=$j2 file=0 paused: keeping 2 part\(s\)/ }, 5),
+   'two parts kept');
+ok(wait_until(sub { psql("SELECT status FROM async_dl_files WHERE job_id = '$j2'") eq 'pending' }, 5),
+   'handed back');
+psql("UPDATE async_dl_files SET url = '$o/noranges/norange.bin' WHERE job_id = '$j2'");
+is(post('resume', $j2)->{status}, 200, 'resumed');
+is(wait_ended($j2, 60), 'completed', 'completed');
+my $f2 = doc($j2)->{files}[0];
+is($f2->{resumedFrom}, 0, 'resumedFrom 0: the origin sent the whole file again');
+is($f2->{sha256}, $want2, "the SHA-256 is the origin's");
+is(sha256_hex(s3_object(psql("SELECT object_key FROM async_dl_files WHERE job_id = '$j2'")) // ''),
+   $want2, 'the stored object is the whole file, once');
+like(worker_log(), qr/job=$j2 file=0 \S*.*origin ignored the Range request/,
+     'the worker logged that the origin ignored the Range request');
+
+# --- a paused file's job deleted: its upload is aborted -----------------------
+my $j3 = initiate({ files => [{ url => "$o/slow/fifty.bin?rate=6m&j3" }] }, \%alice)->{json}{jobId};
+ok(wait_until(sub { (doc($j3)->{bytesDone} // 0) > 6 * $MIB }, 30), 'a third job under way');
+is(post('pause', $j3)->{status}, 200, 'paused');
+ok(wait_until(sub { psql("SELECT resume IS NOT NULL FROM async_dl_files WHERE job_id = '$j3'") eq 't' }, 5),
+   'its parts are recorded');
+my $up = psql("SELECT resume ->> 'uploadId' FROM async_dl_files WHERE job_id = '$j3'");
+is(request('DELETE', "$P$j3", \%alice)->{status}, 204, 'deleted');
+ok(wait_until(sub { worker_log() =~ /job=$j3 aborted upload \Q$up\E of / }, 10),
+   "the janitor aborted its upload $up");
+is(psql("SELECT count(*) FROM async_dl_deleted_objects WHERE job_id = '$j3'"), 0,
+   'nothing left in the queue');
+
+unlike(nginx_log(), qr/\[alert\]|\[emerg\]/, 'no [alert] in nginx');
+unlike(worker_log(), qr/AddressSanitizer|runtime error/, 'no sanitizer report');
+done_testing();
