@@ -528,10 +528,11 @@ BEGIN
      WHERE NOT u.dead;
 END $$;
 
--- 5's progress report, which also renews the lease: refused (false, "no
--- longer ours": the worker stops) while the job is paused.  A worker that
--- missed the pause's notification (its connection was down) stops at its
--- next report; its lease then runs out and the claim above holds the file.
+-- 5's progress report, which also renews the lease: NULL instead of true
+-- while the job is paused.  A worker that missed the pause's notification
+-- (its connection was down) hands the file back at its next report, as on
+-- the notification; one whose upload is finishing goes on (its lease
+-- renewed).  A worker of schema 21 reads NULL as renewed.
 CREATE OR REPLACE FUNCTION async_dl_file_progress(p_job uuid, p_idx integer,
                                                   p_worker text,
                                                   p_lease interval,
@@ -548,8 +549,6 @@ BEGIN
      WHERE job_id = p_job AND idx = p_idx FOR UPDATE;
     IF NOT FOUND OR f.status <> 'downloading'
        OR f.lease_owner IS DISTINCT FROM p_worker
-       OR EXISTS (SELECT 1 FROM async_dl_jobs j
-                   WHERE j.id = p_job AND j.paused_at IS NOT NULL)
     THEN
         RETURN false;
     END IF;
@@ -562,6 +561,11 @@ BEGIN
     RETURNING * INTO n;
 
     PERFORM async_dl_job_file_changed(f, n);
+    IF EXISTS (SELECT 1 FROM async_dl_jobs j
+                WHERE j.id = p_job AND j.paused_at IS NOT NULL)
+    THEN
+        RETURN NULL;
+    END IF;
     RETURN true;
 END $$;
 

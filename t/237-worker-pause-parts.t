@@ -71,17 +71,31 @@ is(bucket_bytes(), $b1, 'paused: the bucket does not grow');
 stop_worker('TERM', 0);
 start_worker(%w, ASYNC_DL_WORKER_ID => 'w-two');
 is(post('resume', $job)->{status}, 200, 'resumed');
+ok(wait_until(sub { worker_log() =~ /job=$job file=0 resuming after/ }, 10),
+   'the second worker took the parts up');
+sleep 0.3;
+# paused again before a new part is stored: what it took up is kept
+is(post('pause', $job)->{status}, 200, 'paused again at once');
+ok(wait_until(sub { my @k = worker_log() =~ /job=$job file=0 paused: keeping (\d+) part/g; @k == 2 }, 5),
+   'the parts are kept again');
+my ($n2) = (worker_log() =~ /job=$job file=0 paused: keeping (\d+) part/g)[1];
+cmp_ok($n2, '>=', $nparts, "  $n2 parts, none lost");
+my $kept2 = $n2 * $PART;
+ok(wait_until(sub { psql("SELECT status FROM async_dl_files WHERE job_id = '$job'") eq 'pending' }, 5),
+   '  handed back');
+is(doc($job)->{bytesDone}, $kept2, "  bytesDone $kept2");
+is(post('resume', $job)->{status}, 200, 'resumed again');
 my $st = wait_ended($job, 60);
 is($st, 'completed', 'the job completes');
 my $f = doc($job)->{files}[0];
 is($f->{sha256}, $want, "the recorded SHA-256 is the origin's");
-is($f->{resumedFrom}, $kept, "resumedFrom: $kept");
+is($f->{resumedFrom}, $kept2, "resumedFrom: $kept2");
 my $key = psql("SELECT object_key FROM async_dl_files WHERE job_id = '$job'");
 is(sha256_hex(s3_object($key) // ''), $want, "the stored object is the origin's file");
 like(worker_log(), qr/job=$job file=0 resuming after $nparts stored part\(s\) of upload \S+: from byte $kept/,
      'the second worker went on after the kept parts');
-is_deeply([ranges('/slow/fifty.bin')], ["bytes=$kept-"],
-          "the origin was asked for the rest: Range bytes=$kept-");
+is_deeply([ranges('/slow/fifty.bin')], ["bytes=$kept-", "bytes=$kept2-"],
+          "the origin was asked for the rest each time: Range bytes=$kept-, then bytes=$kept2-");
 is(psql("SELECT resume IS NULL FROM async_dl_files WHERE job_id = '$job'"), 't',
    'no record left once completed');
 
@@ -108,6 +122,22 @@ is(sha256_hex(s3_object(psql("SELECT object_key FROM async_dl_files WHERE job_id
    $want2, 'the stored object is the whole file, once');
 like(worker_log(), qr/job=$j2 file=0 \S*.*origin ignored the Range request/,
      'the worker logged that the origin ignored the Range request');
+
+# --- paused while its last part goes up: stored all the same ----------------
+origin_file('twelve.bin', 12 * $MIB);
+my $want3 = file_sha256("$s->{dir}/origin/f/twelve.bin");
+s3_faults({ fault => 'delay', match => 'partNumber=3', delay => 3 });
+stop_worker('TERM', 1);
+start_worker(%w, ASYNC_DL_S3_ENDPOINT => s3_proxy());
+my $j4 = initiate({ files => [{ url => "$o/f/twelve.bin" }] }, \%alice)->{json}{jobId};
+ok(wait_until(sub { worker_log() =~ /job=$j4 file=0 downloaded \d+ bytes/ }, 30),
+   'a file downloaded whole, its last part held up by the storage');
+is(post('pause', $j4)->{status}, 200, 'paused while its last part goes up');
+ok(wait_until(sub { psql("SELECT status FROM async_dl_files WHERE job_id = '$j4'") eq 'completed' }, 15),
+   'the file is stored all the same');
+is(doc($j4)->{files}[0]{sha256}, $want3, "  with the origin's SHA-256");
+is(wait_ended($j4, 20), 'completed', '  and the job, whose only file it is, completes');
+s3_faults();
 
 # --- a paused file's job deleted: its upload is aborted -----------------------
 my $j3 = initiate({ files => [{ url => "$o/slow/fifty.bin?rate=6m&j3" }] }, \%alice)->{json}{jobId};

@@ -108,6 +108,9 @@ struct adl_xfer_s {
     int                    keep;             /* hand back keeping parts */
     int                    kept_written;
     char                  *checkpoint;       /* written with the result */
+    int                    result_resent;    /* after a lost answer */
+    int64_t                report_at;        /* report_resumed's, again */
+    int                    report_drop;
 
     /* storage */
     adl_upload_t           up;
@@ -207,6 +210,20 @@ keep_parts(adl_xfer_t *x)
         adl_upload_drop_kept(&x->up);
         return;
     }
+    if (x->dl.validator[0] == '\0' || x->dl.encoded
+        || (x->size >= 0 && (int64_t) n * (int64_t) u->c.part_size >= x->size))
+    {
+        /* the rest could not be checked to be the same file's (no ETag or
+         * date for If-Range), a Range would count encoded bytes, or there
+         * is no rest to ask for */
+        XLOG(ADL_LOG_INFO, x, "paused: the %d part(s) stored are not kept "
+             "(%s)", n, x->dl.validator[0] == '\0'
+                       ? "the origin gave no ETag or Last-Modified"
+                       : x->dl.encoded ? "the answer was content-encoded"
+                                       : "they hold the whole file");
+        adl_upload_drop_kept(&x->up);
+        return;
+    }
     memset(&c, 0, sizeof(c));
     c.key = x->key;
     c.upload_id = u->upload_id;
@@ -234,7 +251,14 @@ resumed_result(void *data, PGresult *res)
     adl_xfer_t  *x = data;
 
     x->db_refs--;
-    if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK) {
+    if (res == NULL) {
+        /* lost with its connection: again on the next one (the function
+         * is safe to run twice); else the row would keep naming an upload
+         * that is this transfer's now */
+        report_resumed(x, x->report_at, x->report_drop);
+        return;
+    }
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         XLOG(ADL_LOG_ERROR, x, "recording the resume failed: %s",
              PQresultErrorMessage(res));
     }
@@ -251,6 +275,8 @@ report_resumed(adl_xfer_t *x, int64_t from, int drop)
     char         idx[16], at[24];
     const char  *p[5];
 
+    x->report_at = from;
+    x->report_drop = drop;
     snprintf(idx, sizeof(idx), "%d", x->idx);
     snprintf(at, sizeof(at), "%lld", (long long) from);
     p[0] = x->job->id;
@@ -289,6 +315,9 @@ take_up(adl_xfer_t *x, const char *text)
         return;
     }
     x->received = c.offset;
+    x->marks[c.nparts % 4].part = c.nparts;     /* paused again at once */
+    snprintf(x->marks[c.nparts % 4].state, sizeof(x->marks[0].state), "%s",
+             c.hash);
     x->size = c.size;
     x->dl.size = c.size;
     snprintf(x->dl.validator, sizeof(x->dl.validator), "%s", c.validator);
@@ -744,6 +773,7 @@ finish_result(void *data, PGresult *res)
     if (res == NULL) {
         /* the connection failed under the query: try it again on the
          * next one (the function is safe to run twice) */
+        x->result_resent = 1;
         write_result(x);
         end_advance(x);
         return;
@@ -756,7 +786,11 @@ finish_result(void *data, PGresult *res)
     } else if (PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] != 't') {
         XLOG(ADL_LOG_INFO, x, "result not recorded: the file is no longer "
              "ours (canceled, deleted or lease lost)");
-        adl_upload_drop_kept(&x->up);
+        if (!x->result_resent) {
+            /* (sent again after a lost answer, the first one may have
+             * recorded the upload: the row's, then) */
+            adl_upload_drop_kept(&x->up);
+        }
     } else if (x->outcome == OUT_STORED) {
         x->recorded_stored = 1;
     }
@@ -864,6 +898,15 @@ progress_result(void *data, PGresult *res)
     if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK
         && PQntuples(res) == 1)
     {
+        if (PQgetisnull(res, 0, 0)) {
+            /* renewed, but the job is paused: this worker missed the
+             * notification (its connection was down) */
+            x->lease_until = x->progress_sent + x->env->settings->lease;
+            if (adl_xfer_pause(x)) {
+                XLOG(ADL_LOG_INFO, x, "the job is paused");
+            }
+            return;
+        }
         if (PQgetvalue(res, 0, 0)[0] == 'f') {
             xfer_end(x, OUT_DROP, NULL, "the file is no longer ours "
                      "(canceled, deleted or lease lost)");
