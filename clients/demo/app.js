@@ -109,6 +109,7 @@ function showJob(jobId) {
   $('#files tbody').replaceChildren();
   $('#download-zip').disabled = true;
   $('#cancel').disabled = true;
+  showPaused(false, true);
   showError($('#job-error'), null);
   rememberJob(jobId);
   const me = { jobId, rows: new Map(), following: null };
@@ -207,6 +208,9 @@ function render(me, u) {
   $('#download-zip').disabled = !zipReady;
   $('#download-zip').textContent = u.totalFiles > 1 ? 'Download all (zip)' : 'Download';
   $('#cancel').disabled = u.final;
+  // a job whose files have all ended (its zip being built) has nothing to pause
+  const open = (u.files || []).some((f) => ['pending', 'downloading', 'paused'].includes(f.status));
+  showPaused(u.status === 'paused', u.final || !open);
   if (u.status === 'completed' && u.bundle && u.bundle.status === 'failed') {
     showError($('#job-error'), `The zip could not be built (${u.bundle.error}); the files can be downloaded one by one.`);
   } else if (u.status === 'failed' || u.status === 'deleted') {
@@ -279,6 +283,22 @@ $('#owner').addEventListener('change', () => {
   refreshJobs();
 });
 $('#download-zip').addEventListener('click', () => current && save(current.jobId));
+// the pause button: "Pause", or pressed and "Resume" while the job is paused
+function showPaused(paused, disabled) {
+  const b = $('#pause');
+  b.textContent = paused ? 'Resume' : 'Pause';
+  b.setAttribute('aria-pressed', paused ? 'true' : 'false');
+  b.disabled = disabled;
+}
+$('#pause').addEventListener('click', async () => {
+  if (!current) return;
+  const resume = $('#pause').getAttribute('aria-pressed') === 'true';
+  try {
+    const doc = await (resume ? client.resume(current.jobId) : client.pause(current.jobId));
+    // the answer shows at once; the stream's paused/resumed event follows
+    if (doc && doc.status) showPaused(doc.status === 'paused', false);
+  } catch (err) { showError($('#job-error'), err); }
+});
 $('#cancel').addEventListener('click', async () => {
   if (!current) return;
   try { await client.cancel(current.jobId); } catch (err) { showError($('#job-error'), err); }

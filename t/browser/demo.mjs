@@ -76,6 +76,9 @@ function shown(page) {
       jobError: q('#job-error').hidden ? '' : q('#job-error').textContent,
       zipEnabled: !q('#download-zip').disabled,
       cancelEnabled: !q('#cancel').disabled,
+      pauseEnabled: !q('#pause').disabled,
+      pauseText: q('#pause').textContent,
+      pausePressed: q('#pause').getAttribute('aria-pressed'),
       files: [...document.querySelectorAll('#files tbody tr')].map((tr) => ({
         index: Number(tr.dataset.index),
         status: tr.children[2].textContent,
@@ -243,11 +246,27 @@ await scenario('cancel', async () => {
   const id = await start(page, { urls: [`${ORIGIN}/slow/slow4.bin?rate=32k`] });
   fact('job_cancel', id);
   await page.waitForFunction(() => !document.querySelector('#cancel').disabled, null, { timeout: 20000 });
+  // pause, then resume, from the keyboard
+  await page.waitForFunction(() => !document.querySelector('#pause').disabled, null, { timeout: 20000 });
+  await page.focus('#pause');
+  await page.keyboard.press('Enter');
+  check('a pause shows paused', await waitStatus(page, 'paused', 20000), await shown(page));
+  let p = await shown(page);
+  check('... the button resumes now, pressed', p.pauseText === 'Resume' && p.pausePressed === 'true'
+        && p.pauseEnabled, p);
+  check('... and the file shows paused', p.files.length === 1 && /^paused/.test(p.files[0].status), p.files);
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.querySelector('#job-status').textContent !== 'paused',
+                             null, { timeout: 20000 });
+  p = await shown(page);
+  check('a resume lets it go on', ['queued', 'processing'].includes(p.status)
+        && p.pauseText === 'Pause' && p.pausePressed === 'false', p);
   await page.focus('#cancel');
   await page.keyboard.press('Enter');
   check('a cancel shows canceled', await waitStatus(page, 'canceled', 20000), await shown(page));
   const s = await shown(page);
-  check('... with cancel and download disabled', !s.cancelEnabled && !s.zipEnabled, s);
+  check('... with cancel, pause and download disabled', !s.cancelEnabled && !s.pauseEnabled
+        && !s.zipEnabled, s);
 
   // the owner's jobs: another owner sees none of alice's, even when
   // alice's list (asked just before) answers after bob's
