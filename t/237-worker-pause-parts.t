@@ -49,9 +49,9 @@ my $job = initiate({ files => [{ url => "$o/slow/fifty.bin?rate=6m" }], timeout 
                    \%alice)->{json}{jobId};
 ok(wait_until(sub { (doc($job)->{bytesDone} // 0) > 18 * $MIB }, 30), 'more than 18 MiB downloaded');
 is(post('pause', $job)->{status}, 200, 'paused');
-ok(wait_until(sub { worker_log() =~ /job=$job file=0 paused: keeping (\d+) part\(s\), (\d+) bytes/ }, 5),
+ok(wait_until(sub { worker_log() =~ /job=$job file=0 handed back keeping (\d+) part\(s\), (\d+) bytes/ }, 5),
    'the worker kept the parts it stored');
-my ($nparts, $kept) = worker_log() =~ /job=$job file=0 paused: keeping (\d+) part\(s\), (\d+) bytes/;
+my ($nparts, $kept) = worker_log() =~ /job=$job file=0 handed back keeping (\d+) part\(s\), (\d+) bytes/;
 cmp_ok($nparts, '>=', 3, "$nparts parts kept");
 is($kept, $nparts * $PART, "  $kept bytes, whole parts");
 ok(wait_until(sub { psql("SELECT status FROM async_dl_files WHERE job_id = '$job'") eq 'pending' }, 5),
@@ -76,9 +76,9 @@ ok(wait_until(sub { worker_log() =~ /job=$job file=0 resuming after/ }, 10),
 sleep 0.3;
 # paused again before a new part is stored: what it took up is kept
 is(post('pause', $job)->{status}, 200, 'paused again at once');
-ok(wait_until(sub { my @k = worker_log() =~ /job=$job file=0 paused: keeping (\d+) part/g; @k == 2 }, 5),
+ok(wait_until(sub { my @k = worker_log() =~ /job=$job file=0 handed back keeping (\d+) part/g; @k == 2 }, 5),
    'the parts are kept again');
-my ($n2) = (worker_log() =~ /job=$job file=0 paused: keeping (\d+) part/g)[1];
+my ($n2) = (worker_log() =~ /job=$job file=0 handed back keeping (\d+) part/g)[1];
 cmp_ok($n2, '>=', $nparts, "  $n2 parts, none lost");
 my $kept2 = $n2 * $PART;
 ok(wait_until(sub { psql("SELECT status FROM async_dl_files WHERE job_id = '$job'") eq 'pending' }, 5),
@@ -99,6 +99,23 @@ is_deeply([ranges('/slow/fifty.bin')], ["bytes=$kept-", "bytes=$kept2-"],
 is(psql("SELECT resume IS NULL FROM async_dl_files WHERE job_id = '$job'"), 't',
    'no record left once completed');
 
+# --- a worker shutting down keeps the parts too ------------------------------
+stop_worker('TERM');
+start_worker(%w, ASYNC_DL_SHUTDOWN_GRACE => '1s');
+my $j5 = initiate({ files => [{ url => "$o/slow/fifty.bin?rate=6m&sd" }] }, \%alice)->{json}{jobId};
+ok(wait_until(sub { (doc($j5)->{bytesDone} // 0) > 12 * $MIB }, 30), 'a job under way');
+is(stop_worker('TERM'), 0, 'its worker shut down (SIGTERM, 1 s of grace): exit 0');
+my ($n5) = worker_log() =~ /job=$j5 file=0 handed back keeping (\d+) part/;
+ok($n5, "its file was handed back keeping $n5 parts");
+is(psql("SELECT status FROM async_dl_files WHERE job_id = '$j5'"), 'pending', '  pending');
+start_worker(%w);
+is(wait_ended($j5, 60), 'completed', 'the next worker completes it');
+my $f5 = doc($j5)->{files}[0];
+is($f5->{resumedFrom}, $n5 * $PART, '  from the byte after the kept parts');
+is($f5->{sha256}, $want, "  with the origin's SHA-256");
+is(sha256_hex(s3_object(psql("SELECT object_key FROM async_dl_files WHERE job_id = '$j5'")) // ''),
+   $want, '  and the origin\'s bytes in the bucket');
+
 # --- an origin that ignores Range: the whole file again ---------------------
 origin_file('norange.bin', 20 * $MIB);
 my $want2 = file_sha256("$s->{dir}/origin/f/norange.bin");
@@ -108,7 +125,7 @@ my $j2 = initiate({ files => [{ url => "$o/trickle/norange.bin?after=11m&rate=50
                   \%alice)->{json}{jobId};
 ok(wait_until(sub { (doc($j2)->{bytesDone} // 0) > 11 * $MIB }, 30), 'the second job passed 11 MiB');
 is(post('pause', $j2)->{status}, 200, 'paused');
-ok(wait_until(sub { worker_log() =~ /job=$j2 file=0 paused: keeping 2 part\(s\)/ }, 5),
+ok(wait_until(sub { worker_log() =~ /job=$j2 file=0 handed back keeping 2 part\(s\)/ }, 5),
    'two parts kept');
 ok(wait_until(sub { psql("SELECT status FROM async_dl_files WHERE job_id = '$j2'") eq 'pending' }, 5),
    'handed back');
@@ -127,7 +144,7 @@ like(worker_log(), qr/job=$j2 file=0 \S*.*origin ignored the Range request/,
 origin_file('twelve.bin', 12 * $MIB);
 my $want3 = file_sha256("$s->{dir}/origin/f/twelve.bin");
 s3_faults({ fault => 'delay', match => 'partNumber=3', delay => 3 });
-stop_worker('TERM', 1);
+stop_worker('TERM');
 start_worker(%w, ASYNC_DL_S3_ENDPOINT => s3_proxy());
 my $j4 = initiate({ files => [{ url => "$o/f/twelve.bin" }] }, \%alice)->{json}{jobId};
 ok(wait_until(sub { worker_log() =~ /job=$j4 file=0 downloaded \d+ bytes/ }, 30),

@@ -27,8 +27,8 @@
  * records, the file's row decides whether it is an orphan for the janitor
  * (check_orphan).
  *
- * A paused job's transfer is handed back keeping its multipart upload
- * (adl_upload_keep): once the part under way has answered, the parts
+ * A transfer handed back (its job paused, or the worker shutting down)
+ * keeps its multipart upload (adl_upload_keep): once the part under way has answered, the parts
  * stored, the bytes they hold and the SHA-256 state after them (saved as
  * each part's last byte is hashed) are recorded with the hand-back
  * (async_dl_file_checkpoint).  A transfer claimed with such a record
@@ -196,8 +196,9 @@ hash_bytes(adl_xfer_t *x, const char *p, size_t n)
     }
 }
 
-/* Handed back for a pause, the upload settled: the record of the parts it
- * kept goes with the result (none: the file starts again from byte 0). */
+/* Handed back (a pause, a shutdown), the upload settled: the record of
+ * the parts it kept goes with the result (none: the file starts again
+ * from byte 0). */
 static void
 keep_parts(adl_xfer_t *x)
 {
@@ -206,7 +207,7 @@ keep_parts(adl_xfer_t *x)
     int                  n = u->stored_parts;
 
     if (u->upload_id == NULL || n == 0 || x->marks[n % 4].part != n) {
-        XLOG(ADL_LOG_INFO, x, "paused: no part stored to keep");
+        XLOG(ADL_LOG_INFO, x, "handed back: no part stored to keep");
         adl_upload_drop_kept(&x->up);
         return;
     }
@@ -216,7 +217,7 @@ keep_parts(adl_xfer_t *x)
         /* the rest could not be checked to be the same file's (no ETag or
          * date for If-Range), a Range would count encoded bytes, or there
          * is no rest to ask for */
-        XLOG(ADL_LOG_INFO, x, "paused: the %d part(s) stored are not kept "
+        XLOG(ADL_LOG_INFO, x, "handed back: the %d part(s) stored are not kept "
              "(%s)", n, x->dl.validator[0] == '\0'
                        ? "the origin gave no ETag or Last-Modified"
                        : x->dl.encoded ? "the answer was content-encoded"
@@ -235,13 +236,13 @@ keep_parts(adl_xfer_t *x)
     c.content_type = x->dl.content_type;
     x->checkpoint = adl_checkpoint_text(&c, &u->parts);
     if (x->checkpoint == NULL) {
-        XLOG(ADL_LOG_WARN, x, "paused: the stored parts cannot be recorded "
+        XLOG(ADL_LOG_WARN, x, "handed back: the stored parts cannot be recorded "
              "(out of memory, or an ETag or header that is not UTF-8): the "
              "file starts again from byte 0");
         adl_upload_drop_kept(&x->up);
         return;
     }
-    XLOG(ADL_LOG_INFO, x, "paused: keeping %d part(s), %lld bytes, of "
+    XLOG(ADL_LOG_INFO, x, "handed back keeping %d part(s), %lld bytes, of "
          "upload %s", n, (long long) c.offset, u->upload_id);
 }
 
@@ -630,6 +631,9 @@ xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
         adl_metrics.ended[ADL_M_FILES][ADL_M_FAILED]++;
         break;
     case OUT_HAND_BACK:
+        /* paused or shutting down: the parts stored are kept for the
+         * worker that takes the file up */
+        x->keep = 1;
         XLOG(ADL_LOG_INFO, x, "handed back: %s", x->error);
         adl_metrics.ended[ADL_M_FILES][ADL_M_HANDED_BACK]++;
         break;
@@ -1095,7 +1099,6 @@ adl_xfer_pause(adl_xfer_t *x)
         return 0;
     }
     adl_xfer_hand_back(x, "the job was paused");
-    x->keep = x->outcome == OUT_HAND_BACK;
     return 1;
 }
 

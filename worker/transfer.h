@@ -67,7 +67,9 @@ void adl_xfer_cancel(adl_xfer_t *x);
 void adl_xfer_lease_lost(adl_xfer_t *x);
 
 /* Shutting down, or the job was paused: stop and hand the file back
- * (pending), the attempt under way not counted; why: for the log. */
+ * (pending), the attempt under way not counted, keeping the parts a
+ * multipart upload stored for the worker that takes it up; why: for the
+ * log. */
 void adl_xfer_hand_back(adl_xfer_t *x, const char *why);
 
 /* The job was paused: hand the file back as above, unless all of it was
