@@ -140,6 +140,23 @@ is(sha256_hex(s3_object(psql("SELECT object_key FROM async_dl_files WHERE job_id
 like(worker_log(), qr/job=$j2 file=0 \S*.*origin ignored the Range request/,
      'the worker logged that the origin ignored the Range request');
 
+# --- a hand-back that waits for a slow part renews its lease meanwhile ------
+stop_worker('TERM');
+s3_faults({ fault => 'delay', match => 'partNumber=2&', delay => 7 });
+start_worker(%w, ASYNC_DL_S3_ENDPOINT => s3_proxy(), ASYNC_DL_LEASE => '3s',
+             ASYNC_DL_POLL_INTERVAL => '300ms');
+my $j6 = initiate({ files => [{ url => "$o/slow/fifty.bin?rate=6m&slowpart" }] }, \%alice)->{json}{jobId};
+ok(wait_until(sub { worker_log() =~ /UploadPart \S*\Q$j6\E\S*partNumber=2&/ }, 30),
+   'part 2 is on its way to a storage that holds it 7 s');
+is(post('pause', $j6)->{status}, 200, 'paused');
+ok(wait_until(sub { psql("SELECT status FROM async_dl_files WHERE job_id = '$j6'") eq 'pending' }, 15),
+   'handed back once part 2 answered');
+like(worker_log(), qr/job=$j6 file=0 handed back keeping 2 part\(s\)/, '  keeping 2 parts');
+is(psql("SELECT resume ->> 'offset' FROM async_dl_files WHERE job_id = '$j6'"), 2 * $PART,
+   '  recorded: the lease (3 s) was renewed while the part took 7 s');
+is(request('DELETE', "$P$j6", \%alice)->{status}, 204, 'deleted');
+s3_faults();
+
 # --- paused while its last part goes up: stored all the same ----------------
 origin_file('twelve.bin', 12 * $MIB);
 my $want3 = file_sha256("$s->{dir}/origin/f/twelve.bin");

@@ -970,6 +970,13 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
 
     if (x->state == XF_CLOSING) {
         adl_upload_run(&x->up, now);    /* a settling PUT's watchdog */
+        if (x->keep && !x->kept_written && !x->progress_busy
+            && now - x->progress_sent >= s->lease / 3)
+        {
+            /* a hand-back waits for its part under way: the lease must
+             * outlast it, or the row goes back pending without the parts */
+            report_progress(x, now);
+        }
         end_advance(x);
         return;
     }
