@@ -1726,9 +1726,11 @@ sub report {
     my $j = $F->{jobs};
     push @out, sprintf "  planned %d, accepted %d, probes %d, refused %d; "
         . "cancels sent %d, deletes sent %d (%d while the zip was pending "
-        . "or building)", $j->{planned}, $j->{accepted}, $j->{probes},
-        $j->{refused}, $j->{'cancels sent'}, $j->{'deletes sent'},
-        $j->{'deleted while the zip was pending/building'};
+        . "or building), paused then resumed %d", $j->{planned},
+        $j->{accepted}, $j->{probes}, $j->{refused}, $j->{'cancels sent'},
+        $j->{'deletes sent'},
+        $j->{'deleted while the zip was pending/building'},
+        $j->{'paused, then resumed'} // 0;
     push @out, '  kinds: ' . join ', ', map { "$_ $j->{kinds}{$_}" }
         sort keys %{ $j->{kinds} };
     push @out, '  outcomes: ' . join ', ', map { "$_ $F->{outcomes}{$_}" }
