@@ -76,21 +76,32 @@ BEGIN
 END $$;
 
 -- The worker handing a paused file back records what it stored: true
--- when the file is still its own.  A kept upload it replaces is aborted.
+-- when the file is still its own, or when the same statement sent before
+-- (its answer lost with the connection) recorded it already.  A kept
+-- upload it replaces is aborted.
 CREATE FUNCTION async_dl_file_checkpoint(p_job uuid, p_idx integer,
                                          p_worker text, p_resume jsonb)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
+    f async_dl_files;
     old jsonb;
 BEGIN
-    SELECT f.resume INTO old FROM async_dl_files f
-     WHERE f.job_id = p_job AND f.idx = p_idx AND f.status = 'downloading'
-       AND f.lease_owner = p_worker
-       FOR UPDATE;
+    SELECT * INTO f FROM async_dl_files
+     WHERE job_id = p_job AND idx = p_idx FOR UPDATE;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
+    IF f.status = 'pending'
+       AND f.resume ->> 'uploadId' = p_resume ->> 'uploadId'
+    THEN
+        RETURN true;
+    END IF;
+    IF f.status <> 'downloading' OR f.lease_owner IS DISTINCT FROM p_worker
+    THEN
+        RETURN false;
+    END IF;
+    old := f.resume;
     IF old ->> 'uploadId' IS DISTINCT FROM p_resume ->> 'uploadId' THEN
         PERFORM async_dl_resume_abort(p_job, old);
     END IF;

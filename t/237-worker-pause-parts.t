@@ -157,6 +157,38 @@ is(psql("SELECT resume ->> 'offset' FROM async_dl_files WHERE job_id = '$j6'"), 
 is(request('DELETE', "$P$j6", \%alice)->{status}, 204, 'deleted');
 s3_faults();
 
+# --- a shutdown does not wait for a part under way --------------------------
+stop_worker('TERM');
+s3_faults({ fault => 'delay', match => 'partNumber=3&', delay => 30 });
+start_worker(%w, ASYNC_DL_S3_ENDPOINT => s3_proxy(), ASYNC_DL_SHUTDOWN_GRACE => '1s');
+my $j7 = initiate({ files => [{ url => "$o/slow/fifty.bin?rate=6m&sdpart" }] }, \%alice)->{json}{jobId};
+ok(wait_until(sub { worker_log() =~ /UploadPart \S*\Q$j7\E\S*partNumber=3&/ }, 30),
+   'part 3 is on its way to a storage that holds it 30 s');
+my $t7 = time;
+is(stop_worker('TERM'), 0, 'SIGTERM (1 s of grace): exit 0');
+cmp_ok(time - $t7, '<', 8, sprintf('  in %.1f s: the part under way was not waited for', time - $t7));
+like(worker_log(), qr/job=$j7 file=0 handed back keeping 2 part\(s\)/, '  the 2 parts stored are kept');
+is(psql("SELECT status || ' ' || (resume ->> 'offset') FROM async_dl_files WHERE job_id = '$j7'"),
+   'pending ' . 2 * $PART, '  and recorded');
+is(request('DELETE', "$P$j7", \%alice)->{status}, 204, 'deleted');
+
+# --- a shutdown while the upload completes: recorded as completed ------------
+origin_file('twelve2.bin', 12 * $MIB);
+my $want8 = file_sha256("$s->{dir}/origin/f/twelve2.bin");
+s3_faults({ fault => 'delay', match => '?uploadId=', delay => 4 });
+start_worker(%w, ASYNC_DL_S3_ENDPOINT => s3_proxy(), ASYNC_DL_SHUTDOWN_GRACE => '1s');
+my $j8 = initiate({ files => [{ url => "$o/f/twelve2.bin" }] }, \%alice)->{json}{jobId};
+ok(wait_until(sub { worker_log() =~ /CompleteMultipartUpload \S*\Q$j8\E/ }, 30),
+   'the upload is completing (the storage holds the answer 4 s)');
+is(stop_worker('TERM'), 0, 'SIGTERM (1 s of grace): exit 0');
+is(psql("SELECT status FROM async_dl_files WHERE job_id = '$j8'"), 'completed',
+   'the file stored as it was handed back is recorded completed, not downloaded again');
+is(doc($j8)->{files}[0]{sha256}, $want8, "  with the origin's SHA-256");
+like(worker_log(), qr/job=$j8 file=0 stored \S+ as it was handed back: recorded as completed/,
+     '  (it was handed back at the end of the grace, while its upload completed)');
+s3_faults();
+start_worker(%w, ASYNC_DL_S3_ENDPOINT => s3_proxy());
+
 # --- paused while its last part goes up: stored all the same ----------------
 origin_file('twelve.bin', 12 * $MIB);
 my $want3 = file_sha256("$s->{dir}/origin/f/twelve.bin");

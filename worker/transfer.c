@@ -106,6 +106,8 @@ struct adl_xfer_s {
     int64_t                resumed_from;     /* a checkpoint's byte, or 0 */
     int                    restart_due;      /* ...the origin said no: tell */
     int                    keep;             /* hand back keeping parts */
+    int                    keep_wait;        /* ...after the part under way */
+    int64_t                keep_until;       /* ...waiting that long at most */
     int                    kept_written;
     char                  *checkpoint;       /* written with the result */
     int                    result_resent;    /* after a lost answer */
@@ -206,6 +208,9 @@ keep_parts(adl_xfer_t *x)
     adl_checkpoint_t     c;
     int                  n = u->stored_parts;
 
+    if (!u->keep) {
+        return;                     /* failed: aborted, not kept */
+    }
     if (u->upload_id == NULL || n == 0 || x->marks[n % 4].part != n) {
         XLOG(ADL_LOG_INFO, x, "handed back: no part stored to keep");
         adl_upload_drop_kept(&x->up);
@@ -661,8 +666,15 @@ end_begin(adl_xfer_t *x)
     stop_download(x);
     x->paused = 0;
     if (x->keep) {
-        /* the checkpoint and the result once the part under way answered */
-        adl_upload_keep(&x->up);
+        /* the checkpoint and the result once the upload settled (a pause
+         * waits for the part under way, as long as a lease or the
+         * storage's idle timeout, whichever is longer) */
+        adl_upload_keep(&x->up, x->keep_wait);
+        x->keep_until = adl_now_ms()
+                        + (x->env->settings->lease
+                           > x->env->settings->idle_timeout
+                           ? x->env->settings->lease
+                           : x->env->settings->idle_timeout);
     } else {
         adl_upload_stop(&x->up, 1);
         if (x->outcome == OUT_DROP) {
@@ -689,7 +701,16 @@ end_advance(adl_xfer_t *x)
     }
     if (x->keep && !x->kept_written) {
         x->kept_written = 1;
-        keep_parts(x);
+        if (us == ADL_UP_STORED && x->sha256[0] != '\0') {
+            /* all of it was stored as the hand-back came (a shutdown
+             * while the upload finished): the file is complete */
+            x->outcome = OUT_STORED;
+            x->size = x->received;
+            XLOG(ADL_LOG_INFO, x, "stored %s as it was handed back: "
+                 "recorded as completed", x->key);
+        } else {
+            keep_parts(x);
+        }
         write_result(x);
     }
     if (x->outcome == OUT_DROP && us == ADL_UP_STORED
@@ -786,13 +807,19 @@ finish_result(void *data, PGresult *res)
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
         XLOG(ADL_LOG_ERROR, x, "recording the result failed: %s",
              PQresultErrorMessage(res));
-        adl_upload_drop_kept(&x->up);       /* nobody will go on with it */
+        if (!x->result_resent) {
+            /* (sent again after a lost answer, the first may have
+             * recorded the upload: the row's, then) */
+            adl_upload_drop_kept(&x->up);   /* nobody will go on with it */
+        }
     } else if (PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] != 't') {
         XLOG(ADL_LOG_INFO, x, "result not recorded: the file is no longer "
              "ours (canceled, deleted or lease lost)");
         if (!x->result_resent) {
-            /* (sent again after a lost answer, the first one may have
-             * recorded the upload: the row's, then) */
+            /* (sent again after a lost answer: a checkpoint it had
+             * recorded says true; but another worker may have taken that
+             * upload up since, so a "no" then leaves it, at worst to the
+             * bucket's lifecycle rule) */
             adl_upload_drop_kept(&x->up);
         }
     } else if (x->outcome == OUT_STORED) {
@@ -853,9 +880,9 @@ write_result(adl_xfer_t *x)
                      : "SELECT async_dl_file_finish($1::uuid, "
                        "$2::integer, $3, $4, $5::bigint, $6, $7, $8, "
                        "$9::integer, $10, $11, now() + $12::bigint "
-                       "* interval '1 millisecond') FROM (SELECT "
+                       "* interval '1 millisecond') OR k.c FROM (SELECT "
                        "async_dl_file_checkpoint($1::uuid, $2::integer, $3, "
-                       "$13::jsonb) OFFSET 0) k",
+                       "$13::jsonb) AS c OFFSET 0) k",
                      x->checkpoint == NULL ? 12 : 13, p,
                      finish_result, x) != 0)
     {
@@ -869,6 +896,13 @@ write_result(adl_xfer_t *x)
 void
 adl_xfer_free(adl_xfer_t *x)
 {
+    if (x->keep && x->checkpoint != NULL && !x->recorded
+        && x->up.upload_id != NULL)
+    {
+        XLOG(ADL_LOG_WARN, x, "exiting: the parts kept in upload %s were not "
+             "recorded: left to the bucket's lifecycle rule",
+             x->up.upload_id);
+    }
     stop_download(x);
     adl_upload_free(&x->up);
     free(x->url);
@@ -970,14 +1004,19 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
 
     if (x->state == XF_CLOSING) {
         adl_upload_run(&x->up, now);    /* a settling PUT's watchdog */
-        if (x->keep && !x->kept_written && !x->progress_busy
-            && now - x->progress_sent >= s->lease / 3)
+        if (x->keep && !x->kept_written && now >= x->keep_until) {
+            XLOG(ADL_LOG_WARN, x, "handing back: the part under way did "
+                 "not answer in time: cancelled");
+            adl_upload_keep_now(&x->up);
+        }
+        end_advance(x);
+        if (x->state == XF_CLOSING && x->keep && !x->kept_written
+            && !x->progress_busy && now - x->progress_sent >= s->lease / 3)
         {
             /* a hand-back waits for its part under way: the lease must
              * outlast it, or the row goes back pending without the parts */
             report_progress(x, now);
         }
-        end_advance(x);
         return;
     }
     if (!adl_xfer_active(x)) {
@@ -1106,6 +1145,7 @@ adl_xfer_pause(adl_xfer_t *x)
         return 0;
     }
     adl_xfer_hand_back(x, "the job was paused");
+    x->keep_wait = 1;               /* a shutdown does not wait for a part */
     return 1;
 }
 

@@ -71,10 +71,26 @@ adl_upload_free(adl_upload_t *u)
 }
 
 void
-adl_upload_keep(adl_upload_t *u)
+adl_upload_keep(adl_upload_t *u, int wait)
 {
-    u->keep = 1;
+    /* a failed upload is not worth keeping: its part may not be there */
+    u->keep = u->state != ADL_UP_FAILED;
+    u->keep_wait = wait;
     adl_upload_stop(u, 1);
+}
+
+void
+adl_upload_keep_now(adl_upload_t *u)
+{
+    if (!u->keep || u->state != ADL_UP_SETTLING || u->req.op != S3_PART
+        || u->answered)
+    {
+        return;                     /* (an answer in is read by run()) */
+    }
+    adl_s3_cancel(u->c.s3, &u->req);
+    u->req.op = S3_NONE;
+    u->up_busy = 0;
+    after_stop(u);
 }
 
 void
@@ -825,7 +841,7 @@ adl_upload_stop(adl_upload_t *u, int settle)
             settles = 1;
             break;
         case S3_PART:
-            settles = u->keep;      /* kept: its ETag counts */
+            settles = u->keep && u->keep_wait;  /* kept: its ETag counts */
             break;
         case S3_PUT:
             /* a streamed PUT can store the object only once it has all

@@ -209,8 +209,7 @@ function render(me, u) {
   $('#download-zip').textContent = u.totalFiles > 1 ? 'Download all (zip)' : 'Download';
   $('#cancel').disabled = u.final;
   // a job whose files have all ended (its zip being built) has nothing to pause
-  const open = (u.files || []).some((f) => ['pending', 'downloading', 'paused'].includes(f.status));
-  showPaused(u.status === 'paused', u.final || !open);
+  showPaused(u.status === 'paused', u.final || pauseDisabled(u));
   if (u.status === 'completed' && u.bundle && u.bundle.status === 'failed') {
     showError($('#job-error'), `The zip could not be built (${u.bundle.error}); the files can be downloaded one by one.`);
   } else if (u.status === 'failed' || u.status === 'deleted') {
@@ -290,14 +289,29 @@ function showPaused(paused, disabled) {
   b.setAttribute('aria-pressed', paused ? 'true' : 'false');
   b.disabled = disabled;
 }
+// the rule render() applies: nothing to pause once the job or its files ended
+function pauseDisabled(u) {
+  const open = (u.files || []).some((f) => ['pending', 'downloading', 'paused'].includes(f.status));
+  return ['completed', 'failed', 'canceled', 'deleted'].includes(u.status) || !open;
+}
 $('#pause').addEventListener('click', async () => {
-  if (!current) return;
-  const resume = $('#pause').getAttribute('aria-pressed') === 'true';
+  const b = $('#pause');
+  // one request at a time (busy, not disabled: a disabled button would
+  // drop the keyboard's focus)
+  if (!current || b.getAttribute('aria-busy') === 'true') return;
+  const me = current;
+  const resume = b.getAttribute('aria-pressed') === 'true';
+  b.setAttribute('aria-busy', 'true');
   try {
-    const doc = await (resume ? client.resume(current.jobId) : client.pause(current.jobId));
-    // the answer shows at once; the stream's paused/resumed event follows
-    if (doc && doc.status) showPaused(doc.status === 'paused', false);
-  } catch (err) { showError($('#job-error'), err); }
+    const doc = await (resume ? client.resume(me.jobId) : client.pause(me.jobId));
+    // the answer shows at once (the stream's paused/resumed event follows),
+    // for the job it was about only
+    if (current === me && doc && doc.status) showPaused(doc.status === 'paused', pauseDisabled(doc));
+  } catch (err) {
+    if (current === me) showError($('#job-error'), err);
+  } finally {
+    b.removeAttribute('aria-busy');
+  }
 });
 $('#cancel').addEventListener('click', async () => {
   if (!current) return;
