@@ -99,6 +99,27 @@ is_deeply([ranges('/slow/fifty.bin')], ["bytes=$kept-", "bytes=$kept2-"],
 is(psql("SELECT resume IS NULL FROM async_dl_files WHERE job_id = '$job'"), 't',
    'no record left once completed');
 
+# --- a kept upload the storage lost (a lifecycle rule) -----------------------
+my $j9 = initiate({ files => [{ url => "$o/slow/fifty.bin?rate=6m&gone" }] }, \%alice)->{json}{jobId};
+ok(wait_until(sub { (doc($j9)->{bytesDone} // 0) > 12 * $MIB }, 30), 'a job under way');
+is(post('pause', $j9)->{status}, 200, 'paused');
+ok(wait_until(sub { psql("SELECT resume IS NOT NULL FROM async_dl_files WHERE job_id = '$j9'") eq 't' }, 10),
+   'its parts are recorded');
+my $up9 = psql("SELECT resume ->> 'uploadId' FROM async_dl_files WHERE job_id = '$j9'");
+my $dir9 = "$s->{dir}/s3/$s->{s3_bucket}/._S3rver_uploads/$up9";
+ok(-d $dir9, 'the storage holds the upload');
+system('rm', '-rf', $dir9);
+ok(!-d $dir9, 'the storage loses it (as a lifecycle rule would abort it)');
+is(post('resume', $j9)->{status}, 200, 'resumed');
+is(wait_ended($j9, 60), 'completed', 'the job completes all the same');
+like(worker_log(), qr/job=$j9 file=0 storage: .*NoSuchUpload.*the kept upload is gone; starting again from byte 0/,
+     'the worker found the upload gone and started again in a new one');
+my $f9 = doc($j9)->{files}[0];
+is($f9->{resumedFrom}, 0, '  resumedFrom 0');
+is($f9->{sha256}, $want, "  the origin's SHA-256");
+is(sha256_hex(s3_object(psql("SELECT object_key FROM async_dl_files WHERE job_id = '$j9'")) // ''),
+   $want, "  and the origin's bytes");
+
 # --- a worker shutting down keeps the parts too ------------------------------
 stop_worker('TERM');
 start_worker(%w, ASYNC_DL_SHUTDOWN_GRACE => '1s');

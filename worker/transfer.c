@@ -104,6 +104,8 @@ struct adl_xfer_s {
         char               state[ADL_HASH_STATE_LEN + 1];
     }                      marks[4];         /* the hash after part n */
     int64_t                resumed_from;     /* a checkpoint's byte, or 0 */
+    int                    took_up;          /* ...its upload, once */
+    int                    gone_once;        /* ...gone: a new one, once */
     int                    restart_due;      /* ...the origin said no: tell */
     int                    keep;             /* hand back keeping parts */
     int                    keep_wait;        /* ...after the part under way */
@@ -330,6 +332,7 @@ take_up(adl_xfer_t *x, const char *text)
     snprintf(x->dl.content_type, sizeof(x->dl.content_type), "%s",
              c.content_type);
     x->resumed_from = c.offset;
+    x->took_up = 1;
     XLOG(ADL_LOG_INFO, x, "resuming after %d stored part(s) of upload %s: "
          "from byte %lld", c.nparts, c.upload_id, (long long) c.offset);
     report_resumed(x, c.offset, 0);
@@ -602,6 +605,19 @@ upload_react(adl_xfer_t *x)
         rewind_upload(x);
         break;
     case ADL_UP_FAILED:
+        if (x->up.gone && x->took_up && !x->gone_once) {
+            /* the upload taken up from a hand-back is gone (a bucket rule
+             * aborted it while the file waited): once, a new upload, the
+             * file from byte 0 */
+            x->gone_once = 1;
+            XLOG(ADL_LOG_WARN, x, "storage: %s: the kept upload is gone; "
+                 "starting again from byte 0 in a new upload", x->up.error);
+            stop_download(x);
+            adl_upload_forget(&x->up);
+            restart_from_zero(x);
+            start_download(x);
+            break;
+        }
         xfer_end(x, OUT_FAILED, "STORAGE_FAILED", "%s", x->up.error);
         break;
     default:

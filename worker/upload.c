@@ -102,6 +102,21 @@ adl_upload_drop_kept(adl_upload_t *u)
     }
 }
 
+void
+adl_upload_forget(adl_upload_t *u)
+{
+    adl_upload_conf_t  c = u->c;
+    int                no_stream = u->no_stream;
+
+    if (u->state != ADL_UP_FAILED || !u->gone) {
+        return;
+    }
+    u->abort_done = 1;              /* nothing left to abort */
+    adl_upload_free(u);
+    adl_upload_init(u, &c);
+    u->no_stream = no_stream;
+}
+
 int
 adl_upload_resume(adl_upload_t *u, const char *upload_id,
     const char *const *etags, int n)
@@ -756,6 +771,9 @@ answered(adl_upload_t *u, int64_t now)
         return;
     }
     if (!r->ok) {
+        if ((op == S3_PART || op == S3_COMPLETE) && r->status == 404) {
+            u->gone = 1;            /* NoSuchUpload: not transient */
+        }
         later(u, r->retry_after, now);      /* the same step again */
         return;
     }

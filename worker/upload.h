@@ -116,6 +116,8 @@ typedef struct {
     int                  final_sent;    /* a PUT or Complete was sent */
     int                  maybe_stored;  /* ...and stored, or not answered */
     int                  abort_done;
+    int                  gone;          /* the storage knows the upload no
+                                         * more (404 NoSuchUpload) */
 } adl_upload_t;
 
 void adl_upload_init(adl_upload_t *u, const adl_upload_conf_t *c);
@@ -172,6 +174,10 @@ void adl_upload_keep_now(adl_upload_t *u);
 /* A kept upload nobody will record after all: aborted (ABORTING, then
  * STOPPED).  From the loop only. */
 void adl_upload_drop_kept(adl_upload_t *u);
+
+/* A FAILED upload the storage no longer knows (u->gone): forgotten, for a
+ * new one from byte 0 (FILLING, as after init). */
+void adl_upload_forget(adl_upload_t *u);
 
 /* Before the first write: go on with the multipart upload upload_id,
  * whose parts 1..n (etags) hold the data's first n x part_size bytes; the

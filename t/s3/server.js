@@ -64,4 +64,27 @@ FilesystemStore.prototype.deleteObject = async function (bucket, key) {
   }
 };
 
+// s3rver takes a part for an upload it does not know (it creates the
+// upload's directory) and fails its Complete with a 500; S3 answers 404
+// NoSuchUpload to both, once an upload was completed or aborted (by a
+// bucket's lifecycle rule, say).  Answer as S3 does.
+const S3Error = require('@20minutes/s3rver/lib/models/error');
+async function uploadKnown(store, bucket, uploadId) {
+  const keyFile = path.join(store.getResourcePath(bucket, undefined, 'uploads'),
+                            String(uploadId), 'key');
+  try {
+    await fs.promises.access(keyFile);
+  } catch (err) {
+    throw new S3Error('NoSuchUpload', 'The specified upload does not exist.',
+                      { UploadId: uploadId });
+  }
+}
+for (const name of ['putPart', 'putObjectMultipart']) {
+  const real = FilesystemStore.prototype[name];
+  FilesystemStore.prototype[name] = async function (bucket, uploadId, ...rest) {
+    await uploadKnown(this, bucket, uploadId);
+    return real.call(this, bucket, uploadId, ...rest);
+  };
+}
+
 require('@20minutes/s3rver/lib/cli').parseAsync(process.argv);
