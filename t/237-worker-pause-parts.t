@@ -37,6 +37,12 @@ sub bucket_bytes {
     return $n;
 }
 sub doc { return request('GET', "${P}status/$_[0]", \%alice)->{json} }
+# the job's bytes, kept incrementally, against its files' recomputed
+sub bytes_agree {
+    my ($job) = @_;
+    return psql("SELECT j.bytes_done || ' ' || (SELECT sum(f.bytes_done) FROM async_dl_files f "
+                . "WHERE f.job_id = j.id) FROM async_dl_jobs j WHERE j.id = '$job'");
+}
 sub post { my ($what, $job) = @_; return request('POST', "$P$job/$what", \%alice) }
 sub ranges {
     my ($path) = @_;
@@ -59,6 +65,7 @@ ok(wait_until(sub { psql("SELECT status FROM async_dl_files WHERE job_id = '$job
 my $d1 = doc($job);
 is($d1->{status}, 'paused', 'the job is paused');
 is($d1->{bytesDone}, $kept, 'bytesDone: the bytes its kept parts hold');
+is(bytes_agree($job), "$kept $kept", "  the job's counter equals its files' recomputed sum");
 my $rec = psql("SELECT resume::text FROM async_dl_files WHERE job_id = '$job'");
 like($rec, qr/"uploadId"/, 'the file records its upload');
 my $b1 = bucket_bytes();
@@ -84,12 +91,15 @@ my $kept2 = $n2 * $PART;
 ok(wait_until(sub { psql("SELECT status FROM async_dl_files WHERE job_id = '$job'") eq 'pending' }, 5),
    '  handed back');
 is(doc($job)->{bytesDone}, $kept2, "  bytesDone $kept2");
+is(bytes_agree($job), "$kept2 $kept2", "  the counter equals the recomputed sum again");
 is(post('resume', $job)->{status}, 200, 'resumed again');
 my $st = wait_ended($job, 60);
 is($st, 'completed', 'the job completes');
 my $f = doc($job)->{files}[0];
 is($f->{sha256}, $want, "the recorded SHA-256 is the origin's");
 is($f->{resumedFrom}, $kept2, "resumedFrom: $kept2");
+my $whole = 50 * $MIB;
+is(bytes_agree($job), "$whole $whole", 'completed: counter and recomputed sum agree');
 my $key = psql("SELECT object_key FROM async_dl_files WHERE job_id = '$job'");
 is(sha256_hex(s3_object($key) // ''), $want, "the stored object is the origin's file");
 like(worker_log(), qr/job=$job file=0 resuming after $nparts stored part\(s\) of upload \S+: from byte $kept/,
