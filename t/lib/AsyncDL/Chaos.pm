@@ -38,7 +38,9 @@ and resumed; some with a short job timeout), C<fail_share> failing or
 flaky origins (404, 500, reset mid-body then Range, 500 twice then 200),
 C<callback> with a callback URL.  C<cancel> of the jobs are canceled and
 C<delete> deleted (mid-transfer, right after completion, while the zip is
-built); every job is polled until it ends (on either instance), C<sse> of
+built), C<pause> paused and resumed 0.5 to 3 s later, and besides the
+draw C<pause_min> slow single-file jobs are paused soon after they are
+accepted, so that every run pauses transfers in flight; every job is polled until it ends (on either instance), C<sse> of
 them followed by an SSE subscriber on the other instance, which reconnects
 with Last-Event-ID like EventSource.  Expiry runs throughout
 (C<ttl_completed>, C<ttl_failed>).
@@ -138,7 +140,8 @@ sub chaos_defaults {
         big_timeout_share => 0.15,
         multi_share => 0.12, wide_share => 0.03, fail_share => 0.12,
         callback => 0.05,
-        cancel => 0.2, delete => 0.1, pause => 0.08, sse => 0.3,
+        cancel => 0.2, delete => 0.1, pause => 0.08, pause_min => 4,
+        sse => 0.3,
         ttl_completed => 60, ttl_failed => 30,
         lease => 3, poll_interval => 1, concurrency => 12,
         pg_timeout => 2, settle => 240, janitor_wait => 90,
@@ -149,7 +152,7 @@ sub chaos_defaults {
 sub short_defaults {
     return (
         chaos_defaults(),
-        jobs => 80, load => 45, clients => 2, pause => 0.12,
+        jobs => 80, load => 45, clients => 2, pause => 0.12, pause_min => 3,
         worker_kills => 2, pg_restarts => 1, pg_long => 0,
         s3_down => 4, s3_slowdown => 6,
         big_share => 0.05, big_min => 6, big_max => 8, big_rate => '1m',
@@ -421,8 +424,20 @@ sub make_plan {
         $j{at} = $O{load} * $n / $O{jobs};
         push @plan, \%j;
     }
-    # some multi-file jobs are deleted while their zip is built whatever the
-    # draw said: that path is rare otherwise
+    # a few slow jobs are paused early whatever the draw said: a drawn pause
+    # of a small job usually meets a job already ended (409), and a run with
+    # no pause at all would prove nothing about pausing
+    my @none = grep { $_->{action} eq 'none' } @plan;
+    for my $i (1 .. min($O{pause_min} // 0, scalar @none)) {
+        my $j = splice(@none, int rand @none, 1);
+        my $b = $big[rand @big];
+        $j->{files} = [{ url => "$o/slow/$b?rate=$O{big_rate}&j=$j->{n}",
+                         kind => 'big-slow' }];
+        $j->{kind} = 'big-slow';
+        delete $j->{timeout};
+        $j->{action} = 'pause';
+        $j->{delay} = 0.5 + rand 1.5;
+    }
     return \@plan;
 }
 
