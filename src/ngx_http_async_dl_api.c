@@ -784,6 +784,7 @@ ngx_http_async_dl_jobs(ngx_http_request_t *r)
 
         if (!(ngx_http_async_dl_eq("queued")
               || ngx_http_async_dl_eq("processing")
+              || ngx_http_async_dl_eq("paused")
               || ngx_http_async_dl_eq("completed")
               || ngx_http_async_dl_eq("failed")
               || ngx_http_async_dl_eq("canceled")))
@@ -791,8 +792,9 @@ ngx_http_async_dl_jobs(ngx_http_request_t *r)
             return ngx_http_async_dl_send_error(r, NGX_HTTP_BAD_REQUEST,
                                                 "INVALID_REQUEST",
                                                 "status: must be queued, "
-                                                "processing, completed, "
-                                                "failed or canceled");
+                                                "processing, paused, "
+                                                "completed, failed or "
+                                                "canceled");
         }
 
 #undef ngx_http_async_dl_eq

@@ -79,6 +79,22 @@ is(post('pause', $job, \%bob)->{status}, 404, "another owner's pause: 404");
 is(post('resume', $job, \%bob)->{status}, 404, "another owner's resume: 404");
 is(post('pause', '00000000-0000-4000-8000-000000000000')->{status}, 404, 'no such job: 404');
 
+# the list filters on the status it shows
+sub listed {
+    my ($status, $h) = @_;
+    my $l = request('GET', "${P}jobs?status=$status", $h || \%alice);
+    return $l->{status} == 200
+        ? join(',', map { "$_->{jobId} $_->{status}" } @{ $l->{json}{jobs} }) . " total $l->{json}{total}"
+        : "HTTP $l->{status}";
+}
+is(listed('paused'), "$job paused total 1", 'list ?status=paused: the paused job, shown paused');
+is(listed('processing'), ' total 0', 'list ?status=processing: not the paused job');
+is(listed('queued'), ' total 0', 'list ?status=queued: nor there');
+is(listed('paused', \%bob), ' total 0', "list ?status=paused: not another owner's");
+$r = request('GET', "${P}jobs?status=pausedx", \%alice);
+is($r->{status}, 400, 'list ?status=pausedx: 400');
+like($r->{json}{error}{message} // '', qr/paused/, '  the message names paused');
+
 my @evs = $st->until_event(qr/^paused$/, 5);
 ok(@evs && $evs[-1]{event} eq 'paused', 'stream: a "paused" event');
 is($evs[-1]{json}{status}, 'paused', '  with the job paused');
@@ -93,6 +109,9 @@ cmp_ok(abs($left1 - $left0), '<', 2,
        sprintf('the deadline moved by the pause: %.1f s left before, %.1f s after %.1f s paused',
                $left0, $left1, $paused_for));
 is(post('resume', $job)->{status}, 200, 'resume again: 200 (idempotent)');
+is(listed('paused'), ' total 0', 'list ?status=paused: none once resumed');
+like(listed('processing') . listed('queued'), qr/^$job (processing|queued) total 1/,
+     '  the job listed as what it shows');
 @evs = $st->until_event(qr/^(resumed|completed|failed)$/, 5);
 ok(@evs && $evs[-1]{event} eq 'resumed', 'stream: a "resumed" event');
 
@@ -198,6 +217,63 @@ is(psql("SELECT string_agg(job_id::text, ',') FROM async_dl_claim('w2', 1, '1 mi
 is(files_of($c1), 'pending 0 true', "carol's file is pending, held, the attempt not counted");
 is(psql("SELECT bytes_done FROM async_dl_jobs WHERE id = '$c1'"), 0, '  and its bytes are back to 0');
 psql("DELETE FROM async_dl_jobs WHERE id IN ('$c1', '$c2')");
+
+# a file waiting out a retry's backoff keeps it across a pause: the resume
+# makes it due when it would have been, whichever of the worker's failed
+# attempt and the resume commits first (two sessions)
+sub due_in {
+    my ($j) = @_;
+    return psql("SELECT CASE WHEN next_attempt_at = 'infinity' THEN 'held' "
+                . "ELSE round(extract(epoch FROM next_attempt_at - now()))::text END "
+                . "FROM async_dl_files WHERE job_id = '$j'");
+}
+for my $first ('failure', 'resume') {
+    my $b = add_job(["$o/f/big.bin?b$first"], owner => 'carol');
+    is(psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5) WHERE job_id = '$b'"), 1,
+       "backoff ($first first): claimed");
+    my $l = psql("SELECT lease_owner FROM async_dl_files WHERE job_id = '$b'");
+    is(psql("SELECT async_dl_job_pause('$b', 'carol', true)"), 'paused', '  paused');
+    my $fail = "SELECT async_dl_file_finish('$b', 0, '$l', 'pending', NULL, NULL, NULL, "
+             . "NULL, 1, 'ORIGIN_503', 'busy', now() + interval '30 seconds')";
+    open my $a, '|-', 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $s->{pg_port}, '-U', 'postgres',
+        '-d', 'postgres' or die;
+    $a->autoflush(1);
+    print $a "BEGIN; SELECT " . ($first eq 'failure' ? substr($fail, 7)
+                                 : "async_dl_job_pause('$b', 'carol', false)") . ";\n";
+    sleep 0.3;
+    my $kid = fork // die;
+    if ($kid == 0) {
+        psql($first eq 'failure' ? "SELECT async_dl_job_pause('$b', 'carol', false)" : $fail);
+        POSIX::_exit(0);
+    }
+    sleep 0.3;
+    print $a "COMMIT;\n";
+    close $a;
+    waitpid $kid, 0;
+    is(psql("SELECT paused_at IS NULL FROM async_dl_jobs WHERE id = '$b'"), 't', '  resumed');
+    is(files_of($b), 'pending 1 false', '  the file pending, its failed attempt counted');
+    like(due_in($b), qr/^(29|30)$/, '  due when its backoff ends, 30 s on, not at the resume');
+    my $doc = JSON::PP->new->decode(psql("SELECT async_dl_job_status('$b', 'carol', '/p/')"));
+    is($doc->{files}[0]{waiting}, 'retry', '  its document says it waits for a retry');
+    is(psql("SELECT count(*) FROM async_dl_claim('w2', 5, '1 minute', 5) WHERE job_id = '$b'"), 0,
+       '  no claim takes it before then');
+    psql("DELETE FROM async_dl_jobs WHERE id = '$b'");
+}
+
+# paused for longer than the backoff: due at once on the resume
+my $b2 = add_job(["$o/f/big.bin?b2"], owner => 'carol');
+psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5) WHERE job_id = '$b2'");
+my $l2 = psql("SELECT lease_owner FROM async_dl_files WHERE job_id = '$b2'");
+psql("SELECT async_dl_file_finish('$b2', 0, '$l2', 'pending', NULL, NULL, NULL, "
+     . "NULL, 1, 'ORIGIN_503', 'busy', now() + interval '30 seconds')");
+is(psql("SELECT async_dl_job_pause('$b2', 'carol', true)"), 'paused', 'a file in backoff paused');
+is(due_in($b2), 'held', '  held');
+psql("UPDATE async_dl_files SET held_due = now() - interval '1 second' WHERE job_id = '$b2'");
+is(psql("SELECT async_dl_job_pause('$b2', 'carol', false)"), 'resumed', '  resumed after its backoff ended');
+is(due_in($b2), '0', '  due at once');
+is(psql("SELECT count(*) FROM async_dl_claim('w2', 5, '1 minute', 5) WHERE job_id = '$b2'"), 1,
+   '  and claimed');
+psql("DELETE FROM async_dl_jobs WHERE id = '$b2'");
 
 # a multi-file job whose files all end while paused is not shown paused
 my $d = add_job(["$o/f/big.bin?d0", "$o/f/big.bin?d1"], owner => 'carol');
