@@ -43,12 +43,18 @@ static char *ngx_http_async_dl_m_le(ngx_msec_t ms, u_char *buf);
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_m_stmt = {
     "async_dl_metrics_queue",
     "SELECT"
-    " (SELECT count(*) FROM async_dl_jobs WHERE status = 'queued'),"
-    " (SELECT count(*) FROM async_dl_jobs WHERE status = 'processing'),"
-    " (SELECT coalesce((extract(epoch FROM now() - min(created_at)) * 1000)"
-    "::bigint, 0) FROM async_dl_jobs WHERE status = 'queued'),"
-    " (SELECT count(*) FROM async_dl_files WHERE status = 'pending'),"
-    " (SELECT count(*) FROM async_dl_files WHERE status = 'downloading')", 0
+    " count(*) FILTER (WHERE s = 'queued'),"
+    " count(*) FILTER (WHERE s = 'processing'),"
+    " coalesce((extract(epoch FROM now() - min(created_at)"
+    " FILTER (WHERE s = 'queued')) * 1000)::bigint, 0),"
+    " (SELECT count(*) FROM async_dl_files WHERE status = 'pending'"
+    " AND next_attempt_at <> 'infinity'),"
+    " (SELECT count(*) FROM async_dl_files WHERE status = 'downloading'),"
+    " count(*) FILTER (WHERE s = 'paused'),"
+    " (SELECT count(*) FROM async_dl_files WHERE status = 'pending'"
+    " AND next_attempt_at = 'infinity')"
+    " FROM (SELECT async_dl_job_shown_status(j) AS s, j.created_at"
+    " FROM async_dl_jobs j WHERE j.status IN ('queued', 'processing')) x", 0
 };
 
 static ngx_uint_t                   ngx_http_async_dl_m_stmt_index;
@@ -486,7 +492,7 @@ ngx_http_async_dl_m_queue_read(ngx_http_async_dl_pg_query_t *q)
     ngx_int_t               i;
     ngx_pool_t             *pool;
     ngx_http_async_dl_m_t  *m;
-    int64_t                 v[5];
+    int64_t                 v[NGX_HTTP_ASYNC_DL_M_QUEUE_N];
 
     m = ngx_http_async_dl_m;
     pool = ngx_http_async_dl_m_reading;
@@ -497,9 +503,9 @@ ngx_http_async_dl_m_queue_read(ngx_http_async_dl_pg_query_t *q)
     m->queue_reading_until = 0;
 
     if (q->status == NGX_HTTP_ASYNC_DL_PG_OK && PQntuples(q->result) == 1
-        && PQnfields(q->result) == 5)
+        && PQnfields(q->result) == NGX_HTTP_ASYNC_DL_M_QUEUE_N)
     {
-        for (i = 0; i < 5; i++) {
+        for (i = 0; i < NGX_HTTP_ASYNC_DL_M_QUEUE_N; i++) {
             v[i] = ngx_atoof((u_char *) PQgetvalue(q->result, 0, i),
                              PQgetlength(q->result, 0, i));
         }
@@ -536,7 +542,7 @@ static u_char *
 ngx_http_async_dl_m_text(u_char *p, u_char *last)
 {
     u_char                       le[NGX_INT_T_LEN + 8];
-    int64_t                      q[5];
+    int64_t                      q[NGX_HTTP_ASYNC_DL_M_QUEUE_N];
     uint64_t                     n, cum, sum[5];
     uint64_t                     read_at, now;
     ngx_uint_t                   i, j, k, procs, nroutes, row;
@@ -739,19 +745,22 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
     read_at = now > read_at ? now - read_at : 0;
 
     p = ngx_slprintf(p, last,
-            "# HELP async_dl_jobs Jobs not ended, by status, as the "
-            "database last said.\n"
+            "# HELP async_dl_jobs Jobs not ended, by the status they "
+            "show, as the database last said.\n"
             "# TYPE async_dl_jobs gauge\n"
             "async_dl_jobs{status=\"queued\"} %L\n"
             "async_dl_jobs{status=\"processing\"} %L\n"
+            "async_dl_jobs{status=\"paused\"} %L\n"
             "# HELP async_dl_queue_oldest_seconds Age of the oldest queued "
-            "job.\n"
+            "job not paused.\n"
             "# TYPE async_dl_queue_oldest_seconds gauge\n"
             "async_dl_queue_oldest_seconds %L.%03L\n"
-            "# HELP async_dl_files Files waiting and in flight.\n"
+            "# HELP async_dl_files Files waiting, in flight, and held by a "
+            "pause.\n"
             "# TYPE async_dl_files gauge\n"
             "async_dl_files{status=\"pending\"} %L\n"
             "async_dl_files{status=\"downloading\"} %L\n"
+            "async_dl_files{status=\"paused\"} %L\n"
             "# HELP async_dl_queue_read_age_seconds How old the figures "
             "of the queue are (read at most once a second).\n"
             "# TYPE async_dl_queue_read_age_seconds gauge\n"
@@ -760,7 +769,7 @@ ngx_http_async_dl_m_text(u_char *p, u_char *last)
             "the database.\n"
             "# TYPE async_dl_queue_reads_total counter\n"
             "async_dl_queue_reads_total %uL\n",
-            q[0], q[1], q[2] / 1000, q[2] % 1000, q[3], q[4],
+            q[0], q[1], q[5], q[2] / 1000, q[2] % 1000, q[3], q[4], q[6],
             read_at / 1000, read_at % 1000, n);
 
     return p;

@@ -25,6 +25,10 @@
 
 
 #define NGX_HTTP_ASYNC_DL_M_ROUTES     24     /* rows of the route table */
+#define NGX_HTTP_ASYNC_DL_M_QUEUE_N    7      /* jobs queued, processing;
+                                               * oldest queued (ms); files
+                                               * pending, downloading; jobs
+                                               * paused; files paused */
 #define NGX_HTTP_ASYNC_DL_M_SLOTS      128    /* worker processes, old and
                                                  new ones of a reload */
 
@@ -61,7 +65,7 @@ typedef struct {
     uint64_t                        queue_read_at;    /* wall clock, ms */
     uint64_t                        queue_reading_until;
     ngx_atomic_t                    queue_reads;
-    int64_t                         queue[5];
+    int64_t                         queue[NGX_HTTP_ASYNC_DL_M_QUEUE_N];
 } ngx_http_async_dl_m_t;
 
 

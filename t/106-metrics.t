@@ -105,6 +105,22 @@ cmp_ok($v->{'async_dl_files{status=downloading}'}, '==', 0, 'none downloading');
 cmp_ok($v->{'async_dl_queue_oldest_seconds'}, '>=', 1, 'the oldest queued job: over a second');
 cmp_ok($v->{'async_dl_queue_read_age_seconds'}, '<', 1.5, 'read just now');
 
+# a paused job, and its files held, are counted as paused, not as waiting
+my ($pj, $powner) = split /\|/, psql("SELECT id, owner FROM async_dl_jobs WHERE status = 'queued' "
+                                      . "ORDER BY created_at LIMIT 1");
+is(psql("SELECT async_dl_job_pause('$pj', '$powner', true)"), 'paused', 'one queued job paused');
+ok(wait_until(sub {
+    (undef, $v) = parsed();
+    return ($v->{'async_dl_jobs{status=paused}'} // -1) == 1;
+}, 5), 'the paused job is counted');
+cmp_ok($v->{'async_dl_jobs{status=queued}'}, '==', $queued - 1, '  no longer as queued');
+cmp_ok($v->{'async_dl_files{status=paused}'}, '==', 2, '  its 2 files held');
+cmp_ok($v->{'async_dl_files{status=pending}'}, '==', $pending - 2, '  no longer as pending');
+cmp_ok($v->{'async_dl_files{status=paused}'} + $v->{'async_dl_files{status=pending}'}, '==',
+   psql("SELECT count(*) FROM async_dl_files WHERE status = 'pending'"),
+   '  paused and pending files: every pending row');
+is(psql("SELECT async_dl_job_pause('$pj', '$powner', false)"), 'resumed', '  resumed');
+
 # 60 scrapes at once, over both processes: the queue is read once or twice
 my $reads0 = $v->{'async_dl_queue_reads_total'};
 my $t0 = time;

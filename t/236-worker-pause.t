@@ -110,8 +110,7 @@ cmp_ok(abs($left1 - $left0), '<', 2,
                $left0, $left1, $paused_for));
 is(post('resume', $job)->{status}, 200, 'resume again: 200 (idempotent)');
 is(listed('paused'), ' total 0', 'list ?status=paused: none once resumed');
-like(listed('processing') . listed('queued'), qr/^$job (processing|queued) total 1/,
-     '  the job listed as what it shows');
+is(listed('processing'), "$job processing total 1", '  listed as processing again');
 @evs = $st->until_event(qr/^(resumed|completed|failed)$/, 5);
 ok(@evs && $evs[-1]{event} eq 'resumed', 'stream: a "resumed" event');
 
@@ -227,7 +226,15 @@ sub due_in {
                 . "ELSE round(extract(epoch FROM next_attempt_at - now()))::text END "
                 . "FROM async_dl_files WHERE job_id = '$j'");
 }
+sub waiting_on_lock {
+    return psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                . "AND query LIKE '%async_dl_%'");
+}
 for my $first ('failure', 'resume') {
+    # failure first: the hand-back is held (keeping its due time), and the
+    # resume, waiting for it, makes it due then.  resume first: the
+    # hand-back, waiting for the resume, is not held (it would wait for
+    # ever) and is due when its backoff ends.
     my $b = add_job(["$o/f/big.bin?b$first"], owner => 'carol');
     is(psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5) WHERE job_id = '$b'"), 1,
        "backoff ($first first): claimed");
@@ -235,24 +242,26 @@ for my $first ('failure', 'resume') {
     is(psql("SELECT async_dl_job_pause('$b', 'carol', true)"), 'paused', '  paused');
     my $fail = "SELECT async_dl_file_finish('$b', 0, '$l', 'pending', NULL, NULL, NULL, "
              . "NULL, 1, 'ORIGIN_503', 'busy', now() + interval '30 seconds')";
-    open my $a, '|-', 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $s->{pg_port}, '-U', 'postgres',
-        '-d', 'postgres' or die;
+    my $resume = "SELECT async_dl_job_pause('$b', 'carol', false)";
+    open my $a, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-h', '127.0.0.1', '-p', $s->{pg_port},
+        '-U', 'postgres', '-d', 'postgres' or die;
     $a->autoflush(1);
-    print $a "BEGIN; SELECT " . ($first eq 'failure' ? substr($fail, 7)
-                                 : "async_dl_job_pause('$b', 'carol', false)") . ";\n";
-    sleep 0.3;
+    print $a "BEGIN; " . ($first eq 'failure' ? $fail : $resume) . ";\n";
+    ok(wait_until(sub { psql("SELECT count(*) FROM pg_stat_activity "
+                             . "WHERE state = 'idle in transaction'") == 1 }, 5),
+       "  session A's \u$first is done, not committed");
     my $kid = fork // die;
     if ($kid == 0) {
-        psql($first eq 'failure' ? "SELECT async_dl_job_pause('$b', 'carol', false)" : $fail);
+        psql($first eq 'failure' ? $resume : $fail);
         POSIX::_exit(0);
     }
-    sleep 0.3;
+    ok(wait_until(sub { waiting_on_lock() == 1 }, 5), "  session B waits for A's lock");
     print $a "COMMIT;\n";
     close $a;
     waitpid $kid, 0;
     is(psql("SELECT paused_at IS NULL FROM async_dl_jobs WHERE id = '$b'"), 't', '  resumed');
-    is(files_of($b), 'pending 1 false', '  the file pending, its failed attempt counted');
-    like(due_in($b), qr/^(29|30)$/, '  due when its backoff ends, 30 s on, not at the resume');
+    is(files_of($b), 'pending 1 false', '  the file pending, not held, its failed attempt counted');
+    like(due_in($b), qr/^(2[789]|30)$/, '  due when its backoff ends, 30 s on, not at the resume');
     my $doc = JSON::PP->new->decode(psql("SELECT async_dl_job_status('$b', 'carol', '/p/')"));
     is($doc->{files}[0]{waiting}, 'retry', '  its document says it waits for a retry');
     is(psql("SELECT count(*) FROM async_dl_claim('w2', 5, '1 minute', 5) WHERE job_id = '$b'"), 0,
@@ -260,20 +269,39 @@ for my $first ('failure', 'resume') {
     psql("DELETE FROM async_dl_jobs WHERE id = '$b'");
 }
 
-# paused for longer than the backoff: due at once on the resume
+# a file already waiting out its backoff when the job is paused keeps it:
+# resumed before it ends, due when it ends; resumed after, due at once
 my $b2 = add_job(["$o/f/big.bin?b2"], owner => 'carol');
 psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5) WHERE job_id = '$b2'");
 my $l2 = psql("SELECT lease_owner FROM async_dl_files WHERE job_id = '$b2'");
 psql("SELECT async_dl_file_finish('$b2', 0, '$l2', 'pending', NULL, NULL, NULL, "
      . "NULL, 1, 'ORIGIN_503', 'busy', now() + interval '30 seconds')");
-is(psql("SELECT async_dl_job_pause('$b2', 'carol', true)"), 'paused', 'a file in backoff paused');
+is(psql("SELECT async_dl_job_pause('$b2', 'carol', true)"), 'paused', 'a file in its backoff paused');
 is(due_in($b2), 'held', '  held');
+like(psql("SELECT round(extract(epoch FROM held_due - now())) FROM async_dl_files "
+          . "WHERE job_id = '$b2'"), qr/^(2[789]|30)$/, '  keeping when it is due');
+is(psql("SELECT async_dl_job_pause('$b2', 'carol', false)"), 'resumed', '  resumed before then');
+like(due_in($b2), qr/^(2[789]|30)$/, '  due when its backoff ends');
+is(psql("SELECT async_dl_job_pause('$b2', 'carol', true)"), 'paused', '  paused again');
 psql("UPDATE async_dl_files SET held_due = now() - interval '1 second' WHERE job_id = '$b2'");
 is(psql("SELECT async_dl_job_pause('$b2', 'carol', false)"), 'resumed', '  resumed after its backoff ended');
 is(due_in($b2), '0', '  due at once');
 is(psql("SELECT count(*) FROM async_dl_claim('w2', 5, '1 minute', 5) WHERE job_id = '$b2'"), 1,
    '  and claimed');
 psql("DELETE FROM async_dl_jobs WHERE id = '$b2'");
+
+# the list's filter on a paused job still queued (no worker has claimed it)
+my $q = add_job(["$o/f/big.bin?q"], owner => 'erin');
+sub erin_list {
+    my ($status) = @_;
+    my $l = JSON::PP->new->decode(psql("SELECT async_dl_job_list('erin', '/p/', '$status', 20, 0, NULL)"));
+    return join(',', map { "$_->{jobId} $_->{status}" } @{ $l->{jobs} }) . " total $l->{total}";
+}
+is(erin_list('queued'), "$q queued total 1", 'a queued job is listed as queued');
+is(psql("SELECT async_dl_job_pause('$q', 'erin', true)"), 'paused', '  paused');
+is(erin_list('queued'), ' total 0', '  not listed as queued once paused');
+is(erin_list('paused'), "$q paused total 1", '  listed as paused');
+psql("DELETE FROM async_dl_jobs WHERE id = '$q'");
 
 # a multi-file job whose files all end while paused is not shown paused
 my $d = add_job(["$o/f/big.bin?d0", "$o/f/big.bin?d1"], owner => 'carol');
