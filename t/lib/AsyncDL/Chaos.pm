@@ -22,7 +22,7 @@ origin
 C<chaos_run(%opt)> builds its own stack with L<AsyncDL::Test>: PostgreSQL,
 s3rver behind the fault proxy (L<AsyncDL::Test/S3 FAULT PROXY>), the origin
 nginx and the flaky origin, B<two> nginx instances with the module and
-B<two> workers, all on one database and one bucket.  An audit trigger
+B<two> workers (the second with C<ASYNC_DL_STREAM_PUT=off>: every file above a part goes up as a multipart upload), all on one database and one bucket.  An audit trigger
 (test instrumentation, table C<chaos_audit>) records every change of a
 job's status and every job deletion, so that a job which vanished can be
 told apart from one that expired or was deleted by the run.
@@ -39,8 +39,9 @@ flaky origins (404, 500, reset mid-body then Range, 500 twice then 200),
 C<callback> with a callback URL.  C<cancel> of the jobs are canceled and
 C<delete> deleted (mid-transfer, right after completion, while the zip is
 built), C<pause> paused and resumed 0.5 to 3 s later, and besides the
-draw C<pause_min> slow single-file jobs are paused soon after they are
-accepted, so that every run pauses transfers in flight; every job is polled until it ends (on either instance), C<sse> of
+draw C<pause_min> big jobs are paused while they transfer (every other
+one after its first part), so that every run pauses transfers in
+flight; every job is polled until it ends (on either instance), C<sse> of
 them followed by an SSE subscriber on the other instance, which reconnects
 with Last-Event-ID like EventSource.  Expiry runs throughout
 (C<ttl_completed>, C<ttl_failed>).
@@ -352,7 +353,11 @@ sub setup_stack {
                     $O{no_proxy} ? () : (s3_endpoint => '$ADL_S3_PROXY'));
         $PORTS[$n] = nginx_port($n);
     }
-    start_worker(worker_settings(%{ $opt{worker} || {} })) for 0, 1;
+    # the second worker uploads every file above a part as a multipart
+    # upload (ASYNC_DL_STREAM_PUT=off), whose parts a pause keeps
+    start_worker(worker_settings(%{ $opt{worker} || {} },
+                                 $_ ? (ASYNC_DL_STREAM_PUT => 'off') : ()))
+        for 0, 1;
     return $s;
 }
 
@@ -424,19 +429,23 @@ sub make_plan {
         $j{at} = $O{load} * $n / $O{jobs};
         push @plan, \%j;
     }
-    # a few slow jobs are paused early whatever the draw said: a drawn pause
+    # a few big jobs are paused mid-transfer whatever the draw said: a drawn pause
     # of a small job usually meets a job already ended (409), and a run with
     # no pause at all would prove nothing about pausing
     my @none = grep { $_->{action} eq 'none' } @plan;
     for my $i (1 .. min($O{pause_min} // 0, scalar @none)) {
         my $j = splice(@none, int rand @none, 1);
-        my $b = $big[rand @big];
+        # every other one paused once its first 5 MiB part can be stored
+        # (at 1m a second), on the largest file: on the second worker (a
+        # multipart upload) it keeps that part
+        my $late = $i % 2;
+        my $b = $late ? $big[-1] : $big[rand @big];
         $j->{files} = [{ url => "$o/slow/$b?rate=$O{big_rate}&j=$j->{n}",
                          kind => 'big-slow' }];
         $j->{kind} = 'big-slow';
         delete $j->{timeout};
         $j->{action} = 'pause';
-        $j->{delay} = 0.5 + rand 1.5;
+        $j->{delay} = $late ? 5.5 + rand 1 : 0.5 + rand($O{big_min} - 1);
     }
     return \@plan;
 }
@@ -1349,10 +1358,12 @@ sub epoch_of {
 # ended at, how]; a process's transfers without an end line end when it
 # did (SIGKILL).
 my %OUTCOMES;
+my $TAKEN_UP;      # transfers that went on from a kept upload's parts
 
 sub worker_transfers {
     my (@logs) = @_;
     %OUTCOMES = ();
+    $TAKEN_UP = 0;
     my (%xfer, @attempts);
     my $proc = 0;
     for my $log (@logs) {
@@ -1387,6 +1398,8 @@ sub worker_transfers {
                 }
                 push @{ $xfer{$k} }, $x;
                 $open{$k} = $x;
+            } elsif ($rest =~ /^resuming after \d+ stored part/) {
+                $TAKEN_UP++;
             } elsif ($rest =~ /^(stored|failed [A-Z_]+:|handed back|stopped|result not recorded|recording the result failed)/) {
                 my $how = $1;
                 $how =~ s/:$//;
@@ -1684,6 +1697,7 @@ sub finish_checks {
         kinds => \%kinds,
         'cancels sent' => scalar(grep { $_->{cancel_sent} } @recs),
         'paused, then resumed' => scalar(grep { $_->{paused} } @recs),
+        'kept parts taken up' => $TAKEN_UP,
         'deletes sent' => scalar(grep { $_->{delete_sent} } @recs),
         'deleted while the zip was pending/building'
             => scalar(grep { $_->{delete_bundle_state} } @recs),
@@ -1741,11 +1755,12 @@ sub report {
     my $j = $F->{jobs};
     push @out, sprintf "  planned %d, accepted %d, probes %d, refused %d; "
         . "cancels sent %d, deletes sent %d (%d while the zip was pending "
-        . "or building), paused then resumed %d", $j->{planned},
+        . "or building), paused then resumed %d (kept parts taken up %d)",
+        $j->{planned},
         $j->{accepted}, $j->{probes}, $j->{refused}, $j->{'cancels sent'},
         $j->{'deletes sent'},
         $j->{'deleted while the zip was pending/building'},
-        $j->{'paused, then resumed'} // 0;
+        $j->{'paused, then resumed'} // 0, $j->{'kept parts taken up'} // 0;
     push @out, '  kinds: ' . join ', ', map { "$_ $j->{kinds}{$_}" }
         sort keys %{ $j->{kinds} };
     push @out, '  outcomes: ' . join ', ', map { "$_ $F->{outcomes}{$_}" }
