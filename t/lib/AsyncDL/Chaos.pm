@@ -429,9 +429,9 @@ sub make_plan {
         $j{at} = $O{load} * $n / $O{jobs};
         push @plan, \%j;
     }
-    # a few big jobs are paused mid-transfer whatever the draw said: a drawn pause
-    # of a small job usually meets a job already ended (409), and a run with
-    # no pause at all would prove nothing about pausing
+    # a few big jobs are paused mid-transfer whatever the draw said: a
+    # drawn pause of a small job usually meets a job already ended (409),
+    # and a run with no pause at all would prove nothing about pausing
     my @none = grep { $_->{action} eq 'none' } @plan;
     for my $i (1 .. min($O{pause_min} // 0, scalar @none)) {
         my $j = splice(@none, int rand @none, 1);
