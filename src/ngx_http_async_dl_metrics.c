@@ -42,19 +42,21 @@ static char *ngx_http_async_dl_m_le(ngx_msec_t ms, u_char *buf);
 
 static ngx_http_async_dl_pg_stmt_t  ngx_http_async_dl_m_stmt = {
     "async_dl_metrics_queue",
-    "SELECT"
-    " count(*) FILTER (WHERE s = 'queued'),"
-    " count(*) FILTER (WHERE s = 'processing'),"
+    "SELECT j.queued, j.processing, j.oldest, f.pending, f.downloading,"
+    " j.paused, f.held"
+    " FROM (SELECT count(*) FILTER (WHERE s = 'queued') AS queued,"
+    " count(*) FILTER (WHERE s = 'processing') AS processing,"
+    " count(*) FILTER (WHERE s = 'paused') AS paused,"
     " coalesce((extract(epoch FROM now() - min(created_at)"
-    " FILTER (WHERE s = 'queued')) * 1000)::bigint, 0),"
-    " (SELECT count(*) FROM async_dl_files WHERE status = 'pending'"
-    " AND next_attempt_at <> 'infinity'),"
-    " (SELECT count(*) FROM async_dl_files WHERE status = 'downloading'),"
-    " count(*) FILTER (WHERE s = 'paused'),"
-    " (SELECT count(*) FROM async_dl_files WHERE status = 'pending'"
-    " AND next_attempt_at = 'infinity')"
-    " FROM (SELECT async_dl_job_shown_status(j) AS s, j.created_at"
-    " FROM async_dl_jobs j WHERE j.status IN ('queued', 'processing')) x", 0
+    " FILTER (WHERE s = 'queued')) * 1000)::bigint, 0) AS oldest"
+    " FROM (SELECT async_dl_job_shown_status(x) AS s, x.created_at"
+    " FROM async_dl_jobs x WHERE x.status IN ('queued', 'processing')) y) j,"
+    " (SELECT count(*) FILTER (WHERE next_attempt_at <> 'infinity')"
+    " AS pending,"
+    " count(*) FILTER (WHERE next_attempt_at = 'infinity') AS held,"
+    " (SELECT count(*) FROM async_dl_files"
+    " WHERE status = 'downloading') AS downloading"
+    " FROM async_dl_files WHERE status = 'pending') f", 0
 };
 
 static ngx_uint_t                   ngx_http_async_dl_m_stmt_index;
@@ -93,7 +95,7 @@ ngx_http_async_dl_metrics_init_conf(ngx_conf_t *cf,
 
     /* (the version in the name: a zone of another layout is never taken
      * over by a reload) */
-    ngx_str_set(&name, "async_dl_metrics_1");
+    ngx_str_set(&name, "async_dl_metrics_2");
 
     ngx_http_async_dl_m_zone = ngx_shared_memory_add(cf, &name,
                                    NGX_HTTP_ASYNC_DL_M_ZONE_SIZE,

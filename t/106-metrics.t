@@ -107,7 +107,7 @@ cmp_ok($v->{'async_dl_queue_read_age_seconds'}, '<', 1.5, 'read just now');
 
 # a paused job, and its files held, are counted as paused, not as waiting
 my ($pj, $powner) = split /\|/, psql("SELECT id, owner FROM async_dl_jobs WHERE status = 'queued' "
-                                      . "ORDER BY created_at LIMIT 1");
+                                      . "ORDER BY created_at LIMIT 1"), -1;
 is(psql("SELECT async_dl_job_pause('$pj', '$powner', true)"), 'paused', 'one queued job paused');
 ok(wait_until(sub {
     (undef, $v) = parsed();

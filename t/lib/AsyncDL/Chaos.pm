@@ -22,7 +22,9 @@ origin
 C<chaos_run(%opt)> builds its own stack with L<AsyncDL::Test>: PostgreSQL,
 s3rver behind the fault proxy (L<AsyncDL::Test/S3 FAULT PROXY>), the origin
 nginx and the flaky origin, B<two> nginx instances with the module and
-B<two> workers (the second with C<ASYNC_DL_STREAM_PUT=off>: every file above a part goes up as a multipart upload), all on one database and one bucket.  An audit trigger
+B<two> workers (the second with C<ASYNC_DL_STREAM_PUT=off>: files of
+known size above a part go up as multipart uploads there too), all on one
+database and one bucket.  An audit trigger
 (test instrumentation, table C<chaos_audit>) records every change of a
 job's status and every job deletion, so that a job which vanished can be
 told apart from one that expired or was deleted by the run.
@@ -435,17 +437,20 @@ sub make_plan {
     my @none = grep { $_->{action} eq 'none' } @plan;
     for my $i (1 .. min($O{pause_min} // 0, scalar @none)) {
         my $j = splice(@none, int rand @none, 1);
-        # every other one paused once its first 5 MiB part can be stored
-        # (at 1m a second), on the largest file: on the second worker (a
-        # multipart upload) it keeps that part
-        my $late = $i % 2;
+        # sent at 512 KiB/s so that the pause lands mid-transfer (nginx
+        # sends a second's worth at once; the client acts at its next
+        # poll, up to a second late): every other one on the largest file
+        # once its first 5 MiB part can be stored (10 s), so that on the
+        # second worker (a multipart upload) it keeps that part; the others
+        # within 2.5 s
+        my $late = $i % 2 && $FILES{$big[-1]} >= 8 * $MIB;
         my $b = $late ? $big[-1] : $big[rand @big];
-        $j->{files} = [{ url => "$o/slow/$b?rate=$O{big_rate}&j=$j->{n}",
+        $j->{files} = [{ url => "$o/slow/$b?rate=512k&j=$j->{n}",
                          kind => 'big-slow' }];
         $j->{kind} = 'big-slow';
         delete $j->{timeout};
         $j->{action} = 'pause';
-        $j->{delay} = $late ? 5.5 + rand 1 : 0.5 + rand($O{big_min} - 1);
+        $j->{delay} = $late ? 11 + rand 1 : 0.5 + rand 2;
     }
     return \@plan;
 }
