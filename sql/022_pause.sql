@@ -17,7 +17,9 @@
 --   now()).  A trigger holds every file that becomes pending while its
 --   job is paused (a transfer the worker handed back on the pause, a
 --   retry's backoff, a lease that ran out): one place, whichever path.
---   The resume makes them due at once.
+--   A held file keeps when it was due (held_due), and the resume makes it
+--   due then, or at once if that time has passed: a retry's backoff, or
+--   an origin's Retry-After, runs in wall-clock time, paused or not.
 -- - A worker that died holding a paused job's file does not pass it on:
 --   the claim takes over a lease that ran out only of a job not paused;
 --   one of a paused job goes back to pending (held, its attempt not
@@ -42,11 +44,15 @@
 --   was committing); a job whose last file ends so ends.  A job whose
 --   files have all ended (its zip is being built) is not shown paused: a
 --   pause stops file transfers only.
+-- - The list (GET {p}jobs?status=) filters on the status the documents
+--   show: "paused" lists the paused jobs, "queued" and "processing" the
+--   ones that are not.
 
 ALTER TABLE async_dl_jobs ADD COLUMN paused_at timestamptz,
                           ADD COLUMN paused_left interval;
 ALTER TABLE async_dl_files ADD COLUMN resume jsonb,
-                           ADD COLUMN resumed_from bigint;
+                           ADD COLUMN resumed_from bigint,
+                           ADD COLUMN held_due timestamptz;
 ALTER TABLE async_dl_deleted_objects ADD COLUMN upload_id text;
 
 -- The janitor's take, with the upload to abort (NULL: delete the object).
@@ -177,13 +183,16 @@ CREATE TRIGGER async_dl_files_resume_delete
     EXECUTE FUNCTION async_dl_files_resume_end();
 
 -- A file that becomes pending while its job is paused waits for the
--- resume.
+-- resume, keeping when it was due.
 CREATE FUNCTION async_dl_files_hold_paused() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM async_dl_jobs j
                 WHERE j.id = NEW.job_id AND j.paused_at IS NOT NULL)
     THEN
+        IF NEW.next_attempt_at <> 'infinity' THEN
+            NEW.held_due := NEW.next_attempt_at;
+        END IF;
         NEW.next_attempt_at := 'infinity';
     END IF;
     RETURN NEW;
@@ -200,6 +209,28 @@ CREATE FUNCTION async_dl_job_paused(j async_dl_jobs) RETURNS boolean
 LANGUAGE sql IMMUTABLE AS $$
     SELECT j.paused_at IS NOT NULL AND j.status IN ('queued', 'processing')
            AND j.completed_files + j.failed_files < j.total_files
+$$;
+
+-- The status a job's documents show.
+CREATE FUNCTION async_dl_job_shown_status(j async_dl_jobs) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN async_dl_job_paused(j) THEN 'paused' ELSE j.status END
+$$;
+
+-- The pause's and the resume's part on the job's pending files: held
+-- (keeping when each was due), or due again when it was.
+CREATE FUNCTION async_dl_job_hold_files(p_job uuid, p_hold boolean)
+RETURNS void
+LANGUAGE sql AS $$
+    UPDATE async_dl_files
+       SET held_due = next_attempt_at, next_attempt_at = 'infinity'
+     WHERE p_hold AND job_id = p_job AND status = 'pending'
+       AND next_attempt_at <> 'infinity';
+    UPDATE async_dl_files
+       SET next_attempt_at = greatest(now(), coalesce(held_due, now())),
+           held_due = NULL
+     WHERE NOT p_hold AND job_id = p_job AND status = 'pending'
+       AND next_attempt_at = 'infinity';
 $$;
 
 -- POST {p}{id}/pause (p_pause) and POST {p}{id}/resume: NULL when there
@@ -224,31 +255,22 @@ BEGIN
     END IF;
     PERFORM set_config('synchronous_commit', 'on', true);   -- answered 200
 
-    IF p_pause THEN
-        UPDATE async_dl_jobs
-           SET paused_at = now(),
-               paused_left = greatest(deadline - now(), interval '0'),
-               deadline = 'infinity'
-         WHERE id = p_job;
-        UPDATE async_dl_files SET next_attempt_at = 'infinity'
-         WHERE job_id = p_job AND status = 'pending';
-        PERFORM pg_notify('async_dl_pause', p_job::text);
-    ELSE
-        UPDATE async_dl_jobs
-           SET paused_at = NULL, paused_left = NULL,
-               deadline = now() + coalesce(j.paused_left, interval '0')
-         WHERE id = p_job;
-        UPDATE async_dl_files SET next_attempt_at = now()
-         WHERE job_id = p_job AND status = 'pending'
-           AND next_attempt_at = 'infinity';
-        -- the workers claim again (as for a new job: 001's channel)
-        PERFORM pg_notify('async_dl_jobs', p_job::text);
-    END IF;
-
-    -- the streams' event, at once ("e"), with the new sequence number
-    UPDATE async_dl_jobs SET event_seq = event_seq + 1, updated_at = now()
+    UPDATE async_dl_jobs
+       SET paused_at = CASE WHEN p_pause THEN now() END,
+           paused_left = CASE WHEN p_pause
+                              THEN greatest(deadline - now(),
+                                            interval '0') END,
+           deadline = CASE WHEN p_pause THEN 'infinity'
+                           ELSE now() + coalesce(j.paused_left,
+                                                 interval '0') END
      WHERE id = p_job
-    RETURNING event_seq INTO j.event_seq;
+    RETURNING event_seq INTO j.event_seq;     -- numbered by 1's trigger
+    PERFORM async_dl_job_hold_files(p_job, p_pause);
+
+    -- the workers hand back (pause) or claim again (as for a new job: 1's
+    -- channel); the streams' event at once ("e")
+    PERFORM pg_notify(CASE WHEN p_pause THEN 'async_dl_pause'
+                           ELSE 'async_dl_jobs' END, p_job::text);
     PERFORM pg_notify('async_dl_events',
                       p_job::text || ' ' || j.event_seq || ' e');
     RETURN CASE WHEN p_pause THEN 'paused' ELSE 'resumed' END;
@@ -275,8 +297,7 @@ RETURNS json
 LANGUAGE sql STABLE AS $$
     SELECT json_build_object(
         'jobId', j.id,
-        'status', CASE WHEN async_dl_job_paused(j) THEN 'paused'
-                       ELSE j.status END,
+        'status', async_dl_job_shown_status(j),
         'progress', async_dl_job_progress(j),
         'totalFiles', j.total_files,
         'completedFiles', j.completed_files,
@@ -296,6 +317,59 @@ LANGUAGE sql STABLE AS $$
         'pausedAt', CASE WHEN async_dl_job_paused(j)
                          THEN async_dl_iso(j.paused_at) END)
 $$;
+
+-- 2's list, filtered on the status shown.
+CREATE OR REPLACE FUNCTION async_dl_job_list(p_owner text, p_prefix text,
+                                             p_status text, p_limit integer,
+                                             p_offset integer,
+                                             p_cursor text)
+RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    c_at   timestamptz;
+    c_id   uuid;
+    js     async_dl_jobs[];
+    total  bigint;
+    next   text;
+    jobs   json;
+BEGIN
+    IF p_cursor IS NOT NULL THEN
+        c_at := 'epoch'::timestamptz
+                + split_part(p_cursor, '.', 1)::bigint
+                  * interval '1 microsecond';
+        c_id := split_part(p_cursor, '.', 2)::uuid;
+    END IF;
+
+    SELECT count(*) INTO total FROM async_dl_jobs j
+     WHERE j.owner = p_owner
+       AND (p_status IS NULL OR async_dl_job_shown_status(j) = p_status)
+       AND async_dl_job_live(j.expires_at);
+
+    SELECT array_agg(p ORDER BY p.created_at DESC, p.id DESC) INTO js
+      FROM (SELECT * FROM async_dl_jobs j
+             WHERE j.owner = p_owner
+               AND (p_status IS NULL
+                    OR async_dl_job_shown_status(j) = p_status)
+               AND async_dl_job_live(j.expires_at)
+               AND (c_at IS NULL OR (j.created_at, j.id) < (c_at, c_id))
+             ORDER BY j.created_at DESC, j.id DESC
+            OFFSET p_offset LIMIT p_limit + 1) p;
+
+    IF coalesce(array_length(js, 1), 0) > p_limit THEN
+        js := js[1:p_limit];
+        next := (extract(epoch FROM js[p_limit].created_at) * 1000000)
+                    ::bigint::text || '.' || js[p_limit].id::text;
+    END IF;
+
+    SELECT coalesce(json_agg(async_dl_job_summary(js[i], p_prefix)
+                             ORDER BY i), '[]'::json)
+      INTO jobs
+      FROM generate_subscripts(js, 1) AS i;
+
+    RETURN json_build_object('jobs', coalesce(jobs, '[]'::json),
+                             'limit', p_limit, 'offset', p_offset,
+                             'total', total, 'nextCursor', next)::text;
+END $$;
 
 -- 16's files, with the status shown: a paused job's files not ended are
 -- "paused", and wait for nothing else.
@@ -539,39 +613,28 @@ BEGIN
      WHERE NOT u.dead;
 END $$;
 
--- 5's progress report, which also renews the lease: NULL instead of true
--- while the job is paused.  A worker that missed the pause's notification
--- (its connection was down) hands the file back at its next report, as on
--- the notification; one whose upload is finishing goes on (its lease
--- renewed).  A worker of schema 21 reads NULL as renewed.
-CREATE OR REPLACE FUNCTION async_dl_file_progress(p_job uuid, p_idx integer,
-                                                  p_worker text,
-                                                  p_lease interval,
-                                                  p_bytes bigint,
-                                                  p_size bigint,
-                                                  p_attempts integer)
+-- 5's progress report, which also renews the lease, answers NULL instead
+-- of true while the job is paused.  A worker that missed the pause's
+-- notification (its connection was down) hands the file back at its next
+-- report, as on the notification; one whose upload is finishing goes on
+-- (its lease renewed).  A worker of schema 21 reads NULL as renewed.
+ALTER FUNCTION async_dl_file_progress(uuid, integer, text, interval, bigint,
+                                      bigint, integer)
+    RENAME TO async_dl_file_report;
+CREATE FUNCTION async_dl_file_progress(p_job uuid, p_idx integer,
+                                       p_worker text, p_lease interval,
+                                       p_bytes bigint, p_size bigint,
+                                       p_attempts integer)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
-DECLARE
-    f async_dl_files;
-    n async_dl_files;
 BEGIN
-    SELECT * INTO f FROM async_dl_files
-     WHERE job_id = p_job AND idx = p_idx FOR UPDATE;
-    IF NOT FOUND OR f.status <> 'downloading'
-       OR f.lease_owner IS DISTINCT FROM p_worker
+    IF NOT async_dl_file_report(p_job, p_idx, p_worker, p_lease, p_bytes,
+                                p_size, p_attempts)
     THEN
         RETURN false;
     END IF;
-
-    UPDATE async_dl_files
-       SET bytes_done = p_bytes, size = coalesce(p_size, size),
-           attempts = greatest(attempts, p_attempts),
-           lease_until = now() + p_lease, updated_at = now()
-     WHERE job_id = p_job AND idx = p_idx
-    RETURNING * INTO n;
-
-    PERFORM async_dl_job_file_changed(f, n);
+    -- read after the report waited for the row: a pause that held it
+    -- has committed
     IF EXISTS (SELECT 1 FROM async_dl_jobs j
                 WHERE j.id = p_job AND j.paused_at IS NOT NULL)
     THEN
