@@ -145,7 +145,7 @@ adl_put_uint(adl_sink_t *s, unsigned v)
     adl_put(s, p, (size_t) (d + sizeof(d) - p));
 }
 
-static void
+void
 adl_hex(const unsigned char *p, size_t n, char *out)
 {
     static const char  hex[] = "0123456789abcdef";

@@ -99,6 +99,9 @@ int adl_crypto_init(void);
 void adl_crypto_cleanup(void);
 
 int adl_sha256_hex(const void *data, size_t len, char out[65]);
+
+/* n bytes as 2n lowercase hex characters and a NUL into out. */
+void adl_hex(const unsigned char *p, size_t n, char *out);
 int adl_hmac_sha256(const void *key, size_t keylen, const void *data,
     size_t len, unsigned char out[32]);
 

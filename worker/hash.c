@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adl_sigv4.h"
 #include "hash.h"
 
 void
@@ -28,16 +29,10 @@ adl_hash_update(adl_hash_t *h, const void *data, size_t len)
 void
 adl_hash_final_hex(adl_hash_t *h, char out[65])
 {
-    static const char  hex[] = "0123456789abcdef";
-    unsigned char      md[SHA256_DIGEST_LENGTH];
-    int                i;
+    unsigned char  md[SHA256_DIGEST_LENGTH];
 
     SHA256_Final(md, &h->c);
-    for (i = 0; i < SHA256_DIGEST_LENGTH; i++) {
-        out[2 * i] = hex[md[i] >> 4];
-        out[2 * i + 1] = hex[md[i] & 0x0f];
-    }
-    out[64] = '\0';
+    adl_hex(md, SHA256_DIGEST_LENGTH, out);
 }
 
 int

@@ -41,9 +41,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
-#include "adl_sigv4.h"
 #include "backoff.h"
 #include "checkpoint.h"
 #include "hash.h"
@@ -55,6 +52,8 @@
 #include "upload.h"
 
 #define PROGRESS_EVERY    300     /* ms between progress writes of a job */
+#define XF_MARKS          4       /* hash marks kept: a pause finds the
+                                   * parts stored at most that many behind */
 
 typedef enum {
     XF_RUNNING = 0,
@@ -101,11 +100,11 @@ struct adl_xfer_s {
     char                   sha256[65];
     struct {
         int                part;             /* 0: none */
-        char               state[ADL_HASH_STATE_LEN + 1];
-    }                      marks[4];         /* the hash after part n */
+        adl_hash_t         h;
+    }                      marks[XF_MARKS];  /* the hash after part n */
     int64_t                resumed_from;     /* a checkpoint's byte, or 0 */
-    int                    took_up;          /* ...its upload, once */
-    int                    gone_once;        /* ...gone: a new one, once */
+    int                    took_up;          /* ...its upload (gone: a
+                                              * new one, once) */
     int                    restart_due;      /* ...the origin said no: tell */
     int                    keep;             /* hand back keeping parts */
     int                    keep_wait;        /* ...after the part under way */
@@ -174,10 +173,8 @@ adl_xfer_active(const adl_xfer_t *x)
 static void
 mark(adl_xfer_t *x, int part)
 {
-    int  i = part % 4;
-
-    x->marks[i].part = adl_hash_save(&x->sha, x->marks[i].state) == 0
-                       ? part : 0;
+    x->marks[part % XF_MARKS].part = part;
+    x->marks[part % XF_MARKS].h = x->sha;
 }
 
 /* The download's bytes into the hash, cut at the parts' ends. */
@@ -209,11 +206,14 @@ keep_parts(adl_xfer_t *x)
     adl_upload_t        *u = &x->up;
     adl_checkpoint_t     c;
     int                  n = u->stored_parts;
+    char                 state[ADL_HASH_STATE_LEN + 1];
 
     if (!u->keep) {
         return;                     /* failed: aborted, not kept */
     }
-    if (u->upload_id == NULL || n == 0 || x->marks[n % 4].part != n) {
+    if (u->upload_id == NULL || n == 0 || x->marks[n % XF_MARKS].part != n
+        || adl_hash_save(&x->marks[n % XF_MARKS].h, state) != 0)
+    {
         XLOG(ADL_LOG_INFO, x, "handed back: no part stored to keep");
         adl_upload_drop_kept(&x->up);
         return;
@@ -237,7 +237,7 @@ keep_parts(adl_xfer_t *x)
     c.upload_id = u->upload_id;
     c.nparts = n;
     c.offset = (int64_t) n * (int64_t) u->c.part_size;
-    c.hash = x->marks[n % 4].state;
+    c.hash = state;
     c.size = x->size;
     c.validator = x->dl.validator;
     c.content_type = x->dl.content_type;
@@ -323,9 +323,7 @@ take_up(adl_xfer_t *x, const char *text)
         return;
     }
     x->received = c.offset;
-    x->marks[c.nparts % 4].part = c.nparts;     /* paused again at once */
-    snprintf(x->marks[c.nparts % 4].state, sizeof(x->marks[0].state), "%s",
-             c.hash);
+    mark(x, c.nparts);                          /* paused again at once */
     x->size = c.size;
     x->dl.size = c.size;
     snprintf(x->dl.validator, sizeof(x->dl.validator), "%s", c.validator);
@@ -605,11 +603,11 @@ upload_react(adl_xfer_t *x)
         rewind_upload(x);
         break;
     case ADL_UP_FAILED:
-        if (x->up.gone && x->took_up && !x->gone_once) {
+        if (x->up.gone && x->took_up) {
             /* the upload taken up from a hand-back is gone (a bucket rule
              * aborted it while the file waited): once, a new upload, the
              * file from byte 0 */
-            x->gone_once = 1;
+            x->took_up = 0;
             XLOG(ADL_LOG_WARN, x, "storage: %s: the kept upload is gone; "
                  "starting again from byte 0 in a new upload", x->up.error);
             stop_download(x);
@@ -888,15 +886,14 @@ write_result(adl_xfer_t *x)
     /* a paused file's stored parts are recorded first, in the same
      * statement: a connection lost under it loses both or neither */
     p[12] = x->checkpoint;
+#define FINISH_CALL                                                           \
+    "SELECT async_dl_file_finish($1::uuid, $2::integer, $3, $4, "             \
+    "$5::bigint, $6, $7, $8, $9::integer, $10, $11, "                         \
+    "now() + $12::bigint * interval '1 millisecond')"
+
     if (adl_db_query(x->env->db, x->checkpoint == NULL
-                     ? "SELECT async_dl_file_finish($1::uuid, "
-                       "$2::integer, $3, $4, $5::bigint, $6, $7, $8, "
-                       "$9::integer, $10, $11, now() + $12::bigint "
-                       "* interval '1 millisecond')"
-                     : "SELECT async_dl_file_finish($1::uuid, "
-                       "$2::integer, $3, $4, $5::bigint, $6, $7, $8, "
-                       "$9::integer, $10, $11, now() + $12::bigint "
-                       "* interval '1 millisecond') OR k.c FROM (SELECT "
+                     ? FINISH_CALL
+                     : FINISH_CALL " OR k.c FROM (SELECT "
                        "async_dl_file_checkpoint($1::uuid, $2::integer, $3, "
                        "$13::jsonb) AS c OFFSET 0) k",
                      x->checkpoint == NULL ? 12 : 13, p,
@@ -908,6 +905,8 @@ write_result(adl_xfer_t *x)
     }
     x->db_refs++;
 }
+
+#undef FINISH_CALL
 
 void
 adl_xfer_free(adl_xfer_t *x)

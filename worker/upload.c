@@ -138,7 +138,6 @@ adl_upload_resume(adl_upload_t *u, const char *upload_id,
     u->next_part = n + 1;
     u->stored_parts = n;
     u->written = (int64_t) n * (int64_t) u->c.part_size;
-    u->no_stream = 1;
     return 0;
 }
 
