@@ -153,12 +153,21 @@ sub files_of {
 my $j4 = add_job(["$o/f/big.bin"], owner => 'carol');
 psql("ALTER FUNCTION async_dl_claim_pick(integer, integer, integer) "
      . "RENAME TO async_dl_claim_pick_real");
+psql("CREATE TABLE claim_picked (j uuid, i integer)");
 psql(q{CREATE FUNCTION async_dl_claim_pick(p_n integer, p_host_limit integer,
                                           p_owner_limit integer)
 RETURNS TABLE (job_id uuid, idx integer) LANGUAGE plpgsql ROWS 16 AS $$
+DECLARE
+    r record;
 BEGIN
-    RETURN QUERY SELECT * FROM async_dl_claim_pick_real(p_n, p_host_limit,
-                                                        p_owner_limit);
+    FOR r IN SELECT * FROM async_dl_claim_pick_real(p_n, p_host_limit,
+                                                    p_owner_limit)
+    LOOP
+        INSERT INTO claim_picked VALUES (r.job_id, r.idx);
+        job_id := r.job_id;
+        idx := r.idx;
+        RETURN NEXT;
+    END LOOP;
     PERFORM pg_sleep(1.5);
 END $$});
 my $pid = fork // die;
@@ -169,15 +178,19 @@ if ($pid == 0) {
     close $fh;
     POSIX::_exit(0);
 }
-sleep 0.5;
+ok(wait_until(sub { psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
+                         . "AND query LIKE '%async_dl_claim(%'") == 1 }, 5),
+   "session B's claim has picked and sleeps before its lock");
 is(psql("SELECT async_dl_job_pause('$j4', 'carol', true)"), 'paused',
    'session A pauses while session B\'s claim sits between its pick and its lock');
 waitpid $pid, 0;
+is(psql("SELECT count(*) FROM claim_picked WHERE j = '$j4'"), 1, "session B had picked the file");
 is(AsyncDL::Stack::slurp("$s->{dir}/claim.out"), '0', 'session B claims nothing');
 is(files_of($j4), 'pending 0 true', 'the file stays pending, held');
 psql("DROP FUNCTION async_dl_claim_pick(integer, integer, integer)");
 psql("ALTER FUNCTION async_dl_claim_pick_real(integer, integer, integer) "
      . "RENAME TO async_dl_claim_pick");
+psql("DROP TABLE claim_picked");
 is(psql("SELECT count(*) FROM async_dl_claim('w1', 5, '1 minute', 5) WHERE job_id = '$j4'"), 0,
    'a claim after the pause takes nothing of the job');
 is(psql("SELECT async_dl_job_pause('$j4', 'carol', false)"), 'resumed', 'resumed');
@@ -192,11 +205,11 @@ is(psql("SELECT coalesce(async_dl_file_progress('$j4', 0, '$lease', '1 minute', 
    'null', 'a progress report while paused renews, and answers NULL: paused (a worker that '
    . 'missed the notification hands the file back)');
 is(psql("SELECT async_dl_job_pause('$j4', 'carol', false)"), 'resumed', 'resumed at once');
-is(psql("SELECT count(*) FROM async_dl_claim('w2', 5, '1 minute', 1) WHERE job_id = '$j4'"), 0,
+is(psql("SELECT count(*) FROM async_dl_claim('w2', 5, '1 minute', 5) WHERE job_id = '$j4'"), 0,
    'a claim does not take over the live lease');
 is(psql("SELECT async_dl_file_finish('$j4', 0, '$lease', 'pending', NULL, NULL, NULL, "
         . "NULL, 0, NULL, NULL, now())"), 't', "the worker's late hand-back is taken");
-is(files_of($j4), 'pending 0 false', '  pending, due, the attempt not counted');
+is(files_of($j4), 'pending 0 false', '  pending and due, not held');
 is(psql("SELECT status FROM async_dl_jobs WHERE id = '$j4'"), 'processing', '  the job goes on');
 
 # a worker that died holding a paused job's file: its lease runs out, the
@@ -206,6 +219,9 @@ my $c1 = add_job(["$o/f/big.bin?c1"], owner => 'carol');
 psql("DELETE FROM async_dl_jobs WHERE id = '$j4'");
 is(psql("SELECT count(*) FROM async_dl_claim('w1', 1, '1 minute', 5, NULL, 1) WHERE job_id = '$c1'"), 1,
    "carol's file claimed (1 a host)");
+my $l1 = psql("SELECT lease_owner FROM async_dl_files WHERE job_id = '$c1'");
+psql("SELECT async_dl_file_progress('$c1', 0, '$l1', '1 minute', 4096, NULL, 1)");
+is(psql("SELECT bytes_done FROM async_dl_jobs WHERE id = '$c1'"), 4096, 'it reported 4096 bytes');
 is(psql("SELECT async_dl_job_pause('$c1', 'carol', true)"), 'paused', 'paused; its worker died');
 my $c2 = add_job(["$o/f/big.bin?c2"], owner => 'dave');
 is(psql("SELECT count(*) FROM async_dl_claim('w2', 1, '1 minute', 5, NULL, 1)"), 0,
@@ -260,7 +276,7 @@ for my $first ('failure', 'resume') {
     close $a;
     waitpid $kid, 0;
     is(psql("SELECT paused_at IS NULL FROM async_dl_jobs WHERE id = '$b'"), 't', '  resumed');
-    is(files_of($b), 'pending 1 false', '  the file pending, not held, its failed attempt counted');
+    is(files_of($b), 'pending 1 false', '  the file pending, not held');
     like(due_in($b), qr/^(2[789]|30)$/, '  due when its backoff ends, 30 s on, not at the resume');
     my $doc = JSON::PP->new->decode(psql("SELECT async_dl_job_status('$b', 'carol', '/p/')"));
     is($doc->{files}[0]{waiting}, 'retry', '  its document says it waits for a retry');
@@ -320,14 +336,16 @@ is($doc->{pausedAt}, undef, '  no pausedAt');
 # pause and cancel racing: whichever commits first, the job ends canceled
 # and nothing is left held
 my $j5 = add_job(["$o/f/big.bin"], owner => 'carol');
-open my $a, '|-', 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $s->{pg_port}, '-U', 'postgres',
-    '-d', 'postgres' or die;
+open my $a, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-h', '127.0.0.1', '-p', $s->{pg_port},
+    '-U', 'postgres', '-d', 'postgres' or die;
 $a->autoflush(1);
 print $a "BEGIN; SELECT async_dl_job_pause('$j5', 'carol', true);\n";
-sleep 0.3;
+ok(wait_until(sub { psql("SELECT count(*) FROM pg_stat_activity "
+                         . "WHERE state = 'idle in transaction'") == 1 }, 5),
+   "session A's pause is done, not committed");
 $pid = fork // die;
 if ($pid == 0) { psql("SELECT async_dl_job_cancel('$j5', 'carol')"); POSIX::_exit(0) }
-sleep 0.3;
+ok(wait_until(sub { waiting_on_lock() == 1 }, 5), "  session B's cancel waits for it");
 print $a "COMMIT;\n";
 close $a;
 waitpid $pid, 0;

@@ -588,6 +588,7 @@ sub client_main {
                         $st->{paused} = time;
                         $st->{act_at} = time + 0.5 + rand 2.5;
                     } elsif ($code == 200 || $code == 409) {
+                        $st->{resumed} = time if $code == 200;
                         delete $st->{act_at};
                     } elsif ($code == 404) {
                         $st->{gone} = time; $finish->($st); next;
@@ -1364,11 +1365,12 @@ sub epoch_of {
 # did (SIGKILL).
 my %OUTCOMES;
 my $TAKEN_UP;      # transfers that went on from a kept upload's parts
+my $PAUSE_HANDED;  # transfers handed back because their job was paused
 
 sub worker_transfers {
     my (@logs) = @_;
     %OUTCOMES = ();
-    $TAKEN_UP = 0;
+    $TAKEN_UP = $PAUSE_HANDED = 0;
     my (%xfer, @attempts);
     my $proc = 0;
     for my $log (@logs) {
@@ -1407,6 +1409,7 @@ sub worker_transfers {
                 $TAKEN_UP++;
             } elsif ($rest =~ /^(stored|failed [A-Z_]+:|handed back|stopped|result not recorded|recording the result failed)/) {
                 my $how = $1;
+                $PAUSE_HANDED++ if $rest =~ /^handed back: the job was paused/;
                 $how =~ s/:$//;
                 $OUTCOMES{$how}++;
                 $how =~ s/ [A-Z_]+$//;
@@ -1701,7 +1704,9 @@ sub finish_checks {
         refused => scalar(grep { $_->{refused} } @recs),
         kinds => \%kinds,
         'cancels sent' => scalar(grep { $_->{cancel_sent} } @recs),
-        'paused, then resumed' => scalar(grep { $_->{paused} } @recs),
+        'paused, then resumed' => scalar(grep { $_->{paused} && $_->{resumed} }
+                                          @recs),
+        'transfers handed back on a pause' => $PAUSE_HANDED,
         'kept parts taken up' => $TAKEN_UP,
         'deletes sent' => scalar(grep { $_->{delete_sent} } @recs),
         'deleted while the zip was pending/building'
@@ -1760,12 +1765,15 @@ sub report {
     my $j = $F->{jobs};
     push @out, sprintf "  planned %d, accepted %d, probes %d, refused %d; "
         . "cancels sent %d, deletes sent %d (%d while the zip was pending "
-        . "or building), paused then resumed %d (kept parts taken up %d)",
+        . "or building), paused then resumed %d (transfers handed back on a "
+        . "pause %d, kept parts taken up %d)",
         $j->{planned},
         $j->{accepted}, $j->{probes}, $j->{refused}, $j->{'cancels sent'},
         $j->{'deletes sent'},
         $j->{'deleted while the zip was pending/building'},
-        $j->{'paused, then resumed'} // 0, $j->{'kept parts taken up'} // 0;
+        $j->{'paused, then resumed'} // 0,
+        $j->{'transfers handed back on a pause'} // 0,
+        $j->{'kept parts taken up'} // 0;
     push @out, '  kinds: ' . join ', ', map { "$_ $j->{kinds}{$_}" }
         sort keys %{ $j->{kinds} };
     push @out, '  outcomes: ' . join ', ', map { "$_ $F->{outcomes}{$_}" }
