@@ -161,7 +161,13 @@ my @st = map { sse_open("${P}stream/$j") } 1 .. 3;
 $_->next_event(5) for @st;
 my $ws = AsyncDL::WS->open("${P}ws/$j");
 my $f = $ws->read_frame(5);
-sleep 1.2;      # the gauges of the other process: every second
+# the gauges of the other process are written every second
+wait_until(sub {
+    ($ok, $v) = parsed();
+    ($v->{'async_dl_stream_subscribers{transport=sse}'} // 0) >= 3
+        && ($v->{'async_dl_stream_subscribers{transport=websocket}'} // 0) >= 1;
+}, 5, 'the subscribers to be reported');
+sleep 1.2;
 ($ok, $v) = parsed();
 cmp_ok($v->{'async_dl_stream_subscribers{transport=sse}'}, '==', 3, '3 event stream subscribers');
 cmp_ok($v->{'async_dl_stream_subscribers{transport=websocket}'}, '==', 1, '1 WebSocket subscriber');
@@ -169,8 +175,11 @@ cmp_ok($v->{'async_dl_stream_events_total{transport=sse}'}, '>=', 3, 'their even
 cmp_ok($v->{'async_dl_stream_events_total{transport=websocket}'}, '>=', 1, 'and the frame');
 $_->close for @st;
 $ws->close;
-sleep 1.2;
-($ok, $v) = parsed();
+wait_until(sub {
+    ($ok, $v) = parsed();
+    ($v->{'async_dl_stream_subscribers{transport=sse}'} // -1) == 0
+        && ($v->{'async_dl_stream_subscribers{transport=websocket}'} // -1) == 0;
+}, 5, 'the subscribers to be gone');
 cmp_ok($v->{'async_dl_stream_subscribers{transport=sse}'}, '==', 0, 'gone: 0 subscribers');
 cmp_ok($v->{'async_dl_stream_subscribers{transport=websocket}'}, '==', 0, 'and 0 WebSockets');
 
