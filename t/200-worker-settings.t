@@ -86,6 +86,8 @@ my @bad = (
       'bad TTL' ],
     [ { ASYNC_DL_MAX_FILE_SIZE => '1t', ASYNC_DL_PART_SIZE => '5m' }, [],
       qr/ASYNC_DL_PART_SIZE.*10000 parts/, 'file size beyond 10000 parts' ],
+    [ { ASYNC_DL_PART_SIZE => '5242881' }, [],
+      qr/ASYNC_DL_PART_SIZE.*5242881.*multiple of 64/, 'part size not a multiple of 64' ],
     [ { ASYNC_DL_METRICS_LISTEN => 'localhost:9464' }, [],
       qr/ASYNC_DL_METRICS_LISTEN.*localhost:9464/, 'metrics on a host name' ],
     [ { ASYNC_DL_METRICS_LISTEN => '127.0.0.1' }, [],

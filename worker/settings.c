@@ -445,6 +445,15 @@ check(adl_settings_t *s)
         return -1;
     }
 
+    /* a paused file keeps its parts with the SHA-256 state after them,
+     * which can be written down only at a whole 64-byte block */
+    if (s->part_size % 64 != 0) {
+        fprintf(stderr, "async-dl-worker: ASYNC_DL_PART_SIZE (--part-size) "
+                "%lld is not a multiple of 64 bytes, which a paused file's "
+                "kept parts need\n", (long long) s->part_size);
+        return -1;
+    }
+
     /* S3 allows 10,000 parts: the largest file must fit in them */
     if (s->max_file_size > s->part_size * 10000) {
         fprintf(stderr, "async-dl-worker: ASYNC_DL_PART_SIZE (--part-size) "
