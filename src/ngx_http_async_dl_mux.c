@@ -53,6 +53,7 @@ static ngx_http_async_dl_mux_child_t *ngx_http_async_dl_mux_follow(
 static void ngx_http_async_dl_mux_child_news(ngx_http_async_dl_watcher_t *w,
     ngx_http_async_dl_hub_news_e news);
 static void ngx_http_async_dl_mux_owe(ngx_http_async_dl_mux_child_t *child);
+static void ngx_http_async_dl_mux_owed_check(ngx_http_async_dl_mux_t *mux);
 static void ngx_http_async_dl_mux_ready(ngx_http_async_dl_mux_child_t *child);
 static void ngx_http_async_dl_mux_settle(ngx_http_async_dl_mux_child_t *child);
 static void ngx_http_async_dl_mux_child_end(
@@ -326,6 +327,8 @@ ngx_http_async_dl_mux_listed(ngx_http_async_dl_mux_t *mux)
 
     mux->listed = mux->ow.horizon;
     mux->adopting = 1;
+
+    ngx_http_async_dl_mux_owed_check(mux);
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, mux->log, 0,
                    "async_dl mux: listed %ui jobs to horizon %uL, %ui owed",
@@ -663,6 +666,43 @@ found:
 
 /* the child ended: what the listing waited for, and the horizon */
 
+/*
+ * The count of owed ends, kept as children change, against a recount, where
+ * it decides the horizon and when the stream ends: a drift would give a
+ * horizon too early (events lost to a reconnect) or never (the ids stop
+ * moving).  Both queues hold every child; an ended child may still owe its
+ * deletion.
+ */
+
+static void
+ngx_http_async_dl_mux_owed_check(ngx_http_async_dl_mux_t *mux)
+{
+    ngx_uint_t                      i, n;
+    ngx_queue_t                    *q, *list[2];
+    ngx_http_async_dl_mux_child_t  *child;
+
+    list[0] = &mux->children;
+    list[1] = &mux->ended;
+    n = 0;
+
+    for (i = 0; i < 2; i++) {
+        for (q = ngx_queue_head(list[i]); q != ngx_queue_sentinel(list[i]);
+             q = ngx_queue_next(q))
+        {
+            child = ngx_queue_data(q, ngx_http_async_dl_mux_child_t, queue);
+            n += child->owed;
+        }
+    }
+
+    if (n != mux->owed) {
+        ngx_log_error(NGX_LOG_ALERT, mux->log, 0,
+                      "async_dl mux: %ui ends counted as owed, %ui owed",
+                      mux->owed, n);
+        mux->owed = n;
+    }
+}
+
+
 static void
 ngx_http_async_dl_mux_settle(ngx_http_async_dl_mux_child_t *child)
 {
@@ -676,6 +716,10 @@ ngx_http_async_dl_mux_settle(ngx_http_async_dl_mux_child_t *child)
 
     child->owed = 0;
     mux->owed--;
+
+    if (mux->owed == 0) {
+        ngx_http_async_dl_mux_owed_check(mux);
+    }
 
     if (mux->owed == 0 && mux->adopting) {
         mux->horizon = mux->listed;
@@ -739,6 +783,7 @@ ngx_http_async_dl_mux_free(ngx_http_async_dl_mux_t *mux)
     ngx_queue_t                    *q;
     ngx_http_async_dl_mux_child_t  *child;
 
+    ngx_http_async_dl_mux_owed_check(mux);
     ngx_http_async_dl_mux_leave(mux);
 
     while (!ngx_queue_empty(&mux->children)) {
