@@ -23,17 +23,25 @@ EOF2
 
 my %alice = ('X-User' => 'alice');
 
-# runs SQL in a separate session, in the background; returns its pid
-sub psql_bg {
-    my ($sql) = @_;
-    my $pid = fork // die "fork: $!";
-    if ($pid == 0) {
-        open STDOUT, '>', '/dev/null';
-        exec 'psql', '-X', '-q', '-h', '127.0.0.1', '-p', $s->{pg_port}, '-U',
-             'postgres', '-d', 'postgres', '-c', $sql;
-        exit 1;
-    }
-    return $pid;
+# a session holding the job's row lock until release(): the test, not a
+# sleep, says when it ends
+sub hold_row {
+    my ($id) = @_;
+    open my $h, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-h', '127.0.0.1',
+        '-p', $s->{pg_port}, '-U', 'postgres', '-d', 'postgres' or die "psql: $!";
+    $h->autoflush(1);
+    print $h "BEGIN; SELECT id FROM async_dl_jobs WHERE id = '$id' FOR UPDATE;\n";
+    wait_until(sub { psql("SELECT count(*) FROM pg_stat_activity "
+                          . "WHERE state = 'idle in transaction'") == 1 }, 10)
+        or die "the row lock was not taken\n";
+    return $h;
+}
+
+sub release { my ($h) = @_; print $h "COMMIT;\n"; close $h }
+
+# statements waiting for a lock
+sub lock_waiters {
+    return psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'");
 }
 
 # a request in a child process; returns its pid, the result lands in $file
@@ -61,30 +69,30 @@ ok($id, 'a job');
 
 # --- a statement stuck on a row lock ---------------------------------------
 
-my $locker = psql_bg("BEGIN; SELECT id FROM async_dl_jobs WHERE id = '$id' FOR UPDATE; "
-                     . "SELECT pg_sleep(3); COMMIT;");
-sleep 0.5;
+my $locker = hold_row($id);
 my $f = "$s->{dir}/cancel.out";
 my $bg = request_bg($f, 'POST', "/v1/download/$id/cancel", \%alice);
-sleep 0.2;
+ok(wait_until(sub { lock_waiters() == 1 }, 5), 'lock: the cancel waits for the row');
 for my $n (1 .. 5) {
     my $t0 = time;
     my $st = request('GET', "/v1/download/status/$id", \%alice)->{status};
     my $dt = time - $t0;
     is($st, 200, "lock: status poll $n answered");
-    cmp_ok($dt, '<', 0.6, "lock: status poll $n at once");
+    cmp_ok($dt, '<', 0.9, "lock: status poll $n at once (not after the 1 s timeout)");
     $t0 = time;
     is(request('GET', '/static')->{status}, 200, "lock: static location $n");
-    cmp_ok(time - $t0, '<', 0.6, "lock: static $n at once");
+    cmp_ok(time - $t0, '<', 0.9, "lock: static $n at once");
 }
 waitpid($bg, 0);
 my ($code, $secs) = split ' ', slurp_file($f);
 is($code, 503, 'lock: the stuck statement gets 503 at the timeout');
 cmp_ok($secs, '>=', 0.9, 'lock: not before it');
-cmp_ok($secs, '<', 2.0, 'lock: not long after it');
-waitpid($locker, 0);
-is(psql("SELECT status FROM async_dl_jobs WHERE id = '$id'"), 'queued',
+cmp_ok($secs, '<', 3.0, 'lock: not long after it');
+ok(wait_until(sub { lock_waiters() == 0 }, 5),
    'lock: the server canceled the statement too (statement_timeout)');
+release($locker);
+is(psql("SELECT status FROM async_dl_jobs WHERE id = '$id'"), 'queued',
+   'lock: the cancel did not happen');
 is(request('GET', "/v1/download/status/$id", \%alice)->{status}, 200,
    'lock: the pool works afterwards');
 like(nginx_log(), qr/postgres query "async_dl_cancel" timed out after 1000 ms/,
@@ -93,47 +101,45 @@ unlike(nginx_log(), qr/connection #\d+ lost/, 'lock: no connection was lost');
 
 # --- a client that goes away mid-statement ----------------------------------
 
-$locker = psql_bg("BEGIN; SELECT id FROM async_dl_jobs WHERE id = '$id' FOR UPDATE; "
-                  . "SELECT pg_sleep(0.6); COMMIT;");
-sleep 0.3;
+$locker = hold_row($id);
 my $port = $s->{port};
 my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
     or die "connect: $!";
 print $sock "POST /v1/download/$id/cancel HTTP/1.1\r\nHost: x\r\nX-User: alice\r\n"
           . "Content-Length: 0\r\n\r\n";
-sleep 0.1;
+ok(wait_until(sub { lock_waiters() == 1 }, 5), 'abort: the cancel waits for the row');
 close $sock;
 sleep 0.1;
 is(request('GET', "/v1/download/status/$id", \%alice)->{status}, 200,
    'abort: others are served meanwhile');
-waitpid($locker, 0);
+release($locker);               # (within the statement's 1 s)
 ok(wait_until(sub { psql("SELECT status FROM async_dl_jobs WHERE id = '$id'") eq 'canceled' }, 3),
    'abort: the statement still ran to its end');
 for my $n (1 .. 6) {
     is(request('GET', "/v1/download/status/$id", \%alice)->{status}, 200,
        "abort: the connections are clean ($n)");
 }
-like(nginx_log(), qr/client prematurely closed connection/, 'abort: noticed');
-like(do { local $/; open my $fh, '<', "$s->{dir}/nginx/logs/access.log"; <$fh> },
-     qr{"POST /v1/download/$id/cancel HTTP/1.1" 499}, 'abort: 499 logged');
+ok(wait_until(sub { nginx_log() =~ /client prematurely closed connection/ }, 3), 'abort: noticed');
+ok(wait_until(sub {
+    do { local $/; open my $fh, '<', "$s->{dir}/nginx/logs/access.log"; <$fh> }
+        =~ qr{"POST /v1/download/$id/cancel HTTP/1.1" 499} }, 3), 'abort: 499 logged');
 
 # --- a full pool: queries wait for a connection, within the timeout -------------
 
-my @lockers = map {
-    psql_bg("BEGIN; SELECT id FROM async_dl_jobs WHERE id = '$id' FOR UPDATE; "
-            . "SELECT pg_sleep(0.5); COMMIT;")
-} 1;
-sleep 0.3;
+$locker = hold_row($id);
 my @bgs;
 for my $n (1 .. 2) {
     push @bgs, request_bg("$s->{dir}/del$n.out", 'POST', "/v1/download/$id/cancel", \%alice);
 }
-sleep 0.05;
-my $t0 = time;
-my $st = request('GET', "/v1/download/status/$id", \%alice)->{status};
+ok(wait_until(sub { lock_waiters() == 2 }, 5), 'pool: both connections wait for the row');
+my $pf = "$s->{dir}/pool-status.out";
+push @bgs, request_bg($pf, 'GET', "/v1/download/status/$id", \%alice);
+sleep 0.3;
+release($locker);
+waitpid($_, 0) for @bgs;
+my ($st, $pt) = split ' ', slurp_file($pf);
 is($st, 200, 'pool: a query waits for a busy connection and is answered');
-cmp_ok(time - $t0, '<', 1.5, 'pool: about within the timeout');
-waitpid($_, 0) for @bgs, @lockers;
+cmp_ok($pt, '<', 1.5, sprintf('pool: about within the timeout (%.2f s)', $pt));
 
 # --- PostgreSQL stopped ---------------------------------------------------------
 
@@ -160,7 +166,7 @@ is($r->{status}, 503, 'down: initiate: 503');
 is($r->{json}{error}{code}, 'DATABASE_UNAVAILABLE', 'down: initiate: DATABASE_UNAVAILABLE');
 
 pg_start();
-$t0 = time;
+my $t0 = time;
 ok(wait_until(sub { request('GET', "/v1/download/status/$id", \%alice)->{status} == 200 }, 5),
    'back: status answers again');
 cmp_ok(time - $t0, '<', 3, 'back: within a few s, without a reload');

@@ -27,7 +27,7 @@ for my $case (['cancel', "SELECT async_dl_job_cancel(%s, '')"],
                     . "'$id' AND idx = 0 FOR UPDATE; SELECT pg_sleep(1); "
                     . "UPDATE async_dl_jobs SET bytes_done = 10 WHERE id = "
                     . "'$id'; COMMIT;");
-    sleep 0.3;
+    ok(psql_sleeping(1), "$what: the worker holds file 0");
     my $a = psql_bg(sprintf $api, "'$id'");
 
     my ($wrc, $wout) = psql_wait($w);

@@ -75,8 +75,8 @@ sub finish_sql {
 
     # A ends file 0 and holds the job's row a while; B ends file 1 meanwhile
     my $a = psql_bg('BEGIN; ' . finish_sql($job, 0, 1000)
-                    . '; SELECT pg_sleep(1); COMMIT;');
-    sleep 0.3;
+                    . '; SELECT pg_sleep(2); COMMIT;');
+    ok(psql_sleeping(1), 'A ended file 0 and holds the job');
     my $b = psql_bg(finish_sql($job, 1, 1000));
     my ($arc, $aout) = psql_wait($a);
     my ($brc, $bout) = psql_wait($b);
@@ -107,8 +107,8 @@ for my $first (qw(finish cancel)) {
     my $cancel = "SELECT async_dl_job_cancel('$job', '')";
     # the first holds the job's row a while; the other comes meanwhile
     my $a = psql_bg("BEGIN; " . ($first eq 'finish' ? $finish : $cancel)
-                    . "; SELECT pg_sleep(0.8); COMMIT;");
-    sleep 0.3;
+                    . "; SELECT pg_sleep(2); COMMIT;");
+    ok(psql_sleeping(1), "$first first: it holds the job");
     my $b = psql_bg($first eq 'finish' ? $cancel : $finish);
     my ($arc, $aout) = psql_wait($a);
     my ($brc, $bout) = psql_wait($b);

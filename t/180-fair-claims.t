@@ -114,8 +114,8 @@ is(scalar @{ claim(16, 0, 0) }, 3, 'its files go once the pause is over');
 reset_jobs();
 jobs('A', 10, 'http://race.example/f');
 my $sql = "SELECT count(*) FROM async_dl_claim('w', 5, '1 minute', 5, 'dl/', 3, 0)";
-my $first = psql_bg("BEGIN; $sql; SELECT pg_sleep(1); COMMIT;");
-sleep 0.3;
+my $first = psql_bg("BEGIN; $sql; SELECT pg_sleep(2); COMMIT;");
+ok(psql_sleeping(1), 'the first claim took its room and holds it');
 # a file nobody holds a lock on: only the count of what the first claim
 # took (once it commits) keeps the second from taking it
 jobs('B', 1, 'http://race.example/b');

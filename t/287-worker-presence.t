@@ -45,9 +45,8 @@ is(psql("SELECT string_agg(id || ' ' || concurrency, ',' ORDER BY id) FROM "
         . "async_dl_workers"), 'w-one 16,w-two 16', 'their rows, with their '
    . 'concurrency');
 my $seen = psql("SELECT seen_at FROM async_dl_workers WHERE id = 'w-one'");
-sleep 1.5;
-isnt(psql("SELECT seen_at FROM async_dl_workers WHERE id = 'w-one'"), $seen,
-     'the row is written again every poll interval');
+ok(wait_until(sub { psql("SELECT seen_at FROM async_dl_workers WHERE id = 'w-one'") ne $seen }, 5),
+   'the row is written again every poll interval');
 
 $job = add_job(["$s->{origin}/f/nope2"]);
 ($st, $j) = health("$H?strict");

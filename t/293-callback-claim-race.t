@@ -215,9 +215,9 @@ SQL
 
 {
     my ($job) = due_callbacks(1, 'http://127.0.0.1:9/l{n}');
-    my $t0 = time;
     is(psql(claim_sql('A/9', $job, '3 seconds')), 1,
        'lease: A claims with a short lease');
+    my $t0 = time;          # (after the claim's now(): its lease ends before $t0 + 3)
     is(psql(claim_sql('B/9', $job)), 0, 'lease: not B\'s while A\'s runs');
     my $left = $t0 + 3.3 - time;
     sleep $left if $left > 0;

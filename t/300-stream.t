@@ -26,8 +26,13 @@ location /owned/ {
 location = /counters {
     return 200 "$async_dl_stream_subscribers $async_dl_stream_jobs $async_dl_stream_queries\n";
 }
+# (behind the proxy, heartbeats are rare: none flushes an event held back)
+location /quiet/ {
+    async_dl;
+    async_dl_heartbeat 30s;
+}
 location /proxied/ {
-    proxy_pass http://127.0.0.1:$ADL_PORT/v1/download/;
+    proxy_pass http://127.0.0.1:$ADL_PORT/quiet/;
     proxy_read_timeout 1h;
 }
 EOF
@@ -265,7 +270,7 @@ progress($job, 0, 10, 100);
 my $t1 = time;                              # psql itself is slow under load
 $ev = $st->next_event(5);
 my $dt = $ev ? $ev->{at} - $t1 : 99;
-ok($ev && $ev->{event} eq 'progress' && $dt < 0.5,
+ok($ev && $ev->{event} eq 'progress' && $dt < 3,
    sprintf('proxied: progress arrives at once (%.0f ms after psql ended)',
            1000 * $dt));
 finish($job, 0, 'completed', 100);

@@ -232,7 +232,7 @@ read_until($st, 5, sub { 2 == grep { $_->{event} eq 'job' } @{ $_[0] } });
 
 my $t1 = psql_bg('BEGIN; ' . progress_sql($jx, 0, 111) . '; '
                  . finish_sql($jx, 0) . '; SELECT pg_sleep(8); COMMIT;');
-sleep 0.5;
+ok(psql_sleeping(1), "T1 changed X and stays open");
 psql(progress_sql($jy, 0, 222));
 @evs = read_until($st, 5, sub {
     grep { $_->{event} eq 'progress' && $_->{json}{jobId} eq $jy } @{ $_[0] } });
@@ -419,8 +419,8 @@ $ws->close;
 # --- nothing left behind ------------------------------------------------------
 
 $bobs->close;
-sleep 0.5;
-my $c = request('GET', '/counters')->{content};
+my $c;
+wait_until(sub { ($c = request('GET', '/counters')->{content}) =~ /^0 0$/ }, 5);
 like($c, qr/^0 0$/, 'every subscriber and job left the hub: ' . $c);
 
 unlike(nginx_log(), qr/\[alert\]/, 'no [alert] in the error log');

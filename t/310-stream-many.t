@@ -63,7 +63,7 @@ my $st = sse_open("${P}stream/$job");
 my @evs = $st->until_event(qr/^completed$/, 5);
 is(join(' ', map { $_->{event} } @evs), 'connected completed',
    'ended before the client came: connected, completed');
-ok($st->wait_closed(1) && time - $t0 < 1, 'and closed at once');
+ok($st->wait_closed(3) && time - $t0 < 3, 'and closed at once');
 
 # a job nobody works on: 200 subscribers, one after the other
 stop_worker();

@@ -440,9 +440,10 @@ sub make_plan {
         # sent at 512 KiB/s so that the pause lands mid-transfer (nginx
         # sends a second's worth at once; the client acts at its next
         # poll, up to a second late): every other one on the largest file
-        # once its first 5 MiB part can be stored (10 s), so that on the
-        # second worker (a multipart upload) it keeps that part; the others
-        # within 2.5 s
+        # once its status shows 5.5 MiB, past its first 5 MiB part, so that
+        # on the second worker (a multipart upload) it keeps that part
+        # (seen in the status, not timed: a loaded machine's claim or client
+        # may lag; 40 s is only the backstop); the others within 2.5 s
         my $late = $i % 2 && $FILES{$big[-1]} >= 8 * $MIB;
         my $b = $late ? $big[-1] : $big[rand @big];
         $j->{files} = [{ url => "$o/slow/$b?rate=512k&j=$j->{n}",
@@ -450,7 +451,8 @@ sub make_plan {
         $j->{kind} = 'big-slow';
         delete $j->{timeout};
         $j->{action} = 'pause';
-        $j->{delay} = $late ? 11 + rand 1 : 0.5 + rand 2;
+        $j->{delay} = $late ? 40 : 0.5 + rand 2;
+        $j->{pause_at_bytes} = int(5.5 * $MIB) if $late;
     }
     return \@plan;
 }
@@ -621,6 +623,11 @@ sub client_main {
                 next;
             }
             $st->{status} = $json->{status};
+            if ($p->{pause_at_bytes} && !$st->{pause_sent}
+                && ($json->{bytesDone} // 0) >= $p->{pause_at_bytes})
+            {
+                $st->{act_at} = time;           # the forced late pause: now
+            }
             if ($json->{status} =~ /^(completed|failed|canceled)$/) {
                 $st->{ended} //= time;
                 $st->{final_counts} = doc_counts($json);
