@@ -108,7 +108,6 @@ struct adl_xfer_s {
     int                    restart_due;      /* ...the origin said no: tell */
     int                    keep;             /* hand back keeping parts */
     int                    keep_wait;        /* ...after the part under way */
-    int64_t                keep_until;       /* ...waiting that long at most */
     int                    kept_written;
     char                  *checkpoint;       /* written with the result */
     int                    result_resent;    /* after a lost answer */
@@ -676,6 +675,9 @@ xfer_end(adl_xfer_t *x, xfer_outcome_t out, const char *code,
 static void
 end_begin(adl_xfer_t *x)
 {
+    const adl_settings_t  *s = x->env->settings;
+    int64_t                wait;
+
     x->state = XF_CLOSING;
     stop_download(x);
     x->paused = 0;
@@ -683,12 +685,8 @@ end_begin(adl_xfer_t *x)
         /* the checkpoint and the result once the upload settled (a pause
          * waits for the part under way, as long as a lease or the
          * storage's idle timeout, whichever is longer) */
-        adl_upload_keep(&x->up, x->keep_wait);
-        x->keep_until = adl_now_ms()
-                        + (x->env->settings->lease
-                           > x->env->settings->idle_timeout
-                           ? x->env->settings->lease
-                           : x->env->settings->idle_timeout);
+        wait = s->lease > s->idle_timeout ? s->lease : s->idle_timeout;
+        adl_upload_keep(&x->up, x->keep_wait ? wait : 0);
     } else {
         adl_upload_stop(&x->up, 1);
         if (x->outcome == OUT_DROP) {
@@ -1018,12 +1016,7 @@ adl_xfer_tick(adl_xfer_t *x, int64_t now)
     const adl_settings_t  *s = x->env->settings;
 
     if (x->state == XF_CLOSING) {
-        adl_upload_run(&x->up, now);    /* a settling PUT's watchdog */
-        if (x->keep && !x->kept_written && now >= x->keep_until) {
-            XLOG(ADL_LOG_WARN, x, "handing back: the part under way did "
-                 "not answer in time: cancelled");
-            adl_upload_keep_now(&x->up);
-        }
+        adl_upload_run(&x->up, now);    /* a settling request's time */
         end_advance(x);
         if (x->state == XF_CLOSING && x->keep && !x->kept_written
             && !x->progress_busy && now - x->progress_sent >= s->lease / 3)

@@ -71,22 +71,29 @@ adl_upload_free(adl_upload_t *u)
 }
 
 void
-adl_upload_keep(adl_upload_t *u, int wait)
+adl_upload_keep(adl_upload_t *u, int64_t wait_ms)
 {
     /* a failed upload is not worth keeping: its part may not be there */
     u->keep = u->state != ADL_UP_FAILED;
-    u->keep_wait = wait;
+    u->keep_wait = wait_ms;
+    u->keep_until = adl_now_ms() + wait_ms;
     adl_upload_stop(u, 1);
 }
 
-void
-adl_upload_keep_now(adl_upload_t *u)
+/* A keep waiting for its part under way waits no longer once its time is
+ * up: the part is cancelled, the parts before it kept.  (An answer in is
+ * read first, by run().) */
+static void
+keep_due(adl_upload_t *u, int64_t now)
 {
     if (!u->keep || u->state != ADL_UP_SETTLING || u->req.op != S3_PART
-        || u->answered)
+        || u->answered || now < u->keep_until)
     {
-        return;                     /* (an answer in is read by run()) */
+        return;
     }
+    ULOG(ADL_LOG_WARN, u, "%s: the part under way did not answer within "
+         "%lld ms of the stop: cancelled, the parts before it kept",
+         u->c.log_what, (long long) u->keep_wait);
     adl_s3_cancel(u->c.s3, &u->req);
     u->req.op = S3_NONE;
     u->up_busy = 0;
@@ -821,6 +828,7 @@ adl_upload_run(adl_upload_t *u, int64_t now)
     }
     unstarve(u, now);
     watchdog(u, now);
+    keep_due(u, now);
     if (u->retry_at != 0 && now >= u->retry_at) {
         u->retry_at = 0;
     }
@@ -858,7 +866,8 @@ adl_upload_stop(adl_upload_t *u, int settle)
             settles = 1;
             break;
         case S3_PART:
-            settles = u->keep && u->keep_wait;  /* kept: its ETag counts */
+            /* kept, waiting for it: its ETag counts */
+            settles = u->keep && u->keep_wait > 0;
             break;
         case S3_PUT:
             /* a streamed PUT can store the object only once it has all

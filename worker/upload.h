@@ -96,7 +96,10 @@ typedef struct {
     int                  room_wanted;   /* wake the owner for room */
     int                  stopped;       /* stop() was called */
     int                  keep;          /* ...by keep(): not aborted */
-    int                  keep_wait;     /* ...once its part has answered */
+    int64_t              keep_wait;     /* ...once its part has answered,
+                                           waiting that long at most (ms;
+                                           0: it does not wait) */
+    int64_t              keep_until;    /* ...that is, until then */
     int                  stored_parts;  /* of this generation, from 1 */
 
     /* the streamed PUT */
@@ -162,14 +165,11 @@ void adl_upload_run(adl_upload_t *u, int64_t now);
 void adl_upload_stop(adl_upload_t *u, int settle);
 
 /* As stop(u, 1), but the multipart upload is kept with the parts it
- * stored (wait: a part under way answers first, else it is cancelled):
- * STOPPED, then upload_id and stored_parts say what there is (or STORED).
- * A FAILED upload is not kept (aborted, keep 0).  From the loop only. */
-void adl_upload_keep(adl_upload_t *u, int wait);
-
-/* A keep waiting for its part under way waits no longer: the part is
- * cancelled (unless its answer is in).  From the loop only. */
-void adl_upload_keep_now(adl_upload_t *u);
+ * stored: a part under way answers first, for wait_ms at most (run()
+ * cancels it then), or is cancelled at once (wait_ms 0).  STOPPED, then
+ * upload_id and stored_parts say what there is (or STORED).  A FAILED
+ * upload is not kept (aborted, keep 0).  From the loop only. */
+void adl_upload_keep(adl_upload_t *u, int64_t wait_ms);
 
 /* A kept upload nobody will record after all: aborted (ABORTING, then
  * STOPPED).  From the loop only. */
