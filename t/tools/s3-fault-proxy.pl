@@ -20,7 +20,7 @@
 #   {"rules":[{"fault":"slowdown","match":"partNumber","count":5,
 #              "used":0,"rate":1,"retry_after":1,"delay":0,"when":"response"}]}
 #
-#   fault        pass | down | slowdown | error500 | reset | delay | trickle
+#   fault        pass | down | slowdown | error500 | reset | delay
 #   match        substring of the request line ("PUT /bucket/key?x HTTP/1.1");
 #                absent: every request
 #   count        apply to that many requests, then no more (absent: no limit);
@@ -31,8 +31,6 @@
 #                the default), or to hold the answer once the storage has
 #                given it (when "response": the request is done upstream,
 #                the client waits, and can be killed meanwhile)
-#   interval     trickle: the storage's answer is relayed a byte at a time,
-#                one every this many seconds (0.25): slow, never silent
 #   when         reset: "response" (default; forward the request, send half
 #                of the answer's first bytes, then a TCP reset) or "request"
 #                (reset after the request head, before anything is forwarded)
@@ -297,7 +295,7 @@ sub upstream_connect {
 # whether the connection may carry another request.  $reset: send only half
 # of the answer's first bytes, then reset both sides.
 sub relay {
-    my ($head, $method, $req_f, $req_h, $reset, $hold, $trickle) = @_;
+    my ($head, $method, $req_f, $req_h, $reset, $hold) = @_;
     upstream_connect() or bye('reset');
     write_all($upstream, $head) or bye('reset');
 
@@ -350,14 +348,7 @@ sub relay {
             }
             # relay as is; parse to find the end of the answer
             if ($hold) { sleep $hold; $hold = 0 }
-            if ($trickle) {
-                for my $i (0 .. length($got) - 1) {
-                    write_all($client, substr($got, $i, 1)) or bye();
-                    sleep $trickle;
-                }
-            } else {
-                write_all($client, $got) or bye();
-            }
+            write_all($client, $got) or bye();
             $resp .= $got;
             while (length $resp && !$resp_done) {
                 if (!$resp_f) {
@@ -433,9 +424,7 @@ sub serve {
                 sleep $rule->{delay} // 1;
             }
         }
-        my $trickle = $fault eq 'trickle' ? $rule->{interval} // 0.25 : 0;
-        relay($head, $method, $req_f, \%h, $fault eq 'reset', $hold, $trickle)
-            or bye();
+        relay($head, $method, $req_f, \%h, $fault eq 'reset', $hold) or bye();
     }
 }
 

@@ -563,7 +563,7 @@ sub s3_faults {
     s3_proxy_start();
     for my $r (@rules) {
         die "s3_fault: unknown fault $r->{fault}\n"
-            unless ($r->{fault} // '') =~ /^(pass|down|slowdown|error500|reset|delay|trickle)$/;
+            unless ($r->{fault} // '') =~ /^(pass|down|slowdown|error500|reset|delay)$/;
         $r->{used} //= 0;
     }
     open my $fh, '>>', $S{s3_fault_control} or die "$S{s3_fault_control}: $!";
