@@ -54,6 +54,7 @@ static void ngx_http_async_dl_mux_child_news(ngx_http_async_dl_watcher_t *w,
     ngx_http_async_dl_hub_news_e news);
 static void ngx_http_async_dl_mux_owe(ngx_http_async_dl_mux_child_t *child);
 static void ngx_http_async_dl_mux_owed_check(ngx_http_async_dl_mux_t *mux);
+static void ngx_http_async_dl_mux_adopt(ngx_http_async_dl_mux_t *mux);
 static void ngx_http_async_dl_mux_ready(ngx_http_async_dl_mux_child_t *child);
 static void ngx_http_async_dl_mux_settle(ngx_http_async_dl_mux_child_t *child);
 static void ngx_http_async_dl_mux_child_end(
@@ -334,11 +335,7 @@ ngx_http_async_dl_mux_listed(ngx_http_async_dl_mux_t *mux)
                    "async_dl mux: listed %ui jobs to horizon %uL, %ui owed",
                    mux->ow.nrows, mux->listed, mux->owed);
 
-    if (mux->owed == 0) {
-        mux->horizon = mux->listed;
-        mux->has_horizon = 1;
-        mux->adopting = 0;
-    }
+    ngx_http_async_dl_mux_adopt(mux);
 
     ngx_add_timer(&mux->timer, mux->period);
 
@@ -395,6 +392,12 @@ ngx_http_async_dl_mux_timer_handler(ngx_event_t *ev)
 
     if (mux->state != NGX_HTTP_ASYNC_DL_FOLLOW_LIVE || mux->ow.fetch) {
         return;
+    }
+
+    if (mux->adopting) {
+        /* its jobs are still being sent: the count of them, checked */
+        ngx_http_async_dl_mux_owed_check(mux);
+        ngx_http_async_dl_mux_adopt(mux);
     }
 
     if (mux->adopting || !mux->dirty) {
@@ -668,7 +671,8 @@ found:
 
 /*
  * The count of owed ends, kept as children change, against a recount, where
- * it decides the horizon and when the stream ends: a drift would give a
+ * it decides the horizon (a listing, the last end sent, and each period
+ * while one is awaited) and when the stream ends: a drift would give a
  * horizon too early (events lost to a reconnect) or never (the ids stop
  * moving).  Both queues hold every child; an ended child may still owe its
  * deletion.
@@ -721,14 +725,25 @@ ngx_http_async_dl_mux_settle(ngx_http_async_dl_mux_child_t *child)
         ngx_http_async_dl_mux_owed_check(mux);
     }
 
-    if (mux->owed == 0 && mux->adopting) {
-        mux->horizon = mux->listed;
-        mux->has_horizon = 1;
-        mux->adopting = 0;
+    ngx_http_async_dl_mux_adopt(mux);
+}
 
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, mux->log, 0,
-                       "async_dl mux: horizon %uL", mux->horizon);
+
+/* the listing's horizon, once every end it named has been sent */
+
+static void
+ngx_http_async_dl_mux_adopt(ngx_http_async_dl_mux_t *mux)
+{
+    if (!mux->adopting || mux->owed != 0) {
+        return;
     }
+
+    mux->horizon = mux->listed;
+    mux->has_horizon = 1;
+    mux->adopting = 0;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, mux->log, 0,
+                   "async_dl mux: horizon %uL", mux->horizon);
 }
 
 

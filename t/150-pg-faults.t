@@ -108,10 +108,10 @@ my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
 print $sock "POST /v1/download/$id/cancel HTTP/1.1\r\nHost: x\r\nX-User: alice\r\n"
           . "Content-Length: 0\r\n\r\n";
 ok(wait_until(sub { lock_waiters() == 1 }, 5), 'abort: the cancel waits for the row');
-close $sock;
-sleep 0.1;
 is(request('GET', "/v1/download/status/$id", \%alice)->{status}, 200,
    'abort: others are served meanwhile');
+close $sock;
+sleep 0.1;
 release($locker);               # (within the statement's 1 s)
 ok(wait_until(sub { psql("SELECT status FROM async_dl_jobs WHERE id = '$id'") eq 'canceled' }, 3),
    'abort: the statement still ran to its end');

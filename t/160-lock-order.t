@@ -24,7 +24,7 @@ for my $case (['cancel', "SELECT async_dl_job_cancel(%s, '')"],
     # the worker: holds file 0 (as async_dl_file_progress does), then,
     # a moment later, updates the job
     my $w = psql_bg("BEGIN; SELECT 1 FROM async_dl_files WHERE job_id = "
-                    . "'$id' AND idx = 0 FOR UPDATE; SELECT pg_sleep(1); "
+                    . "'$id' AND idx = 0 FOR UPDATE; SELECT pg_sleep(2); "
                     . "UPDATE async_dl_jobs SET bytes_done = 10 WHERE id = "
                     . "'$id'; COMMIT;");
     ok(psql_sleeping(1), "$what: the worker holds file 0");

@@ -214,6 +214,29 @@ is(psql("SELECT resume ->> 'offset' FROM async_dl_files WHERE job_id = '$j10'"),
 is(request('DELETE', "$P$j10", \%alice)->{status}, 204, 'deleted');
 s3_faults();
 
+# --- a shutdown while a pause waits for its part: it waits no longer --------
+stop_worker('TERM');
+s3_faults({ fault => 'delay', when => 'response', match => 'partNumber=2&', delay => 30 });
+start_worker(%w, ASYNC_DL_S3_ENDPOINT => s3_proxy(), ASYNC_DL_SHUTDOWN_GRACE => '1s');
+my $j11 = initiate({ files => [{ url => "$o/slow/fifty.bin?rate=6m&sdwait" }] }, \%alice)->{json}{jobId};
+ok(wait_until(sub { worker_log() =~ /UploadPart \S*\Q$j11\E\S*partNumber=2&/ }, 30),
+   'part 2 is on its way to a storage that holds its answer 30 s');
+is(post('pause', $j11)->{status}, 200, 'paused: the hand-back waits for part 2 (60 s at most)');
+ok(wait_until(sub { worker_log() =~ /job=$j11 file=0 handed back: the job was paused/ }, 10),
+   '  the worker stopped the download');
+my $t11 = time;
+is(stop_worker('TERM'), 0, 'SIGTERM (1 s of grace): exit 0');
+my $took11 = time - $t11;
+cmp_ok($took11, '<', 8, sprintf('  in %.1f s: the pause\'s wait ended with the grace', $took11));
+like(worker_log(), qr/job=$j11 file=0 .*the part under way is not waited for \(shutting down\)/,
+     '  the part was cancelled, and the log says why');
+like(worker_log(), qr/job=$j11 file=0 handed back keeping 1 part\(s\)/, '  keeping the part before it');
+is(psql("SELECT status || ' ' || (resume ->> 'offset') FROM async_dl_files WHERE job_id = '$j11'"),
+   "pending $PART", '  and recorded');
+s3_faults();
+start_worker(%w, ASYNC_DL_S3_ENDPOINT => s3_proxy());
+is(request('DELETE', "$P$j11", \%alice)->{status}, 204, 'deleted');
+
 # --- a shutdown does not wait for a part under way --------------------------
 stop_worker('TERM');
 s3_faults({ fault => 'delay', match => 'partNumber=3&', delay => 30 });

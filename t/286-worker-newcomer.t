@@ -11,7 +11,7 @@ use Time::HiRes qw(sleep time);
 
 my $s = adl();
 my $o = $s->{origin};
-origin_file('long.bin', 64 * 1024);     # 8 s at 8 KB/s, 4 s at 16 KB/s
+origin_file('long.bin', 64 * 1024);     # 16 s at 4 KB/s, 4 s at 16 KB/s
 origin_file('tiny.bin', 1024);
 
 # --- the payload, from PostgreSQL itself ---------------------------------
@@ -70,8 +70,8 @@ my $downloading = sub {
          . "status = 'downloading'");
 };
 
-# A's files take 8 s each, long beside everything the checks below wait for
-my @a = map { add_job(["$o/slow/long.bin?rate=8k&a=$_"], owner => 'A',
+# A's files take 16 s each, long beside everything the checks below wait for
+my @a = map { add_job(["$o/slow/long.bin?rate=4k&a=$_"], owner => 'A',
                       timeout => 120) } 1 .. 6;
 start_worker(ASYNC_DL_CONCURRENCY => 2);
 ok(wait_until(sub { $downloading->('A') == 2 }, 10),
@@ -81,7 +81,7 @@ my $t0 = time;
 my $b = add_job(["$o/f/tiny.bin?b=1"], owner => 'B');
 is(wait_ended($b, 10), 'completed', "B's job completed");
 my $took = time - $t0;
-cmp_ok($took, '<', 5, sprintf("... in %.2f s, with no slot free (A's take 8 s)",
+cmp_ok($took, '<', 5, sprintf("... in %.2f s, with no slot free (A's take 16 s)",
                               $took));
 is(psql("SELECT count(*) FROM async_dl_files WHERE owner = 'A' AND status "
         . "= 'completed'"), 0, "... while none of A's had ended");
@@ -110,7 +110,7 @@ is(at_once(qr{^/(slow|f)/}), 3, 'the origin saw at most 3 requests at once '
 
 # --- ASYNC_DL_NEWCOMER_SLOTS=0: the newcomer waits for a slot ---------------
 stop_worker('TERM');
-@a = map { add_job(["$o/slow/long.bin?rate=16k&z=$_"], owner => 'A',
+@a = map { add_job(["$o/slow/long.bin?rate=8k&z=$_"], owner => 'A',
                    timeout => 120) } 1 .. 6;
 start_worker(ASYNC_DL_CONCURRENCY => 2, ASYNC_DL_NEWCOMER_SLOTS => 0);
 ok(wait_until(sub { $downloading->('A') == 2 }, 10),

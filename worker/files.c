@@ -389,9 +389,7 @@ files_hand_back(void *k)
     int       i;
 
     for (i = 0; i < f->n; i++) {
-        if (adl_xfer_active(f->xs[i])) {
-            adl_xfer_hand_back(f->xs[i], "shutting down");
-        }
+        adl_xfer_shutdown(f->xs[i]);
     }
 }
 

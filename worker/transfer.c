@@ -1153,8 +1153,22 @@ adl_xfer_pause(adl_xfer_t *x)
         return 0;
     }
     adl_xfer_hand_back(x, "the job was paused");
-    x->keep_wait = 1;               /* a shutdown does not wait for a part */
+    /* a pause waits for the part under way; a worker stopping does not */
+    x->keep_wait = !x->env->stopping;
     return 1;
+}
+
+void
+adl_xfer_shutdown(adl_xfer_t *x)
+{
+    if (adl_xfer_active(x)) {
+        adl_xfer_hand_back(x, "shutting down");
+        return;
+    }
+    x->keep_wait = 0;               /* (a pause whose end has not begun) */
+    if (x->state == XF_CLOSING && x->keep) {
+        adl_upload_keep_now(&x->up);
+    }
 }
 
 adl_xfer_t *

@@ -76,6 +76,10 @@ void adl_xfer_hand_back(adl_xfer_t *x, const char *why);
  * downloaded (its upload is finishing: it ends as usual).  1: stopped. */
 int adl_xfer_pause(adl_xfer_t *x);
 
+/* The worker's grace is over: handed back if still active; a hand-back
+ * waiting for the part under way (a pause) waits no longer. */
+void adl_xfer_shutdown(adl_xfer_t *x);
+
 /* Frees it, whatever its state (done, or at exit). */
 void adl_xfer_free(adl_xfer_t *x);
 

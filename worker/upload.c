@@ -80,24 +80,47 @@ adl_upload_keep(adl_upload_t *u, int64_t wait_ms)
     adl_upload_stop(u, 1);
 }
 
-/* A keep waiting for its part under way waits no longer once its time is
- * up: the part is cancelled, the parts before it kept.  (An answer in is
- * read first, by run().) */
+/* A keep waiting for its part under way: that part is cancelled, the
+ * parts before it kept.  (An answer in is read first, by run().) */
+static int
+keep_waiting(adl_upload_t *u)
+{
+    return u->keep && u->state == ADL_UP_SETTLING && u->req.op == S3_PART
+           && !u->answered;
+}
+
+static void
+keep_cut(adl_upload_t *u)
+{
+    adl_s3_cancel(u->c.s3, &u->req);
+    u->req.op = S3_NONE;
+    u->up_busy = 0;
+    after_stop(u);
+}
+
+/* ...once its time is up */
 static void
 keep_due(adl_upload_t *u, int64_t now)
 {
-    if (!u->keep || u->state != ADL_UP_SETTLING || u->req.op != S3_PART
-        || u->answered || now < u->keep_until)
-    {
+    if (!keep_waiting(u) || now < u->keep_until) {
         return;
     }
     ULOG(ADL_LOG_WARN, u, "%s: the part under way did not answer within "
          "%lld ms of the stop: cancelled, the parts before it kept",
          u->c.log_what, (long long) u->keep_wait);
-    adl_s3_cancel(u->c.s3, &u->req);
-    u->req.op = S3_NONE;
-    u->up_busy = 0;
-    after_stop(u);
+    keep_cut(u);
+}
+
+void
+adl_upload_keep_now(adl_upload_t *u)
+{
+    if (!keep_waiting(u)) {
+        return;
+    }
+    ULOG(ADL_LOG_INFO, u, "%s: the part under way is not waited for "
+         "(shutting down): cancelled, the parts before it kept",
+         u->c.log_what);
+    keep_cut(u);
 }
 
 void

@@ -171,6 +171,11 @@ void adl_upload_stop(adl_upload_t *u, int settle);
  * upload is not kept (aborted, keep 0).  From the loop only. */
 void adl_upload_keep(adl_upload_t *u, int64_t wait_ms);
 
+/* A keep waiting for its part under way waits no longer (the worker is
+ * stopping): that part is cancelled, the parts before it kept.  From the
+ * loop only. */
+void adl_upload_keep_now(adl_upload_t *u);
+
 /* A kept upload nobody will record after all: aborted (ABORTING, then
  * STOPPED).  From the loop only. */
 void adl_upload_drop_kept(adl_upload_t *u);
