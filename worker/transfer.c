@@ -1153,8 +1153,9 @@ adl_xfer_pause(adl_xfer_t *x)
         return 0;
     }
     adl_xfer_hand_back(x, "the job was paused");
-    /* a pause waits for the part under way; a worker stopping does not */
-    x->keep_wait = !x->env->stopping;
+    /* a pause waits for the part under way (at most until the shutdown's
+     * grace ends, if one began: adl_xfer_shutdown) */
+    x->keep_wait = 1;
     return 1;
 }
 
