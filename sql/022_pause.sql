@@ -227,7 +227,7 @@ LANGUAGE sql AS $$
      WHERE p_hold AND job_id = p_job AND status = 'pending'
        AND next_attempt_at <> 'infinity';
     UPDATE async_dl_files
-       SET next_attempt_at = greatest(now(), coalesce(held_due, now())),
+       SET next_attempt_at = greatest(now(), held_due),  -- (NULL: now())
            held_due = NULL
      WHERE NOT p_hold AND job_id = p_job AND status = 'pending'
        AND next_attempt_at = 'infinity';

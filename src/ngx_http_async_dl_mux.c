@@ -667,8 +667,6 @@ found:
 }
 
 
-/* the child ended: what the listing waited for, and the horizon */
-
 /*
  * The count of owed ends, kept as children change, against a recount, where
  * it decides the horizon (a listing, the last end sent, and each period
@@ -706,6 +704,8 @@ ngx_http_async_dl_mux_owed_check(ngx_http_async_dl_mux_t *mux)
     }
 }
 
+
+/* the child ended: what the listing waited for, and the horizon */
 
 static void
 ngx_http_async_dl_mux_settle(ngx_http_async_dl_mux_child_t *child)

@@ -6,6 +6,7 @@ use strict;
 use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
+use AsyncDL::Race;
 use IO::Socket::INET;
 use Time::HiRes qw(time sleep);
 
@@ -23,25 +24,13 @@ EOF2
 
 my %alice = ('X-User' => 'alice');
 
-# a session holding the job's row lock until release(): the test, not a
-# sleep, says when it ends
+# a session holding the job's row lock until psql_commit(): the test, not
+# a sleep, says when it ends
 sub hold_row {
     my ($id) = @_;
-    open my $h, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-h', '127.0.0.1',
-        '-p', $s->{pg_port}, '-U', 'postgres', '-d', 'postgres' or die "psql: $!";
-    $h->autoflush(1);
-    print $h "BEGIN; SELECT id FROM async_dl_jobs WHERE id = '$id' FOR UPDATE;\n";
-    wait_until(sub { psql("SELECT count(*) FROM pg_stat_activity "
-                          . "WHERE state = 'idle in transaction'") == 1 }, 10)
-        or die "the row lock was not taken\n";
+    my $h = psql_open("SELECT id FROM async_dl_jobs WHERE id = '$id' FOR UPDATE");
+    psql_in_transaction(1) or die "the row lock was not taken\n";
     return $h;
-}
-
-sub release { my ($h) = @_; print $h "COMMIT;\n"; close $h }
-
-# statements waiting for a lock
-sub lock_waiters {
-    return psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'");
 }
 
 # a request in a child process; returns its pid, the result lands in $file
@@ -72,7 +61,7 @@ ok($id, 'a job');
 my $locker = hold_row($id);
 my $f = "$s->{dir}/cancel.out";
 my $bg = request_bg($f, 'POST', "/v1/download/$id/cancel", \%alice);
-ok(wait_until(sub { lock_waiters() == 1 }, 5), 'lock: the cancel waits for the row');
+ok(wait_until(sub { psql_lock_waiters() == 1 }, 5), 'lock: the cancel waits for the row');
 for my $n (1 .. 5) {
     my $t0 = time;
     my $st = request('GET', "/v1/download/status/$id", \%alice)->{status};
@@ -88,9 +77,9 @@ my ($code, $secs) = split ' ', slurp_file($f);
 is($code, 503, 'lock: the stuck statement gets 503 at the timeout');
 cmp_ok($secs, '>=', 0.9, 'lock: not before it');
 cmp_ok($secs, '<', 3.0, 'lock: not long after it');
-ok(wait_until(sub { lock_waiters() == 0 }, 5),
+ok(wait_until(sub { psql_lock_waiters() == 0 }, 5),
    'lock: the server canceled the statement too (statement_timeout)');
-release($locker);
+psql_commit($locker);
 is(psql("SELECT status FROM async_dl_jobs WHERE id = '$id'"), 'queued',
    'lock: the cancel did not happen');
 is(request('GET', "/v1/download/status/$id", \%alice)->{status}, 200,
@@ -107,12 +96,12 @@ my $sock = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port)
     or die "connect: $!";
 print $sock "POST /v1/download/$id/cancel HTTP/1.1\r\nHost: x\r\nX-User: alice\r\n"
           . "Content-Length: 0\r\n\r\n";
-ok(wait_until(sub { lock_waiters() == 1 }, 5), 'abort: the cancel waits for the row');
+ok(wait_until(sub { psql_lock_waiters() == 1 }, 5), 'abort: the cancel waits for the row');
 is(request('GET', "/v1/download/status/$id", \%alice)->{status}, 200,
    'abort: others are served meanwhile');
 close $sock;
 sleep 0.1;
-release($locker);               # (within the statement's 1 s)
+psql_commit($locker);               # (within the statement's 1 s)
 ok(wait_until(sub { psql("SELECT status FROM async_dl_jobs WHERE id = '$id'") eq 'canceled' }, 3),
    'abort: the statement still ran to its end');
 for my $n (1 .. 6) {
@@ -131,11 +120,11 @@ my @bgs;
 for my $n (1 .. 2) {
     push @bgs, request_bg("$s->{dir}/del$n.out", 'POST', "/v1/download/$id/cancel", \%alice);
 }
-ok(wait_until(sub { lock_waiters() == 2 }, 5), 'pool: both connections wait for the row');
+ok(wait_until(sub { psql_lock_waiters() == 2 }, 5), 'pool: both connections wait for the row');
 my $pf = "$s->{dir}/pool-status.out";
 push @bgs, request_bg($pf, 'GET', "/v1/download/status/$id", \%alice);
 sleep 0.3;
-release($locker);
+psql_commit($locker);
 waitpid($_, 0) for @bgs;
 my ($st, $pt) = split ' ', slurp_file($pf);
 is($st, 200, 'pool: a query waits for a busy connection and is answered');

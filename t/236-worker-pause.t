@@ -9,8 +9,8 @@ use strict;
 use warnings;
 use lib 't/lib';
 use AsyncDL::Test;
+use AsyncDL::Race;
 use AsyncDL::SSE;
-use IO::Handle;
 use JSON::PP;
 use Time::HiRes qw(time sleep);
 
@@ -247,10 +247,6 @@ sub due_in {
                 . "ELSE round(extract(epoch FROM next_attempt_at - now()))::text END "
                 . "FROM async_dl_files WHERE job_id = '$j'");
 }
-sub waiting_on_lock {
-    return psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                . "AND query LIKE '%async_dl_%'");
-}
 for my $first ('failure', 'resume') {
     # failure first: the hand-back is held (keeping its due time), and the
     # resume, waiting for it, makes it due then.  resume first: the
@@ -264,21 +260,16 @@ for my $first ('failure', 'resume') {
     my $fail = "SELECT async_dl_file_finish('$b', 0, '$l', 'pending', NULL, NULL, NULL, "
              . "NULL, 1, 'ORIGIN_503', 'busy', now() + interval '30 seconds')";
     my $resume = "SELECT async_dl_job_pause('$b', 'carol', false)";
-    open my $a, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-h', '127.0.0.1', '-p', $s->{pg_port},
-        '-U', 'postgres', '-d', 'postgres' or die;
-    $a->autoflush(1);
-    print $a "BEGIN; " . ($first eq 'failure' ? $fail : $resume) . ";\n";
-    ok(wait_until(sub { psql("SELECT count(*) FROM pg_stat_activity "
-                             . "WHERE state = 'idle in transaction'") == 1 }, 5),
-       "  session A's \u$first is done, not committed");
+    my $a = psql_open($first eq 'failure' ? $fail : $resume);
+    ok(psql_in_transaction(1, 5), "  session A's \u$first is done, not committed");
     my $kid = fork // die;
     if ($kid == 0) {
         psql($first eq 'failure' ? $resume : $fail);
         POSIX::_exit(0);
     }
-    ok(wait_until(sub { waiting_on_lock() == 1 }, 5), "  session B waits for A's lock");
-    print $a "COMMIT;\n";
-    close $a;
+    ok(wait_until(sub { psql_lock_waiters('%async_dl_%') == 1 }, 5),
+       "  session B waits for A's lock");
+    psql_commit($a);
     waitpid $kid, 0;
     is(psql("SELECT paused_at IS NULL FROM async_dl_jobs WHERE id = '$b'"), 't', '  resumed');
     is(files_of($b), 'pending 1 false', '  the file pending, not held');
@@ -341,18 +332,13 @@ is($doc->{pausedAt}, undef, '  no pausedAt');
 # pause and cancel racing: whichever commits first, the job ends canceled
 # and nothing is left held
 my $j5 = add_job(["$o/f/big.bin"], owner => 'carol');
-open my $a, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-h', '127.0.0.1', '-p', $s->{pg_port},
-    '-U', 'postgres', '-d', 'postgres' or die;
-$a->autoflush(1);
-print $a "BEGIN; SELECT async_dl_job_pause('$j5', 'carol', true);\n";
-ok(wait_until(sub { psql("SELECT count(*) FROM pg_stat_activity "
-                         . "WHERE state = 'idle in transaction'") == 1 }, 5),
-   "session A's pause is done, not committed");
+my $a = psql_open("SELECT async_dl_job_pause('$j5', 'carol', true)");
+ok(psql_in_transaction(1, 5), "session A's pause is done, not committed");
 $pid = fork // die;
 if ($pid == 0) { psql("SELECT async_dl_job_cancel('$j5', 'carol')"); POSIX::_exit(0) }
-ok(wait_until(sub { waiting_on_lock() == 1 }, 5), "  session B's cancel waits for it");
-print $a "COMMIT;\n";
-close $a;
+ok(wait_until(sub { psql_lock_waiters('%async_dl_%') == 1 }, 5),
+   "  session B's cancel waits for it");
+psql_commit($a);
 waitpid $pid, 0;
 is(psql("SELECT status FROM async_dl_jobs WHERE id = '$j5'"), 'canceled',
    'a cancel waiting on a pause cancels after it');
