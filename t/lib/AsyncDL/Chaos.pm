@@ -41,7 +41,8 @@ flaky origins (404, 500, reset mid-body then Range, 500 twice then 200),
 C<callback> with a callback URL.  C<cancel> of the jobs are canceled and
 C<delete> deleted (mid-transfer, right after completion, while the zip is
 built), C<pause> paused and resumed 0.5 to 3 s later, and besides the
-draw C<pause_min> big jobs are paused while they transfer (every other
+draw C<pause_min> big jobs, started away from the storage's faults, are
+paused while they transfer (every other
 one after its first part), so that every run pauses transfers in
 flight; every job is polled until it ends (on either instance), C<sse> of
 them followed by an SSE subscriber on the other instance, which reconnects
@@ -431,10 +432,25 @@ sub make_plan {
         $j{at} = $O{load} * $n / $O{jobs};
         push @plan, \%j;
     }
-    # a few big jobs are paused mid-transfer whatever the draw said: a
-    # drawn pause of a small job usually meets a job already ended (409),
-    # and a run with no pause at all would prove nothing about pausing
-    my @none = grep { $_->{action} eq 'none' } @plan;
+    return \@plan;
+}
+
+# A few big jobs are paused mid-transfer whatever the draw said: a drawn
+# pause of a small job usually meets a job already ended (409), and a run
+# with no pause at all would prove nothing about pausing.  They start away
+# from the storage's faults (a transfer the outage fails before its pause
+# would pause nothing): 14 s before one begins to 2 s after it ends.
+sub force_pauses {
+    my ($plan, $events) = @_;
+    srand($O{seed} + 3);
+    my $o = adl()->{origin};
+    my @big = grep { /^b/ } sort keys %FILES;
+    my @storage = map { [$_->[0] - 14, $_->[0] + $_->[2] + 2] }
+                  grep { $_->[1] =~ /^s3_/ } @$events;
+    my @none = grep { $_->{action} eq 'none' } @$plan;
+    my @away = grep { my $at = $_->{at};
+                      !grep { $at > $_->[0] && $at < $_->[1] } @storage } @none;
+    @none = @away if @away >= ($O{pause_min} // 0);
     for my $i (1 .. min($O{pause_min} // 0, scalar @none)) {
         my $j = splice(@none, int rand @none, 1);
         # sent at 512 KiB/s so that the pause lands mid-transfer (nginx
@@ -454,7 +470,6 @@ sub make_plan {
         $j->{delay} = $late ? 40 : 0.5 + rand 2;
         $j->{pause_at_bytes} = int(5.5 * $MIB) if $late;
     }
-    return \@plan;
 }
 
 sub fail_file {
@@ -1235,6 +1250,7 @@ sub chaos_run {
     my $plan = make_plan();
     srand($O{seed} + 2);
     my @events = timeline();
+    force_pauses($plan, \@events);
     say_(sprintf "plan: %d faults scheduled: %s", scalar @events,
          join ', ', map { sprintf '%.0fs %s', $_->[0],
                           join ' ', map { /^\d+\.\d+$/ ? sprintf('%.1f', $_) : $_ }
